@@ -1,0 +1,48 @@
+"""The Python API behind the CLI commands: plain functions taking plain values, returning results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ConfigError
+from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
+
+
+def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
+                   eps=None, warmup=None, static=None, coarse_first=None) -> GenerateSettings:
+    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in."""
+    base = model.schedule_defaults
+    sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
+                             warmup=base.warmup if warmup is None else warmup)
+    return GenerateSettings(prompts=tuple(prompts) or (model.default_prompt,), seed=seed,
+                            steps=steps or model.default_steps, height=height, width=width, guidance=guidance,
+                            schedule=sched, static=static, coarse_first=coarse_first)
+
+
+def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,
+                    trace_path=None, bundle=None, device="cpu", **settings_kw):
+    """Load a model (or bundle), generate, save images and trace. Returns (GenerationResult, image paths)."""
+    from .models.registry import load_model
+    from .runtime.backends.torch import TorchBackend
+    from .runtime.generate import generate
+
+    if bundle is not None:
+        raise ConfigError("--bundle needs the ONNX Runtime backend, which this version does not include yet")
+    loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
+    settings = build_settings(loaded, prompts=prompts, **settings_kw)
+    with TorchBackend(loaded.transformer) as backend:
+        result = generate(loaded, backend, settings)
+    paths = save_images(result.images, out) if out else []
+    if trace_path:
+        result.trace.save(trace_path)
+    return result, paths
+
+
+def save_images(images, out) -> list[Path]:
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        out = out / "image.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
+    for im, p in zip(images, paths):
+        im.save(p)
+    return paths

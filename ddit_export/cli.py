@@ -1,0 +1,138 @@
+"""The ``ddit-export`` command line. Thin: each command builds a settings object and calls one function.
+
+Every :class:`~ddit_export.errors.DDiTError` becomes a one-line ``error: ...`` and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError, DDiTError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DDiTError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+def _ints(text: str | None, what: str):
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ddit-export")
+def main():
+    """ddit-export: dynamic patch scheduling (DDiT) for FLUX-class diffusion transformers."""
+
+
+def model_options(f):
+    f = click.option("--model", default="flux-mini", show_default=True,
+                     help="flux-mini (trained, shipped), tiny (random weights, for tests), flux (needs --weights), "
+                          "or a model folder.")(f)
+    f = click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")(f)
+    f = click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if "
+                                                           "any, else training-free init).")(f)
+    f = click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes in fine tokens.")(f)
+    return f
+
+
+@main.command()
+@model_options
+@click.option("--prompt", "prompts", multiple=True, help="Prompt (repeat for a batch).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", type=int, help="Denoising steps (default: the model's).")
+@click.option("--height", type=int, help="Image height in pixels (default: the model's).")
+@click.option("--width", type=int, help="Image width in pixels (default: the model's).")
+@click.option("--guidance", default=3.5, show_default=True, type=float, help="Guidance (guidance-distilled models).")
+@click.option("--tau", type=float, help="DDiT threshold τ (default: the model's calibrated value).")
+@click.option("--eps", type=float, help="DDiT percentile ε in (0, 1) (default: the model's).")
+@click.option("--warmup", type=int, help="Fine steps before the rule decides (>= 3).")
+@click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
+@click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
+@click.option("--out", type=click.Path(), default="out/image.png", show_default=True,
+              help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
+@click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
+@click.option("--bundle", type=click.Path(), help="Run a built bundle (ONNX Runtime) instead of PyTorch.")
+@click.option("--device", default="cpu", show_default=True)
+def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
+             static, coarse_first, out, trace, bundle, device):
+    """Generate images with dynamic patch scheduling and write the schedule trace."""
+    from .api import generate_images
+
+    settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
+                       warmup=warmup, static=_ints(static, "--schedule"), coarse_first=_coarse(coarse_first))
+    result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
+                                    prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
+                                    **settings_kw)
+    t = result.trace
+    click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
+    click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")
+    for p in paths:
+        click.echo(f"wrote {p}")
+    if trace:
+        click.echo(f"wrote {trace}")
+
+
+def _coarse(text):
+    if text is None:
+        return None
+    parts = _ints(text.replace(":", ","), "--coarse-first")
+    if len(parts) not in (1, 2):
+        raise ConfigError(f"--coarse-first takes K or K:SIZE, got {text!r}")
+    return (parts[0], parts[1] if len(parts) == 2 else 2)
+
+
+@main.command()
+@click.argument("trace_path", metavar="TRACE", type=click.Path())
+@click.option("--plot", type=click.Path(), help="PNG path (default: TRACE with .png).")
+def schedule(trace_path, plot):
+    """Show a trace: a table of size, tokens, FLOPs and σ per step, and a PNG plot."""
+    from .schedule.plot import plot as plot_trace
+    from .schedule.plot import table
+    from .schedule.trace import Trace
+
+    t = Trace.load(trace_path)
+    click.echo(table(t))
+    png = plot_trace(t, plot or Path(trace_path).with_suffix(".png"))
+    click.echo(f"wrote {png}")
+
+
+@main.command()
+@model_options
+@click.option("--repeats", default=7, show_default=True, type=int, help="Timed runs per size (median reported).")
+@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--height", type=int)
+@click.option("--width", type=int)
+def bench(model, weights, adapters, sizes, repeats, threads, height, width):
+    """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved."""
+    import torch
+
+    from .bench import format_table, step_times
+    from .models.registry import load_model
+    from .runtime.backends.torch import TorchBackend
+
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(model, weights, adapters=adapters, sizes=_ints(sizes, "--sizes"))
+    with TorchBackend(loaded.transformer) as backend:
+        rows = step_times(loaded, backend, repeats=repeats, height=height, width=width)
+    click.echo(f"{loaded.name}: {sum(p.numel() for p in loaded.transformer.trunk.parameters()) / 1e6:.1f} M trunk "
+               f"parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
+    click.echo(format_table(rows))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

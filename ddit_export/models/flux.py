@@ -1,0 +1,183 @@
+"""A FLUX transformer that runs any step at patch size k in {1, 2, 4, ...} on one shared trunk.
+
+Every size has the same contract: latent in fine-token form (B, N_fine, C) plus FLUX's conditioning in, velocity in
+fine-token form out. Size 1 calls diffusers' ``FluxTransformer2DModel`` untouched. Size k > 1 merges k x k fine
+tokens, embeds them with its own stem, runs the shared trunk with its own LoRA on the feed-forward layers and
+coarse RoPE positions, de-embeds with its own head and unmerges.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, WeightsError
+from ..settings import AdapterSettings, DEFAULT_SIZES, check_sizes
+from . import lora as lora_mod
+from .patching import coarse_ids, init_deembed, init_embed, merge_tokens, unmerge_tokens
+
+ADAPTER_FILE = "ddit_adapters.safetensors"
+
+
+class CoarseStem(nn.Module):
+    """Everything size k owns: embedding, de-embedding, size identifier and the zero-initialised residual."""
+
+    def __init__(self, trunk: nn.Module, k: int, init: str):
+        super().__init__()
+        c_in, d = trunk.x_embedder.in_features, trunk.x_embedder.out_features
+        c_out = trunk.proj_out.out_features
+        self.embed = nn.Linear(k * k * c_in, d)
+        self.deembed = nn.Linear(d, k * k * c_out)
+        self.size_id = nn.Parameter(torch.zeros(d))
+        self.residual = nn.Linear(k * k * c_in, k * k * c_out)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        with torch.no_grad():
+            self.embed.weight.copy_(init_embed(trunk.x_embedder.weight.detach().float(), k, init))
+            self.embed.bias.copy_(trunk.x_embedder.bias.detach().float())
+            w, b = init_deembed(trunk.proj_out.weight.detach().float(), trunk.proj_out.bias.detach().float(), k, init)
+            self.deembed.weight.copy_(w)
+            self.deembed.bias.copy_(b)
+
+
+class MultiPatchFlux(nn.Module):
+    """diffusers' FluxTransformer2DModel (``self.trunk``, shared) plus one :class:`CoarseStem` and LoRA per size."""
+
+    def __init__(self, trunk: nn.Module, sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings()):
+        super().__init__()
+        self.trunk = trunk
+        self.sizes = check_sizes(sizes)
+        self.adapter_settings = adapter
+        coarse = [k for k in self.sizes if k > 1]
+        self.stems = nn.ModuleDict({str(k): CoarseStem(trunk, k, adapter.init) for k in coarse})
+        self.lora_targets = lora_mod.ff_targets(trunk) if adapter.rank > 0 else []
+        self.loras = nn.ModuleDict({
+            str(k): lora_mod.make_loras(trunk, self.lora_targets, adapter.rank, adapter.lora_alpha) for k in coarse
+        })
+        self._active = lora_mod.ActiveSize()
+        self._hooks = lora_mod.attach(trunk, self.lora_targets, self.loras, self._active)
+        self.to(dtype=next(trunk.parameters()).dtype, device=next(trunk.parameters()).device)
+
+    # ---- the contract --------------------------------------------------------------------------------------
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
+                guidance=None, *, size: int = 1, grid: tuple[int, int]):
+        """Velocity for fine-token latents ``hidden_states`` (B, h*w, C) at patch size ``size``; ``grid`` = (h, w)."""
+        if size not in self.sizes:
+            raise ConfigError(f"patch size {size} is not one of this model's sizes {self.sizes}")
+        h, w = grid
+        if h % size or w % size:
+            raise ConfigError(f"patch size {size} does not divide the token grid {grid}")
+        if size == 1:
+            return self.trunk(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                              pooled_projections=pooled_projections, timestep=timestep, img_ids=img_ids,
+                              txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+        stem = self.stems[str(size)]
+        x = merge_tokens(hidden_states, grid, size)
+        out = self._trunk_body(stem.embed(x) + stem.size_id, encoder_hidden_states, pooled_projections, timestep,
+                               coarse_ids(img_ids, grid, size), txt_ids, guidance, size)
+        return unmerge_tokens(stem.deembed(out) + stem.residual(x), grid, size)
+
+    def _trunk_body(self, hidden, encoder_hidden_states, pooled, timestep, img_ids, txt_ids, guidance, size):
+        """diffusers' FluxTransformer2DModel.forward between x_embedder and proj_out, with size's LoRA active."""
+        t = self.trunk
+        timestep = timestep.to(hidden.dtype) * 1000
+        if guidance is not None:
+            temb = t.time_text_embed(timestep, guidance.to(hidden.dtype) * 1000, pooled)
+        else:
+            temb = t.time_text_embed(timestep, pooled)
+        enc = t.context_embedder(encoder_hidden_states)
+        rope = t.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+        with self.active(size):
+            for block in list(t.transformer_blocks) + list(t.single_transformer_blocks):
+                enc, hidden = block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb,
+                                    image_rotary_emb=rope)
+        return t.norm_out(hidden, temb)
+
+    @contextlib.contextmanager
+    def active(self, size: int):
+        prev, self._active.size = self._active.size, size
+        try:
+            yield
+        finally:
+            self._active.size = prev
+
+    # ---- parameters ----------------------------------------------------------------------------------------
+    def adapter_parameters(self):
+        """Only what the coarse sizes own (stems, LoRA): what self-distillation trains."""
+        return list(self.stems.parameters()) + list(self.loras.parameters())
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        sd = {f"stems.{k}": v for k, v in self.stems.state_dict().items()}
+        sd.update({f"loras.{k}": v for k, v in self.loras.state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+    def adapter_metadata(self) -> dict[str, str]:
+        a = self.adapter_settings
+        return {"format": "ddit-adapters/1", "sizes": json.dumps(list(self.sizes)), "rank": str(a.rank),
+                "init": a.init, "lora_alpha": json.dumps(a.lora_alpha)}
+
+    def save_adapters(self, path: str | Path) -> Path:
+        """Write the coarse-size weights (never the trunk) as one safetensors file with its settings."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / ADAPTER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(self.adapter_state_dict(), str(tmp), metadata=self.adapter_metadata())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_trunk_and_adapters(cls, trunk: nn.Module, path: str | Path) -> "MultiPatchFlux":
+        """Rebuild the sizes and LoRA rank recorded in an adapters file and load its weights."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / ADAPTER_FILE
+        if not path.is_file():
+            raise WeightsError(f"adapter file not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises several types for a damaged file
+            raise WeightsError(f"adapter file {path} is corrupt: {e}") from None
+        if meta.get("format") != "ddit-adapters/1":
+            raise WeightsError(f"{path} is not a ddit adapters file (format {meta.get('format')!r})")
+        adapter = AdapterSettings(rank=int(meta["rank"]), init=meta["init"], lora_alpha=json.loads(meta["lora_alpha"]))
+        model = cls(trunk, sizes=json.loads(meta["sizes"]), adapter=adapter)
+        model.load_adapter_state_dict(state, source=str(path))
+        return model
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapters"):
+        own = self.adapter_state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise WeightsError(f"{source} does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+        bad = [k for k in own if own[k].shape != state[k].shape]
+        if bad:
+            raise WeightsError(f"{source}: shape mismatch for {bad[:3]}")
+        stems = {k[len("stems."):]: v for k, v in state.items() if k.startswith("stems.")}
+        loras = {k[len("loras."):]: v for k, v in state.items() if k.startswith("loras.")}
+        self.stems.load_state_dict(stems)
+        self.loras.load_state_dict(loras)
+
+    @property
+    def config(self):
+        return self.trunk.config
+
+    @property
+    def dtype(self):
+        return next(self.trunk.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.trunk.parameters()).device

@@ -1,0 +1,244 @@
+"""Model presets and loading. One loading path: ``from_pretrained`` on a local folder, for the tiny test model,
+flux-mini and a real FLUX.1-dev checkout alike.
+
+Two folder kinds are understood:
+- a *pixel model* folder (``ddit_model.json``, ``transformer/``, ``text_encoder/``, ``scheduler/``): the tiny
+  preset when saved, and flux-mini;
+- a diffusers FLUX pipeline folder (``model_index.json`` with ``transformer/``, ``vae/``, text encoders):
+  ``--model flux --weights DIR``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError, ModelNotFoundError, WeightsError
+from ..settings import AdapterSettings, DEFAULT_SIZES, ScheduleSettings
+from ..shapes import TokenGeometry
+from .flux import ADAPTER_FILE, MultiPatchFlux
+
+PIXEL_FORMAT = "ddit-pixel-model/1"
+PIXEL_META = "ddit_model.json"
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "zoo" / "weights"
+PRESETS = ("flux-mini", "tiny", "random-20m", "flux")
+# Random-weight FLUX-architecture presets in pixel space: (width, heads, (double, single) blocks, image side in px).
+RANDOM_PRESETS = {
+    "tiny": (64, 2, (1, 1), 32),  # for tests: 256 fine tokens
+    "random-20m": (384, 6, (2, 4), 64),  # for benchmarks: 20.6 M parameters, 1024 fine tokens
+}
+DEFAULT_MODEL = "flux-mini"
+FLUX_FOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+# The random tiny model's Δ³ is ~0.002-0.05 (see `ddit-export schedule` on its trace): the paper's 0.001 would
+# keep it all-fine, so the preset carries a threshold at which its schedule visibly switches sizes.
+TINY_SCHEDULE = ScheduleSettings(tau=0.01)
+
+# Words of the procedural scene grammar (zoo/scenes.py builds captions from these).
+TINY_VOCAB = ["a", "an", "and", "at", "the", "on", "of", "in", "with", "small", "medium", "large", "red",
+              "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle",
+              "top", "bottom", "left", "right", "center", "middle", "background", "gradient", "striped",
+              "dark", "light", "gray"]
+
+
+@dataclass
+class Conditioning:
+    """FLUX's text conditioning: per-token states, pooled vector and text position ids."""
+
+    states: torch.Tensor
+    pooled: torch.Tensor
+    txt_ids: torch.Tensor
+
+
+@dataclass
+class LoadedModel:
+    """Everything a generation needs, independent of where the weights came from."""
+
+    name: str
+    transformer: MultiPatchFlux
+    encode: Callable[[list[str]], Conditioning]
+    decode: Callable[[torch.Tensor, TokenGeometry], "list"]  # fine-token latents -> PIL images
+    scheduler_config: dict
+    vae_scale: int
+    latent_channels: int
+    default_height: int
+    default_width: int
+    default_steps: int = 28
+    guidance_embeds: bool = False
+    schedule_defaults: ScheduleSettings = ScheduleSettings()
+    default_prompt: str = "a large red circle at the center"
+    extras: dict = field(default_factory=dict)
+
+    def geometry(self, height: int | None = None, width: int | None = None) -> TokenGeometry:
+        return TokenGeometry(height or self.default_height, width or self.default_width, self.vae_scale,
+                             self.latent_channels)
+
+
+# ---- building the tiny random model ------------------------------------------------------------------------
+def tiny_components(seed: int = 0, vocab=TINY_VOCAB, width: int = 64, layers=(1, 1), guidance_embeds=False,
+                    heads: int = 2):
+    """Random-weight FLUX trunk + word encoder in pixel space (RGB packed 2x2: 12 channels per token)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from .text import WordTextEncoder
+
+    torch.manual_seed(seed)
+    trunk = FluxTransformer2DModel(patch_size=1, in_channels=12, num_layers=layers[0], num_single_layers=layers[1],
+                                   attention_head_dim=width // heads, num_attention_heads=heads,
+                                   joint_attention_dim=32, pooled_projection_dim=32,
+                                   guidance_embeds=guidance_embeds, axes_dims_rope=(width // heads - 24, 12, 12))
+    text = WordTextEncoder(vocab=list(vocab), dim=32, joint_attention_dim=32, pooled_projection_dim=32)
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_image_seq_len=64,
+                                            max_image_seq_len=1024, base_shift=0.5, max_shift=1.15)
+    return trunk, text, sched
+
+
+def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name: str, height: int, width: int,
+                     steps: int = 28, model: MultiPatchFlux | None = None,
+                     schedule: ScheduleSettings | None = None, prompt: str | None = None) -> Path:
+    """Write a pixel-model folder loadable by :func:`load_model` (and by plain diffusers for the trunk)."""
+    folder = Path(folder)
+    trunk.save_pretrained(folder / "transformer")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    scheduler.save_pretrained(folder / "scheduler")
+    if model is not None:
+        model.save_adapters(folder / "transformer" / ADAPTER_FILE)
+    meta = {"format": PIXEL_FORMAT, "name": name, "height": height, "width": width, "steps": steps}
+    if schedule is not None:
+        meta["schedule"] = {"tau": schedule.tau, "eps": schedule.eps, "warmup": schedule.warmup}
+    if prompt:
+        meta["prompt"] = prompt
+    (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+# ---- loading -----------------------------------------------------------------------------------------------
+def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *, adapters: str | Path | None = None,
+               sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings(), dtype=torch.float32,
+               device="cpu") -> LoadedModel:
+    """Load a preset (``flux-mini``, ``tiny``, ``flux`` with ``weights``) or a pixel-model folder path."""
+    if model == "flux":
+        if weights is None:
+            raise ConfigError("--model flux needs --weights DIR (a local FLUX.1-dev diffusers folder)")
+        return _load_flux(Path(weights), adapters, sizes, adapter, dtype, device)
+    if model in RANDOM_PRESETS and weights is None:
+        width, heads, layers, side = RANDOM_PRESETS[model]
+        trunk, text, sched = tiny_components(width=width, layers=layers, heads=heads)
+        m = _pixel_model(model, trunk, text, dict(sched.config), side, side, 28, None, sizes, adapter, dtype, device)
+        m.schedule_defaults = TINY_SCHEDULE
+        return m
+    if model == "flux-mini" and weights is None:
+        weights = PACKAGE_WEIGHTS / "flux-mini"
+        if not (weights / PIXEL_META).is_file():
+            raise WeightsError(f"flux-mini weights are not in this installation ({weights}); "
+                               f"use --model tiny or --model flux --weights DIR")
+    elif model not in PRESETS:
+        if Path(model).is_dir():
+            weights = Path(model)
+        else:
+            raise ModelNotFoundError(f"unknown model {model!r}: choose one of {', '.join(PRESETS)} "
+                                     f"or give a model folder")
+    elif model in RANDOM_PRESETS:
+        raise ConfigError(f"--weights does not apply to the random preset {model!r}")
+    return _load_pixel_folder(Path(weights), adapters, sizes, adapter, dtype, device)
+
+
+def _check_folder(folder: Path, needed: list[str]):
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder not found: {folder}")
+    missing = [n for n in needed if not (folder / n).exists()]
+    if missing:
+        raise WeightsError(f"weights folder {folder} is incomplete: missing {', '.join(missing)}")
+
+
+def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> LoadedModel:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from .text import WordTextEncoder
+
+    _check_folder(folder, [PIXEL_META, "transformer/config.json", "text_encoder/config.json",
+                           "scheduler/scheduler_config.json"])
+    meta = json.loads((folder / PIXEL_META).read_text())
+    if meta.get("format") != PIXEL_FORMAT:
+        raise WeightsError(f"{folder / PIXEL_META}: unknown format {meta.get('format')!r}")
+    try:
+        trunk = FluxTransformer2DModel.from_pretrained(folder / "transformer", local_files_only=True,
+                                                       low_cpu_mem_usage=False)
+        text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
+                                               low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"could not load weights from {folder}: {str(e).splitlines()[0]}") from None
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
+        adapters = folder / "transformer" / ADAPTER_FILE
+    m = _pixel_model(meta["name"], trunk, text, dict(sched.config), meta["height"], meta["width"],
+                     meta.get("steps", 28), adapters, sizes, adapter, dtype, device)
+    if "schedule" in meta:
+        m.schedule_defaults = ScheduleSettings(**meta["schedule"])
+    m.default_prompt = meta.get("prompt", m.default_prompt)
+    return m
+
+
+def _multipatch(trunk, adapters, sizes, adapter) -> MultiPatchFlux:
+    if adapters is not None:
+        return MultiPatchFlux.from_trunk_and_adapters(trunk, adapters)
+    return MultiPatchFlux(trunk, sizes=sizes, adapter=adapter)
+
+
+def _pixel_model(name, trunk, text, sched_cfg, height, width, steps, adapters, sizes, adapter, dtype, device):
+    from ..runtime.images import pixels_to_pil
+
+    mp = _multipatch(trunk.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
+    text = text.to(device=device).eval()
+
+    def encode(prompts):
+        with torch.no_grad():
+            states, pooled = text.encode(list(prompts))
+        return Conditioning(states.to(dtype), pooled.to(dtype),
+                            torch.zeros(states.shape[1], 3, dtype=dtype, device=device))
+
+    def decode(latents, geom):
+        return pixels_to_pil(latents, geom)
+
+    return LoadedModel(name=name, transformer=mp, encode=encode, decode=decode, scheduler_config=sched_cfg,
+                       vae_scale=1, latent_channels=trunk.config.in_channels // 4, default_height=height,
+                       default_width=width, default_steps=steps,
+                       guidance_embeds=bool(trunk.config.guidance_embeds), extras={"text_encoder": text})
+
+
+def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device) -> LoadedModel:
+    _check_folder(folder, ["model_index.json"] + [f"{n}" for n in FLUX_FOLDERS] + ["transformer/config.json"])
+    try:
+        from diffusers import FluxPipeline
+
+        pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+    except ImportError as e:
+        raise WeightsError(f"loading FLUX.1-dev needs transformers and sentencepiece "
+                           f"(pip install 'ddit-export[flux]'): {e}") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"could not load FLUX weights from {folder}: {str(e).splitlines()[0]}") from None
+    pipe.to(device)
+    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
+        adapters = folder / "transformer" / ADAPTER_FILE
+    mp = _multipatch(pipe.transformer.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
+
+    def encode(prompts):
+        with torch.no_grad():
+            states, pooled, txt_ids = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device)
+        return Conditioning(states, pooled, txt_ids)
+
+    def decode(latents, geom):
+        lat = pipe._unpack_latents(latents, geom.height, geom.width, pipe.vae_scale_factor)
+        lat = lat / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        with torch.no_grad():
+            image = pipe.vae.decode(lat.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+    return LoadedModel(name="flux", transformer=mp, encode=encode, decode=decode,
+                       scheduler_config=dict(pipe.scheduler.config), vae_scale=pipe.vae_scale_factor,
+                       latent_channels=pipe.transformer.config.in_channels // 4, default_height=1024,
+                       default_width=1024, default_steps=50,
+                       guidance_embeds=bool(pipe.transformer.config.guidance_embeds), extras={"pipeline": pipe})

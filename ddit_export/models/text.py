@@ -1,0 +1,68 @@
+"""A small word-level text encoder for pixel-space models (the tiny preset and flux-mini).
+
+It produces what FLUX's transformer takes from its text encoders: per-token states (B, L, joint_attention_dim)
+and a pooled vector (B, pooled_projection_dim). FLUX gives text tokens RoPE position 0, so word order must live
+in the states themselves: a learned position embedding and one self-attention layer bind "red" to "circle".
+Saved and loaded with diffusers' ``save_pretrained``/``from_pretrained`` like every other model here.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..errors import VocabularyError
+
+PAD = "<pad>"
+_WORD = re.compile(r"[a-z]+")
+
+
+def words_of(prompt: str) -> list[str]:
+    return _WORD.findall(prompt.lower())
+
+
+class WordTextEncoder(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, vocab: list[str], max_length: int = 24, dim: int = 64, joint_attention_dim: int = 64,
+                 pooled_projection_dim: int = 64, num_heads: int = 4, num_layers: int = 1):
+        super().__init__()
+        self.word_to_id = {w: i for i, w in enumerate([PAD] + list(vocab))}
+        self.tok = nn.Embedding(len(self.word_to_id), dim)
+        self.pos = nn.Embedding(max_length, dim)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.to_states = nn.Linear(dim, joint_attention_dim)
+        self.to_pooled = nn.Linear(dim, pooled_projection_dim)
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word ids (B, L) and mask (B, L); raises VocabularyError naming unknown words."""
+        rows = [words_of(p) for p in prompts]
+        unknown = sorted({w for r in rows for w in r if w not in self.word_to_id})
+        if unknown:
+            raise VocabularyError(f"words not in the model's vocabulary: {', '.join(unknown)}")
+        too_long = [len(r) for r in rows if len(r) > self.config.max_length]
+        if too_long:
+            raise VocabularyError(f"prompt has {max(too_long)} words; this model reads at most "
+                                  f"{self.config.max_length}")
+        if any(not r for r in rows):
+            raise VocabularyError("empty prompt")
+        ids = torch.zeros(len(rows), self.config.max_length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor([self.word_to_id[w] for w in r])
+        return ids, ids != 0
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor):
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        h = self.encoder(self.tok(ids) + self.pos(pos)[None], src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.to_states(h) * m, self.to_pooled(pooled)
+
+    def encode(self, prompts: list[str]):
+        ids, mask = self.tokenize(prompts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self(ids, mask)

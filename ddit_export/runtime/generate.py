@@ -1,0 +1,95 @@
+"""The denoising loop: FLUX's rectified flow with per-step patch-size dispatch.
+
+State stays in fine-token form; each step the policy picks a size from the latent history, the backend runs that
+variant, and diffusers' FlowMatchEulerDiscreteScheduler takes the Euler step. The same loop drives every backend.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..flops import step_flops
+from ..schedule import Trace, StepRecord, make_policy
+from ..settings import GenerateSettings
+from ..shapes import TokenGeometry
+
+
+@dataclass
+class GenerationResult:
+    latents: torch.Tensor  # final fine-token latents (B, N, C)
+    trace: Trace
+    images: list | None = None
+
+
+def flux_timesteps(scheduler_config: dict, steps: int, image_tokens: int):
+    """FLUX's sigmas: linspace(1, 1/steps) shifted by the resolution-dependent mu (as FluxPipeline does)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    c = sched.config
+    mu = calculate_shift(image_tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                         c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    sched.set_begin_index(0)
+    return sched
+
+
+def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shift=0.5, max_shift=1.15):
+    """diffusers.pipelines.flux.pipeline_flux.calculate_shift, copied: importing that module needs transformers."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def initial_noise(geom: TokenGeometry, batch: int, seed: int, device="cpu") -> torch.Tensor:
+    """FluxPipeline's initial latents for a seed: randn on (B, C, h, w) from a CPU generator, then packed."""
+    from .images import pack
+
+    g = torch.Generator("cpu").manual_seed(seed)
+    lh, lw = geom.latent_hw
+    noise = torch.randn(batch, geom.latent_channels, lh, lw, generator=g, dtype=torch.float32)
+    return pack(noise, geom).to(device)
+
+
+def generate(model, backend, settings: GenerateSettings, *, progress: bool = True,
+             decode: bool = True, latents: torch.Tensor | None = None) -> GenerationResult:
+    """Generate ``settings.prompts`` with ``backend``; ``model`` (a LoadedModel) gives text encoding, decoding and
+    the scheduler config."""
+    from tqdm.auto import tqdm
+
+    geom = model.geometry(settings.height, settings.width)
+    cond = model.encode(list(settings.prompts))
+    b = len(settings.prompts)
+    sizes = geom.available_sizes(backend.sizes)
+    policy = make_policy(settings, geom.grid, sizes)
+    device = cond.states.device
+    x = initial_noise(geom, b, settings.seed, device) if latents is None else latents.to(device)
+    guidance = torch.full((b,), settings.guidance, device=device) if model.guidance_embeds else None
+    sched = flux_timesteps(model.scheduler_config, settings.steps, geom.tokens(1))
+    cfg = model.transformer.config
+    rank = model.transformer.adapter_settings.rank
+    text_tokens = cond.states.shape[1]
+    trace = Trace(model.name, geom.grid, {"generate": _jsonable(settings), "sizes": list(sizes)},
+                  fine_flops_per_step=step_flops(cfg, geom.tokens(1), text_tokens, 1, batch=b))
+    history: deque = deque(maxlen=4)
+    for i, t in enumerate(tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False)):
+        history.append(x.detach().float().cpu().numpy())
+        decision = policy.decide(i, history)
+        k = decision.size
+        t0 = time.perf_counter()
+        v = backend.run(k, x, cond, (t / 1000).expand(b).to(device), guidance, geom.grid)
+        x = sched.step(v.to(x.dtype), t, x, return_dict=False)[0]
+        trace.steps.append(StepRecord(i, float(t / 1000), k, decision.reason, geom.tokens(k),
+                                      float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)),
+                                      decision.sigmas, time.perf_counter() - t0))
+    images = model.decode(x, geom) if decode else None
+    return GenerationResult(x, trace, images)
+
+
+def _jsonable(settings: GenerateSettings) -> dict:
+    d = asdict(settings)
+    d["prompts"] = list(d["prompts"])
+    return d

@@ -1,0 +1,92 @@
+"""A drop-in for ``FluxPipeline.transformer``: assign it and the user's own pipeline call gets dynamic patching.
+
+    pipe = FluxPipeline.from_pretrained(DIR, local_files_only=True)
+    pipe.transformer = DDiTTransformer(MultiPatchFlux.from_trunk_and_adapters(pipe.transformer, ADAPTERS))
+    image = pipe(prompt, num_inference_steps=50).images[0]
+    print(pipe.transformer.trace.sizes)
+
+The pipeline calls the transformer once per step (twice with true CFG, at the same timestep); the drop-in keeps the
+last four latents it was given, decides the size with the same policy the runtime uses, and starts a new history
+whenever the timestep goes up (a new generation).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import torch
+from torch import nn
+
+from ..flops import step_flops
+from ..schedule import DDiTPolicy, StepRecord, Trace
+from ..settings import ScheduleSettings
+
+
+class DDiTTransformer(nn.Module):
+    def __init__(self, model, schedule: ScheduleSettings = ScheduleSettings(), policy_factory=None):
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+        self.policy_factory = policy_factory or (lambda grid, sizes: DDiTPolicy(schedule, grid, sizes))
+        self.trace: Trace | None = None
+        self._reset()
+
+    def _reset(self):
+        self._history: deque = deque(maxlen=4)
+        self._last_t: float | None = None
+        self._size = 1
+        self._policy = None
+
+    # attributes FluxPipeline reads from its transformer
+    @property
+    def config(self):
+        return self.model.trunk.config
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def cache_context(self, name: str):
+        return contextlib.nullcontext()
+
+    def forward(self, hidden_states, encoder_hidden_states=None, pooled_projections=None, timestep=None,
+                img_ids=None, txt_ids=None, guidance=None, joint_attention_kwargs=None, return_dict=True, **kwargs):
+        if img_ids.ndim == 3:
+            img_ids = img_ids[0]
+        if txt_ids.ndim == 3:
+            txt_ids = txt_ids[0]
+        grid = (int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1)
+        t = float(timestep.flatten()[0])
+        if self._last_t is None or t > self._last_t:  # a new generation starts
+            self._reset()
+            self._policy = self.policy_factory(grid, self.model.sizes)
+            self.trace = Trace("pipeline", grid, {"schedule": vars(self.schedule)},
+                               fine_flops_per_step=step_flops(self.config, grid[0] * grid[1],
+                                                              encoder_hidden_states.shape[1], 1,
+                                                              batch=hidden_states.shape[0]))
+        if t != self._last_t:  # first call of this step (a true-CFG second call reuses the decision)
+            self._history.append(hidden_states.detach().float().cpu().numpy())
+            step = len(self.trace.steps)
+            d = self._policy.decide(step, self._history)
+            self._size = d.size
+            self.trace.steps.append(StepRecord(
+                step, t, d.size, d.reason, grid[0] * grid[1] // d.size ** 2,
+                float(step_flops(self.config, grid[0] * grid[1], encoder_hidden_states.shape[1], d.size,
+                                 self.model.adapter_settings.rank, hidden_states.shape[0])), d.sigmas))
+            self._last_t = t
+        out = self.model(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
+                         guidance, size=self._size, grid=grid)
+        return (out,) if not return_dict else _Output(out)
+
+
+class _Output(dict):
+    def __init__(self, sample):
+        super().__init__(sample=sample)
+        self.sample = sample
+
+    def __getitem__(self, k):
+        return self.sample if k == 0 else super().__getitem__(k)

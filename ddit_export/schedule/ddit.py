@@ -1,0 +1,63 @@
+"""The training-free DDiT rule (Kim et al., CVPR 2026), exactly as in shared/research/ddit-method.md.
+
+At step t with latents z_t (newest), z_{t+1}, z_{t+2}, z_{t+3} (older, in the paper's decreasing-time indexing):
+Δ³z = z_t − 3 z_{t+1} + 3 z_{t+2} − z_{t+3}. For every candidate size k, cut Δ³z into k x k token patches (all
+channels of those tokens), take the standard deviation inside each patch, then the ε-percentile over patches:
+σ_k. Pick the largest k with σ_k < τ, else the fine size. The first ``warmup`` (>= 3) steps run fine.
+
+A batch takes one decision: the largest σ_k over its samples counts (coarse only if every sample allows it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..settings import ScheduleSettings
+
+
+@dataclass(frozen=True)
+class Decision:
+    size: int
+    sigmas: dict = field(default_factory=dict)  # candidate size -> σ value (empty during warm-up)
+    reason: str = "rule"  # "warmup", "rule", "static"
+
+
+def third_difference(history: Sequence[np.ndarray]) -> np.ndarray:
+    """Δ³ of the last four latents of ``history`` (oldest first): z[-1] − 3 z[-2] + 3 z[-3] − z[-4]."""
+    if len(history) < 4:
+        raise ValueError(f"third difference needs 4 latents, got {len(history)}")
+    z0, z1, z2, z3 = (np.asarray(h, dtype=np.float64) for h in list(history)[-4:])
+    return z3 - 3.0 * z2 + 3.0 * z1 - z0
+
+
+def patch_std(d: np.ndarray, grid: tuple[int, int], k: int) -> np.ndarray:
+    """Std inside each k x k token patch of fine-token array ``d`` (B, h*w, C) -> (B, h/k * w/k)."""
+    b, _, c = d.shape
+    h, w = grid
+    x = d.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // k) * (w // k), k * k * c).std(axis=-1)
+
+
+def sigma_at(d: np.ndarray, grid: tuple[int, int], k: int, eps: float) -> np.ndarray:
+    """ε-percentile over patches of the per-patch std, per sample: (B,)."""
+    return np.percentile(patch_std(d, grid, k), eps * 100.0, axis=-1)
+
+
+class DDiTPolicy:
+    """Decides the patch size of each step from the latent history."""
+
+    def __init__(self, settings: ScheduleSettings, grid: tuple[int, int], sizes: Sequence[int]):
+        self.settings = settings
+        self.grid = grid
+        h, w = grid
+        self.sizes = tuple(sorted(k for k in sizes if h % k == 0 and w % k == 0))
+
+    def decide(self, step: int, history: Sequence[np.ndarray]) -> Decision:
+        if step < self.settings.warmup or len(history) < 4:
+            return Decision(1, {}, "warmup")
+        d3 = third_difference(history)
+        sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps).max()) for k in self.sizes if k > 1}
+        passing = [k for k, s in sigmas.items() if s < self.settings.tau]
+        return Decision(max(passing, default=1), sigmas, "rule")

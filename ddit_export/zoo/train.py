@@ -1,0 +1,469 @@
+"""Train flux-mini: a FLUX-architecture pixel-space model on the procedural scenes of :mod:`.scenes`.
+
+``python -m ddit_export.zoo.train --out ddit_export/zoo/weights/flux-mini --work runs/flux-mini --minutes 70``
+
+- Model: diffusers' ``FluxTransformer2DModel`` with ``patch_size=1, in_channels=12`` (RGB packed 2x2 exactly as
+  FLUX packs latents: 32x32 px = 16x16 = 256 tokens), no guidance embedding, plus a ``WordTextEncoder`` trained
+  jointly.
+- Objective: FLUX's rectified flow. ``x_s = (1 - s) x0 + s noise``, target ``v = noise - x0``, timestep input ``s``.
+  ``s`` is logit-normal, shifted by the same ``mu`` the sampler uses at 256 tokens (``calculate_shift``).
+- AdamW, linear warm-up, then warmup-stable-decay: constant lr, cosine decay over the last ``decay_frac`` of the
+  run, where progress is the larger of step/steps and elapsed/budget (so a time budget works without knowing
+  the step count). With a step budget only, runs are bit-reproducible; batches depend only on (seed, step).
+- ``--work`` holds ``loss.csv``, ``eval.csv``, sample grids and ``ckpt/`` (weights, EMA, optimizer moments, all
+  safetensors, plus ``state.json``). Re-running the same command resumes from it; ``--minutes`` and ``--steps``
+  are totals over all resumed runs. A checkpoint is written every ``--ckpt-minutes``, at the end, and on
+  Ctrl-C/SIGTERM; each one also (re)writes the model folder ``--out`` (EMA weights) via ``save_pixel_model``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.patching import image_ids
+from ..models.registry import TINY_VOCAB, save_pixel_model
+from ..runtime.images import pack
+from ..shapes import TokenGeometry
+from . import scenes
+
+CKPT = "ckpt"
+STATE = "state.json"
+SAMPLE_PROMPTS = [
+    "a large red circle in the center on a black background",
+    "a medium blue square at the top left on a white background",
+    "a large yellow triangle at the bottom on a gray background",
+    "a small green circle at the top right on a gradient background",
+    "a large purple square at the left and a small orange circle at the right on a black background",
+    "a medium white triangle at the top and a medium red square at the bottom on a striped background",
+    "a small blue circle at the top left and a small red square at the bottom right and "
+    "a medium yellow triangle in the center on a gray background",
+    "a large orange circle at the top right on a striped background",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved in ``state.json`` and checked on resume."""
+
+    # model
+    width: int = 128
+    heads: int = 4
+    double_blocks: int = 2
+    single_blocks: int = 2
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+    text_dim: int = 64
+    text_layers: int = 1
+    text_heads: int = 4
+    max_words: int = 40
+    side: int = 32
+    # optimisation
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    decay_frac: float = 0.3
+    min_lr_frac: float = 0.05
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    # sampler the model ships with
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_seq_len: int = 256
+    max_seq_len: int = 4096
+    sample_steps: int = 28
+
+    @property
+    def mu(self) -> float:
+        """FluxPipeline's ``calculate_shift`` at this model's token count."""
+        n = (self.side // 2) ** 2
+        m = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
+        return n * m + self.base_shift - m * self.base_seq_len
+
+
+MICRO = dict(width=32, heads=2, double_blocks=1, single_blocks=1, axes_dims_rope=(4, 6, 6), text_dim=16,
+             text_heads=2, batch=4, warmup_steps=2)
+
+
+def build(cfg: TrainConfig):
+    """Fresh (trunk, text encoder, scheduler) for ``cfg``, seeded."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from ..models.text import WordTextEncoder
+
+    if cfg.width % cfg.heads or sum(cfg.axes_dims_rope) != cfg.width // cfg.heads:
+        raise ValueError(f"axes_dims_rope {cfg.axes_dims_rope} must sum to the head dim {cfg.width // cfg.heads}")
+    torch.manual_seed(cfg.seed)
+    trunk = FluxTransformer2DModel(patch_size=1, in_channels=12, num_layers=cfg.double_blocks,
+                                   num_single_layers=cfg.single_blocks, attention_head_dim=cfg.width // cfg.heads,
+                                   num_attention_heads=cfg.heads, joint_attention_dim=cfg.width,
+                                   pooled_projection_dim=cfg.width, guidance_embeds=False,
+                                   axes_dims_rope=tuple(cfg.axes_dims_rope))
+    text = WordTextEncoder(vocab=list(TINY_VOCAB), max_length=cfg.max_words, dim=cfg.text_dim,
+                           joint_attention_dim=cfg.width, pooled_projection_dim=cfg.width,
+                           num_heads=cfg.text_heads, num_layers=cfg.text_layers)
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=cfg.base_shift,
+                                            max_shift=cfg.max_shift, base_image_seq_len=cfg.base_seq_len,
+                                            max_image_seq_len=cfg.max_seq_len)
+    return trunk, text, sched
+
+
+class Pair(torch.nn.Module):
+    """Trunk + text encoder as one module, so weights, EMA and optimizer state share one name space."""
+
+    def __init__(self, trunk, text):
+        super().__init__()
+        self.trunk, self.text = trunk, text
+
+    def velocity(self, x, s, prompts_or_ids, grid):
+        ids, mask = prompts_or_ids if isinstance(prompts_or_ids, tuple) else self.text.tokenize(prompts_or_ids)
+        states, pooled = self.text(ids, mask)
+        txt_ids = torch.zeros(states.shape[1], 3)
+        return self.trunk(hidden_states=x, encoder_hidden_states=states, pooled_projections=pooled, timestep=s,
+                          img_ids=image_ids(grid), txt_ids=txt_ids, return_dict=False)[0]
+
+
+# ---- data and objective ------------------------------------------------------------------------------------
+def batch_at(cfg: TrainConfig, step: int, split: str = "train", n: int | None = None):
+    """The batch of ``step``: packed clean tokens, captions. A function of (seed, step) only."""
+    images, captions, _ = scenes.make_batch(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split,
+                                            side=cfg.side)
+    geom = TokenGeometry(cfg.side, cfg.side, 1, 3)
+    return torch.from_numpy(pack(images, geom)), captions, geom.grid
+
+
+def sample_sigmas(cfg: TrainConfig, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Logit-normal s, shifted like the sampler's sigmas (exp(mu) time shift)."""
+    u = torch.sigmoid(torch.randn(n, generator=gen))
+    e = math.exp(cfg.mu)
+    return e * u / (1 + (e - 1) * u)
+
+
+def flow_loss(model: Pair, cfg: TrainConfig, x0, captions, grid, gen, s=None):
+    s = sample_sigmas(cfg, x0.shape[0], gen) if s is None else s
+    noise = torch.randn(x0.shape, generator=gen)
+    xt = (1 - s[:, None, None]) * x0 + s[:, None, None] * noise
+    v = model.velocity(xt, s, captions, grid)
+    return torch.mean((v - (noise - x0)) ** 2)
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    start = 1 - cfg.decay_frac
+    if progress <= start or cfg.decay_frac <= 0:
+        return cfg.lr * warm
+    t = min(1.0, (progress - start) / cfg.decay_frac)
+    return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ---- sampling (for progress grids; the runtime has its own) ------------------------------------------------
+@torch.no_grad()
+def generate(model: Pair, sched, prompts, side: int, steps: int, seed: int = 0) -> np.ndarray:
+    """28-step Euler with the shipped scheduler; returns (n, 3, side, side) in [-1, 1]."""
+    from ..runtime.images import unpack
+
+    geom = TokenGeometry(side, side, 1, 3)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(prompts), geom.tokens(), geom.token_channels, generator=gen)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=float(_mu_of(sched, geom.tokens())))
+    sig = sched.sigmas
+    for i in range(steps):
+        v = model.velocity(x, sig[i].expand(len(prompts)), prompts, geom.grid)
+        x = x + (sig[i + 1] - sig[i]) * v
+    return unpack(x, geom).clamp(-1, 1).numpy()
+
+
+def _mu_of(sched, n_tokens: int) -> float:
+    c = sched.config
+    m = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+    return n_tokens * m + c.base_shift - m * c.base_image_seq_len
+
+
+def save_grid(images: np.ndarray, path: Path, cols: int = 4, scale: int = 4):
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = -(-n // cols)
+    pad = np.zeros((rows * cols - n, 3, h, w), np.float32)
+    x = ((np.concatenate([images, pad]) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    g = x.reshape(rows, cols, 3, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, cols * w, 3)
+    Image.fromarray(g).resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------
+def _save_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, names: list[str], state: dict):
+    from safetensors.torch import save_file
+
+    tmp = work / (CKPT + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+    moments = {}
+    for name, p in zip(names, opt.param_groups[0]["params"]):
+        st = opt.state.get(p, {})
+        if st:
+            moments[f"exp_avg.{name}"] = st["exp_avg"]
+            moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
+    save_file(moments, tmp / "optim.safetensors")
+    (tmp / STATE).write_text(json.dumps(state, indent=2))
+    _swap_dir(tmp, work / CKPT)
+
+
+def _load_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, names: list[str]) -> dict:
+    from safetensors.torch import load_file
+
+    ck = work / CKPT
+    model.load_state_dict(load_file(ck / "model.safetensors"))
+    for k, v in load_file(ck / "ema.safetensors").items():
+        ema[k].copy_(v)
+    state = json.loads((ck / STATE).read_text())
+    moments = load_file(ck / "optim.safetensors")
+    for name, p in zip(names, opt.param_groups[0]["params"]):
+        if f"exp_avg.{name}" in moments:
+            opt.state[p] = {"step": torch.tensor(float(state["step"])), "exp_avg": moments[f"exp_avg.{name}"],
+                            "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
+    return state
+
+
+def _swap_dir(tmp: Path, dest: Path):
+    """Replace ``dest`` by ``tmp`` with only a moment where neither is complete."""
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(out: Path, cfg: TrainConfig, ema: dict, sched):
+    """Write the EMA weights as a pixel-model folder loadable by ``load_model``."""
+    trunk, text, _ = build(cfg)
+    pair = Pair(trunk, text)
+    pair.load_state_dict(ema)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pixel_model(tmp, trunk, text, sched, name="flux-mini", height=cfg.side, width=cfg.side,
+                     steps=cfg.sample_steps)
+    _swap_dir(tmp, out)
+    return out
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+def _config_from_work(work: Path, cfg: TrainConfig) -> TrainConfig:
+    f = work / CKPT / STATE
+    if not f.is_file():
+        return cfg
+    saved = json.loads(f.read_text())["config"]
+    saved["axes_dims_rope"] = tuple(saved["axes_dims_rope"])
+    return TrainConfig(**saved)
+
+
+@torch.no_grad()
+def evaluate(model: Pair, cfg: TrainConfig, n: int = 64) -> dict:
+    """Flow loss on fixed train/held-out batches at fixed sigmas: comparable across checkpoints."""
+    out = {}
+    s = torch.linspace(0.05, 0.95, n)
+    for split in ("train", "heldout"):
+        x0, caps, grid = batch_at(cfg, 2**31, split, n)
+        out[split] = float(flow_loss(model, cfg, x0, caps, grid, torch.Generator().manual_seed(1), s))
+    return out
+
+
+def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None, steps: int | None = None,
+          ckpt_minutes: float = 5.0, threads: int | str = 2, progress: bool = True, samples: bool = True) -> dict:
+    """Train (or resume) until ``steps`` total steps or ``minutes`` total minutes; returns the final state."""
+    from tqdm import tqdm
+
+    if minutes is None and steps is None:
+        raise ValueError("give a time budget (minutes) or a step count (steps)")
+    prev_threads = torch.get_num_threads()
+    tuner = ThreadTuner() if threads == "auto" else None
+    torch.set_num_threads(2 if tuner else int(threads))
+    work, out = Path(work), Path(out)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = _config_from_work(work, cfg)
+    trunk, text, sched = build(cfg)
+    model = Pair(trunk, text).train()
+    names = [n for n, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {"step": 0, "elapsed_s": 0.0}
+    if (work / CKPT / STATE).is_file():
+        state = _load_ckpt(work, model, ema, opt, names)
+        print(f"resuming from {work / CKPT} at step {state['step']}", file=sys.stderr)
+    ema_params = [ema[n] for n in names]
+    buffers = [(ema[n], b) for n, b in model.named_buffers() if n in ema]
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    loss_log = open(work / "loss.csv", "a")
+    if loss_log.tell() == 0:
+        loss_log.write("step,loss,lr,elapsed_s,s_per_step,threads\n")
+    budget = None if minutes is None else minutes * 60
+    step, t_prev = state["step"], state["elapsed_s"]
+    t0 = time.time()
+    last_ckpt = t0
+
+    def elapsed():
+        return t_prev + time.time() - t0
+
+    def frac():
+        p = 0.0 if steps is None else step / steps
+        return max(p, 0.0 if budget is None else elapsed() / budget)
+
+    def checkpoint():
+        st = {"step": step, "elapsed_s": elapsed(), "config": dataclasses.asdict(cfg)}
+        _save_ckpt(work, model, ema, opt, names, st)
+        export_model(out, cfg, ema, sched)
+        ev = evaluate(_ema_model(cfg, ema), cfg)
+        new = not (work / "eval.csv").exists()
+        with open(work / "eval.csv", "a") as f:
+            f.write("step,elapsed_s,train_loss,heldout_loss\n" if new else "")
+            f.write(f"{step},{st['elapsed_s']:.1f},{ev['train']:.5f},{ev['heldout']:.5f}\n")
+        if samples:
+            imgs = generate(_ema_model(cfg, ema), sched, SAMPLE_PROMPTS, cfg.side, cfg.sample_steps)
+            save_grid(imgs, work / f"samples_{step:06d}.png")
+        return st
+
+    bar = tqdm(total=steps, initial=step, disable=not progress, mininterval=5.0, dynamic_ncols=True,
+               file=sys.stderr)
+    try:
+        while not stop["flag"] and (steps is None or step < steps) and (budget is None or elapsed() < budget):
+            nthreads = tuner.before_step() if tuner else torch.get_num_threads()
+            ts = time.time()
+            lr = lr_at(cfg, step, frac())
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x0, caps, grid = batch_at(cfg, step)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            loss = flow_loss(model, cfg, x0, caps, grid, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+            for e, b in buffers:
+                e.copy_(b)
+            step += 1
+            dt = time.time() - ts
+            if tuner:
+                tuner.after_step(dt)
+            loss_log.write(f"{step},{loss.item():.5f},{lr:.3e},{elapsed():.1f},{dt:.3f},{nthreads}\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}", s_step=f"{dt:.2f}", thr=nthreads, refresh=False)
+            if step % 20 == 0:
+                loss_log.flush()
+            if time.time() - last_ckpt > ckpt_minutes * 60:
+                loss_log.flush()
+                checkpoint()
+                last_ckpt = time.time()
+        state = checkpoint()
+    finally:
+        bar.close()
+        loss_log.close()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        torch.set_num_threads(prev_threads)
+    state["stopped_by_signal"] = stop["flag"]
+    return state
+
+
+class ThreadTuner:
+    """``--threads auto``: alternately time 1 and 2 intra-op threads and keep the faster one for a while.
+
+    On a 2-core machine shared with other work, 2 threads stall whenever the other core is busy (one step can
+    take 5x longer), while 1 thread runs steadily; which is faster changes as the other load comes and goes.
+    """
+
+    def __init__(self, choices=(1, 2), probe: int = 6, keep: int = 200):
+        self.choices, self.probe, self.keep = choices, probe, keep
+        self.times: dict[int, list[float]] = {c: [] for c in choices}
+        self.ref: float | None = None  # median step time of the last choice kept
+        self.plan: list[int] = []
+        self.current, self.probing, self._skip = choices[-1], False, False
+
+    def before_step(self) -> int:
+        if not self.plan:
+            if all(self.times.values()):
+                best = min(self.choices, key=lambda c: float(np.median(self.times[c])))
+                self.ref = float(np.median(self.times[best]))
+                self.times = {c: [] for c in self.choices}
+                self.plan = [(best, False)] * self.keep
+            self.plan += [(c, True) for c in self.choices for _ in range(self.probe + 1)]
+        nxt, self.probing = self.plan.pop(0)
+        self._skip = nxt != self.current  # the first step after a switch is not representative
+        self.current = nxt
+        torch.set_num_threads(nxt)
+        return nxt
+
+    def after_step(self, dt: float):
+        if not self.probing or self._skip:
+            return
+        self.times[self.current].append(dt)
+        if self.ref is not None and dt > 2 * self.ref:  # clearly worse: cut this probe short
+            while self.plan and self.plan[0] == (self.current, True):
+                self.plan.pop(0)
+
+
+def _ema_model(cfg: TrainConfig, ema: dict) -> Pair:
+    trunk, text, _ = build(cfg)
+    m = Pair(trunk, text).eval()
+    m.load_state_dict(ema)
+    return m
+
+
+def main(argv=None):
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m ddit_export.zoo.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="model folder to write (EMA weights), e.g. "
+                                                 "ddit_export/zoo/weights/flux-mini")
+    ap.add_argument("--work", required=True, help="run folder: checkpoints, loss.csv, samples; resumed if present")
+    ap.add_argument("--minutes", type=float, default=None, help="total training time budget")
+    ap.add_argument("--steps", type=int, default=None, help="total step budget")
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
+    ap.add_argument("--threads", default="2", help="intra-op threads, or 'auto' (see ThreadTuner)")
+    ap.add_argument("--micro", action="store_true", help="a tiny config for smoke tests")
+    for f in ("batch", "lr", "width", "heads", "double_blocks", "single_blocks", "text_dim", "seed",
+              "warmup_steps"):
+        ap.add_argument("--" + f.replace("_", "-"), type=type(getattr(d, f)), default=None)
+    ap.add_argument("--no-samples", action="store_true")
+    a = ap.parse_args(argv)
+    over = dict(MICRO) if a.micro else {}
+    over.update({f: getattr(a, f) for f in ("batch", "lr", "width", "heads", "double_blocks", "single_blocks",
+                                            "text_dim", "seed", "warmup_steps") if getattr(a, f) is not None})
+    if "width" in over or "heads" in over:
+        hd = over.get("width", d.width) // over.get("heads", d.heads)
+        over.setdefault("axes_dims_rope", (hd - 2 * (3 * hd // 8), 3 * hd // 8, 3 * hd // 8))
+    cfg = dataclasses.replace(d, **over)
+    if a.minutes is None and a.steps is None:
+        ap.error("give --minutes and/or --steps")
+    threads = a.threads if a.threads == "auto" else int(a.threads)
+    state = train(cfg, Path(a.out), Path(a.work), a.minutes, a.steps, a.ckpt_minutes, threads,
+                  progress=True, samples=not a.no_samples)
+    print(json.dumps({k: v for k, v in state.items() if k != "config"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Tiny models for tests: a random FLUX pixel model and a complete tiny FluxPipeline folder on disk."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = ["a", "red", "circle", "blue", "square", "cat"]
+
+
+def tiny_trunk(in_channels=12, guidance=False, layers=(1, 1), seed=0):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(patch_size=1, in_channels=in_channels, num_layers=layers[0],
+                                  num_single_layers=layers[1], attention_head_dim=16, num_attention_heads=2,
+                                  joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance,
+                                  axes_dims_rope=(4, 6, 6))
+
+
+def tiny_inputs(batch=1, grid=(8, 8), channels=12, text=5, seed=1):
+    from ddit_export.models.patching import image_ids
+
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    return dict(hidden_states=torch.randn(batch, n, channels, generator=g),
+                encoder_hidden_states=torch.randn(batch, text, 32, generator=g),
+                pooled_projections=torch.randn(batch, 32, generator=g),
+                timestep=torch.full((batch,), 0.7), img_ids=image_ids(grid), txt_ids=torch.zeros(text, 3))
+
+
+def _clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for w in WORDS:
+        vocab[w + "</w>"] = len(vocab)
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(vocab)
+
+
+def _t5_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in WORDS]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=512), len(vocab)
+
+
+def tiny_flux_pipeline(guidance=True):
+    """A complete FluxPipeline with random tiny components (CLIP, T5, VAE, transformer) and local tokenizers."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip_tok, clip_n = _clip_tokenizer(Path(tempfile.mkdtemp()))
+    t5_tok, t5_n = _t5_tokenizer()
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=clip_n, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=2, projection_dim=32, max_position_embeddings=77,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    t5 = T5EncoderModel(T5Config(vocab_size=t5_n, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=2,
+                                 decoder_start_token_id=0))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, layers_per_block=1, sample_size=32, shift_factor=0.06,
+                        scaling_factor=0.4)
+    trunk = tiny_trunk(in_channels=16, guidance=guidance)
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=64, max_image_seq_len=1024)
+    pipe = FluxPipeline(scheduler=sched, vae=vae.eval(), text_encoder=clip.eval(), tokenizer=clip_tok,
+                        text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=trunk.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
