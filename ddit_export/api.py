@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError
 from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
 
 
@@ -19,17 +18,23 @@ def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=
 
 
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,
-                    trace_path=None, bundle=None, device="cpu", **settings_kw):
-    """Load a model (or bundle), generate, save images and trace. Returns (GenerationResult, image paths)."""
-    from .models.registry import load_model
-    from .runtime.backends.torch import TorchBackend
+                    trace_path=None, bundle=None, device="cpu", threads=None, **settings_kw):
+    """Load a model (or a bundle, run by ONNX Runtime), generate, save images and trace.
+    Returns (GenerationResult, image paths)."""
     from .runtime.generate import generate
 
     if bundle is not None:
-        raise ConfigError("--bundle needs the ONNX Runtime backend, which this version does not include yet")
-    loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
+        from .runtime.bundle_model import open_bundle
+
+        loaded, backend = open_bundle(bundle, weights=weights, threads=threads)
+    else:
+        from .models.registry import load_model
+        from .runtime.backends.torch import TorchBackend
+
+        loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
+        backend = TorchBackend(loaded.transformer)
     settings = build_settings(loaded, prompts=prompts, **settings_kw)
-    with TorchBackend(loaded.transformer) as backend:
+    with backend:
         result = generate(loaded, backend, settings)
     paths = save_images(result.images, out) if out else []
     if trace_path:

@@ -36,7 +36,7 @@ def step_times(model, backend, *, repeats: int = 7, warmup: int = 2, height=None
             backend.run(k, x, cond, t, g, geom.grid)
             if i >= warmup:
                 runs[k].append(time.perf_counter() - t0)
-    cfg, rank = model.transformer.config, model.transformer.adapter_settings.rank
+    cfg, rank = model.transformer_config, model.lora_rank
     return [SizeTiming(k, geom.tokens(k), statistics.median(runs[k]), runs[k],
                        step_flops(cfg, geom.tokens(1), cond.states.shape[1], k, rank)) for k in sizes]
 

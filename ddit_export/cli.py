@@ -64,9 +64,10 @@ def model_options(f):
               help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
 @click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
 @click.option("--bundle", type=click.Path(), help="Run a built bundle (ONNX Runtime) instead of PyTorch.")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--device", default="cpu", show_default=True)
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             static, coarse_first, out, trace, bundle, device):
+             static, coarse_first, out, trace, bundle, threads, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
 
@@ -74,7 +75,7 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                        warmup=warmup, static=_ints(static, "--schedule"), coarse_first=_coarse(coarse_first))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
-                                    **settings_kw)
+                                    threads=threads, **settings_kw)
     t = result.trace
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
     click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")
@@ -133,6 +134,18 @@ def bench(model, weights, adapters, sizes, repeats, threads, height, width):
                f"parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
     click.echo(format_table(rows))
 
+
+def _register_command_modules():
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        main.add_command(importlib.import_module(f"{commands.__name__}.{info.name}").command, name=info.name)
+
+
+_register_command_modules()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -89,3 +89,40 @@ class GenerateSettings:
             raise ConfigError(f"static schedule has {len(self.static)} sizes for {self.steps} steps")
         if self.coarse_first is not None and not 0 <= self.coarse_first[0] <= self.steps:
             raise ConfigError(f"coarse-first steps must be in [0, {self.steps}], got {self.coarse_first[0]}")
+
+
+DTYPES = ("fp32", "fp16", "bf16")
+PARITY_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}  # max abs diff ONNX vs torch on random inputs
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """One ``ddit-export build``: which model, which sizes, at which resolution and precision, where to."""
+
+    model: str = "flux-mini"
+    weights: str | None = None
+    adapters: str | None = None
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    height: int | None = None
+    width: int | None = None
+    dtype: str = "fp32"
+    out: str | None = None  # default engines/<model>
+    text_len: int | None = None  # FLUX.1-dev: T5 length (default 512); pixel models: their encoder's max length
+    parity_tol: float | None = None  # default PARITY_TOL[dtype]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        object.__setattr__(self, "sizes", check_sizes(self.sizes))
+        if self.text_len is not None and self.text_len < 1:
+            raise ConfigError(f"text length must be >= 1, got {self.text_len}")
+
+    @property
+    def tolerance(self) -> float:
+        return self.parity_tol if self.parity_tol is not None else PARITY_TOL[self.dtype]
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]

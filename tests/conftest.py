@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,3 +31,20 @@ def flux_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("flux")
     tiny_flux_pipeline().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """The tiny preset built into a 3-size bundle once per test session (about 20 s)."""
+    from ddit_export.export.build import build_bundle
+    from ddit_export.settings import BuildSettings
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    return build_bundle(BuildSettings(model="tiny", out=str(out)), progress=False, log=lambda *a: None)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))

@@ -72,6 +72,14 @@ class LoadedModel:
     default_prompt: str = "a large red circle at the center"
     extras: dict = field(default_factory=dict)
 
+    @property
+    def transformer_config(self) -> dict:
+        return dict(self.transformer.config)
+
+    @property
+    def lora_rank(self) -> int:
+        return self.transformer.adapter_settings.rank
+
     def geometry(self, height: int | None = None, width: int | None = None) -> TokenGeometry:
         return TokenGeometry(height or self.default_height, width or self.default_width, self.vae_scale,
                              self.latent_channels)

@@ -16,7 +16,6 @@ from torch import nn
 
 from ..errors import VocabularyError
 
-PAD = "<pad>"
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -24,13 +23,33 @@ def words_of(prompt: str) -> list[str]:
     return _WORD.findall(prompt.lower())
 
 
+def tokenize(vocab: list[str], max_length: int, prompts: list[str]):
+    """Word ids (B, L) int64 and mask (B, L) bool as numpy; raises VocabularyError naming unknown words.
+    Id 0 is padding; word i of ``vocab`` has id i + 1 (the text encoder's embedding table and ONNX graph agree)."""
+    import numpy as np
+
+    word_to_id = {w: i + 1 for i, w in enumerate(vocab)}
+    rows = [words_of(p) for p in prompts]
+    unknown = sorted({w for r in rows for w in r if w not in word_to_id})
+    if unknown:
+        raise VocabularyError(f"words not in the model's vocabulary: {', '.join(unknown)}")
+    too_long = [len(r) for r in rows if len(r) > max_length]
+    if too_long:
+        raise VocabularyError(f"prompt has {max(too_long)} words; this model reads at most {max_length}")
+    if any(not r for r in rows):
+        raise VocabularyError("empty prompt")
+    ids = np.zeros((len(rows), max_length), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = [word_to_id[w] for w in r]
+    return ids, ids != 0
+
+
 class WordTextEncoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, vocab: list[str], max_length: int = 24, dim: int = 64, joint_attention_dim: int = 64,
                  pooled_projection_dim: int = 64, num_heads: int = 4, num_layers: int = 1):
         super().__init__()
-        self.word_to_id = {w: i for i, w in enumerate([PAD] + list(vocab))}
-        self.tok = nn.Embedding(len(self.word_to_id), dim)
+        self.tok = nn.Embedding(len(vocab) + 1, dim)  # id 0 is padding
         self.pos = nn.Embedding(max_length, dim)
         layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
                                            norm_first=True)
@@ -40,20 +59,8 @@ class WordTextEncoder(ModelMixin, ConfigMixin):
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Word ids (B, L) and mask (B, L); raises VocabularyError naming unknown words."""
-        rows = [words_of(p) for p in prompts]
-        unknown = sorted({w for r in rows for w in r if w not in self.word_to_id})
-        if unknown:
-            raise VocabularyError(f"words not in the model's vocabulary: {', '.join(unknown)}")
-        too_long = [len(r) for r in rows if len(r) > self.config.max_length]
-        if too_long:
-            raise VocabularyError(f"prompt has {max(too_long)} words; this model reads at most "
-                                  f"{self.config.max_length}")
-        if any(not r for r in rows):
-            raise VocabularyError("empty prompt")
-        ids = torch.zeros(len(rows), self.config.max_length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor([self.word_to_id[w] for w in r])
-        return ids, ids != 0
+        ids, mask = tokenize(self.config.vocab, self.config.max_length, prompts)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor):
         pos = torch.arange(ids.shape[1], device=ids.device)

@@ -69,8 +69,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     x = initial_noise(geom, b, settings.seed, device) if latents is None else latents.to(device)
     guidance = torch.full((b,), settings.guidance, device=device) if model.guidance_embeds else None
     sched = flux_timesteps(model.scheduler_config, settings.steps, geom.tokens(1))
-    cfg = model.transformer.config
-    rank = model.transformer.adapter_settings.rank
+    cfg, rank = model.transformer_config, model.lora_rank
     text_tokens = cond.states.shape[1]
     trace = Trace(model.name, geom.grid, {"generate": _jsonable(settings), "sizes": list(sizes)},
                   fine_flops_per_step=step_flops(cfg, geom.tokens(1), text_tokens, 1, batch=b))

@@ -1,0 +1,153 @@
+"""The versioned bundle format: the one contract between ``build`` and every runtime backend.
+
+A bundle is a folder::
+
+    manifest.json          format + version, model config, variants, schedule defaults, file hashes, tool versions
+    weights.bin            every large tensor of every graph, stored once (ONNX external data, 64-byte aligned);
+                           manifest "tensors" lists, per graph, each one's name, offset, length, dtype and shape
+    transformer_k1.onnx    one graph per patch size; same inputs and outputs at every size
+    transformer_k2.onnx
+    text_encoder.onnx      pixel models (flux-mini): the word-level text encoder, so ORT alone generates images
+
+Readers check ``format_version`` first and refuse a newer one with a message naming it. See engines/README.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BundleError
+
+FORMAT = "ddit-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # ints, or "batch" for the dynamic batch axis
+    dtype: str  # numpy dtype name
+
+    @classmethod
+    def from_dict(cls, d) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass(frozen=True)
+class Variant:
+    size: int
+    file: str
+    tokens: int
+    grid: tuple
+    inputs: tuple
+    outputs: tuple
+    parity_max_abs: float | None = None
+
+    @classmethod
+    def from_dict(cls, d) -> "Variant":
+        return cls(int(d["size"]), d["file"], int(d["tokens"]), tuple(d["grid"]),
+                   tuple(TensorSpec.from_dict(x) for x in d["inputs"]),
+                   tuple(TensorSpec.from_dict(x) for x in d["outputs"]), d.get("parity_max_abs"))
+
+
+@dataclass
+class Manifest:
+    model: dict
+    variants: list
+    schedule: dict
+    dtype: str
+    files: dict = field(default_factory=dict)  # relative path -> sha256
+    text_encoder: dict | None = None
+    tools: dict = field(default_factory=dict)
+    tensors: dict = field(default_factory=dict)  # graph file -> [[name, offset, length, dtype, dims], ...]
+    format_version: int = FORMAT_VERSION
+
+    def variant(self, size: int) -> Variant:
+        for v in self.variants:
+            if v.size == size:
+                return v
+        raise BundleError(f"bundle has no variant for patch size {size} (has {[v.size for v in self.variants]})")
+
+    @property
+    def sizes(self) -> tuple:
+        return tuple(sorted(v.size for v in self.variants))
+
+    def to_json(self) -> str:
+        d = {"format": FORMAT, "format_version": self.format_version, "model": self.model, "dtype": self.dtype,
+             "schedule": self.schedule, "variants": [_variant_dict(v) for v in self.variants],
+             "text_encoder": self.text_encoder, "files": self.files, "tools": self.tools,
+             "tensors": self.tensors}
+        return json.dumps(d, indent=1)
+
+
+def _variant_dict(v: Variant) -> dict:
+    spec = lambda t: {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}  # noqa: E731
+    return {"size": v.size, "file": v.file, "tokens": v.tokens, "grid": list(v.grid),
+            "inputs": [spec(t) for t in v.inputs], "outputs": [spec(t) for t in v.outputs],
+            "parity_max_abs": v.parity_max_abs}
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse and check ``manifest.json``; raises BundleError naming the file or field at fault."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"bundle folder not found: {folder}")
+    if not path.is_file():
+        raise BundleError(f"not a bundle: {path} is missing")
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if d.get("format") != FORMAT:
+        raise BundleError(f"{path}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}")
+    version = d.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: field 'format_version' is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format version {version} is newer than this ddit-export reads "
+                          f"({FORMAT_VERSION}); upgrade ddit-export or rebuild the bundle")
+    try:
+        variants = [Variant.from_dict(v) for v in d["variants"]]
+        m = Manifest(model=d["model"], variants=variants, schedule=d["schedule"], dtype=d["dtype"],
+                     files=d["files"], text_encoder=d.get("text_encoder"), tools=d.get("tools", {}),
+                     tensors=d.get("tensors", {}), format_version=version)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{path}: missing or malformed field {e}") from None
+    for v in variants:
+        if v.file not in m.files:
+            raise BundleError(f"{path}: variant k={v.size} names {v.file!r}, which is not among the bundle's files")
+    return m
+
+
+def verify_files(folder: str | Path, manifest: Manifest, *, hashes: bool = True) -> dict:
+    """Check every file the manifest lists exists (and matches its sha256). Returns {file: bytes}."""
+    folder = Path(folder)
+    sizes = {}
+    for rel, digest in manifest.files.items():
+        p = folder / rel
+        if not p.is_file():
+            raise BundleError(f"bundle file missing: {p}")
+        if hashes and sha256_file(p) != digest:
+            raise BundleError(f"hash mismatch: {p} (sha256 differs from manifest.json; the file is damaged "
+                              f"or was changed after the build)")
+        sizes[rel] = p.stat().st_size
+    return sizes
+
+
+def load(folder: str | Path, *, hashes: bool = True) -> Manifest:
+    m = read_manifest(folder)
+    verify_files(folder, m, hashes=hashes)
+    return m

@@ -1,0 +1,32 @@
+"""``ddit-export build``: export every patch-size variant of the transformer into one bundle."""
+import click
+
+
+@click.command()
+@click.option("--model", default="flux-mini", show_default=True,
+              help="flux-mini, tiny, random-20m, flux (with --weights), or a model folder.")
+@click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")
+@click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own).")
+@click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes to export, in fine tokens.")
+@click.option("--height", type=int, help="Image height (default: the model's).")
+@click.option("--width", type=int, help="Image width (default: the model's).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--text-len", type=int, help="Text tokens (FLUX.1-dev: T5 length, default 512).")
+@click.option("--backend", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="onnx: ONNX graphs + shared weights (ONNX Runtime). trt: also TensorRT engines (needs tensorrt).")
+@click.option("--out", type=click.Path(), help="Bundle folder (default: engines/<model>).")
+def command(model, weights, adapters, sizes, height, width, dtype, text_len, backend, out):
+    """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
+    from ..cli import _ints
+    from ..errors import ConfigError
+    from ..export.build import build_bundle
+    from ..settings import BuildSettings
+
+    if backend == "trt":
+        raise ConfigError("--backend trt needs TensorRT, which is not part of this release; build the ONNX bundle "
+                          "and see README 'TensorRT'")
+    settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
+                             height=height, width=width, dtype=dtype, out=out, text_len=text_len)
+    path = build_bundle(settings, log=click.echo)
+    click.echo(f"wrote bundle {path}")
+

@@ -1,0 +1,161 @@
+"""``ddit-export build``: export every patch-size variant into one bundle folder, atomically.
+
+The bundle is written into a temporary sibling folder and renamed into place at the end, so an interrupted or
+failed build never leaves a half bundle that looks valid, and an existing bundle is replaced only by a complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bundle import MANIFEST, WEIGHTS, Manifest, TensorSpec, Variant, sha256_file
+from ..errors import ConfigError, DDiTError
+from ..settings import BuildSettings
+
+ENGINES = Path("engines")
+
+
+def default_out(settings: BuildSettings) -> Path:
+    name = Path(settings.model).name if Path(settings.model).is_dir() else settings.model
+    return ENGINES / name
+
+
+def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -> Path:
+    """Export, check, and write the bundle; returns its folder."""
+    from ..models.registry import load_model
+
+    out = Path(settings.out) if settings.out else default_out(settings)
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    geom = model.geometry(settings.height, settings.width)
+    missing = [k for k in settings.sizes if not geom.available(k)]
+    if missing:
+        raise ConfigError(f"patch size(s) {missing} do not divide the {geom.grid} token grid of "
+                          f"{geom.height}x{geom.width}; choose other --sizes or another resolution")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _write_bundle(tmp, model, geom, settings, progress, log)
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace(tmp: Path, out: Path):
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: bool, log) -> Manifest:
+    import onnx
+    from tqdm.auto import tqdm
+
+    from .onnx import export_text_encoder, export_variant, transformer_input_names
+    from .parity import variant_parity
+    from .shared_weights import SharedWeightsWriter
+
+    dtype = settings.torch_dtype
+    mp = model.transformer.to(dtype)
+    text = model.extras.get("text_encoder")
+    text_len = settings.text_len or (text.config.max_length if text is not None else 512)
+    writer = SharedWeightsWriter(folder)
+    variants, tensors = [], {}
+    try:
+        for k in tqdm(settings.sizes, desc="export variants", disable=not progress):
+            file = f"transformer_k{k}.onnx"
+            tensors[file] = _save_shared(export_variant(mp, k, geom, text_len, dtype), writer, folder, file)
+            variants.append((k, file))
+        text_entry = None
+        if text is not None:
+            tensors["text_encoder.onnx"] = _save_shared(export_text_encoder(text, text_len), writer, folder,
+                                                        "text_encoder.onnx")
+            text_entry = {"file": "text_encoder.onnx", "vocab": list(text.config.vocab),
+                          "max_length": text_len, "inputs": ["input_ids", "attention_mask"],
+                          "outputs": ["states", "pooled"]}
+    finally:
+        writer.close()
+    for _, file in variants:
+        onnx.checker.check_model(str(folder / file))
+    cfg = dict(mp.config)
+    names = transformer_input_names(bool(cfg.get("guidance_embeds")))
+    np_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[settings.dtype]
+    shapes = _input_shapes(cfg, geom, text_len)
+    spec_in = tuple(TensorSpec(n, shapes[n], np_dtype) for n in names)
+    spec_out = (TensorSpec("velocity", ("batch", geom.tokens(1), geom.token_channels), np_dtype),)
+    manifest_variants = []
+    for k, file in tqdm(variants, desc="parity", disable=not progress):
+        diff = variant_parity(folder / file, mp, k, geom, text_len, dtype)
+        if diff is not None and not diff <= settings.tolerance:
+            raise DDiTError(f"variant k={k}: ONNX differs from torch by {diff:.3g} (> {settings.tolerance:g}); "
+                            f"bundle not written")
+        manifest_variants.append(Variant(k, file, geom.tokens(k), geom.grid_at(k), spec_in, spec_out, diff))
+    for v in manifest_variants:
+        log(f"k={v.size}: {v.tokens} tokens, ONNX vs torch max abs diff "
+            f"{'not run (bf16 on ORT CPU)' if v.parity_max_abs is None else f'{v.parity_max_abs:.2e}'}")
+    files = [WEIGHTS] + [f for _, f in variants] + ([text_entry["file"]] if text_entry else [])
+    return Manifest(
+        model=_model_entry(model, geom, text_len, cfg), variants=manifest_variants,
+        schedule={"tau": model.schedule_defaults.tau, "eps": model.schedule_defaults.eps,
+                  "warmup": model.schedule_defaults.warmup},
+        dtype=settings.dtype, files={f: sha256_file(folder / f) for f in files}, text_encoder=text_entry,
+        tools=_tool_versions(), tensors=tensors)
+
+
+def _save_shared(prog, writer, folder: Path, file: str):
+    """Write one exported graph into the bundle with its large weights in the shared file; returns their table."""
+    import onnx
+
+    from .onnx import program_to_proto
+
+    scratch = folder / f"_scratch_{Path(file).stem}"
+    proto = program_to_proto(prog, scratch)
+    table = writer.externalize(proto, scratch)
+    onnx.save(proto, folder / file)
+    shutil.rmtree(scratch)
+    return table
+
+
+def _input_shapes(cfg, geom, text_len) -> dict:
+    shapes = {"hidden_states": ("batch", geom.tokens(1), geom.token_channels),
+              "encoder_hidden_states": ("batch", text_len, cfg["joint_attention_dim"]),
+              "pooled_projections": ("batch", cfg["pooled_projection_dim"]), "timestep": ("batch",),
+              "img_ids": (geom.tokens(1), 3), "txt_ids": (text_len, 3), "guidance": ("batch",)}
+    return shapes
+
+
+def _model_entry(model, geom, text_len, cfg) -> dict:
+    return {"name": model.name, "kind": "flux" if model.vae_scale > 1 else "pixel",
+            "transformer_config": json.loads(json.dumps(cfg, default=list)),
+            "lora_rank": model.transformer.adapter_settings.rank, "vae_scale": model.vae_scale,
+            "latent_channels": model.latent_channels, "height": geom.height, "width": geom.width,
+            "default_steps": model.default_steps, "guidance_embeds": model.guidance_embeds,
+            "scheduler_config": json.loads(json.dumps(model.scheduler_config, default=list)),
+            "text_len": text_len, "default_prompt": model.default_prompt}
+
+
+def _tool_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("ddit-export", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,32 @@
+"""ONNX vs torch on random inputs, per variant, through polygraphy's Comparator and its ONNX Runtime runner."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def variant_parity(onnx_path: Path, model, size: int, geom, text_len: int, dtype=torch.float32, seed: int = 123,
+                   batch: int = 1) -> float | None:
+    """Max |ONNX − torch| of the velocity on one random input; None where ONNX Runtime's CPU provider cannot run
+    ``dtype`` (bf16)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    from .onnx import VariantModule, example_inputs, transformer_input_names
+
+    cfg = dict(model.config)
+    guidance = bool(cfg.get("guidance_embeds"))
+    args = example_inputs(cfg, geom, text_len, dtype, batch=batch, seed=seed)
+    with torch.no_grad():
+        ref = VariantModule(model, size, geom.grid, guidance)(*args).float().numpy()
+    if dtype == torch.bfloat16:
+        return None  # ORT's CPU provider has no bfloat16 kernels for these ops
+    feeds = {n: a.numpy() for n, a in zip(transformer_input_names(guidance), args)}
+    G_LOGGER.module_severity = G_LOGGER.WARNING
+    runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]))
+    results = Comparator.run([runner], data_loader=[feeds])
+    out = results[0][1][0]["velocity"].astype(np.float32)
+    return float(np.abs(out - ref).max())

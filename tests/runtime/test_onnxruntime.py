@@ -1,0 +1,99 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from ddit_export.api import build_settings
+from ddit_export.models.registry import load_model
+from ddit_export.runtime.backends.onnxruntime import OrtBundleBackend
+from ddit_export.runtime.backends.torch import TorchBackend
+from ddit_export.runtime.bundle_model import open_bundle
+from ddit_export.runtime.generate import generate
+
+
+def psnr(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mse = ((a - b) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def test_onnxruntime_generation_matches_torch_step_for_step(tiny_bundle):
+    bm, backend = open_bundle(tiny_bundle)
+    torch_model = load_model("tiny")
+    settings = build_settings(torch_model, prompts=("a red circle", "a blue square"), steps=16)
+    with backend:
+        ort_run = generate(bm, backend, settings, progress=False)
+    with TorchBackend(torch_model.transformer) as tb:
+        torch_run = generate(torch_model, tb, settings, progress=False)
+    assert ort_run.trace.sizes == torch_run.trace.sizes
+    assert len(set(ort_run.trace.sizes)) > 1
+    for a, b in zip(ort_run.images, torch_run.images):
+        assert psnr(a, b) >= 40
+
+
+def test_variants_share_one_copy_of_the_weights(tiny_bundle):
+    with OrtBundleBackend(tiny_bundle) as be:
+        w = be.weights
+        assert w.nbytes == (tiny_bundle / "weights.bin").stat().st_size
+        # every graph's large tensors are views of the one buffer
+        for file, table in be.manifest.tensors.items():
+            for name, offset, *_ in table:
+                assert np.shares_memory(w._values[offset].numpy(), w.buffer)
+        v = be.manifest.variant(1)
+        feeds = {s.name: np.random.default_rng(0).standard_normal([1 if d == "batch" else d for d in s.shape])
+                 .astype(s.dtype) for s in v.inputs}
+        import onnxruntime as ort
+
+        plain = ort.InferenceSession(str(tiny_bundle / v.file), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(be.run_numpy(1, feeds), plain.run(["velocity"], feeds)[0], atol=1e-6)
+
+
+CONSUMER = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("ddit_export", "torch", "diffusers"):
+                raise ImportError(f"{name} must not be needed")
+    sys.meta_path.insert(0, Block())
+    import numpy as np, onnxruntime as ort
+    folder, size = sys.argv[1], int(sys.argv[2])
+    m = json.load(open(f"{folder}/manifest.json"))
+    assert m["format"] == "ddit-bundle" and m["format_version"] == 1
+    v = next(v for v in m["variants"] if v["size"] == size)
+    rng = np.random.default_rng(0)
+    feeds = {i["name"]: rng.standard_normal([1 if d == "batch" else d for d in i["shape"]]).astype(i["dtype"])
+             for i in v["inputs"]}
+    out = ort.InferenceSession(f"{folder}/{v['file']}").run([v["outputs"][0]["name"]], feeds)[0]
+    print(json.dumps({"shape": list(out.shape), "sum": float(out.sum())}))
+""")
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_outsider_with_only_onnxruntime_and_numpy_runs_a_variant(tiny_bundle, tmp_path, size):
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    r = subprocess.run([sys.executable, str(script), str(tiny_bundle), str(size)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    with OrtBundleBackend(tiny_bundle) as be:
+        v = be.manifest.variant(size)
+        rng = np.random.default_rng(0)
+        feeds = {s.name: rng.standard_normal([1 if d == "batch" else d for d in s.shape]).astype(s.dtype)
+                 for s in v.inputs}
+        ours = be.run_numpy(size, feeds)
+    assert got["shape"] == list(ours.shape)
+    assert got["sum"] == pytest.approx(float(ours.sum()), rel=1e-5, abs=1e-4)
+
+
+def test_bundle_resolution_is_fixed(tiny_bundle):
+    bm, backend = open_bundle(tiny_bundle)
+    backend.deactivate()
+    from ddit_export.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="built for 32x32; rebuild with --height 64"):
+        bm.geometry(64, 64)

@@ -1,0 +1,37 @@
+import json
+
+from click.testing import CliRunner
+
+from ddit_export.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_build_inspect_validate_generate(tmp_path, tiny_bundle):
+    out = tmp_path / "b"
+    r = invoke("build", "--model", "tiny", "--sizes", "1,2", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "k=2: 64 tokens, ONNX vs torch max abs diff" in r.output and (out / "manifest.json").is_file()
+    r = invoke("inspect", out)
+    assert r.exit_code == 0 and "all sha256 verified" in r.output and "8x8" in r.output
+    r = invoke("validate", out)
+    assert r.exit_code == 0 and "bundle valid" in r.output
+    r = invoke("validate", out, "--tol", "0")  # a strict tolerance must fail with exit code 1
+    assert r.exit_code == 1 and "FAIL" in r.output
+    img, trace = tmp_path / "i.png", tmp_path / "t.json"
+    r = invoke("generate", "--bundle", tiny_bundle, "--steps", 12, "--out", img, "--trace", trace)
+    assert r.exit_code == 0, r.output
+    assert img.is_file() and len(json.loads(trace.read_text())["steps"]) == 12
+
+
+def test_bundle_errors_are_one_line(bundle_copy, tmp_path):
+    (bundle_copy / "weights.bin").write_bytes(b"\0")
+    for args in (["inspect", bundle_copy], ["validate", bundle_copy], ["generate", "--bundle", bundle_copy],
+                 ["inspect", tmp_path / "nothing"]):
+        r = invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
+    r = invoke("build", "--model", "tiny", "--backend", "trt", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "TensorRT" in r.output
