@@ -126,3 +126,137 @@ class BuildSettings:
         import torch
 
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """One ``ddit-export adapt``: self-distil the coarse-size adapters from the model's own fine size."""
+
+    model: str = "flux-mini"
+    weights: str | None = None
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    rank: int = DEFAULT_LORA_RANK
+    init: str = "tile"
+    lr: float = 1e-3
+    lr_warmup: int = 50  # steps of linear warm-up
+    batch: int = 16
+    steps: int | None = None  # budgets: totals over resumed runs; at least one of the two
+    minutes: float | None = None
+    seed: int = 0
+    work: str | None = None  # default runs/adapt-<model>
+    out: str | None = None  # default: the pixel-model folder's transformer/ddit_adapters.safetensors, else WORK
+    prompts_file: str | None = None  # one prompt a line; default (pixel models): scene-grammar captions
+    num_prompts: int | None = None  # trajectories to sample (default: 512 captions, or every line of the file)
+    sample_steps: int | None = None  # sampler steps of a trajectory (default: the model's)
+    height: int | None = None
+    width: int | None = None
+    guidance: float = 3.5
+    coarse_mix: float = 0.0  # fraction of trajectories that take random coarse steps
+    ckpt_minutes: float = 3.0
+    eval_images: int = 16  # prompts for the PSNR-vs-fine-only report before/after (0: skip)
+    grad_clip: float = 1.0
+    device: str = "cpu"
+    dtype: str = "fp32"
+    threads: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "sizes", check_sizes(self.sizes))
+        if not any(k > 1 for k in self.sizes):
+            raise ConfigError(f"sizes {self.sizes} have no coarse size to adapt (e.g. --sizes 1,2,4)")
+        AdapterSettings(rank=self.rank, init=self.init)
+        if self.steps is None and self.minutes is None:
+            raise ConfigError("give a budget: --steps and/or --minutes")
+        checks = [("lr", self.lr > 0), ("batch", self.batch >= 1), ("lr warm-up", self.lr_warmup >= 0),
+                  ("steps", self.steps is None or self.steps >= 0),
+                  ("minutes", self.minutes is None or self.minutes >= 0),
+                  ("coarse mix", 0 <= self.coarse_mix <= 1), ("ckpt minutes", self.ckpt_minutes > 0),
+                  ("eval images", self.eval_images >= 0), ("grad clip", self.grad_clip > 0),
+                  ("number of prompts", self.num_prompts is None or self.num_prompts >= 1),
+                  ("sample steps", self.sample_steps is None or self.sample_steps >= 4),
+                  ("threads", self.threads is None or self.threads >= 1)]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ConfigError(f"adapt: invalid {', '.join(bad)} "
+                              f"(lr > 0, batch >= 1, coarse mix in [0, 1], sample steps >= 4, ...)")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+
+
+@dataclass(frozen=True)
+class TrtSettings:
+    """How ``build --backend trt`` plans and builds TensorRT engines (export/trt_plan.py, export/trt_build.py)."""
+
+    max_batch: int = 1  # every profile's batch range is 1..max_batch; token counts are fixed per profile
+    opt_batch: int | None = None  # None: max_batch
+    optimization_level: int = 3  # TensorRT builder optimization level 0..5 (NVIDIA's demo/Diffusion uses 3)
+    strip_plan: bool = True  # weight-stripped plans (STRIP_PLAN + REFIT_IDENTICAL), refitted at load from weights.bin
+    timing_cache: str | None = None  # None: <bundle>/trt/timing.cache
+    tf32: bool = False  # fp32 bundles only: allow TF32 matmuls
+    workspace_gib: float | None = None  # None: TensorRT's default (the whole GPU)
+
+    def __post_init__(self):
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.opt_batch is not None and not 1 <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"opt_batch must be in [1, max_batch={self.max_batch}], got {self.opt_batch}")
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"builder optimization level must be in 0..5, got {self.optimization_level}")
+        if self.workspace_gib is not None and not self.workspace_gib > 0:
+            raise ConfigError(f"workspace_gib must be > 0, got {self.workspace_gib}")
+
+
+EVAL_SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """One ``ddit-export evaluate``: the fine-only baseline against DDiT (trained adapters and/or the training-free
+    init) on scene captions, ``n_prompts`` x ``seeds`` images per variant. DDiT runs at the model's default τ and
+    at every τ in ``taus``. ``adapted=None``: evaluate the adapted variant when the model has adapters (or
+    ``adapters`` is given); ``True`` makes a model without adapters an error."""
+
+    model: str = "flux-mini"
+    weights: str | None = None
+    adapters: str | None = None  # None: the model folder's own adapters, if any
+    taus: tuple[float, ...] = ()
+    n_prompts: int = 64
+    seeds: tuple[int, ...] = (0,)
+    steps: int | None = None  # None: the model's
+    adapted: bool | None = None
+    training_free: bool = True
+    split: str = "heldout"
+    prompt_seed: int = 2026
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    eps: float | None = None  # None: the model's
+    warmup: int | None = None  # None: the model's
+    batch: int = 16  # prompts per batched fine-only run (DDiT runs one prompt at a time: per-prompt decisions)
+    out: str = "runs/eval"
+    min_base_adherence: float = 0.9
+
+    def __post_init__(self):
+        if self.n_prompts < 1:
+            raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
+        if not self.seeds:
+            raise ConfigError("at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds repeat: {self.seeds}")
+        bad = [t for t in self.taus if not t > 0]
+        if bad:
+            raise ConfigError(f"tau must be > 0, got {bad}")
+        if self.split not in EVAL_SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {self.split!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if self.adapted is False and self.adapters is not None:
+            raise ConfigError("an adapters file was given but the adapted variant is switched off")
+        object.__setattr__(self, "taus", tuple(dict.fromkeys(float(t) for t in self.taus)))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "sizes", check_sizes(self.sizes))

@@ -35,3 +35,19 @@ def test_bundle_errors_are_one_line(bundle_copy, tmp_path):
         assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
     r = invoke("build", "--model", "tiny", "--backend", "trt", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "TensorRT" in r.output
+
+
+def test_flux_folder_bundle_holds_the_transformer_and_needs_weights_to_generate(flux_dir, tmp_path):
+    out = tmp_path / "flux"
+    r = invoke("build", "--model", "flux", "--weights", flux_dir, "--height", 64, "--width", 64, "--sizes", "1,2",
+               "--text-len", 16, "--out", out)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["kind"] == "flux" and m["text_encoder"] is None and m["model"]["guidance_embeds"]
+    assert [i["name"] for i in m["variants"][0]["inputs"]][-1] == "guidance"
+    r = invoke("generate", "--bundle", out, "--steps", 4)
+    assert r.exit_code == 2 and "--weights" in r.output
+    r = invoke("generate", "--bundle", out, "--weights", flux_dir, "--steps", 5, "--tau", 10, "--prompt", "a red cat",
+               "--out", tmp_path / "f.png")
+    assert r.exit_code == 0, r.output
+    assert "sizes per step: 1,1,1,2,2" in r.output and (tmp_path / "f.png").is_file()

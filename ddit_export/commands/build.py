@@ -23,8 +23,14 @@ def command(model, weights, adapters, sizes, height, width, dtype, text_len, bac
     from ..settings import BuildSettings
 
     if backend == "trt":
-        raise ConfigError("--backend trt needs TensorRT, which is not part of this release; build the ONNX bundle "
-                          "and see README 'TensorRT'")
+        from ..export.trt_build import build_with_tensorrt
+        from ..settings import TrtSettings
+
+        settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
+                                 height=height, width=width, dtype=dtype, out=out, text_len=text_len)
+        path = build_with_tensorrt(settings, TrtSettings(), log=click.echo)  # checks for TensorRT first
+        click.echo(f"wrote bundle {path} with TensorRT engines")
+        return
     settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                              height=height, width=width, dtype=dtype, out=out, text_len=text_len)
     path = build_bundle(settings, log=click.echo)

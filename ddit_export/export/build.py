@@ -139,13 +139,19 @@ def _input_shapes(cfg, geom, text_len) -> dict:
     return shapes
 
 
+def _jsonable(cfg: dict) -> dict:
+    """A diffusers config as plain JSON, without the local path it was loaded from."""
+    drop = {"_name_or_path", "_use_default_values"}
+    return json.loads(json.dumps({k: v for k, v in dict(cfg).items() if k not in drop}, default=str))
+
+
 def _model_entry(model, geom, text_len, cfg) -> dict:
     return {"name": model.name, "kind": "flux" if model.vae_scale > 1 else "pixel",
-            "transformer_config": json.loads(json.dumps(cfg, default=list)),
+            "transformer_config": _jsonable(cfg),
             "lora_rank": model.transformer.adapter_settings.rank, "vae_scale": model.vae_scale,
             "latent_channels": model.latent_channels, "height": geom.height, "width": geom.width,
             "default_steps": model.default_steps, "guidance_embeds": model.guidance_embeds,
-            "scheduler_config": json.loads(json.dumps(model.scheduler_config, default=list)),
+            "scheduler_config": _jsonable(model.scheduler_config),
             "text_len": text_len, "default_prompt": model.default_prompt}
 
 

@@ -233,9 +233,12 @@ def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device) -> LoadedM
         adapters = folder / "transformer" / ADAPTER_FILE
     mp = _multipatch(pipe.transformer.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
 
+    extras = {"pipeline": pipe, "text_len": 512}
+
     def encode(prompts):
         with torch.no_grad():
-            states, pooled, txt_ids = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device)
+            states, pooled, txt_ids = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device,
+                                                         max_sequence_length=extras["text_len"])
         return Conditioning(states, pooled, txt_ids)
 
     def decode(latents, geom):
@@ -249,4 +252,4 @@ def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device) -> LoadedM
                        scheduler_config=dict(pipe.scheduler.config), vae_scale=pipe.vae_scale_factor,
                        latent_channels=pipe.transformer.config.in_channels // 4, default_height=1024,
                        default_width=1024, default_steps=50,
-                       guidance_embeds=bool(pipe.transformer.config.guidance_embeds), extras={"pipeline": pipe})
+                       guidance_embeds=bool(pipe.transformer.config.guidance_embeds), extras=extras)

@@ -74,5 +74,6 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
         from ..models.registry import load_model
 
         pipeline_model = load_model("flux", weights)
+        pipeline_model.extras["text_len"] = man.model["text_len"]  # T5 length the graphs were built for
     backend.activate()
     return BundleModel(man.model["name"], man, backend, pipeline_model), backend

@@ -34,22 +34,25 @@ class SharedWeights:
 
         path = Path(folder) / bundle_mod.WEIGHTS
         self.buffer = np.fromfile(path, dtype=np.uint8)
-        self._values: dict[int, object] = {}
+        # keyed by (offset, dtype, shape): identical bytes are stored once, and two tensors of different shapes
+        # can share them (all-zero initial LoRA and residual weights do)
+        self._values: dict[tuple, object] = {}
         self.tables = manifest.tensors
         for file, table in self.tables.items():
             for name, offset, length, dtype, dims in table:
                 if offset + length > self.buffer.size:
                     raise BundleError(f"{path} is truncated: tensor {name!r} of {file} ends at byte "
                                       f"{offset + length}, the file has {self.buffer.size}")
-                if offset not in self._values:
+                key = (offset, dtype, tuple(dims))
+                if key not in self._values:
                     arr = self.buffer[offset:offset + length].view(np.dtype(dtype)).reshape(dims)
-                    self._values[offset] = ort.OrtValue.ortvalue_from_numpy(arr)
+                    self._values[key] = ort.OrtValue.ortvalue_from_numpy(arr)
 
     def apply(self, options, file: str):
         # add_initializer makes the session use this memory as is (measured on random-20m: 3 sessions 102 MB after
         # load vs 95 MB for one); add_external_initializers copied it into every session (340 MB).
-        for name, offset, *_ in self.tables.get(file, []):
-            options.add_initializer(name, self._values[offset])
+        for name, offset, _, dtype, dims in self.tables.get(file, []):
+            options.add_initializer(name, self._values[(offset, dtype, tuple(dims))])
 
     @property
     def nbytes(self) -> int:

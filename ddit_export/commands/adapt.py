@@ -1,0 +1,60 @@
+"""``ddit-export adapt``: self-distil the coarse-size adapters from the model's own fine size."""
+import click
+
+
+@click.command()
+@click.option("--model", default="flux-mini", show_default=True,
+              help="flux-mini, tiny, flux (with --weights), or a pixel-model folder.")
+@click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")
+@click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes; every coarse one (> 1) trains.")
+@click.option("--rank", default=32, show_default=True, type=int, help="LoRA rank on the feed-forward layers.")
+@click.option("--init", type=click.Choice(["tile", "pi"]), default="tile", show_default=True,
+              help="Stem initialisation: tile (average in, copy out) or pi (pseudo-inverse resize).")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak AdamW learning rate.")
+@click.option("--lr-warmup", default=50, show_default=True, type=int, help="Linear warm-up steps.")
+@click.option("--batch", default=16, show_default=True, type=int, help="States per step (every size).")
+@click.option("--steps", type=int, help="Total training steps (over resumed runs).")
+@click.option("--minutes", type=float, help="Total training minutes (over resumed runs; sampling excluded).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--work", type=click.Path(), help="Run folder: trajectories, logs, checkpoints "
+                                                "(default runs/adapt-<model>); resumed if present.")
+@click.option("--out", type=click.Path(), help="Adapters file (default: the pixel-model folder's "
+                                               "transformer/ddit_adapters.safetensors; FLUX: WORK/).")
+@click.option("--prompts", "prompts_file", type=click.Path(),
+              help="Prompt file, one a line (default for pixel models: scene-grammar captions).")
+@click.option("--num-prompts", type=int, help="Trajectories to sample (default 512 captions / every line).")
+@click.option("--sample-steps", type=int, help="Sampler steps per trajectory (default: the model's).")
+@click.option("--height", type=int)
+@click.option("--width", type=int)
+@click.option("--guidance", default=3.5, show_default=True, type=float, help="Guidance (guidance-distilled models).")
+@click.option("--coarse-mix", default=0.0, show_default=True, type=float,
+              help="Fraction of trajectories that take random coarse steps (off-trajectory states).")
+@click.option("--ckpt-minutes", default=3.0, show_default=True, type=float)
+@click.option("--eval-images", default=16, show_default=True, type=int,
+              help="Prompts of the before/after PSNR-vs-fine-only report (0: skip).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Trunk precision (adapters train in fp32 under autocast).")
+@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minutes, seed, work, out, prompts_file,
+            num_prompts, sample_steps, height, width, guidance, coarse_mix, ckpt_minutes, eval_images, device, dtype,
+            threads, quiet):
+    """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
+    from ..adapt import adapt
+    from ..cli import _ints
+    from ..settings import AdaptSettings
+
+    settings = AdaptSettings(model=model, weights=weights, sizes=_ints(sizes, "--sizes"), rank=rank, init=init,
+                             lr=lr, lr_warmup=lr_warmup, batch=batch, steps=steps, minutes=minutes, seed=seed,
+                             work=work, out=out, prompts_file=prompts_file, num_prompts=num_prompts,
+                             sample_steps=sample_steps, height=height, width=width, guidance=guidance,
+                             coarse_mix=coarse_mix, ckpt_minutes=ckpt_minutes, eval_images=eval_images,
+                             device=device, dtype=dtype, threads=threads)
+    result = adapt(settings, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    st = result.state
+    if st.get("out"):
+        click.echo(f"wrote {st['out']} ({st['step']} steps)")
+    else:
+        click.echo(f"stopped at step {st['step']}; run the same command again to resume")
+        raise SystemExit(130 if st.get("stopped_by_signal") else 1)

@@ -1,0 +1,258 @@
+"""The TensorRT build plan of a bundle: which engines, which profiles, which flags, and where the weights live.
+
+Plain code (no TensorRT, no torch): the plan is computed from the model config, the :class:`TokenGeometry` and the
+sizes, serialised into ``manifest.json`` under :data:`PLAN_KEY`, and read back by ``trt_build`` and the runtime.
+
+Layout ("trunk+stems"): ONE trunk engine (the FLUX blocks, conditioning embedders, RoPE and ``norm_out``) whose
+token axis is dynamic, with one optimization profile per size's token count (min = opt = max); and, per size, a
+small stem engine (merge k x k tokens + embedding + size identifier) and head engine (de-embedding + residual +
+unmerge). TensorRT copies weights into every engine, so the trunk exists in GPU memory exactly once whatever the
+number of sizes. Why separate stems/heads rather than inside the trunk behind an index input: they differ in shape
+per size (k*k*C channels), so inside one engine they would need one branch per size (If/Where on all of them,
+every size's stem computed or a dynamic-shape branch); as separate engines they are static, tiny (FLUX.1-dev k=4:
+~7 M parameters of 12 B) and refittable on their own. The per-size LoRA of the trunk's feed-forward layers cannot
+leave the trunk (it acts inside every block), so it is stacked per size ([S, r, in] / [S, out, r], a zero row for
+size 1) and selected by the ``size_index`` input: stacked LoRA bytes are per size, counted once.
+
+The weight numbers in ``plan["weights"]`` are computed here from parameter counts x dtype bytes (not measured on a
+GPU): ``plan_total_bytes`` (this layout) vs ``naive_total_bytes`` (one full engine per size, each with its own
+copy of the trunk). Activation memory: every execution context (trunk profiles, stems, heads) runs on one stream,
+one after the other, so all share ONE user-managed buffer sized at load to the largest
+``get_device_memory_size_for_profile_v2``; the I/O buffers are planned here (``plan["memory"]["io"]``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import BundleError, ConfigError
+from ..shapes import TokenGeometry
+
+PLAN_KEY = "tensorrt"
+PLAN_VERSION = 1
+LAYOUT = "trunk+stems"
+ENGINE_DIR = "trt"
+TRUNK_ONNX = "trt_trunk.onnx"  # beside weights.bin: ONNX external data may not point into a parent folder
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+COND_INPUTS = ("encoder_hidden_states", "pooled_projections", "timestep")
+TOKEN_AXES = {"hidden": 1, "img_ids": 0}  # the trunk's dynamic token axis, fixed per profile
+
+
+def stem_onnx(k: int) -> str:
+    return f"trt_stem_k{k}.onnx"
+
+
+def head_onnx(k: int) -> str:
+    return f"trt_head_k{k}.onnx"
+
+
+def trunk_inputs(guidance: bool, lora: bool) -> tuple[str, ...]:
+    """The trunk graph's inputs, in export order: embedded tokens, FLUX's conditioning, RoPE ids, size index."""
+    return ("hidden",) + COND_INPUTS + ("img_ids", "txt_ids") + (("size_index",) if lora else ()) + \
+        (("guidance",) if guidance else ())
+
+
+# ---- parameter counts (diffusers' FluxTransformer2DModel + MultiPatchFlux), checked against torch in tests ----
+def _lin(i: int, o: int) -> int:
+    return i * o + o
+
+
+def _dims(cfg) -> dict:
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    c_in = cfg["in_channels"] * cfg.get("patch_size", 1) ** 2
+    c_out = (cfg.get("out_channels") or cfg["in_channels"]) * cfg.get("patch_size", 1) ** 2
+    return {"d": d, "hd": cfg["attention_head_dim"], "c_in": c_in, "c_out": c_out}
+
+
+def param_counts(cfg: dict, sizes, lora_rank: int) -> dict:
+    """Parameters of the shared trunk (without ``x_embedder``/``proj_out``, which are size 1's stem and head), of
+    one size's LoRA, and of each size's stem and head."""
+    m = _dims(cfg)
+    d, hd = m["d"], m["hd"]
+    cond = (2 if cfg.get("guidance_embeds") else 1) * (_lin(256, d) + _lin(d, d))
+    cond += _lin(cfg["pooled_projection_dim"], d) + _lin(d, d) + _lin(cfg["joint_attention_dim"], d)
+    double = 2 * _lin(d, 6 * d) + 8 * _lin(d, d) + 4 * hd + 2 * (_lin(d, 4 * d) + _lin(4 * d, d))
+    single = _lin(d, 3 * d) + _lin(d, 4 * d) + _lin(5 * d, d) + 3 * _lin(d, d) + 2 * hd
+    trunk = cond + cfg["num_layers"] * double + cfg["num_single_layers"] * single + _lin(d, 2 * d)
+    lora = lora_rank * (cfg["num_layers"] * 10 * d + cfg["num_single_layers"] * 11 * d)
+    stem, head = {}, {}
+    for k in sizes:
+        ci, co = k * k * m["c_in"], k * k * m["c_out"]
+        stem[k] = _lin(ci, d) + (d if k > 1 else 0)  # embedding (+ size identifier)
+        head[k] = _lin(d, co) + (_lin(ci, co) if k > 1 else 0)  # de-embedding (+ residual)
+    return {"trunk": trunk, "lora_per_size": lora if any(k > 1 for k in sizes) else 0, "stem": stem, "head": head}
+
+
+def weight_bytes(cfg: dict, sizes, lora_rank: int, dtype: str) -> dict:
+    """GPU bytes of weights: this plan (trunk once) vs one full engine per size (trunk once per size)."""
+    p, b = param_counts(cfg, sizes, lora_rank), DTYPE_BYTES[dtype]
+    lora_rows = len(sizes) if p["lora_per_size"] else 0  # size 1's row is zeros
+    trunk_engine = (p["trunk"] + lora_rows * p["lora_per_size"]) * b
+    stem = {str(k): p["stem"][k] * b for k in sizes}
+    head = {str(k): p["head"][k] * b for k in sizes}
+    naive = sum((p["trunk"] + (p["lora_per_size"] if k > 1 else 0) + p["stem"][k] + p["head"][k]) * b
+                for k in sizes)
+    total = trunk_engine + sum(stem.values()) + sum(head.values())
+    return {"dtype": dtype, "trunk_bytes": p["trunk"] * b, "trunk_engine_bytes": trunk_engine,
+            "lora_stack_bytes": lora_rows * p["lora_per_size"] * b, "stem_bytes": stem, "head_bytes": head,
+            "trunk_copies": 1, "plan_total_bytes": total,
+            "naive_trunk_copies": len(sizes), "naive_total_bytes": naive,
+            "source": "computed from parameter counts x dtype bytes (not measured on a GPU)"}
+
+
+# ---- the plan -------------------------------------------------------------------------------------------
+def _batch(settings) -> tuple[int, int, int]:
+    mx = settings.max_batch
+    return 1, settings.opt_batch or mx, mx
+
+
+def _profile(shapes: dict, batch) -> dict:
+    """Every input's (min, opt, max): "batch" becomes the batch range, every other dim is fixed."""
+    out = {}
+    for name, shape in shapes.items():
+        out[name] = [[b if d == "batch" else d for d in shape] for b in batch]
+    return out
+
+
+def _trunk_shapes(cfg, geom: TokenGeometry, k: int, text_len: int, guidance: bool, lora: bool) -> dict:
+    d, n = _dims(cfg)["d"], geom.tokens(k)
+    s = {"hidden": ("batch", n, d), "encoder_hidden_states": ("batch", text_len, cfg["joint_attention_dim"]),
+         "pooled_projections": ("batch", cfg["pooled_projection_dim"]), "timestep": ("batch",),
+         "img_ids": (n, 3), "txt_ids": (text_len, 3)}
+    if lora:
+        s["size_index"] = (1,)
+    if guidance:
+        s["guidance"] = ("batch",)
+    return s
+
+
+def make_plan(cfg: dict, geom: TokenGeometry, sizes, text_len: int, dtype: str, lora_rank: int,
+              settings=None) -> dict:
+    """The plan for ``sizes`` of a model config at one resolution (see the module docstring for the layout)."""
+    from ..settings import TrtSettings
+
+    settings = settings or TrtSettings()
+    if dtype not in DTYPE_BYTES:
+        raise ConfigError(f"unknown dtype {dtype!r}")
+    sizes = tuple(sorted(int(k) for k in sizes))
+    missing = [k for k in sizes if not geom.available(k)]
+    if missing:
+        raise ConfigError(f"patch size(s) {missing} do not divide the token grid {geom.grid}")
+    guidance, lora = bool(cfg.get("guidance_embeds")), lora_rank > 0 and any(k > 1 for k in sizes)
+    batch = _batch(settings)
+    wb = weight_bytes(cfg, sizes, lora_rank, dtype)
+    n1, c, d = geom.tokens(1), geom.token_channels, _dims(cfg)["d"]
+    fine_shapes = _trunk_shapes(cfg, geom, 1, text_len, guidance, lora)
+    trunk = {"name": "trunk", "role": "trunk", "onnx": TRUNK_ONNX, "plan": f"{ENGINE_DIR}/trunk.plan",
+             "sizes": list(sizes), "inputs": list(trunk_inputs(guidance, lora)), "outputs": ["trunk_out"],
+             "batch_inputs": [n for n, s in fine_shapes.items() if s[0] == "batch"], "token_axes": TOKEN_AXES,
+             "shared": True, "weights_bytes": wb["trunk_engine_bytes"],
+             "profiles": [{"size": k, "tokens": geom.tokens(k),
+                           "shapes": _profile(_trunk_shapes(cfg, geom, k, text_len, guidance, lora), batch)}
+                          for k in sizes]}
+    engines = [trunk]
+    for k in sizes:
+        nk = geom.tokens(k)
+        head_in = {"trunk_out": ("batch", nk, d)} | ({"hidden_states": ("batch", n1, c)} if k > 1 else {})
+        for role, onnx_file, shapes, outs in (
+                ("stem", stem_onnx(k), {"hidden_states": ("batch", n1, c)}, ["hidden"]),
+                ("head", head_onnx(k), head_in, ["velocity"])):
+            engines.append({"name": f"{role}_k{k}", "role": role, "size": k, "onnx": onnx_file,
+                            "plan": f"{ENGINE_DIR}/{role}_k{k}.plan", "inputs": list(shapes), "outputs": outs,
+                            "batch_inputs": list(shapes), "token_axes": {},
+                            "shared": False, "weights_bytes": wb[f"{role}_bytes"][str(k)],
+                            "profiles": [{"size": k, "tokens": nk, "shapes": _profile(shapes, batch)}]})
+    return {"plan_version": PLAN_VERSION, "layout": LAYOUT, "precision": dtype, "sizes": list(sizes),
+            "size_index": {str(k): i for i, k in enumerate(sizes)} if lora else {},
+            "grid": list(geom.grid), "tokens": {str(k): geom.tokens(k) for k in sizes}, "text_len": text_len,
+            "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]},
+            "flags": _flags(dtype, settings), "engines": engines, "weights": wb,
+            "memory": _memory(cfg, geom, sizes, text_len, dtype, batch[2], guidance, engines), "build": None}
+
+
+def _flags(dtype: str, settings) -> dict:
+    return {"strongly_typed": True,  # precision comes from the exported ONNX dtypes (always so in TensorRT 11)
+            "precision": dtype, "tf32": bool(settings.tf32 and dtype == "fp32"),
+            "builder_optimization_level": settings.optimization_level,
+            "timing_cache": settings.timing_cache or f"{ENGINE_DIR}/timing.cache",
+            "strip_plan": settings.strip_plan,  # weight-stripped plans, refitted at load from weights.bin
+            "refit_identical": settings.strip_plan,  # not REFIT: it may drop GEMM biases and blocks fusions
+            "workspace_bytes": int(settings.workspace_gib * 2**30) if settings.workspace_gib else None}
+
+
+def _memory(cfg, geom, sizes, text_len, dtype, max_batch, guidance, engines) -> dict:
+    """I/O buffers, pre-allocated once: the largest size of each tensor, shared by every context that uses it."""
+    b, bb = max_batch, DTYPE_BYTES[dtype]
+    n1, c, d = geom.tokens(1), geom.token_channels, _dims(cfg)["d"]
+    io = {"latent": b * n1 * c, "velocity": b * n1 * c, "hidden": b * n1 * d, "trunk_out": b * n1 * d,
+          "encoder_hidden_states": b * text_len * cfg["joint_attention_dim"],
+          "pooled_projections": b * cfg["pooled_projection_dim"], "timestep": b, "txt_ids": text_len * 3}
+    if guidance:
+        io["guidance"] = b
+    io = {k: v * bb for k, v in io.items()}
+    io.update({f"img_ids_k{k}": geom.tokens(k) * 3 * bb for k in sizes})  # constant per size, written at load
+    contexts = [f"{e['name']}/profile{i}" for e in engines for i in range(len(e["profiles"]))]
+    return {"activations": {"strategy": "one user-managed buffer (ExecutionContextAllocationStrategy.USER_MANAGED)",
+                            "size_rule": "max over contexts of engine.get_device_memory_size_for_profile_v2(p), "
+                                         "known only after the build; recorded in plan['build']",
+                            "contexts": contexts},
+            "io": io, "io_bytes": sum(io.values())}
+
+
+def plan_from_manifest(manifest, settings=None) -> dict:
+    """The plan of a built ONNX bundle (its config, resolution, sizes, dtype and text length)."""
+    m = manifest.model
+    geom = TokenGeometry(m["height"], m["width"], m["vae_scale"], m["latent_channels"])
+    return make_plan(m["transformer_config"], geom, manifest.sizes, m["text_len"], manifest.dtype,
+                     m["lora_rank"], settings)
+
+
+# ---- manifest I/O: the plan lives in manifest.json under PLAN_KEY --------------------------------------------
+def read_plan(folder) -> dict | None:
+    """The bundle's plan, or None if it has none; refuses a newer plan version."""
+    from ..bundle import MANIFEST
+
+    d = json.loads((Path(folder) / MANIFEST).read_text())
+    plan = d.get(PLAN_KEY)
+    if plan is None:
+        return None
+    if not isinstance(plan.get("plan_version"), int) or plan["plan_version"] > PLAN_VERSION:
+        raise BundleError(f"{Path(folder) / MANIFEST}: TensorRT plan version {plan.get('plan_version')!r} is not "
+                          f"one this ddit-export reads ({PLAN_VERSION}); upgrade or rebuild with --backend trt")
+    return plan
+
+
+def update_manifest(folder, *, plan: dict | None = None, files: dict | None = None, tensors: dict | None = None):
+    """Rewrite manifest.json atomically with the plan, more file hashes and more tensor tables. Goes through the
+    raw JSON, not :class:`Manifest`, so that keys this version of ``bundle.py`` does not model survive."""
+    from ..bundle import MANIFEST
+
+    path = Path(folder) / MANIFEST
+    d = json.loads(path.read_text())
+    if plan is not None:
+        d[PLAN_KEY] = plan
+    d["files"].update(files or {})
+    d.setdefault("tensors", {}).update(tensors or {})
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(d, indent=1))
+    tmp.replace(path)
+
+
+def summary(plan: dict) -> str:
+    """Human lines: engines, profiles and the weights in GPU memory (computed, not measured)."""
+    w = plan["weights"]
+    lines = [f"TensorRT plan ({plan['layout']}, {plan['precision']}, sizes {plan['sizes']}):"]
+    for e in plan["engines"]:
+        prof = ", ".join(f"k={p['size']}:{p['tokens']} tok" for p in e["profiles"])
+        lines.append(f"  {e['name']:<8} {fmt_bytes(e['weights_bytes']):>10}  profiles [{prof}]")
+    lines.append(f"  weights in GPU memory: {fmt_bytes(w['plan_total_bytes'])} (trunk once) vs "
+                 f"{fmt_bytes(w['naive_total_bytes'])} for one engine per size ({w['source']})")
+    return "\n".join(lines)
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
