@@ -504,15 +504,16 @@ def write_adapters(mp, path: Path, extra: dict) -> Path:
 
 
 # ---- quality: DDiT against fine-only -------------------------------------------------------------------------
-def quality_schedules(steps: int, sizes) -> dict[str, dict]:
-    """Schedules the run reports: static alternation (~50% coarse) per coarse size, and the rule at 2 taus."""
+def quality_schedules(steps: int, sizes, windows=("any",)) -> dict[str, dict]:
+    """Schedules the run reports: static alternation (~45% coarse) per coarse size, and the rule at 2 taus."""
     out = {}
     for k in sizes:
         if k > 1:
             out[f"static-alt-k{k}"] = {"static": tuple(k if i >= 3 and i % 2 and i < steps - 1 else 1
                                                        for i in range(steps))}
-    for tau in (0.005, 0.01):
-        out[f"rule-tau{tau:g}"] = {"tau": tau}
+    for window in windows:
+        for tau in (0.005, 0.01):
+            out[f"rule-tau{tau:g}" + ("" if window == "any" else f"-{window}")] = {"tau": tau, "window": window}
     return out
 
 
@@ -522,10 +523,11 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
     """PSNR (dB, 8-bit images) of DDiT generations against fine-only, one prompt at a time (per-prompt rule)."""
     from .runtime.backends.torch import TorchBackend
     from .runtime.generate import generate
-    from .settings import GenerateSettings, ScheduleSettings
+    from .settings import GenerateSettings
 
     base = loaded.schedule_defaults
-    scheds = quality_schedules(steps, sizes)
+    windows = ("any", "same-size") if hasattr(base, "window") else ("any",)
+    scheds = quality_schedules(steps, sizes, windows)
     res = {name: {"psnr": [], "coarse": []} for name in scheds}
     with TorchBackend(loaded.transformer) as backend, (amp or contextlib.nullcontext()):
         for i, p in enumerate(prompts):
@@ -536,8 +538,8 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
                 if "static" in sc:
                     gs = GenerateSettings(**common, static=sc["static"])
                 else:
-                    gs = GenerateSettings(**common, schedule=ScheduleSettings(tau=sc["tau"], eps=base.eps,
-                                                                              warmup=base.warmup, sizes=tuple(sizes)))
+                    extra = {"window": sc["window"]} if hasattr(base, "window") else {}
+                    gs = GenerateSettings(**common, schedule=dataclasses.replace(base, tau=sc["tau"], **extra))
                 r = generate(loaded, backend, gs, progress=False)
                 mse = ((a - np.asarray(r.images[0], np.float64)) ** 2).mean()
                 res[name]["psnr"].append(99.0 if mse == 0 else 10 * math.log10(255**2 / mse))
@@ -568,15 +570,21 @@ def _stderr(msg: str):
 
 
 def adapt(s: AdaptSettings, *, progress: bool = True, log: Callable[[str], None] = _stderr,
-          callback: Callable[[int, dict], bool | None] | None = None) -> AdaptResult:
+          callback: Callable[[int, dict], bool | None] | None = None, auto_threads: bool = False) -> AdaptResult:
     """Train (or resume) the coarse-size adapters of ``s.model``; ``callback(step, losses)`` returning True
-    stops the run as a signal would (checkpoint, no final output)."""
+    stops the run as a signal would (checkpoint, no final output). ``auto_threads``: pick 1 or 2 intra-op
+    threads by timing, as the base training does (:class:`ddit_export.zoo.train.ThreadTuner`)."""
     from tqdm import tqdm
 
     work = Path(s.work) if s.work else default_work(s)
     prev_threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
+    tuner = None
+    if auto_threads:
+        from .zoo.train import ThreadTuner
+
+        tuner = ThreadTuner()
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -592,14 +600,14 @@ def adapt(s: AdaptSettings, *, progress: bool = True, log: Callable[[str], None]
     except ValueError:  # not the main thread: no signal handling, KeyboardInterrupt still checkpoints
         pass
     try:
-        return _adapt(s, work, progress, log, callback, stop, tqdm)
+        return _adapt(s, work, progress, log, callback, stop, tqdm, tuner)
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
         torch.set_num_threads(prev_threads)
 
 
-def _adapt(s, work, progress, log, callback, stop, tqdm) -> AdaptResult:
+def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptResult:
     # ---- validate everything before the expensive parts
     from .models.registry import PRESETS
 
@@ -626,6 +634,9 @@ def _adapt(s, work, progress, log, callback, stop, tqdm) -> AdaptResult:
     train_prompts, eval_prompts = training_prompts(s, loaded)
     out = Path(s.out) if s.out else default_out(s, work)
     work.mkdir(parents=True, exist_ok=True)
+    if prior is None:  # logs of a run stopped before its first checkpoint would repeat its first rows
+        for name in ("loss.csv", "eval.csv", "quality.csv"):
+            (work / name).unlink(missing_ok=True)
     steps_per_traj = s.sample_steps or loaded.default_steps
     guidance = s.guidance if loaded.guidance_embeds else None
     amp = _autocast(s, mp.device)
@@ -679,7 +690,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm) -> AdaptResult:
     _truncate_log(work / "eval.csv", step)
     loss_log = open(loss_path, "a")
     if loss_log.tell() == 0:
-        loss_log.write("step," + ",".join(f"loss_{k}" for k in coarse) + ",lr,elapsed_s,s_per_step\n")
+        loss_log.write("step," + ",".join(f"loss_{k}" for k in coarse) + ",lr,elapsed_s,s_per_step,threads\n")
     budget = None if s.minutes is None else s.minutes * 60
     t0 = time.time()
     last_ckpt = t0
@@ -708,6 +719,8 @@ def _adapt(s, work, progress, log, callback, stop, tqdm) -> AdaptResult:
     try:
         try:
             while not stop["flag"] and not done():
+                if tuner is not None:
+                    tuner.before_step()
                 ts = time.time()
                 lr = lr_at(s, step, frac())
                 for g in opt.param_groups:
@@ -725,8 +738,10 @@ def _adapt(s, work, progress, log, callback, stop, tqdm) -> AdaptResult:
                 step += 1
                 last = {k: float(v.detach()) for k, v in losses.items()}
                 dt = time.time() - ts
+                if tuner is not None:
+                    tuner.after_step(dt)
                 loss_log.write(f"{step}," + ",".join(f"{last[k]:.6f}" for k in coarse) +
-                               f",{lr:.3e},{elapsed():.1f},{dt:.3f}\n")
+                               f",{lr:.3e},{elapsed():.1f},{dt:.3f},{torch.get_num_threads()}\n")
                 bar.update(1)
                 bar.set_postfix({f"k{k}": f"{v:.4f}" for k, v in last.items()} | {"lr": f"{lr:.1e}"},
                                 refresh=False)

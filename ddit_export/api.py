@@ -7,11 +7,12 @@ from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
 
 
 def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
-                   eps=None, warmup=None, static=None, coarse_first=None) -> GenerateSettings:
+                   eps=None, warmup=None, window=None, static=None, coarse_first=None) -> GenerateSettings:
     """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in."""
     base = model.schedule_defaults
     sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
-                             warmup=base.warmup if warmup is None else warmup)
+                             warmup=base.warmup if warmup is None else warmup,
+                             window=base.window if window is None else window)
     return GenerateSettings(prompts=tuple(prompts) or (model.default_prompt,), seed=seed,
                             steps=steps or model.default_steps, height=height, width=width, guidance=guidance,
                             schedule=sched, static=static, coarse_first=coarse_first)

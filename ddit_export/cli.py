@@ -58,6 +58,8 @@ def model_options(f):
 @click.option("--tau", type=float, help="DDiT threshold τ (default: the model's calibrated value).")
 @click.option("--eps", type=float, help="DDiT percentile ε in (0, 1) (default: the model's).")
 @click.option("--warmup", type=int, help="Fine steps before the rule decides (>= 3).")
+@click.option("--window", type=click.Choice(["any", "same-size"]),
+              help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
 @click.option("--out", type=click.Path(), default="out/image.png", show_default=True,
@@ -67,12 +69,13 @@ def model_options(f):
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--device", default="cpu", show_default=True)
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             static, coarse_first, out, trace, bundle, threads, device):
+             window, static, coarse_first, out, trace, bundle, threads, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
 
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
-                       warmup=warmup, static=_ints(static, "--schedule"), coarse_first=_coarse(coarse_first))
+                       warmup=warmup, window=window, static=_ints(static, "--schedule"),
+                       coarse_first=_coarse(coarse_first))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, **settings_kw)

@@ -12,6 +12,7 @@ DEFAULT_EPS = 0.4
 MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 always run fine
 DEFAULT_WARMUP = 3
 DEFAULT_LORA_RANK = 32
+WINDOWS = ("any", "same-size")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,10 @@ class ScheduleSettings:
     tau: float = DEFAULT_TAU
     eps: float = DEFAULT_EPS
     warmup: int = DEFAULT_WARMUP
-    sizes: tuple[int, ...] = DEFAULT_SIZES
+    # "any": the paper's rule, decided at every step. "same-size": decide only when the last three steps ran at
+    # one size, else keep the current size; a coarse step changes the latents' third difference for the next
+    # three steps, which with "any" locks the rule into three fine steps per coarse one (see calibration/).
+    window: str = "any"
 
     def __post_init__(self):
         if not self.tau > 0:
@@ -31,7 +35,8 @@ class ScheduleSettings:
         if self.warmup < MIN_WARMUP:
             raise ConfigError(f"warmup must be >= {MIN_WARMUP} (the third-order difference needs four latents), "
                               f"got {self.warmup}")
-        check_sizes(self.sizes)
+        if self.window not in WINDOWS:
+            raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
 
 
 def check_sizes(sizes) -> tuple[int, ...]:

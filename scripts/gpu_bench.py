@@ -266,6 +266,8 @@ def main(argv=None) -> int:
     deadline = start + args.time_budget
     random.seed(0)
     log = lambda m: print(f"[gpu_bench {time.monotonic() - start:6.1f}s] {m}", flush=True)  # noqa: E731
+    cfg = SMOKE if args.cpu_smoke else SPEED
+    schedules, source = load_schedules(args.schedules, cfg["steps"], args.max_schedules)  # fail fast, before imports
     try:
         import torch
     except ImportError:
@@ -280,9 +282,7 @@ def main(argv=None) -> int:
              f"from the wheels in .whl/")
     if args.cpu_smoke:
         torch.set_num_threads(1)  # tiny tensors: threads only add contention
-    cfg = SMOKE if args.cpu_smoke else SPEED
     device, dtype = ("cpu", torch.float32) if args.cpu_smoke else ("cuda", torch.bfloat16)
-    schedules, source = load_schedules(args.schedules, cfg["steps"], args.max_schedules)
     res = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "torch": torch.__version__,
            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "config": cfg,
            "schedules_source": source, "notes": []}

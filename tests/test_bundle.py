@@ -19,7 +19,7 @@ def test_manifest_roundtrip(tiny_bundle):
     m = read_manifest(tiny_bundle)
     assert m.format_version == FORMAT_VERSION and m.dtype == "fp32"
     assert m.model["transformer_config"]["in_channels"] == 12 and m.model["height"] == 32
-    assert set(m.schedule) == {"tau", "eps", "warmup"}
+    assert set(m.schedule) == {"tau", "eps", "warmup", "window"}
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(m.tools)
 
 

@@ -86,3 +86,14 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
 def test_schedule_of_a_missing_trace(tmp_path):
     r = CliRunner().invoke(main, ["schedule", str(tmp_path / "none.json")])
     assert r.exit_code == 2 and "cannot read trace" in r.output
+
+
+def test_same_size_window_option_reaches_the_policy(tmp_path):
+    trace = tmp_path / "t.json"
+    r = invoke("generate", "--model", "tiny", "--steps", 10, "--window", "same-size", "--tau", "0.02", "--out",
+               tmp_path / "w.png", "--trace", trace)
+    assert r.exit_code == 0, r.output
+    d = json.loads(trace.read_text())
+    assert d["settings"]["generate"]["schedule"]["window"] == "same-size"
+    reasons = [s["reason"] for s in d["steps"]]
+    assert reasons[:3] == ["warmup"] * 3 and "hold" in reasons

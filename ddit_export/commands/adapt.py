@@ -35,7 +35,8 @@ import click
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Trunk precision (adapters train in fp32 under autocast).")
-@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--threads", help="torch intra-op threads, or 'auto' (time 1 vs 2 threads as training goes; for "
+                                "a shared CPU). Default: torch's.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minutes, seed, work, out, prompts_file,
             num_prompts, sample_steps, height, width, guidance, coarse_mix, ckpt_minutes, eval_images, device, dtype,
@@ -43,15 +44,23 @@ def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minu
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
     from ..adapt import adapt
     from ..cli import _ints
+    from ..errors import ConfigError
     from ..settings import AdaptSettings
+
+    auto = threads == "auto"
+    if threads is not None and not auto:
+        try:
+            threads = int(threads)
+        except ValueError:
+            raise ConfigError(f"--threads must be a number or 'auto', got {threads!r}") from None
 
     settings = AdaptSettings(model=model, weights=weights, sizes=_ints(sizes, "--sizes"), rank=rank, init=init,
                              lr=lr, lr_warmup=lr_warmup, batch=batch, steps=steps, minutes=minutes, seed=seed,
                              work=work, out=out, prompts_file=prompts_file, num_prompts=num_prompts,
                              sample_steps=sample_steps, height=height, width=width, guidance=guidance,
                              coarse_mix=coarse_mix, ckpt_minutes=ckpt_minutes, eval_images=eval_images,
-                             device=device, dtype=dtype, threads=threads)
-    result = adapt(settings, progress=not quiet, log=lambda m: click.echo(m, err=True))
+                             device=device, dtype=dtype, threads=None if auto else threads)
+    result = adapt(settings, progress=not quiet, log=lambda m: click.echo(m, err=True), auto_threads=auto)
     st = result.state
     if st.get("out"):
         click.echo(f"wrote {st['out']} ({st['step']} steps)")

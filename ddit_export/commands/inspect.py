@@ -14,7 +14,7 @@ def command(bundle):
     model = m.model
     click.echo(f"bundle {bundle}: format v{m.format_version}, model {model['name']} ({model['kind']}), "
                f"{model['height']}x{model['width']}, {m.dtype}")
-    click.echo(f"schedule defaults: tau={m.schedule['tau']} eps={m.schedule['eps']} warmup={m.schedule['warmup']}")
+    click.echo("schedule defaults: " + " ".join(f"{k}={v}" for k, v in m.schedule.items()))
     click.echo(f"{'size':>4} {'grid':>9} {'tokens':>7} {'GFLOPs/step':>12} {'graph KiB':>10} {'parity':>9}")
     fine = m.variant(1) if 1 in m.sizes else m.variants[0]
     for v in m.variants:

@@ -5,6 +5,7 @@ failed build never leaves a half bundle that looks valid, and an existing bundle
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -111,8 +112,7 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
     files = [WEIGHTS] + [f for _, f in variants] + ([text_entry["file"]] if text_entry else [])
     return Manifest(
         model=_model_entry(model, geom, text_len, cfg), variants=manifest_variants,
-        schedule={"tau": model.schedule_defaults.tau, "eps": model.schedule_defaults.eps,
-                  "warmup": model.schedule_defaults.warmup},
+        schedule=dataclasses.asdict(model.schedule_defaults),
         dtype=settings.dtype, files={f: sha256_file(folder / f) for f in files}, text_encoder=text_entry,
         tools=_tool_versions(), tensors=tensors)
 

@@ -244,7 +244,7 @@ def _feeds(spec_shapes: dict, rng, dtype):
             for n, s in spec_shapes.items()}
 
 
-def split_parity(folder, plan: dict, manifest, *, batch: int = 1, seed: int = 0) -> dict:
+def split_parity(folder, plan: dict, manifest, *, seed: int = 0) -> dict:
     """Max |stem -> trunk -> head - full variant| per size on ONNX Runtime (CPU), on the same random inputs."""
     import numpy as np
     import onnxruntime as ort
@@ -345,8 +345,9 @@ def _workspace(bytes_):
     return {trt.MemoryPoolType.WORKSPACE: bytes_}
 
 
-def engine_loaders(folder, plan: dict):
-    """[(engine entry, SaveEngine loader)] for the plan: polygraphy's lazy loaders, nothing built or imported yet."""
+def engine_loaders(folder, plan: dict, only: str | None = None):
+    """[(engine entry, SaveEngine loader)] for the plan (or its engine ``only``): polygraphy's lazy loaders,
+    nothing built or imported yet. All share one timing cache file."""
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
                                         SaveEngine)
 
@@ -354,6 +355,8 @@ def engine_loaders(folder, plan: dict):
     cache = folder / flags["timing_cache"]
     out = []
     for e in plan["engines"]:
+        if only is not None and e["name"] != only:
+            continue
         network = NetworkFromOnnxPath(str(folder / e["onnx"]), strongly_typed=flags["strongly_typed"])
         config = CreateConfig(profiles=_profiles(e), builder_optimization_level=flags["builder_optimization_level"],
                               tf32=flags["tf32"], strip_plan=flags["strip_plan"],
@@ -378,7 +381,8 @@ def build_engines(folder, *, log=print) -> dict:
         raise DDiTError(f"{folder} has no TensorRT plan: run prepare_tensorrt (or build --backend trt) first")
     (folder / trt_plan.ENGINE_DIR).mkdir(exist_ok=True)
     activation = {}
-    for e, loader in engine_loaders(folder, plan):
+    for entry in plan["engines"]:  # one at a time, so each build loads the timing cache the previous one saved
+        [(e, loader)] = engine_loaders(folder, plan, only=entry["name"])
         log(f"build {e['plan']} ({len(e['profiles'])} profile(s))")
         engine = loader()
         activation[e["name"]] = [int(_device_memory(engine, p)) for p in range(len(e["profiles"]))]

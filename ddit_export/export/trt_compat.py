@@ -76,8 +76,8 @@ def check_operators(model, name: str, *, trt_version: str | None = None) -> list
             out.append(Problem(name, "operator", f"{where}: {node.name or node.op_type}",
                                f"custom-domain op {node.domain}::{node.op_type} needs a TensorRT plugin"))
         elif node.op_type not in ok:
-            out.append(Problem(name, "operator", f"{where}: {node.name or node.op_type}",
-                               f"{node.op_type} is not supported by TensorRT {table['tensorrt_version']}'s ONNX parser"))
+            out.append(Problem(name, "operator", f"{where}: {node.name or node.op_type}", f"{node.op_type} is not "
+                               f"supported by TensorRT {table['tensorrt_version']}'s ONNX parser"))
         elif trt_version and node.op_type in since and _version(trt_version) < _version(since[node.op_type]):
             out.append(Problem(name, "operator", f"{where}: {node.name or node.op_type}",
                                f"{node.op_type} needs TensorRT >= {since[node.op_type]}, target is {trt_version}"))

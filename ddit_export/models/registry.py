@@ -9,6 +9,7 @@ Two folder kinds are understood:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,7 @@ def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
         model.save_adapters(folder / "transformer" / ADAPTER_FILE)
     meta = {"format": PIXEL_FORMAT, "name": name, "height": height, "width": width, "steps": steps}
     if schedule is not None:
-        meta["schedule"] = {"tau": schedule.tau, "eps": schedule.eps, "warmup": schedule.warmup}
+        meta["schedule"] = dataclasses.asdict(schedule)
     if prompt:
         meta["prompt"] = prompt
     (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))

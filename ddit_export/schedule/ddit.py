@@ -6,6 +6,9 @@ channels of those tokens), take the standard deviation inside each patch, then t
 σ_k. Pick the largest k with σ_k < τ, else the fine size. The first ``warmup`` (>= 3) steps run fine.
 
 A batch takes one decision: the largest σ_k over its samples counts (coarse only if every sample allows it).
+
+``window="same-size"`` (not in the paper) decides only when the last three steps, whose latents make up Δ³, ran
+at one size, and otherwise keeps the size of the last step ("hold").
 """
 from __future__ import annotations
 
@@ -53,10 +56,19 @@ class DDiTPolicy:
         self.grid = grid
         h, w = grid
         self.sizes = tuple(sorted(k for k in sizes if h % k == 0 and w % k == 0))
+        self.taken: list[int] = []  # sizes this policy chose, step by step (one policy per generation)
 
     def decide(self, step: int, history: Sequence[np.ndarray]) -> Decision:
+        d = self._decide(step, history)
+        self.taken.append(d.size)
+        return d
+
+    def _decide(self, step: int, history: Sequence[np.ndarray]) -> Decision:
         if step < self.settings.warmup or len(history) < 4:
             return Decision(1, {}, "warmup")
+        last3 = self.taken[-3:]
+        if self.settings.window == "same-size" and len(set(last3)) > 1:
+            return Decision(last3[-1], {}, "hold")  # the window mixes sizes: its Δ³ says little; keep going
         d3 = third_difference(history)
         sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps).max()) for k in self.sizes if k > 1}
         passing = [k for k, s in sigmas.items() if s < self.settings.tau]

@@ -98,3 +98,19 @@ def test_static_and_coarse_first_policies():
     assert [cf.decide(i, []).size for i in range(5)] == [4, 4, 1, 1, 1]
     with pytest.raises(ConfigError, match="not available"):
         StaticSchedule((1, 4), (6, 6), (1, 2, 4))
+
+
+def test_same_size_window_holds_until_the_window_is_homogeneous():
+    smooth = _history(_checker(0.001))
+    rough = _history(np.random.default_rng(2).normal(size=(1, 64, 12)))
+    paper = DDiTPolicy(ScheduleSettings(tau=0.01), GRID, (1, 2, 4))
+    held = DDiTPolicy(ScheduleSettings(tau=0.01, window="same-size"), GRID, (1, 2, 4))
+    seq = [smooth] * 3 + [smooth, rough, rough, rough, rough, smooth, smooth]
+    assert [paper.decide(i, h).size for i, h in enumerate(seq)] == [1, 1, 1, 4, 1, 1, 1, 1, 4, 4]
+    got = [held.decide(i, h) for i, h in enumerate(seq)]
+    # step 3 decides (three fine steps behind it); steps 4-5 hold 4 although their window is rough; step 6 sees
+    # three coarse steps and decides again (rough -> fine); steps 7-8 hold fine; step 9 decides (smooth -> 4)
+    assert [d.size for d in got] == [1, 1, 1, 4, 4, 4, 1, 1, 1, 4]
+    assert [d.reason for d in got][3:] == ["rule", "hold", "hold", "rule", "hold", "hold", "rule"]
+    with pytest.raises(ConfigError):
+        ScheduleSettings(window="sometimes")

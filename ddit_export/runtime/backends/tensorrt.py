@@ -272,11 +272,11 @@ class TensorRTBackend(BackendBase):
 
     # ---- running -------------------------------------------------------------------------------------------
     def run(self, size, latents, cond, timestep, guidance, grid):
-        if not self.engines:
-            raise BundleError("backend not active: use it as a context manager or call activate()")
         if size not in self.sizes:
             raise BundleError(f"the schedule picked patch size {size}, but bundle {self.folder} has TensorRT engines "
                               f"for sizes {list(self.sizes)} only; rebuild with --backend trt --sizes including {size}")
+        if not self.engines:
+            raise BundleError("backend not active: use it as a context manager or call activate()")
         check_latents(self.plan, latents.shape, cond.states.shape[1])
         b = latents.shape[0]
         v = self._variant(size, b)
@@ -294,7 +294,7 @@ class TensorRTBackend(BackendBase):
                 v.graph.replay()
             else:
                 self._enqueue(v)
-            out = buf["velocity"][:b].float()
+            out = buf["velocity"][:b].to(torch.float32, copy=True)  # the buffer is overwritten next step
         torch.cuda.current_stream().wait_stream(self.stream)
         return out.to(latents.device)
 

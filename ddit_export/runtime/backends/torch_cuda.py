@@ -120,4 +120,5 @@ class TorchCudaBackend(BackendBase):
         else:
             with torch.inference_mode():
                 slot.output = self._forward(size, grid, slot.inputs)
-        return slot.output.float()  # a new tensor: the static output is overwritten by the next replay
+        # a copy, on the caller's device: the static output is overwritten by the next replay
+        return slot.output.to(latents.device, torch.float32, copy=True)
