@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,11 @@ def _images(model, latents, geom) -> np.ndarray:
     return as_images(model.decode(latents, geom)).numpy()
 
 
-def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, log=print) -> dict:
-    """Run the evaluation; write ``eval.json``, ``eval.md`` and ``grid.png`` to ``settings.out``; return the report."""
+def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, log=print,
+             reference_n: int | None = None) -> dict:
+    """Run the evaluation; write ``eval.json``, ``eval.md`` and ``grid.png`` to ``settings.out``; return the report.
+    ``reference_n``: rendered scenes behind the Fréchet reference statistics (default :data:`REFERENCE_N`)."""
+    reference_n = reference_n or REFERENCE_N
     import torch
     from tqdm.auto import tqdm
 
@@ -106,7 +110,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     from ..runtime.backends.torch import TorchBackend
     from ..runtime.generate import generate, initial_noise
     from .detector import load_probe
-    from .metrics import adherence, feature_stats, frechet_distance, psnr, ssim
+    from .metrics import adherence, frechet_distance, psnr, ssim
 
     t_start = time.perf_counter()
     detector = load_probe()  # fail early if the probe is missing
@@ -176,10 +180,9 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     bar.close()
 
     # ---- metrics ----
-    ref_scenes = eval_scenes(REFERENCE_N, settings.split, settings.prompt_seed + REFERENCE_SEED_OFFSET, max_words)
     side = geom.height
-    ref_feats = detector.features(np.stack([s.render(side) for s in ref_scenes]))
-    ref_stats = feature_stats(ref_feats)
+    ref_seed = settings.prompt_seed + REFERENCE_SEED_OFFSET
+    ref_stats = reference_stats(reference_n, settings.split, ref_seed, max_words, side)
     real = np.stack([s.render(side) for s in all_scenes])
 
     def fd(feats, other=ref_stats):
@@ -229,7 +232,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
         "default_tau": default_tau, "taus": list(taus), "seeds": list(seeds), "n_prompts": n,
         "split": settings.split, "images_per_variant": n * len(seeds),
         "complexity_counts": {b: int((buckets == b).sum()) for b in S.COMPLEXITIES},
-        "reference": {"scenes": REFERENCE_N, "seed": settings.prompt_seed + REFERENCE_SEED_OFFSET},
+        "reference": {"scenes": reference_n, "seed": ref_seed},
         "base_adherence": fine_acc, "base_meets_target": meets, "notes": notes,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()},
         "variants": rows,
@@ -245,6 +248,16 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
           out / "grid.png")
     report["files"] = [str(out / "eval.json"), str(out / "eval.md"), str(out / "grid.png")]
     return report
+
+
+@lru_cache(maxsize=8)
+def reference_stats(n: int, split: str, seed: int, max_words: int | None, side: int):
+    """(mean, cov) of probe features of ``n`` rendered scenes drawn like the prompts (cached per process)."""
+    from .detector import load_probe
+    from .metrics import feature_stats
+
+    scenes_ = eval_scenes(n, split, seed, max_words)
+    return feature_stats(load_probe().features(np.stack([s.render(side) for s in scenes_])))
 
 
 def _by_bucket(adh, buckets) -> dict:

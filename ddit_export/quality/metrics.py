@@ -9,6 +9,7 @@ Images are (B, 3, H, W) arrays or tensors in [-1, 1] (the pixel models' latent r
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -167,25 +168,44 @@ def adherence(detections, scenes_) -> AdherenceResult:
 
 # ---- Fréchet distance --------------------------------------------------------------------------------------
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of (N >= 2, D) features."""
     f = np.asarray(features, np.float64)
     if f.ndim != 2 or len(f) < 2:
         raise ValueError(f"need (N >= 2, D) features, got {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
+    with _one_thread() as torch:
+        t = torch.from_numpy(f)
+        c = t - t.mean(0)
+        return t.mean(0).numpy(), (c.T @ c / (len(f) - 1)).numpy()
 
 
 def frechet_distance(a, b) -> float:
     """‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½) between two feature sets (N, D), or two (mean, cov) pairs.
 
     Tr (Σa Σb)^½ is computed as Σ √λ of the symmetric PSD matrix Σa^½ Σb Σa^½ (same eigenvalues as Σa Σb), which
-    stays real and finite when N < D makes the covariances singular (``scipy.linalg.sqrtm`` of the product does
+    stays real and finite when N < D makes the covariances singular (``scipy.linalg.sqrtm`` of the product may
     not); the two agree on well-conditioned inputs (tested)."""
-    from scipy import linalg
-
     mu1, s1 = a if isinstance(a, tuple) else feature_stats(a)
     mu2, s2 = b if isinstance(b, tuple) else feature_stats(b)
-    w, v = linalg.eigh(s1)
-    sq1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    lam = linalg.eigvalsh(sq1 @ s2 @ sq1)
-    tr_covmean = float(np.sqrt(np.clip(lam, 0, None)).sum())
-    diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean, 0.0))
+    with _one_thread() as torch:
+        s1, s2 = torch.as_tensor(s1, dtype=torch.float64), torch.as_tensor(s2, dtype=torch.float64)
+        w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+        sq1 = (v * w.clamp(min=0).sqrt()) @ v.T
+        m = sq1 @ s2 @ sq1
+        lam = torch.linalg.eigvalsh((m + m.T) / 2)
+        tr_covmean = float(lam.clamp(min=0).sqrt().sum())
+        tr = float(torch.trace(s1) + torch.trace(s2))
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(max(diff @ diff + tr - 2.0 * tr_covmean, 0.0))
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one thread: for D ~ 100 a multi-threaded LAPACK/BLAS is 10-100x slower on a busy CPU."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(prev)

@@ -11,6 +11,8 @@ from ddit_export.quality.evaluate import eval_scenes, evaluate, training_free
 from ddit_export.settings import EvalSettings
 from ddit_export.zoo import scenes as S
 
+REF = 200  # rendered scenes behind the Fréchet reference (1000 by default)
+
 
 def test_eval_scenes_deterministic_balanced_heldout():
     a = eval_scenes(9, "heldout", 5)
@@ -36,7 +38,7 @@ def test_settings_validation():
 
 def test_evaluate_tiny_without_adapters(tmp_path):
     rep = evaluate(EvalSettings(model="tiny", n_prompts=3, seeds=(0, 1), steps=6, taus=(0.02,),
-                                out=str(tmp_path)), progress=False)
+                                out=str(tmp_path)), progress=False, reference_n=REF)
     keys = [v["key"] for v in rep["variants"]]
     assert keys == ["real", "fine", "training-free@0.01", "training-free@0.02"]
     assert any("no trained adapters" in n for n in rep["notes"])
@@ -55,15 +57,16 @@ def test_evaluate_tiny_without_adapters(tmp_path):
 def test_same_noise_per_prompt_in_every_variant(tmp_path):
     """A static all-fine run batched differently (batch 1 vs 3) gives the same images: the noise is per prompt."""
     a = evaluate(EvalSettings(model="tiny", n_prompts=3, steps=4, batch=1, training_free=False,
-                              out=str(tmp_path / "a")), progress=False)
+                              out=str(tmp_path / "a")), progress=False, reference_n=REF)
     b = evaluate(EvalSettings(model="tiny", n_prompts=3, steps=4, batch=3, training_free=False,
-                              out=str(tmp_path / "b")), progress=False)
+                              out=str(tmp_path / "b")), progress=False, reference_n=REF)
     assert a["variants"][1]["fd"] == pytest.approx(b["variants"][1]["fd"], rel=1e-4, abs=1e-6)
 
 
 def test_adapted_requested_without_adapters_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no trained adapters"):
-        evaluate(EvalSettings(model="tiny", n_prompts=2, steps=4, adapted=True, out=str(tmp_path)), progress=False)
+        evaluate(EvalSettings(model="tiny", n_prompts=2, steps=4, adapted=True, out=str(tmp_path)), progress=False,
+                 reference_n=REF)
 
 
 def test_model_folder_with_adapters_runs_adapted_and_training_free(tiny_model_dir, tmp_path):
@@ -76,21 +79,25 @@ def test_model_folder_with_adapters_runs_adapted_and_training_free(tiny_model_di
         for p in m.transformer.adapter_parameters():
             p.add_(0.05 * torch.randn_like(p))
     m.transformer.save_adapters(folder / "transformer" / ADAPTER_FILE)
-    rep = evaluate(EvalSettings(model=str(folder), n_prompts=2, steps=8, out=str(tmp_path / "out")), progress=False)
+    rep = evaluate(EvalSettings(model=str(folder), n_prompts=2, steps=8, out=str(tmp_path / "out")), progress=False,
+                   reference_n=REF)
     v = {r["key"]: r for r in rep["variants"]}
     assert rep["adapters"].endswith(ADAPTER_FILE)
-    assert set(v) == {"real", "fine", "adapted@0.01", "training-free@0.01"} and v["adapted@0.01"]["default_tau"]
+    tau = f"{rep['default_tau']:g}"
+    assert set(v) == {"real", "fine", f"adapted@{tau}", f"training-free@{tau}"} and v[f"adapted@{tau}"]["default_tau"]
     tf = training_free(load_model(str(folder)))
     assert isinstance(tf.transformer, MultiPatchFlux) and tf.lora_rank == 0
-    a_img = rep["per_image"]["adapted@0.01"]
-    t_img = rep["per_image"]["training-free@0.01"]
+    a_img = rep["per_image"][f"adapted@{tau}"]
+    t_img = rep["per_image"][f"training-free@{tau}"]
     if "2" in a_img[0]["sizes"] + t_img[0]["sizes"] or "4" in a_img[0]["sizes"] + t_img[0]["sizes"]:
         assert a_img[0]["psnr"] != t_img[0]["psnr"]
 
 
-def test_cli_evaluate(tmp_path):
+def test_cli_evaluate(tmp_path, monkeypatch):
     from ddit_export.cli import main
+    from ddit_export.quality import evaluate as ev
 
+    monkeypatch.setattr(ev, "REFERENCE_N", REF)
     r = CliRunner().invoke(main, ["evaluate", "--model", "tiny", "--n-prompts", "2", "--steps", "4", "--tau",
                                   "0.02", "--no-training-free", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output

@@ -1,6 +1,7 @@
 """The one interface every backend implements, so the loop and the scheduler never know which one runs."""
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -18,6 +19,14 @@ class Backend(Protocol):
             grid: tuple[int, int]) -> torch.Tensor: ...
 
     def deactivate(self) -> None: ...
+
+
+@functools.lru_cache(maxsize=16)
+def image_ids(grid: tuple[int, int], device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """FLUX's image position ids for a fine grid, cached: every step of a generation uses the same ones."""
+    from ...models.patching import image_ids as make
+
+    return make(grid, dtype=dtype, device=device)
 
 
 class BackendBase:

@@ -14,7 +14,7 @@ import torch
 
 from ... import bundle as bundle_mod
 from ...errors import BundleError, ConfigError
-from .base import BackendBase
+from .base import BackendBase, image_ids
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -127,7 +127,7 @@ class OrtBundleBackend(BackendBase):
         dt = np_dtype(self.manifest.dtype)
         feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states,
                  "pooled_projections": cond.pooled, "timestep": timestep,
-                 "img_ids": _image_ids(grid), "txt_ids": cond.txt_ids}
+                 "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
         if self.manifest.model.get("guidance_embeds"):
             feeds["guidance"] = guidance
         feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v).astype(dt, copy=False)
@@ -159,15 +159,3 @@ def check_inputs(variant, feeds: dict):
             raise BundleError(f"input {spec.name!r}: shape {tuple(arr.shape)} but the bundle expects "
                               f"{tuple(want)}")
 
-
-_IDS: dict = {}
-
-
-def _image_ids(grid):
-    if grid not in _IDS:
-        h, w = grid
-        ids = np.zeros((h, w, 3), dtype=np.float32)
-        ids[..., 1] = np.arange(h)[:, None]
-        ids[..., 2] = np.arange(w)[None, :]
-        _IDS[grid] = ids.reshape(h * w, 3)
-    return _IDS[grid]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackendBase
+from .base import BackendBase, image_ids
 
 
 class TorchBackend(BackendBase):
@@ -17,17 +17,6 @@ class TorchBackend(BackendBase):
         m = self.model
         with torch.inference_mode():
             return m(latents.to(m.dtype), cond.states, cond.pooled, timestep.to(m.dtype),
-                     _image_ids(grid, latents.device, m.dtype), cond.txt_ids,
+                     image_ids(grid, str(latents.device), m.dtype), cond.txt_ids,
                      None if guidance is None else guidance.to(m.dtype), size=size, grid=grid)
 
-
-_ID_CACHE: dict = {}
-
-
-def _image_ids(grid, device, dtype):
-    from ...models.patching import image_ids
-
-    key = (grid, str(device), dtype)
-    if key not in _ID_CACHE:
-        _ID_CACHE[key] = image_ids(grid, dtype=dtype, device=device)
-    return _ID_CACHE[key]
