@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import ConfigError
 from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
 
 
@@ -19,7 +20,8 @@ def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=
 
 
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,
-                    trace_path=None, bundle=None, device="cpu", threads=None, **settings_kw):
+                    trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
+                    **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images and trace.
     Returns (GenerationResult, image paths)."""
     from .runtime.generate import generate
@@ -27,12 +29,14 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     if bundle is not None:
         from .runtime.bundle_model import open_bundle
 
-        loaded, backend = open_bundle(bundle, weights=weights, threads=threads)
+        loaded, backend = open_bundle(bundle, weights=weights, threads=threads, backend=backend, fallback=fallback)
     else:
         from .models.registry import load_model
         from .runtime.backends.torch import TorchBackend
 
         loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
+        if backend not in ("auto", "torch"):
+            raise ConfigError(f"--backend {backend} runs a bundle: give --bundle DIR")
         backend = TorchBackend(loaded.transformer)
     settings = build_settings(loaded, prompts=prompts, **settings_kw)
     with backend:

@@ -72,6 +72,7 @@ class Manifest:
     text_encoder: dict | None = None
     tools: dict = field(default_factory=dict)
     tensors: dict = field(default_factory=dict)  # graph file -> [[name, offset, length, dtype, dims], ...]
+    tensorrt: dict | None = None  # the TensorRT plan and engines (export/trt_plan.py), when built with --backend trt
     format_version: int = FORMAT_VERSION
 
     def variant(self, size: int) -> Variant:
@@ -88,7 +89,7 @@ class Manifest:
         d = {"format": FORMAT, "format_version": self.format_version, "model": self.model, "dtype": self.dtype,
              "schedule": self.schedule, "variants": [_variant_dict(v) for v in self.variants],
              "text_encoder": self.text_encoder, "files": self.files, "tools": self.tools,
-             "tensors": self.tensors}
+             "tensors": self.tensors, "tensorrt": self.tensorrt}
         return json.dumps(d, indent=1)
 
 
@@ -123,7 +124,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         variants = [Variant.from_dict(v) for v in d["variants"]]
         m = Manifest(model=d["model"], variants=variants, schedule=d["schedule"], dtype=d["dtype"],
                      files=d["files"], text_encoder=d.get("text_encoder"), tools=d.get("tools", {}),
-                     tensors=d.get("tensors", {}), format_version=version)
+                     tensors=d.get("tensors", {}), tensorrt=d.get("tensorrt"), format_version=version)
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{path}: missing or malformed field {e}") from None
     for v in variants:

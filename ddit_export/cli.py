@@ -66,10 +66,15 @@ def model_options(f):
               help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
 @click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
 @click.option("--bundle", type=click.Path(), help="Run a built bundle (ONNX Runtime) instead of PyTorch.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+              show_default=True, help="auto: TensorRT for a bundle with engines when tensorrt is installed, else "
+                                      "ONNX Runtime; PyTorch without --bundle.")
+@click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
+                                                   "why) when TensorRT cannot run the bundle here.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--device", default="cpu", show_default=True)
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, static, coarse_first, out, trace, bundle, threads, device):
+             window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
 
@@ -78,7 +83,7 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                        coarse_first=_coarse(coarse_first))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
-                                    threads=threads, **settings_kw)
+                                    threads=threads, backend=backend, fallback=fallback_ort, **settings_kw)
     t = result.trace
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
     click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")
@@ -145,7 +150,8 @@ def _register_command_modules():
     from . import commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        main.add_command(importlib.import_module(f"{commands.__name__}.{info.name}").command, name=info.name)
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        main.add_command(module.command, name=info.name.replace("_", "-"))
 
 
 _register_command_modules()

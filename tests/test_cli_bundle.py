@@ -51,3 +51,14 @@ def test_flux_folder_bundle_holds_the_transformer_and_needs_weights_to_generate(
                "--out", tmp_path / "f.png")
     assert r.exit_code == 0, r.output
     assert "sizes per step: 1,1,1,2,2" in r.output and (tmp_path / "f.png").is_file()
+
+
+def test_tensorrt_is_used_only_when_possible_and_falls_back_only_when_asked(tiny_bundle, tmp_path):
+    r = invoke("generate", "--bundle", tiny_bundle, "--backend", "tensorrt", "--out", tmp_path / "a.png")
+    assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
+    r = invoke("generate", "--bundle", tiny_bundle, "--backend", "tensorrt", "--fallback-ort", "--steps", 4,
+               "--out", tmp_path / "b.png")
+    assert r.exit_code == 0, r.output
+    assert "falling back to ONNX Runtime" in r.output and (tmp_path / "b.png").is_file()
+    r = invoke("generate", "--model", "tiny", "--backend", "onnxruntime", "--out", tmp_path / "c.png")
+    assert r.exit_code == 2 and "--bundle" in r.output

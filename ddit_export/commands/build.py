@@ -18,7 +18,6 @@ import click
 def command(model, weights, adapters, sizes, height, width, dtype, text_len, backend, out):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
     from ..cli import _ints
-    from ..errors import ConfigError
     from ..export.build import build_bundle
     from ..settings import BuildSettings
 

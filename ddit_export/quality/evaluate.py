@@ -215,6 +215,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
                          psnr=None if p is None else float(p.mean()), ssim=None if q is None else float(q.mean()),
                          psnr_by_complexity=None if p is None else bucket_means(p),
                          coarse_fraction=float(np.mean(v["coarse"])), coarse_by_complexity=bucket_means(v["coarse"]),
+                         size_fractions=_size_fractions(v["sizes"]),
                          flops_ratio=float(np.mean(v["flops"])), seconds_per_image=v["seconds"] / len(imgs)))
         obj = np.zeros(len(imgs))
         np.add.at(obj, adh.image_of_object, adh.object_ok)
@@ -248,6 +249,12 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
           out / "grid.png")
     report["files"] = [str(out / "eval.json"), str(out / "eval.md"), str(out / "grid.png")]
     return report
+
+
+def _size_fractions(schedules) -> dict:
+    """Fraction of all steps run at each patch size, from per-image schedule strings like "1114111..."."""
+    steps = "".join(schedules)
+    return {k: steps.count(k) / len(steps) for k in sorted(set(steps), key=int)} if steps else {}
 
 
 @lru_cache(maxsize=8)
@@ -289,21 +296,24 @@ def markdown(report: dict) -> str:
              "columns: found at the cell / right shape / right colour / right size there; bg = background). FD = "
              f"Fréchet distance of probe features to {report['reference']['scenes']} rendered scenes (the `real` row "
              "is the floor at this sample size). PSNR/SSIM against the fine-only image of the same prompt and seed. "
-             "Coarse = fraction of steps at a coarse size (simple/medium/complex).",
+             "Coarse = fraction of steps at a coarse size (simple/medium/complex). FLOPs relative to fine-only. "
+             "s/img = wall time per image (fine-only runs batched, DDiT one prompt at a time).",
              "",
              "| variant | adherence | pos | shape | colour | size | bg | adh. s/m/c | FD | FD vs fine | PSNR dB | "
-             "SSIM | coarse | coarse s/m/c | FLOPs | s/img |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "SSIM | coarse | k=2/k=4 | coarse s/m/c | FLOPs | s/img |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
         a = r["adherence"]
         name = r["key"] + (" (default τ)" if r.get("default_tau") else "")
         abc = "/".join(_f(x, ".0%") for x in r["adherence_by_complexity"].values())
         cbc = "–" if r["coarse_by_complexity"] is None else "/".join(
             _f(x, ".0%") for x in r["coarse_by_complexity"].values())
+        sf = r.get("size_fractions")
+        k24 = "–" if not sf else f"{sf.get('2', 0):.0%}/{sf.get('4', 0):.0%}"
         lines.append(f"| {name} | {_f(a['accuracy'], '.1%')} | {_f(a['position'], '.0%')} | {_f(a['shape'], '.0%')} "
                      f"| {_f(a['colour'], '.0%')} | {_f(a['size'], '.0%')} | {_f(a['background'], '.0%')} | {abc} | "
                      f"{_f(r['fd'], '.2f')} | {_f(r['fd_vs_fine'], '.2f')} | {_f(r['psnr'], '.1f')} | "
-                     f"{_f(r['ssim'], '.3f')} | {_f(r['coarse_fraction'], '.0%')} | {cbc} | "
+                     f"{_f(r['ssim'], '.3f')} | {_f(r['coarse_fraction'], '.0%')} | {k24} | {cbc} | "
                      f"{_f(r['flops_ratio'], '.3f')} | {_f(r['seconds_per_image'], '.2f')} |")
     if report["notes"]:
         lines += [""] + [f"- {n}" for n in report["notes"]]

@@ -60,12 +60,31 @@ class BundleModel:
         return pixels_to_pil(latents, geom)
 
 
-def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=True):
-    """(BundleModel, active OrtBundleBackend) for a bundle folder."""
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=True, backend="auto",
+                fallback: bool = False):
+    """(BundleModel, active backend) for a bundle folder.
+
+    ``backend="auto"`` runs TensorRT when the bundle has engines and tensorrt imports, else ONNX Runtime.
+    ``"tensorrt"`` insists on TensorRT and fails with what to rebuild, unless ``fallback`` asks for ONNX Runtime.
+    """
     from .backends.onnxruntime import OrtBundleBackend
 
-    backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify)
-    man = backend.manifest
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    ort_backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify)
+    man = ort_backend.manifest
+    if backend == "auto":
+        backend = "tensorrt" if man.tensorrt and _tensorrt_importable() else "onnxruntime"
+    if backend == "tensorrt":
+        from .backends.tensorrt import open_tensorrt
+
+        run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=verify)
+        ort_backend.text_only = True  # the word encoder stays on ONNX Runtime
+    else:
+        run_backend = ort_backend
     pipeline_model = None
     if man.model["kind"] == "flux":
         if weights is None:
@@ -75,5 +94,11 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
 
         pipeline_model = load_model("flux", weights)
         pipeline_model.extras["text_len"] = man.model["text_len"]  # T5 length the graphs were built for
-    backend.activate()
-    return BundleModel(man.model["name"], man, backend, pipeline_model), backend
+    ort_backend.activate()
+    return BundleModel(man.model["name"], man, ort_backend, pipeline_model), run_backend
+
+
+def _tensorrt_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None

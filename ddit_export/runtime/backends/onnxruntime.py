@@ -70,14 +70,15 @@ class OrtBundleBackend(BackendBase):
         self.threads, self.providers, self.share_weights = threads, providers, share_weights
         self.sessions: dict[int, object] = {}
         self.text_session = None
+        self.text_only = False  # only the text encoder (another backend runs the transformer)
         self.weights: SharedWeights | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def activate(self):
-        if self.sessions:
+        if self.sessions or self.text_session is not None:
             return
         self.weights = SharedWeights(self.folder, self.manifest) if self.share_weights else None
-        for v in self.manifest.variants:
+        for v in ([] if self.text_only else self.manifest.variants):
             self.sessions[v.size] = self._session(v.file)
         if self.manifest.text_encoder:
             self.text_session = self._session(self.manifest.text_encoder["file"])
