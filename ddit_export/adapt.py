@@ -151,6 +151,19 @@ def load_student(s: AdaptSettings, device=None):
     return loaded
 
 
+def _no_cudnn_attention(device):
+    """Training on CUDA: keep SDPA off the cuDNN backend, whose backward returned NaN gradients for the
+    embeddings here (torch 2.11 + CUDA 13 on an H200, bf16, 88 and 40 tokens); flash, mem-efficient and math
+    agree with each other and with CPU."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # older torch: no cuDNN attention either
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _autocast(s: AdaptSettings, device):
     if s.dtype == "fp32":
         return contextlib.nullcontext()
@@ -402,7 +415,7 @@ def distill_losses(loaded, data: Trajectories, bank: PromptBank, idx: torch.Tens
     ids = image_ids(grid, dtype=mp.dtype, device=device)
     out = {}
     for k in sizes:
-        with amp:
+        with amp, _no_cudnn_attention(device):
             v = mp(x, cond.states, cond.pooled, t, ids, cond.txt_ids, g, size=k, grid=grid)
         out[k] = torch.mean((v.float() - target) ** 2)
     return out
@@ -602,10 +615,11 @@ def adapt(s: AdaptSettings, *, progress: bool = True, log: Callable[[str], None]
     if s.threads:
         torch.set_num_threads(s.threads)
     tuner = None
-    if auto_threads:
+    if auto_threads:  # sampling and evaluation run on 1 thread: 2 threads stall badly on a shared CPU
         from .zoo.train import ThreadTuner
 
         tuner = ThreadTuner()
+        torch.set_num_threads(1)
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -786,6 +800,8 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         bar.close()
         loss_log.close()
         mp.eval()
+    if tuner is not None:
+        torch.set_num_threads(1)
     state["stopped_by_signal"] = stop["flag"]
     state["out"] = None
     if stop["flag"]:

@@ -26,7 +26,7 @@ def _copy_model(src: Path, dest: Path) -> Path:
 
 def _settings(model_dir, work, **kw):
     base = dict(model=str(model_dir), work=str(work), num_prompts=8, batch=8, lr=3e-3, lr_warmup=5, eval_images=0,
-                steps=12, seed=0, ckpt_minutes=60)
+                steps=12, seed=0, ckpt_minutes=60, threads=1)
     base.update(kw)
     return AdaptSettings(**base)
 

@@ -33,7 +33,7 @@ def require_tensorrt():
         import tensorrt  # noqa: F401
     except ImportError:
         raise DDiTError("--backend trt needs TensorRT (pip install 'ddit-export[trt]' on a machine with an NVIDIA "
-                        "GPU); without it, build the ONNX bundle and check it with `ddit-export trt_check`") from None
+                        "GPU); without it, build the ONNX bundle and check it with `ddit-export trt-check`") from None
     if not torch.cuda.is_available():
         raise DDiTError("--backend trt needs a CUDA GPU: TensorRT builds engines for the GPU they will run on")
 

@@ -37,7 +37,7 @@ def test_modules_and_help_work_without_tensorrt():
         import ddit_export.runtime.backends.tensorrt, ddit_export.export.trt_build, ddit_export.export.trt_plan
         from click.testing import CliRunner
         from ddit_export.cli import main
-        for cmd in (["build", "--help"], ["trt_check", "--help"]):
+        for cmd in (["build", "--help"], ["trt-check", "--help"]):
             res = CliRunner().invoke(main, cmd)
             assert res.exit_code == 0, res.output
             print(res.output)
