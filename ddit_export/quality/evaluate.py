@@ -102,7 +102,6 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     """Run the evaluation; write ``eval.json``, ``eval.md`` and ``grid.png`` to ``settings.out``; return the report.
     ``reference_n``: rendered scenes behind the Fréchet reference statistics (default :data:`REFERENCE_N`)."""
     reference_n = reference_n or REFERENCE_N
-    import torch
     from tqdm.auto import tqdm
 
     from ..api import build_settings
