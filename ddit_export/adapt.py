@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, VocabularyError, WeightsError
+from .fsutil import replace_dir
 from .settings import AdapterSettings, AdaptSettings
 
 RUN_FORMAT = "ddit-adapt-run/1"
@@ -444,15 +445,6 @@ def _run_settings(s: AdaptSettings) -> dict:
     return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in RUN_FIELDS}
 
 
-def _swap_dir(tmp: Path, dest: Path):
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_checkpoint(work: Path, mp, opt: torch.optim.Optimizer, state: dict):
     from safetensors.torch import save_file
 
@@ -468,7 +460,7 @@ def save_checkpoint(work: Path, mp, opt: torch.optim.Optimizer, state: dict):
             moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().contiguous().cpu()
     save_file(moments, str(tmp / "optim.safetensors"))
     (tmp / STATE).write_text(json.dumps(state, indent=2))
-    _swap_dir(tmp, work / CKPT)
+    replace_dir(tmp, work / CKPT)
 
 
 def read_checkpoint_state(work: Path) -> dict | None:

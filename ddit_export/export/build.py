@@ -12,11 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from ..bundle import MANIFEST, WEIGHTS, Manifest, TensorSpec, Variant, sha256_file
 from ..errors import ConfigError, DDiTError
+from ..fsutil import replace_dir
 from ..settings import BuildSettings
 
 ENGINES = Path("engines")
@@ -46,21 +45,11 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace(tmp: Path, out: Path):
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: bool, log) -> Manifest:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 
-import torch
 from torch import nn
 
 from ..flops import step_flops

@@ -35,6 +35,7 @@ from ..models.patching import image_ids
 from ..models.registry import TINY_VOCAB, save_pixel_model
 from ..runtime.images import pack
 from ..shapes import TokenGeometry
+from ..fsutil import replace_dir
 from . import scenes
 
 CKPT = "ckpt"
@@ -218,7 +219,7 @@ def _save_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, n
             moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
     save_file(moments, tmp / "optim.safetensors")
     (tmp / STATE).write_text(json.dumps(state, indent=2))
-    _swap_dir(tmp, work / CKPT)
+    replace_dir(tmp, work / CKPT)
 
 
 def _load_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, names: list[str]) -> dict:
@@ -237,16 +238,6 @@ def _load_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, n
     return state
 
 
-def _swap_dir(tmp: Path, dest: Path):
-    """Replace ``dest`` by ``tmp`` with only a moment where neither is complete."""
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(out: Path, cfg: TrainConfig, ema: dict, sched):
     """Write the EMA weights as a pixel-model folder loadable by ``load_model``."""
     trunk, text, _ = build(cfg)
@@ -257,7 +248,7 @@ def export_model(out: Path, cfg: TrainConfig, ema: dict, sched):
     shutil.rmtree(tmp, ignore_errors=True)
     save_pixel_model(tmp, trunk, text, sched, name="flux-mini", height=cfg.side, width=cfg.side,
                      steps=cfg.sample_steps)
-    _swap_dir(tmp, out)
+    replace_dir(tmp, out)
     return out
 
 
