@@ -34,9 +34,9 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
         from .models.registry import load_model
         from .runtime.backends.torch import TorchBackend
 
-        loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
         if backend not in ("auto", "torch"):
             raise ConfigError(f"--backend {backend} runs a bundle: give --bundle DIR")
+        loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
         backend = TorchBackend(loaded.transformer)
     settings = build_settings(loaded, prompts=prompts, **settings_kw)
     with backend:

@@ -75,6 +75,9 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     ort_backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify)
     man = ort_backend.manifest
+    if man.model["kind"] == "flux" and weights is None:
+        raise ConfigError("a FLUX.1-dev bundle holds the transformer only: give --weights DIR for its text "
+                          "encoders and VAE")
     if backend == "auto":
         backend = "tensorrt" if man.tensorrt and _tensorrt_importable() else "onnxruntime"
     if backend == "tensorrt":
@@ -86,9 +89,6 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
         run_backend = ort_backend
     pipeline_model = None
     if man.model["kind"] == "flux":
-        if weights is None:
-            raise ConfigError("a FLUX.1-dev bundle holds the transformer only: give --weights DIR for its text "
-                              "encoders and VAE")
         from ..models.registry import load_model
 
         pipeline_model = load_model("flux", weights)
