@@ -18,12 +18,28 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import BundleError
 
 FORMAT = "ddit-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
+# numpy has no bfloat16: a tensor whose dtype is "bfloat16" (bf16 bundles) is stored as its raw 16-bit patterns,
+# the high half of the float32 with the same sign and exponent; read it as uint16 and widen with bf16_to_float32
+STORAGE_DTYPES = {"bfloat16": np.uint16}
+ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16, for OrtValue.ortvalue_from_numpy_with_onnx_type
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The numpy dtype to read a tensor of dtype ``name`` (a tensor table or TensorSpec dtype) from the bundle."""
+    return np.dtype(STORAGE_DTYPES.get(name, name))
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32, exactly: the 16 bits become the float32's high half."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

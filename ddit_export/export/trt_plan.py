@@ -27,11 +27,10 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import BundleError, ConfigError
+from ..errors import ConfigError
+from ..plan import PLAN_KEY, PLAN_VERSION, read_plan  # noqa: F401  (read_plan: re-exported)
 from ..shapes import TokenGeometry
 
-PLAN_KEY = "tensorrt"
-PLAN_VERSION = 1
 LAYOUT = "trunk+stems"
 ENGINE_DIR = "trt"
 TRUNK_ONNX = "trt_trunk.onnx"  # beside weights.bin: ONNX external data may not point into a parent folder
@@ -210,20 +209,6 @@ def plan_from_manifest(manifest, settings=None) -> dict:
 
 
 # ---- manifest I/O: the plan lives in manifest.json under PLAN_KEY --------------------------------------------
-def read_plan(folder) -> dict | None:
-    """The bundle's plan, or None if it has none; refuses a newer plan version."""
-    from ..bundle import MANIFEST
-
-    d = json.loads((Path(folder) / MANIFEST).read_text())
-    plan = d.get(PLAN_KEY)
-    if plan is None:
-        return None
-    if not isinstance(plan.get("plan_version"), int) or plan["plan_version"] > PLAN_VERSION:
-        raise BundleError(f"{Path(folder) / MANIFEST}: TensorRT plan version {plan.get('plan_version')!r} is not "
-                          f"one this ddit-export reads ({PLAN_VERSION}); upgrade or rebuild with --backend trt")
-    return plan
-
-
 def update_manifest(folder, *, plan: dict | None = None, files: dict | None = None, tensors: dict | None = None):
     """Rewrite manifest.json atomically with the plan, more file hashes and more tensor tables. Goes through the
     raw JSON, not :class:`Manifest`, so that keys this version of ``bundle.py`` does not model survive."""

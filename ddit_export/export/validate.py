@@ -5,6 +5,9 @@ from pathlib import Path
 
 from ..bundle import load
 
+# why parity cannot run, per bundle dtype: ORT's CPU provider is the reference runtime of `validate`
+PARITY_NOT_RUN = {"bf16": "ONNX Runtime's CPU provider has no bfloat16 MatMul (measured, onnxruntime 1.32)"}
+
 
 def validate_bundle(folder, *, weights=None):
     """{size: max abs diff (None if not runnable on ORT CPU)} and the manifest; hashes are verified first."""

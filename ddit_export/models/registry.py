@@ -198,7 +198,7 @@ def _multipatch(trunk, adapters, sizes, adapter) -> MultiPatchFlux:
 
 
 def _pixel_model(name, trunk, text, sched_cfg, height, width, steps, adapters, sizes, adapter, dtype, device):
-    from ..runtime.images import pixels_to_pil
+    from ..images import pixels_to_pil
 
     mp = _multipatch(trunk.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
     text = text.to(device=device).eval()

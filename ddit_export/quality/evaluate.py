@@ -89,7 +89,7 @@ def training_free(loaded):
 
 def _images(model, latents, geom) -> np.ndarray:
     """Final latents -> (B, 3, H, W) float32 in [-1, 1]."""
-    from ..runtime.images import unpack
+    from ..images import unpack
     from .detector import as_images
 
     if model.vae_scale == 1 and model.latent_channels == 3:

@@ -44,17 +44,11 @@ def ssim(a, b) -> np.ndarray:
     0.03), per channel, averaged over every pixel with the image mirrored at its borders: the convention of
     torchmetrics' ``structural_similarity_index_measure(data_range=1)`` (scikit-image instead drops a 5 px border,
     which is half of a 32x32 image)."""
-    from scipy.ndimage import gaussian_filter
-
     x, y = to_unit(a), to_unit(b)
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim needs two (B, C, H, W) batches of one shape, got {x.shape} and {y.shape}")
     c1, c2 = SSIM_K[0] ** 2, SSIM_K[1] ** 2
-    sig = (0, 0, SSIM_SIGMA, SSIM_SIGMA)
-
-    def blur(z):
-        return gaussian_filter(z, sigma=sig, truncate=SSIM_TRUNCATE, mode="mirror")
-
+    blur = gaussian_blur
     r = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
     if min(x.shape[-2:]) <= r:
         raise ValueError(f"images must be larger than {r} px for SSIM, got {x.shape[-2:]}")
@@ -64,6 +58,21 @@ def ssim(a, b) -> np.ndarray:
     cxy = blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s.mean(axis=(1, 2, 3))
+
+
+def gaussian_blur(z: np.ndarray, sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
+    """Separable Gaussian blur of the last two axes, the image mirrored at its borders (d c b | a b c d | c b a):
+    scipy.ndimage.gaussian_filter(z, (0, 0, sigma, sigma), truncate=truncate, mode="mirror"), in numpy."""
+    r = int(truncate * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    for axis in (-2, -1):
+        pad = [(0, 0)] * z.ndim
+        pad[axis] = (r, r)
+        p = np.pad(z, pad, mode="reflect")  # numpy's "reflect" is scipy's "mirror"
+        n = z.shape[axis]
+        z = sum(w * np.take(p, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
+    return z
 
 
 # ---- captions ----------------------------------------------------------------------------------------------
@@ -182,8 +191,8 @@ def frechet_distance(a, b) -> float:
     """‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½) between two feature sets (N, D), or two (mean, cov) pairs.
 
     Tr (Σa Σb)^½ is computed as Σ √λ of the symmetric PSD matrix Σa^½ Σb Σa^½ (same eigenvalues as Σa Σb), which
-    stays real and finite when N < D makes the covariances singular (``scipy.linalg.sqrtm`` of the product may
-    not); the two agree on well-conditioned inputs (tested)."""
+    stays real and finite when N < D makes the covariances singular (a matrix square root of the product, as
+    ``scipy.linalg.sqrtm`` takes it, may not); the two agree on well-conditioned inputs (tested)."""
     mu1, s1 = a if isinstance(a, tuple) else feature_stats(a)
     mu2, s2 = b if isinstance(b, tuple) else feature_stats(b)
     with _one_thread() as torch:

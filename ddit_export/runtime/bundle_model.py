@@ -52,7 +52,7 @@ class BundleModel:
                             torch.zeros(states.shape[1], 3))
 
     def decode(self, latents, geom):
-        from .images import pixels_to_pil
+        from ..images import pixels_to_pil
 
         if self.pipeline_model is not None:
             return self.pipeline_model.decode(latents, geom)

@@ -46,7 +46,7 @@ def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shif
 
 def initial_noise(geom: TokenGeometry, batch: int, seed: int, device="cpu") -> torch.Tensor:
     """FluxPipeline's initial latents for a seed: randn on (B, C, h, w) from a CPU generator, then packed."""
-    from .images import pack
+    from ..images import pack
 
     g = torch.Generator("cpu").manual_seed(seed)
     lh, lw = geom.latent_hw

@@ -33,7 +33,7 @@ import torch
 
 from ..models.patching import image_ids
 from ..models.registry import TINY_VOCAB, save_pixel_model
-from ..runtime.images import pack
+from ..images import pack
 from ..shapes import TokenGeometry
 from ..fsutil import replace_dir
 from . import scenes
@@ -172,7 +172,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 @torch.no_grad()
 def generate(model: Pair, sched, prompts, side: int, steps: int, seed: int = 0) -> np.ndarray:
     """28-step Euler with the shipped scheduler; returns (n, 3, side, side) in [-1, 1]."""
-    from ..runtime.images import unpack
+    from ..images import unpack
 
     geom = TokenGeometry(side, side, 1, 3)
     gen = torch.Generator().manual_seed(seed)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ddit_export.models.patching import coarse_ids, image_ids, init_deembed, init_embed, merge_tokens, unmerge_tokens
-from ddit_export.runtime.images import pack
+from ddit_export.images import pack
 from ddit_export.shapes import TokenGeometry
 
 

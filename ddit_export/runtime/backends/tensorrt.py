@@ -108,7 +108,7 @@ class TensorRTBackend(BackendBase):
     name = "tensorrt"
 
     def __init__(self, folder, *, cuda_graphs: bool = True, verify: bool = True):
-        from ...export.trt_plan import read_plan
+        from ...plan import read_plan
 
         self.folder = Path(folder)
         self.manifest = bundle_mod.load(self.folder, hashes=verify)

@@ -1,9 +1,10 @@
-"""Turning pixel-space fine-token latents into images and saving them."""
+"""Fine-token latents <-> (B, C, H, W) arrays <-> images: FLUX's 2x2 packing. Below both models/ and runtime/,
+which both need it."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..shapes import PACK, TokenGeometry
+from .shapes import PACK, TokenGeometry
 
 
 def unpack(latents, geom: TokenGeometry):
