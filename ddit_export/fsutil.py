@@ -53,7 +53,12 @@ def replace_dir(tmp: Path, dest: Path, owned):
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         dest.rename(old)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except BaseException:  # a signal or an error between the two renames: put the old folder back
+        if old is not None and not dest.exists():
+            old.rename(dest)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
