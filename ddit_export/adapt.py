@@ -205,7 +205,11 @@ def check_vocabulary(loaded, prompts: list[str], source: str):
     vocab, max_len = set(text.config.vocab), text.config.max_length
     unknown: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        for w in words_of(prompt):
+        try:
+            words = words_of(prompt)
+        except VocabularyError as e:
+            raise VocabularyError(f"{source}, line {i + 1}: {e}") from None
+        for w in words:
             if w not in vocab:
                 unknown.setdefault(w, []).append(i + 1)
     if unknown:
@@ -460,7 +464,7 @@ def save_checkpoint(work: Path, mp, opt: torch.optim.Optimizer, state: dict):
             moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().contiguous().cpu()
     save_file(moments, str(tmp / "optim.safetensors"))
     (tmp / STATE).write_text(json.dumps(state, indent=2))
-    replace_dir(tmp, work / CKPT)
+    replace_dir(tmp, work / CKPT, owned=lambda d: (d / STATE).is_file())
 
 
 def read_checkpoint_state(work: Path) -> dict | None:

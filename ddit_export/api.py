@@ -1,58 +1,142 @@
 """The Python API behind the CLI commands: plain functions taking plain values, returning results."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
+from .fsutil import write_file_atomic
+from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings, check_sizes
+
+#: Image types ``save_images`` writes, by suffix (PIL format names).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
-                   eps=None, warmup=None, window=None, static=None, coarse_first=None) -> GenerateSettings:
-    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in."""
+def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
+                   eps=None, warmup=None, window=None, static=None, coarse_first=None,
+                   sizes=None) -> GenerateSettings:
+    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in.
+    ``prompts``: None for the model's default prompt, one str, or a non-empty sequence of str. Only None means
+    "the default": 0 steps or 0 pixels are errors, not defaults."""
     base = model.schedule_defaults
     sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
                              warmup=base.warmup if warmup is None else warmup,
                              window=base.window if window is None else window)
-    return GenerateSettings(prompts=tuple(prompts) or (model.default_prompt,), seed=seed,
-                            steps=steps or model.default_steps, height=height, width=width, guidance=guidance,
-                            schedule=sched, static=static, coarse_first=coarse_first)
+    return GenerateSettings(prompts=_prompts(prompts, model.default_prompt), seed=seed,
+                            steps=model.default_steps if steps is None else steps, height=height, width=width,
+                            guidance=guidance, schedule=sched, static=static, coarse_first=coarse_first,
+                            sizes=sizes)
 
 
-def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,
+def _prompts(prompts, default: str) -> tuple:
+    if prompts is None:
+        return (default,)
+    if isinstance(prompts, str):
+        return (prompts,)
+    prompts = tuple(prompts)
+    if not prompts:
+        raise ConfigError("prompts is empty: give at least one prompt, or leave prompts out (None) for the "
+                          "model's default prompt")
+    return prompts
+
+
+def check_device(device: str):
+    """Refuse a torch device this machine cannot run (no silent fall-back to the CPU)."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown --device {device!r}: use cpu or cuda (cuda:N)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: only cpu and cuda are supported")
+
+
+def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=None, out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
-                    **settings_kw):
+                    warn=None, **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images and trace.
-    Returns (GenerationResult, image paths)."""
+    ``sizes``: the patch sizes the schedule may use (None: all the model or bundle has; asking for one it lacks is
+    an error). ``warn``: where a warning line goes (default: stderr). Returns (GenerationResult, image paths)."""
     from .runtime.generate import generate
 
+    sizes = None if sizes is None else check_sizes(sizes)
+    out = image_path(out) if out else None  # before any work: an unknown suffix is an error
     if bundle is not None:
         from .runtime.bundle_model import open_bundle
 
+        if device != "cpu":
+            raise ConfigError(f"--device {device} applies to the PyTorch path; a bundle runs on its backend "
+                              f"(--backend tensorrt for the GPU)")
         loaded, backend = open_bundle(bundle, weights=weights, threads=threads, backend=backend, fallback=fallback)
+        have, what = tuple(loaded.manifest.sizes), "this bundle has"
     else:
         from .models.registry import load_model
         from .runtime.backends.torch import TorchBackend
 
         if backend not in ("auto", "torch"):
             raise ConfigError(f"--backend {backend} runs a bundle: give --bundle DIR")
+        check_device(device)
         loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
         backend = TorchBackend(loaded.transformer)
-    settings = build_settings(loaded, prompts=prompts, **settings_kw)
+        have, what = tuple(loaded.transformer.sizes), "this model's adapters cover"
+    settings = build_settings(loaded, prompts=prompts, sizes=sizes, **settings_kw)
+    _check_sizes(settings, loaded, have, what, warn or _stderr)
     with backend:
         result = generate(loaded, backend, settings)
     paths = save_images(result.images, out) if out else []
     if trace_path:
-        result.trace.save(trace_path)
+        write_file_atomic(Path(trace_path), result.trace.save)
     return result, paths
 
 
-def save_images(images, out) -> list[Path]:
+def _stderr(line: str):
+    print(line, file=sys.stderr)
+
+
+def _check_sizes(settings: GenerateSettings, loaded, have: tuple, what: str, warn):
+    """Asked-for sizes the model lacks or the resolution cannot use: error. Default sizes the resolution cannot
+    use: one warning line saying which and why."""
+    geom = loaded.geometry(settings.height, settings.width)
+    if settings.sizes is not None:
+        lacking = [k for k in settings.sizes if k not in have]
+        if lacking:
+            raise ConfigError(f"--sizes asks for {lacking}, but {what} patch sizes {list(have)}")
+        bad = [k for k in settings.sizes if not geom.available(k)]
+        if bad:
+            raise ConfigError(f"patch size(s) {bad} do not divide the {geom.grid[0]}x{geom.grid[1]} token grid of "
+                              f"{geom.height}x{geom.width}; choose other --sizes or another --height/--width")
+        return
+    dropped = [k for k in have if not geom.available(k)]
+    if dropped:
+        warn(f"warning: patch size(s) {dropped} are not used at {geom.height}x{geom.width}: they do not divide its "
+             f"{geom.grid[0]}x{geom.grid[1]} token grid (sizes used: {list(geom.available_sizes(have))})")
+
+
+def image_path(out) -> Path:
+    """The image path for ``--out``: a known image suffix is a file; a path without a suffix (or an existing
+    folder) is a folder that gets ``image.png``; any other suffix is an error."""
     out = Path(out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        out = out / "image.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() or not out.suffix:
+        return out / "image.png"
+    if out.suffix.lower() not in IMAGE_FORMATS:
+        raise ConfigError(f"--out {out}: unknown image type {out.suffix!r}; use {', '.join(IMAGE_FORMATS)} "
+                          f"(a path without a suffix is a folder)")
+    return out
+
+
+def save_images(images, out) -> list[Path]:
+    """Write the images (NAME_0.png, NAME_1.png, ... for a batch); each goes to a temporary file first and is
+    renamed into place, so a full disk or read-only folder leaves no empty image, only an OutputError."""
+    out = image_path(out)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
+    fmt = IMAGE_FORMATS[out.suffix.lower()]
     for im, p in zip(images, paths):
-        im.save(p)
+        write_file_atomic(p, lambda tmp, im=im: im.save(tmp, format=fmt))
     return paths
+

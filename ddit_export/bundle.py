@@ -140,13 +140,52 @@ def read_manifest(folder: str | Path) -> Manifest:
         variants = [Variant.from_dict(v) for v in d["variants"]]
         m = Manifest(model=d["model"], variants=variants, schedule=d["schedule"], dtype=d["dtype"],
                      files=d["files"], text_encoder=d.get("text_encoder"), tools=d.get("tools", {}),
-                     tensors=d.get("tensors", {}), tensorrt=d.get("tensorrt"), format_version=version)
-    except (KeyError, TypeError, ValueError) as e:
+                     tensors=d["tensors"], tensorrt=d.get("tensorrt"), format_version=version)
+        _check_manifest(folder, m)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{path}: missing or malformed field {e}") from None
-    for v in variants:
+    return m
+
+
+#: dtypes a bundle may name: the bundle's precision, and each tensor's (numpy names; bfloat16 as ml_dtypes has it)
+BUNDLE_DTYPES = ("fp32", "fp16", "bf16")
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+def runtime_files(folder: Path, m: Manifest) -> list[str]:
+    """Every file of the bundle a runtime reads: weights.bin, each variant graph, the text encoder, and those of
+    the TensorRT graphs and engines that are present (a plan is recorded on the CPU, engines built on a GPU)."""
+    need = [WEIGHTS] + [v.file for v in m.variants] + ([m.text_encoder["file"]] if m.text_encoder else [])
+    trt = [f for e in (m.tensorrt or {}).get("engines", []) for f in (e["onnx"], e["plan"])]
+    need += [f for f in list(m.tensors) + trt if (folder / f).exists()]
+    return list(dict.fromkeys(need))
+
+
+def _check_manifest(folder: Path, m: Manifest):
+    """Refuse what a load could not check or would silently get wrong: an unknown dtype, a file the runtime reads
+    that has no hash, a graph without its table of shared weights."""
+    path = folder / MANIFEST
+    if m.dtype not in BUNDLE_DTYPES:
+        raise BundleError(f"{path}: field 'dtype' is {m.dtype!r}, expected one of {', '.join(BUNDLE_DTYPES)}")
+    if not isinstance(m.files, dict) or not isinstance(m.tensors, dict):
+        raise BundleError(f"{path}: fields 'files' and 'tensors' must be objects")
+    specs = [t for v in m.variants for t in v.inputs + v.outputs]
+    for where, dtype in ([(f"tensor {t.name!r}", t.dtype) for t in specs]
+                         + [(f"{g}: tensor {row[0]!r}", row[3]) for g, rows in m.tensors.items() for row in rows]):
+        if dtype not in TENSOR_DTYPES:
+            raise BundleError(f"{path}: {where} has dtype {dtype!r}, not one of {', '.join(TENSOR_DTYPES)}")
+    for v in m.variants:
         if v.file not in m.files:
             raise BundleError(f"{path}: variant k={v.size} names {v.file!r}, which is not among the bundle's files")
-    return m
+    unhashed = [f for f in runtime_files(folder, m) if f not in m.files]
+    if unhashed:
+        raise BundleError(f"{path}: 'files' has no sha256 for {', '.join(unhashed)}, which the runtime reads; "
+                          f"the bundle cannot be verified: rebuild it")
+    graphs = [v.file for v in m.variants] + ([m.text_encoder["file"]] if m.text_encoder else [])
+    untabled = [g for g in graphs if g not in m.tensors]
+    if untabled:
+        raise BundleError(f"{path}: 'tensors' has no table for {', '.join(untabled)}; its weights would not be "
+                          f"shared from weights.bin: rebuild the bundle")
 
 
 def verify_files(folder: str | Path, manifest: Manifest, *, hashes: bool = True) -> dict:

@@ -43,7 +43,8 @@ def model_options(f):
     f = click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")(f)
     f = click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if "
                                                            "any, else training-free init).")(f)
-    f = click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes in fine tokens.")(f)
+    f = click.option("--sizes", help="Patch sizes in fine tokens, powers of two including 1 (default: all the "
+                                     "model's adapters or the bundle has; 1,2,4 for a model without adapters).")(f)
     return f
 
 
@@ -72,7 +73,8 @@ def model_options(f):
 @click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
                                                    "why) when TensorRT cannot run the bundle here.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
+                                                                 "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
              window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
@@ -82,7 +84,7 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                        warmup=warmup, window=window, static=_ints(static, "--schedule"),
                        coarse_first=_coarse(coarse_first))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
-                                    prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
+                                    prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, **settings_kw)
     t = result.trace
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
@@ -130,12 +132,13 @@ def bench(model, weights, adapters, sizes, repeats, threads, height, width):
     from .bench import format_table, step_times
     from .models.registry import load_model
     from .runtime.backends.torch import TorchBackend
+    from .settings import DEFAULT_SIZES
 
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_model(model, weights, adapters=adapters, sizes=_ints(sizes, "--sizes"))
+    loaded = load_model(model, weights, adapters=adapters, sizes=_ints(sizes, "--sizes") or DEFAULT_SIZES)
     with TorchBackend(loaded.transformer) as backend:
         rows = step_times(loaded, backend, repeats=repeats, height=height, width=width)
     click.echo(f"{loaded.name}: {sum(p.numel() for p in loaded.transformer.trunk.parameters()) / 1e6:.1f} M trunk "

@@ -1,6 +1,8 @@
 """Frozen settings objects: every default lives here, once."""
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -28,8 +30,8 @@ class ScheduleSettings:
     window: str = "any"
 
     def __post_init__(self):
-        if not self.tau > 0:
-            raise ConfigError(f"tau must be > 0, got {self.tau}")
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ConfigError(f"tau must be > 0 and finite, got {self.tau}")
         if not 0 < self.eps < 1:
             raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         if self.warmup < MIN_WARMUP:
@@ -39,7 +41,11 @@ class ScheduleSettings:
             raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
 
 
+MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)
+
+
 def check_sizes(sizes) -> tuple[int, ...]:
+    """Patch sizes: powers of two, the fine size 1 among them, no repeats; returned sorted."""
     sizes = tuple(int(s) for s in sizes)
     if not sizes or 1 not in sizes:
         raise ConfigError(f"sizes must include the fine size 1, got {sizes}")
@@ -79,12 +85,32 @@ class GenerateSettings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     static: tuple[int, ...] | None = None  # an explicit size per step, instead of the dynamic rule
     coarse_first: tuple[int, int] | None = None  # (k steps, size): FlexiDiT-style "coarse first"
+    sizes: tuple[int, ...] | None = None  # patch sizes the schedule may use (None: all the backend has)
 
     def __post_init__(self):
+        if isinstance(self.prompts, str):
+            raise ConfigError("prompts must be a sequence of strings, got one str (wrap it: (prompt,))")
         if not self.prompts:
             raise ConfigError("at least one prompt is needed")
+        bad = [p for p in self.prompts if not isinstance(p, str)]
+        if bad:
+            raise ConfigError(f"prompts must be strings, got {bad[0]!r}")
+        try:
+            seed = operator.index(self.seed)
+        except TypeError:
+            seed = None
+        if seed is None or isinstance(self.seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
+        object.__setattr__(self, "seed", seed)
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        for name, v in (("height", self.height), ("width", self.width)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
+        if not math.isfinite(self.guidance):
+            raise ConfigError(f"guidance must be a finite number, got {self.guidance}")
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", check_sizes(self.sizes))
         if self.static is None and self.coarse_first is None and self.steps < self.schedule.warmup + 1:
             raise ConfigError(f"steps ({self.steps}) must be at least warmup + 1 ({self.schedule.warmup + 1}) "
                               f"for the dynamic schedule to decide anything")
@@ -119,6 +145,9 @@ class BuildSettings:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
+        for name, v in (("height", self.height), ("width", self.width)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
         if self.text_len is not None and self.text_len < 1:
             raise ConfigError(f"text length must be >= 1, got {self.text_len}")
 
@@ -251,9 +280,9 @@ class EvalSettings:
             raise ConfigError("at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds repeat: {self.seeds}")
-        bad = [t for t in self.taus if not t > 0]
+        bad = [t for t in self.taus if not (t > 0 and math.isfinite(t))]
         if bad:
-            raise ConfigError(f"tau must be > 0, got {bad}")
+            raise ConfigError(f"tau must be > 0 and finite, got {bad}")
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {self.split!r}")
         if self.steps is not None and self.steps < 1:

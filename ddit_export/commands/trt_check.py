@@ -12,9 +12,10 @@ def command(bundle, trt_version):
     from ..export.trt_compat import check_bundle, report
     from ..export.trt_plan import plan_from_manifest, read_plan, summary
 
+    manifest = read_manifest(bundle)  # first: a missing, empty or non-bundle folder is a one-line error
     plan = read_plan(bundle)
     stored = plan is not None
-    plan = plan or plan_from_manifest(read_manifest(bundle))
+    plan = plan or plan_from_manifest(manifest)
     problems = check_bundle(bundle, plan if stored else None, trt_version=trt_version)
     click.echo(summary(plan) + ("" if stored else "\n  (planned now: the bundle has no split graphs or engines yet; "
                                                   "build --backend trt writes them)"))

@@ -9,13 +9,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-
-from ..bundle import MANIFEST, WEIGHTS, Manifest, TensorSpec, Variant, sha256_file
+from ..bundle import FORMAT, MANIFEST, WEIGHTS, Manifest, TensorSpec, Variant, sha256_file
 from ..errors import ConfigError, DDiTError
-from ..fsutil import replace_dir
+from ..fsutil import (OutputError, check_replaceable, remove_stale, replace_dir, sigterm_as_exit, temp_dir_for,
+                      write_failure)
 from ..settings import BuildSettings
 
 ENGINES = Path("engines")
@@ -26,30 +25,64 @@ def default_out(settings: BuildSettings) -> Path:
     return ENGINES / name
 
 
+def is_bundle(folder: Path) -> bool:
+    """A folder ``build`` wrote: its manifest names the bundle format. Only such a folder is ever replaced."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: Path):
+    """Refuse, before any export work, an output that is not ours to replace: a file, a folder that is neither
+    empty nor a bundle, the current folder or one above it."""
+    full, cwd = Path(out).resolve(), Path.cwd().resolve()
+    if full == cwd or full in cwd.parents:
+        raise OutputError(f"--out {out} is the current folder or one above it; a build replaces its output folder "
+                          f"as a whole: give a new folder or an existing bundle (default engines/<model>)")
+    check_replaceable(Path(out), is_bundle, "ddit bundle")
+
+
 def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -> Path:
     """Export, check, and write the bundle; returns its folder."""
+    out = Path(settings.out) if settings.out else default_out(settings)
+    check_out(out)
+    with sigterm_as_exit():  # SIGTERM cleans up like Ctrl-C; SIGKILL's leftovers go at the next build
+        remove_stale(out, is_bundle)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_dir_for(out)  # also proves the folder is writable before the expensive export
+        except OSError as e:
+            raise write_failure(out, e) from None
+        try:
+            _build_into(tmp, out, settings, progress, log)
+        except DDiTError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except OSError as e:  # full disk, read-only folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failure(out, e) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log):
     from ..models.registry import load_model
 
-    out = Path(settings.out) if settings.out else default_out(settings)
     model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
     geom = model.geometry(settings.height, settings.width)
     missing = [k for k in settings.sizes if not geom.available(k)]
     if missing:
         raise ConfigError(f"patch size(s) {missing} do not divide the {geom.grid} token grid of "
                           f"{geom.height}x{geom.width}; choose other --sizes or another resolution")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        manifest = _write_bundle(tmp, model, geom, settings, progress, log)
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    manifest = _write_bundle(tmp, model, geom, settings, progress, log)
+    (tmp / MANIFEST).write_text(manifest.to_json())
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
+    replace_dir(tmp, out, is_bundle)
 
 
 def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: bool, log) -> Manifest:

@@ -68,6 +68,9 @@ class MultiPatchFlux(nn.Module):
         if size not in self.sizes:
             raise ConfigError(f"patch size {size} is not one of this model's sizes {self.sizes}")
         h, w = grid
+        if hidden_states.ndim != 3 or hidden_states.shape[1] != h * w:
+            raise ConfigError(f"hidden_states has shape {tuple(hidden_states.shape)}; the {h}x{w} token grid needs "
+                              f"(batch, {h * w}, channels) fine tokens")
         if h % size or w % size:
             raise ConfigError(f"patch size {size} does not divide the token grid {grid}")
         if size == 1:

@@ -17,10 +17,21 @@ from torch import nn
 from ..errors import VocabularyError
 
 _WORD = re.compile(r"[a-z]+")
+# Between words only spaces and common punctuation; anything else (a digit, a symbol, an accented letter) would be
+# dropped without a word, so it is an error instead.
+_OTHER = re.compile(r"""[^a-z\s.,;:!?'"()\-]""")
 
 
 def words_of(prompt: str) -> list[str]:
-    return _WORD.findall(prompt.lower())
+    """The lower-cased words (runs of a-z) of a prompt; VocabularyError names any other character but spaces and
+    punctuation (. , ; : ! ? ' " ( ) -), which would otherwise vanish silently ("3 cats" is not "cats")."""
+    low = prompt.lower()
+    odd = sorted(set(_OTHER.findall(low)))
+    if odd:
+        raise VocabularyError(f"prompt {prompt!r} has characters this model's word tokenizer cannot read: "
+                              f"{' '.join(repr(c) for c in odd)} (it reads words of the letters a-z; spell "
+                              f"numbers out)")
+    return _WORD.findall(low)
 
 
 def tokenize(vocab: list[str], max_length: int, prompts: list[str]):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..flops import step_flops
 from ..schedule import Trace, StepRecord, make_policy
 from ..settings import GenerateSettings
@@ -63,9 +64,11 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     geom = model.geometry(settings.height, settings.width)
     cond = model.encode(list(settings.prompts))
     b = len(settings.prompts)
-    sizes = geom.available_sizes(backend.sizes)
+    sizes = _sizes(settings, geom, tuple(backend.sizes))
     policy = make_policy(settings, geom.grid, sizes)
     device = cond.states.device
+    if latents is not None:
+        _check_latents(latents, (b, geom.tokens(1), geom.token_channels), geom)
     x = initial_noise(geom, b, settings.seed, device) if latents is None else latents.to(device)
     guidance = torch.full((b,), settings.guidance, device=device) if model.guidance_embeds else None
     sched = flux_timesteps(model.scheduler_config, settings.steps, geom.tokens(1))
@@ -86,6 +89,29 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
                                       decision.sigmas, time.perf_counter() - t0))
     images = model.decode(x, geom) if decode else None
     return GenerationResult(x, trace, images)
+
+
+def _sizes(settings: GenerateSettings, geom: TokenGeometry, have: tuple) -> tuple:
+    """The sizes the schedule may use: the asked-for ones (each must be in the backend and divide the grid), else
+    every backend size that divides the grid."""
+    if settings.sizes is None:
+        return geom.available_sizes(have)
+    lacking = [k for k in settings.sizes if k not in have]
+    if lacking:
+        raise ConfigError(f"patch size(s) {lacking} were asked for, but the backend has {list(have)}")
+    bad = [k for k in settings.sizes if not geom.available(k)]
+    if bad:
+        raise ConfigError(f"patch size(s) {bad} do not divide the token grid {geom.grid} of {geom.height}x{geom.width}")
+    return settings.sizes
+
+
+def _check_latents(latents, want: tuple, geom: TokenGeometry):
+    shape = tuple(getattr(latents, "shape", ()))
+    if shape != want:
+        raise ConfigError(f"latents have shape {shape}; {geom.height}x{geom.width} with {want[0]} prompt(s) needs "
+                          f"{want} (batch, fine tokens, channels), as initial_noise makes")
+    if not torch.isfinite(torch.as_tensor(latents)).all():
+        raise ConfigError("latents contain NaN or infinite values")
 
 
 def _jsonable(settings: GenerateSettings) -> dict:

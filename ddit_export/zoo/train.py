@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from ..models.patching import image_ids
-from ..models.registry import TINY_VOCAB, save_pixel_model
+from ..models.registry import PIXEL_META, TINY_VOCAB, save_pixel_model
 from ..images import pack
 from ..shapes import TokenGeometry
-from ..fsutil import replace_dir
+from ..fsutil import check_replaceable, replace_dir, temp_dir_for
 from . import scenes
 
 CKPT = "ckpt"
@@ -219,7 +219,7 @@ def _save_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, n
             moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
     save_file(moments, tmp / "optim.safetensors")
     (tmp / STATE).write_text(json.dumps(state, indent=2))
-    replace_dir(tmp, work / CKPT)
+    replace_dir(tmp, work / CKPT, owned=lambda d: (d / STATE).is_file())
 
 
 def _load_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, names: list[str]) -> dict:
@@ -244,11 +244,17 @@ def export_model(out: Path, cfg: TrainConfig, ema: dict, sched):
     pair = Pair(trunk, text)
     pair.load_state_dict(ema)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pixel_model(tmp, trunk, text, sched, name="flux-mini", height=cfg.side, width=cfg.side,
-                     steps=cfg.sample_steps)
-    replace_dir(tmp, out)
+    owned = lambda d: (d / PIXEL_META).is_file()  # noqa: E731
+    check_replaceable(out, owned, "model folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_for(out)
+    try:
+        save_pixel_model(tmp, trunk, text, sched, name="flux-mini", height=cfg.side, width=cfg.side,
+                         steps=cfg.sample_steps)
+        replace_dir(tmp, out, owned)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 

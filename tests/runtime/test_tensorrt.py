@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from ddit_export.bundle import sha256_file
 from ddit_export.errors import BundleError, ConfigError
 from ddit_export.export.trt_plan import plan_from_manifest, update_manifest
 from ddit_export.runtime.backends.tensorrt import (TensorRTBackend, TensorRTUnavailable, check_latents,
@@ -105,7 +106,7 @@ def _fake_engines(folder, plan, build=BUILT):
     for e in plan["engines"]:
         (folder / e["plan"]).write_bytes(b"not an engine")
     plan = dict(plan, build=build)
-    update_manifest(folder, plan=plan)
+    update_manifest(folder, plan=plan, files={e["plan"]: sha256_file(folder / e["plan"]) for e in plan["engines"]})
     return plan
 
 
