@@ -163,8 +163,9 @@ class TensorRTBackend(BackendBase):
             raise BundleError(self._oom_message(free))
 
     def _need_bytes(self) -> int:
-        build = self.plan.get("build") or {}
-        return (self.plan["weights"]["plan_total_bytes"] + self.plan["memory"]["io_bytes"]
+        build, w = self.plan.get("build") or {}, self.plan["weights"]
+        weights = (w.get("measured") or {}).get("device_bytes") or w["plan_total_bytes"]  # measured at build if so
+        return (weights + self.plan["memory"]["io_bytes"]
                 + build.get("activation_buffer_bytes", 0))
 
     def _oom_message(self, free: int | None = None) -> str:
@@ -176,14 +177,7 @@ class TensorRTBackend(BackendBase):
 
     def _load(self, trt):
         logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        for e in self.plan["engines"]:
-            engine = runtime.deserialize_cuda_engine((self.folder / e["plan"]).read_bytes())
-            if engine is None:
-                raise BundleError(f"TensorRT could not load {self.folder / e['plan']} (see its log above); {REBUILD}")
-            if self.plan["flags"]["strip_plan"]:
-                self._refit(trt, engine, e, logger)
-            self.engines[e["name"]] = engine
+        self.engines = load_engines(trt, self.folder, self.plan, logger)
         self._trt = trt
         self.stream = self._new_stream()
         size = self.plan["build"].get("activation_buffer_bytes") or max(
@@ -191,14 +185,6 @@ class TensorRTBackend(BackendBase):
         self.activation = torch.empty(max(int(size), 1), dtype=torch.uint8, device=self.device)
         self._allocate_io()
         self.stream.synchronize()
-
-    def _refit(self, trt, engine, entry, logger):
-        """Weight-stripped plan: fill in the weights from the bundle's ONNX graph (and so from weights.bin)."""
-        refitter = trt.Refitter(engine, logger)
-        parser = trt.OnnxParserRefitter(refitter, logger)
-        if not parser.refit_from_file(str(self.folder / entry["onnx"])) or not refitter.refit_cuda_engine():
-            raise BundleError(f"refitting {entry['plan']} from {entry['onnx']} failed: the weights no longer match "
-                              f"the engine; {REBUILD}")
 
     def _allocate_io(self):
         dt = TORCH_DTYPES[self.plan["precision"]]
@@ -333,6 +319,25 @@ class TensorRTBackend(BackendBase):
             out = buf["velocity"][:b].to(torch.float32, copy=True)  # the buffer is overwritten next step
         torch.cuda.current_stream().wait_stream(self.stream)
         return out.to(latents.device)
+
+
+def load_engines(trt, folder: Path, plan: dict, logger) -> dict:
+    """{name: ICudaEngine} of the plan; weight-stripped plans are refitted from the bundle's ONNX graphs (and so
+    from ``weights.bin``)."""
+    runtime = trt.Runtime(logger)
+    engines = {}
+    for e in plan["engines"]:
+        engine = runtime.deserialize_cuda_engine((folder / e["plan"]).read_bytes())
+        if engine is None:
+            raise BundleError(f"TensorRT could not load {folder / e['plan']} (see its log above); {REBUILD}")
+        if plan["flags"]["strip_plan"]:
+            refitter = trt.Refitter(engine, logger)
+            parser = trt.OnnxParserRefitter(refitter, logger)
+            if not parser.refit_from_file(str(folder / e["onnx"])) or not refitter.refit_cuda_engine():
+                raise BundleError(f"refitting {e['plan']} from {e['onnx']} failed: the weights no longer match "
+                                  f"the engine; {REBUILD}")
+        engines[e["name"]] = engine
+    return engines
 
 
 def _device_memory(engine, profile: int) -> int:
