@@ -344,3 +344,17 @@ def test_engines_built_elsewhere_are_refused(tmp_path):
     update_manifest(out, plan=plan)
     with pytest.raises(BundleError, match="built with TensorRT 9.0.0"):
         TensorRTBackend(out).activate()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_TRT, reason="checks the summary of a GPU check without tensorrt")
+def test_gpu_check_says_tensorrt_did_not_run(tmp_path):
+    """scripts/gpu_check.sh must not read as a TensorRT success when every TensorRT test was skipped."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "OUT": str(tmp_path), "GPU_CHECK_SKIP_BENCH": "1"})
+    summary = [line for line in r.stdout.splitlines() if "summary:" in line]
+    assert summary and "TensorRT: not run" in summary[0], r.stdout[-2000:]
+    assert "skipped" in summary[0]
