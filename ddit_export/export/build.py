@@ -26,12 +26,14 @@ def default_out(settings: BuildSettings) -> Path:
     return ENGINES / name
 
 
-def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -> Path:
-    """Export, check, and write the bundle; returns its folder."""
+def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, model=None) -> Path:
+    """Export, check, and write the bundle; returns its folder. ``model``: the model of ``settings``, already
+    loaded (``build --backend trt`` loads it once for both steps)."""
     from ..models.registry import load_model
 
     out = Path(settings.out) if settings.out else default_out(settings)
-    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    if model is None:
+        model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
     geom = model.geometry(settings.height, settings.width)
     missing = [k for k in settings.sizes if not geom.available(k)]
     if missing:

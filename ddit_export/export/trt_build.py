@@ -440,12 +440,14 @@ def _device_memory(engine, profile: int) -> int:
 
 def build_with_tensorrt(settings, trt_settings=None, *, log=print) -> Path:
     """The whole ``build --backend trt``: ONNX bundle, split graphs + plan, engines. TensorRT is checked first."""
+    from ..models.registry import load_model
     from .build import build_bundle
 
     require_tensorrt()
-    path = build_bundle(settings, log=log)
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    path = build_bundle(settings, log=log, model=model)  # loaded once, for the bundle and the split graphs
     try:
-        prepare_tensorrt(path, settings, trt_settings, log=log)
+        prepare_tensorrt(path, settings, trt_settings, log=log, model=model)
         build_engines(path, log=log)
     except BaseException:
         shutil.rmtree(path / trt_plan.ENGINE_DIR, ignore_errors=True)

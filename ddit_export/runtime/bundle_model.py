@@ -83,7 +83,8 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     if backend == "tensorrt":
         from .backends.tensorrt import open_tensorrt
 
-        run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=verify)
+        # the files (engines included) were hashed just above: once is enough
+        run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=False)
         ort_backend.text_only = True  # the word encoder stays on ONNX Runtime
     else:
         run_backend = ort_backend

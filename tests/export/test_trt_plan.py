@@ -274,3 +274,18 @@ def test_polygraphy_pin_has_create_config_strip_plan():
     assert pins
     for r in pins:
         assert not r.specifier.contains(Version("0.49.6")), str(r)
+
+
+def test_build_with_tensorrt_loads_the_model_once(monkeypatch, tmp_path):
+    from ddit_export.export import trt_build
+    from ddit_export.models import registry
+
+    loads, got = [], {}
+    real = registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_build, "prepare_tensorrt", lambda path, s, t, log, model=None: got.update(model=model))
+    monkeypatch.setattr(trt_build, "build_engines", lambda path, log: None)
+    settings = BuildSettings(model="tiny", sizes=(1, 2), out=str(tmp_path / "b"))
+    trt_build.build_with_tensorrt(settings, log=lambda *a: None)
+    assert len(loads) == 1 and got["model"] is not None

@@ -358,3 +358,24 @@ def test_gpu_check_says_tensorrt_did_not_run(tmp_path):
     summary = [line for line in r.stdout.splitlines() if "summary:" in line]
     assert summary and "TensorRT: not run" in summary[0], r.stdout[-2000:]
     assert "skipped" in summary[0]
+
+
+@pytest.mark.skipif(HAS_TRT, reason="falls back to ONNX Runtime without tensorrt")
+def test_bundle_files_hashed_once_with_backend_tensorrt(planned, monkeypatch):
+    from collections import Counter
+
+    from ddit_export import bundle as bundle_mod
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    folder, plan = planned
+    plan = _fake_engines(folder, plan)
+    update_manifest(folder, files={e["plan"]: bundle_mod.sha256_file(folder / e["plan"]) for e in plan["engines"]})
+    hashed = Counter()
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.update([str(p)]) or real(p))
+    model, be = open_bundle(folder, backend="tensorrt", fallback=True)
+    try:
+        assert hashed and set(hashed.values()) == {1}, hashed
+        assert str(folder / plan["engines"][0]["plan"]) in hashed  # the engines are among them
+    finally:
+        be.deactivate()

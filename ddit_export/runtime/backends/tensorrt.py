@@ -361,6 +361,6 @@ def open_tensorrt(folder, *, fallback: str | None = None, log=print, **kw):
         log(f"TensorRT backend unavailable ({e}); falling back to ONNX Runtime as asked")
     from .onnxruntime import OrtBundleBackend
 
-    backend = OrtBundleBackend(folder)
+    backend = OrtBundleBackend(folder, verify=kw.get("verify", True))
     backend.activate()
     return backend
