@@ -92,7 +92,7 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     if man.model["kind"] == "flux":
         from ..models.registry import load_model
 
-        pipeline_model = load_model("flux", weights)
+        pipeline_model = load_model("flux", weights, transformer=False)  # the bundle brings the transformer
         pipeline_model.extras["text_len"] = man.model["text_len"]  # T5 length the graphs were built for
     ort_backend.activate()
     return BundleModel(man.model["name"], man, ort_backend, pipeline_model), run_backend
