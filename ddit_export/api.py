@@ -21,7 +21,7 @@ def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=
 
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
-                    **settings_kw):
+                    memory="shared", **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images and trace.
     Returns (GenerationResult, image paths)."""
     from .runtime.generate import generate
@@ -29,7 +29,8 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     if bundle is not None:
         from .runtime.bundle_model import open_bundle
 
-        loaded, backend = open_bundle(bundle, weights=weights, threads=threads, backend=backend, fallback=fallback)
+        loaded, backend = open_bundle(bundle, weights=weights, threads=threads, backend=backend, fallback=fallback,
+                                      memory=memory)
     else:
         from .models.registry import load_model
         from .runtime.backends.torch import TorchBackend

@@ -63,7 +63,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 
 def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=True, backend="auto",
-                fallback: bool = False):
+                fallback: bool = False, memory: str = "shared"):
     """(BundleModel, active backend) for a bundle folder.
 
     ``backend="auto"`` runs TensorRT when the bundle has engines and tensorrt imports, else ONNX Runtime.
@@ -73,7 +73,7 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    ort_backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify)
+    ort_backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify, memory=memory)
     man = ort_backend.manifest
     if man.model["kind"] == "flux" and weights is None:
         raise ConfigError("a FLUX.1-dev bundle holds the transformer only: give --weights DIR for its text "
