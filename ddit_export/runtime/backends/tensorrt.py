@@ -5,8 +5,7 @@ after the other on one stream), so a context's shapes and addresses are set once
 CUDA graph; I/O buffers allocated once at the largest shape and shared by every context that uses them (a tensor's
 input and output never share one: the trunk reads ``hidden`` and writes ``trunk_out``); per variant (size, batch) a
 CUDA graph of stem -> trunk -> head, captured at its first step and replayed after, or plain enqueues where capture
-fails. Weight-stripped
-plans are refitted at load from the bundle's ONNX graphs and ``weights.bin``.
+fails. Weight-stripped plans are refitted at load from the bundle's ONNX graphs and ``weights.bin``.
 
 TensorRT is imported lazily: this module, its error messages and its version checks work without it.
 """
