@@ -99,6 +99,9 @@ def main():
     so = ort.SessionOptions()
     if a.threads:
         so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
+    # the bundle's thread settings (no spinning), so the ratio isolates the weights' layout (pre-packing); a spinning
+    # standalone pool is far slower on a machine shared with other jobs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     standalone = {v.size: ort.InferenceSession(str(full / v.file), so, providers=["CPUExecutionProvider"])
                   for v in be.manifest.variants}
     feeds = {k: feeds_for(be, k) for k in be.sizes}
