@@ -59,7 +59,7 @@ def check_device(device: str):
 
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=None, out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
-                    warn=None, **settings_kw):
+                    warn=None, memory="shared", **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images and trace.
     ``sizes``: the patch sizes the schedule may use (None: all the model or bundle has; asking for one it lacks is
     an error). ``warn``: where a warning line goes (default: stderr). Returns (GenerationResult, image paths)."""
@@ -73,7 +73,8 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
         if device != "cpu":
             raise ConfigError(f"--device {device} applies to the PyTorch path; a bundle runs on its backend "
                               f"(--backend tensorrt for the GPU)")
-        loaded, backend = open_bundle(bundle, weights=weights, threads=threads, backend=backend, fallback=fallback)
+        loaded, backend = open_bundle(bundle, weights=weights, threads=threads, backend=backend, fallback=fallback,
+                                      memory=memory)
         have, what = tuple(loaded.manifest.sizes), "this bundle has"
     else:
         from .models.registry import load_model

@@ -73,10 +73,13 @@ def model_options(f):
 @click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
                                                    "why) when TensorRT cannot run the bundle here.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
+@click.option("--memory", type=click.Choice(["shared", "fast"]), default="shared", show_default=True,
+              help="With --bundle on ONNX Runtime: shared = the weights held once for all sizes; fast = each size's "
+                   "session pre-packs its own copy (standalone speed, more memory; README has both numbers).")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
                                                                  "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, device):
+             window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, memory, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
 
@@ -85,7 +88,8 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                        coarse_first=_coarse(coarse_first))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
-                                    threads=threads, backend=backend, fallback=fallback_ort, **settings_kw)
+                                    threads=threads, backend=backend, fallback=fallback_ort, memory=memory,
+                                    **settings_kw)
     t = result.trace
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
     click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")

@@ -43,8 +43,9 @@ def check_out(out: Path):
     check_replaceable(Path(out), is_bundle, "ddit bundle")
 
 
-def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -> Path:
-    """Export, check, and write the bundle; returns its folder."""
+def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, model=None) -> Path:
+    """Export, check, and write the bundle; returns its folder. ``model``: the model of ``settings``, already
+    loaded (``build --backend trt`` loads it once for both steps)."""
     out = Path(settings.out) if settings.out else default_out(settings)
     check_out(out)
     with sigterm_as_exit():  # SIGTERM cleans up like Ctrl-C; SIGKILL's leftovers go at the next build
@@ -55,7 +56,7 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -
         except OSError as e:
             raise write_failure(out, e) from None
         try:
-            _build_into(tmp, out, settings, progress, log)
+            _build_into(tmp, out, settings, progress, log, model)
         except DDiTError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -68,10 +69,11 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print) -
     return out
 
 
-def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log):
+def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log, model):
     from ..models.registry import load_model
 
-    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    if model is None:
+        model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
     geom = model.geometry(settings.height, settings.width)
     missing = [k for k in settings.sizes if not geom.available(k)]
     if missing:

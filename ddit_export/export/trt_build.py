@@ -321,12 +321,29 @@ def _undo(folder: Path, tables: dict, size: int):
         f.truncate(size)
 
 
+EXTRA_PROFILE_MEMORY_TARGET = 0.0  # profiles after the first: no extra weight memory (a hint to TensorRT)
+
+
 def _profiles(engine: dict):
+    """polygraphy Profiles of the engine; every profile after the first asks TensorRT (>= 10.0,
+    ``IOptimizationProfile.extra_memory_target``) for no weight memory of its own, so the trunk's size profiles
+    share one copy of its weights. Whether they did is measured after the build (:func:`measure_weights`)."""
     from polygraphy.backend.trt import Profile
 
+    class SharedWeightsProfile(Profile):
+        extra_memory_target = None
+
+        def to_trt(self, builder, network):
+            prof = super().to_trt(builder, network)
+            if self.extra_memory_target is not None and hasattr(prof, "extra_memory_target"):
+                prof.extra_memory_target = self.extra_memory_target
+            return prof
+
     out = []
-    for p in engine["profiles"]:
-        prof = Profile()
+    for i, p in enumerate(engine["profiles"]):
+        prof = SharedWeightsProfile()
+        if i > 0:
+            prof.extra_memory_target = EXTRA_PROFILE_MEMORY_TARGET
         for name, (lo, opt, hi) in p["shapes"].items():
             prof.add(name, min=lo, opt=opt, max=hi)
         out.append(prof)
@@ -388,9 +405,31 @@ def build_engines(folder, *, log=print) -> dict:
         activation[e["name"]] = [int(_device_memory(engine, p)) for p in range(len(e["profiles"]))]
     plan["build"] = current_env() | {"activation_bytes": activation,
                                      "activation_buffer_bytes": max(max(v) for v in activation.values())}
+    plan["weights"]["measured"] = measure_weights(folder, plan)
+    log(f"engines loaded: {plan['weights']['measured']['device_bytes'] / 2**20:.1f} MiB of GPU memory (measured) vs "
+        f"{plan['weights']['plan_total_bytes'] / 2**20:.1f} MiB computed for the trunk held once")
     files = {e["plan"]: sha256_file(folder / e["plan"]) for e in plan["engines"]}
     trt_plan.update_manifest(folder, plan=plan, files=files)
     return plan
+
+
+def measure_weights(folder, plan: dict) -> dict:
+    """GPU memory the plan's engines take once loaded (deserialized and, for stripped plans, refitted), measured with
+    ``torch.cuda.mem_get_info`` before and after in this process: the weights the "trunk once" layout really
+    holds (plus TensorRT's small per-engine overhead; no execution context, so no activations)."""
+    import tensorrt as trt
+
+    from ..runtime.backends.tensorrt import load_engines
+
+    torch.cuda.synchronize()
+    free_before = torch.cuda.mem_get_info()[0]
+    engines = load_engines(trt, Path(folder), plan, trt.Logger(trt.Logger.WARNING))
+    torch.cuda.synchronize()
+    used = free_before - torch.cuda.mem_get_info()[0]
+    streamable = {n: int(getattr(e, "streamable_weights_size", 0) or 0) for n, e in engines.items()}
+    del engines
+    return {"device_bytes": int(used), "how": "torch.cuda.mem_get_info before/after loading every engine, at build",
+            "streamable_weights_bytes": streamable}
 
 
 def _device_memory(engine, profile: int) -> int:
@@ -401,12 +440,14 @@ def _device_memory(engine, profile: int) -> int:
 
 def build_with_tensorrt(settings, trt_settings=None, *, log=print) -> Path:
     """The whole ``build --backend trt``: ONNX bundle, split graphs + plan, engines. TensorRT is checked first."""
+    from ..models.registry import load_model
     from .build import build_bundle
 
     require_tensorrt()
-    path = build_bundle(settings, log=log)
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    path = build_bundle(settings, log=log, model=model)  # loaded once, for the bundle and the split graphs
     try:
-        prepare_tensorrt(path, settings, trt_settings, log=log)
+        prepare_tensorrt(path, settings, trt_settings, log=log, model=model)
         build_engines(path, log=log)
     except BaseException:
         shutil.rmtree(path / trt_plan.ENGINE_DIR, ignore_errors=True)

@@ -127,12 +127,14 @@ def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
 # ---- loading -----------------------------------------------------------------------------------------------
 def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *, adapters: str | Path | None = None,
                sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings(), dtype=torch.float32,
-               device="cpu") -> LoadedModel:
-    """Load a preset (``flux-mini``, ``tiny``, ``flux`` with ``weights``) or a pixel-model folder path."""
+               device="cpu", transformer: bool = True) -> LoadedModel:
+    """Load a preset (``flux-mini``, ``tiny``, ``flux`` with ``weights``) or a pixel-model folder path.
+    ``transformer=False`` (``flux`` only): text encoders, VAE and scheduler without the transformer, for a bundle
+    that holds the transformer itself (the returned model's ``transformer`` is None)."""
     if model == "flux":
         if weights is None:
             raise ConfigError("--model flux needs --weights DIR (a local FLUX.1-dev diffusers folder)")
-        return _load_flux(Path(weights), adapters, sizes, adapter, dtype, device)
+        return _load_flux(Path(weights), adapters, sizes, adapter, dtype, device, transformer)
     if model in RANDOM_PRESETS and weights is None:
         width, heads, layers, side = RANDOM_PRESETS[model]
         trunk, text, sched = tiny_components(width=width, layers=layers, heads=heads)
@@ -218,12 +220,13 @@ def _pixel_model(name, trunk, text, sched_cfg, height, width, steps, adapters, s
                        guidance_embeds=bool(trunk.config.guidance_embeds), extras={"text_encoder": text})
 
 
-def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device) -> LoadedModel:
+def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device, transformer: bool = True) -> LoadedModel:
     _check_folder(folder, ["model_index.json"] + [f"{n}" for n in FLUX_FOLDERS] + ["transformer/config.json"])
     try:
         from diffusers import FluxPipeline
 
-        pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+        skip = {} if transformer else {"transformer": None}  # 23 GB not read when a bundle brings its own
+        pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, **skip)
     except ImportError as e:
         raise WeightsError(f"loading FLUX.1-dev needs transformers and sentencepiece "
                            f"(pip install 'ddit-export[flux]'): {e}") from None
@@ -232,7 +235,12 @@ def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device) -> LoadedM
     pipe.to(device)
     if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
         adapters = folder / "transformer" / ADAPTER_FILE
-    mp = _multipatch(pipe.transformer.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
+    if transformer:
+        mp = _multipatch(pipe.transformer.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
+        trunk_config = pipe.transformer.config
+    else:
+        mp = None
+        trunk_config = json.loads((folder / "transformer" / "config.json").read_text())
 
     extras = {"pipeline": pipe, "text_len": 512}
 
@@ -251,6 +259,6 @@ def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device) -> LoadedM
 
     return LoadedModel(name="flux", transformer=mp, encode=encode, decode=decode,
                        scheduler_config=dict(pipe.scheduler.config), vae_scale=pipe.vae_scale_factor,
-                       latent_channels=pipe.transformer.config.in_channels // 4, default_height=1024,
+                       latent_channels=trunk_config["in_channels"] // 4, default_height=1024,
                        default_width=1024, default_steps=50,
-                       guidance_embeds=bool(pipe.transformer.config.guidance_embeds), extras=extras)
+                       guidance_embeds=bool(trunk_config.get("guidance_embeds")), extras=extras)

@@ -63,7 +63,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 
 def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=True, backend="auto",
-                fallback: bool = False):
+                fallback: bool = False, memory: str = "shared"):
     """(BundleModel, active backend) for a bundle folder.
 
     ``backend="auto"`` runs TensorRT when the bundle has engines and tensorrt imports, else ONNX Runtime.
@@ -73,7 +73,7 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    ort_backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify)
+    ort_backend = OrtBundleBackend(folder, threads=threads, providers=providers, verify=verify, memory=memory)
     man = ort_backend.manifest
     if man.model["kind"] == "flux" and weights is None:
         raise ConfigError("a FLUX.1-dev bundle holds the transformer only: give --weights DIR for its text "
@@ -83,7 +83,8 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     if backend == "tensorrt":
         from .backends.tensorrt import open_tensorrt
 
-        run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=verify)
+        # the files (engines included) were hashed just above: once is enough
+        run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=False)
         ort_backend.text_only = True  # the word encoder stays on ONNX Runtime
     else:
         run_backend = ort_backend
@@ -91,7 +92,7 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     if man.model["kind"] == "flux":
         from ..models.registry import load_model
 
-        pipeline_model = load_model("flux", weights)
+        pipeline_model = load_model("flux", weights, transformer=False)  # the bundle brings the transformer
         pipeline_model.extras["text_len"] = man.model["text_len"]  # T5 length the graphs were built for
     ort_backend.activate()
     return BundleModel(man.model["name"], man, ort_backend, pipeline_model), run_backend

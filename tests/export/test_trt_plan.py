@@ -222,3 +222,70 @@ def test_trt_build_without_tensorrt_says_so(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_trt)
     with pytest.raises(DDiTError, match="needs TensorRT"):
         require_tensorrt()
+
+
+def test_extra_profiles_ask_for_no_extra_weight_memory(monkeypatch):
+    """Every trunk profile after the first sets IOptimizationProfile.extra_memory_target = 0 (when TensorRT has it)."""
+    from types import SimpleNamespace
+
+    from polygraphy.backend.trt import Profile
+
+    from ddit_export.export.trt_build import _profiles
+
+    plan = make_plan(FLUX_DEV, FLUX_GEOM, (1, 2, 4), 512, "bf16", 32)
+    monkeypatch.setattr(Profile, "to_trt", lambda self, builder, network: SimpleNamespace(extra_memory_target=1.0))
+    trunk = plan["engines"][0]
+    got = [p.to_trt(None, None).extra_memory_target for p in _profiles(trunk)]
+    assert got == [1.0, 0.0, 0.0]
+    monkeypatch.setattr(Profile, "to_trt", lambda self, builder, network: SimpleNamespace())  # TensorRT < 10
+    assert all(not hasattr(p.to_trt(None, None), "extra_memory_target") for p in _profiles(trunk))
+
+
+def test_engine_weights_are_measured_after_the_build(monkeypatch, tmp_path):
+    """plan["weights"]["measured"]: GPU memory taken by loading the engines, not a computed figure."""
+    import types
+
+    from ddit_export.export import trt_build
+    from tests.runtime.test_tensorrt import fake_trt
+
+    plan = make_plan(FLUX_DEV, FLUX_GEOM, (1, 2), 512, "bf16", 32)
+    (tmp_path / "trt").mkdir()
+    for e in plan["engines"]:
+        (tmp_path / e["plan"]).write_bytes(b"x")
+    free = iter([10_000_000, 7_500_000])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (next(free), 20_000_000))
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(**vars(fake_trt())))
+    got = trt_build.measure_weights(tmp_path, plan)
+    assert got["device_bytes"] == 2_500_000 and "mem_get_info" in got["how"]
+
+
+def test_polygraphy_pin_has_create_config_strip_plan():
+    """CreateConfig(strip_plan=) exists from polygraphy 0.49.7 on (its CHANGELOG): every pin must say so."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for deps in project["optional-dependencies"].values() for r in deps]
+    pins = [r for r in reqs if r.name == "polygraphy"]
+    assert pins
+    for r in pins:
+        assert not r.specifier.contains(Version("0.49.6")), str(r)
+
+
+def test_build_with_tensorrt_loads_the_model_once(monkeypatch, tmp_path):
+    from ddit_export.export import trt_build
+    from ddit_export.models import registry
+
+    loads, got = [], {}
+    real = registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_build, "prepare_tensorrt", lambda path, s, t, log, model=None: got.update(model=model))
+    monkeypatch.setattr(trt_build, "build_engines", lambda path, log: None)
+    settings = BuildSettings(model="tiny", sizes=(1, 2), out=str(tmp_path / "b"))
+    trt_build.build_with_tensorrt(settings, log=lambda *a: None)
+    assert len(loads) == 1 and got["model"] is not None

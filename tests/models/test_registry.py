@@ -71,6 +71,25 @@ def test_flux_folder_loads_through_flux_pipeline(flux_dir):
     assert images[0].size == (64, 64)
 
 
+def test_flux_text_encoders_and_vae_without_the_transformer(flux_dir, monkeypatch):
+    """What a FLUX.1-dev bundle needs from --weights: the transformer is not loaded at all."""
+    from diffusers import FluxTransformer2DModel
+
+    full = load_model("flux", flux_dir)
+    loaded = []
+    real = FluxTransformer2DModel.from_pretrained.__func__
+    monkeypatch.setattr(FluxTransformer2DModel, "from_pretrained",
+                        classmethod(lambda cls, *a, **kw: loaded.append(a) or real(cls, *a, **kw)))
+    m = load_model("flux", flux_dir, transformer=False)
+    assert loaded == [] and m.transformer is None and m.extras["pipeline"].transformer is None
+    assert (m.latent_channels, m.guidance_embeds, m.vae_scale) == (full.latent_channels, full.guidance_embeds,
+                                                                    full.vae_scale)
+    a, b = m.encode(["a red cat"]), full.encode(["a red cat"])
+    assert torch.equal(a.states, b.states) and torch.equal(a.pooled, b.pooled)
+    g = m.geometry(64, 64)
+    assert m.decode(torch.zeros(1, 256, 16), g)[0].size == (64, 64)
+
+
 def test_incomplete_flux_folder_names_what_is_missing(flux_dir, tmp_path):
     broken = tmp_path / "flux"
     shutil.copytree(flux_dir, broken)

@@ -55,6 +55,40 @@ def test_variants_share_one_copy_of_the_weights(tiny_bundle):
         np.testing.assert_allclose(be.run_numpy(1, feeds), plain.run(["velocity"], feeds)[0], atol=1e-6)
 
 
+def test_memory_fast_prepacks_per_session_and_gives_the_same_images(tiny_bundle, tmp_path):
+    """--memory fast: sessions own (and pre-pack) their weights, like a standalone session; same results."""
+    from ddit_export.errors import ConfigError
+
+    with OrtBundleBackend(tiny_bundle, memory="fast") as fast, OrtBundleBackend(tiny_bundle) as shared:
+        assert fast.memory == "fast" and fast.weights is None and shared.memory == "shared"
+        def prepacking(sess):
+            try:
+                return sess.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+            except RuntimeError:  # not set at all: ONNX Runtime's default, pre-packing on
+                return True
+        assert all(prepacking(s) for s in fast.sessions.values())
+        assert not any(prepacking(s) for s in shared.sessions.values())
+        for k in fast.sizes:
+            v = fast.manifest.variant(k)
+            feeds = {s.name: np.random.default_rng(k).standard_normal([1 if d == "batch" else d for d in s.shape])
+                     .astype(s.dtype) for s in v.inputs}
+            np.testing.assert_allclose(fast.run_numpy(k, feeds), shared.run_numpy(k, feeds), atol=1e-5)
+    with pytest.raises(ConfigError, match="memory must be one of shared, fast"):
+        OrtBundleBackend(tiny_bundle, memory="small")
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+
+    outs = []
+    for mode in ("shared", "fast"):
+        r = CliRunner().invoke(main, ["generate", "--bundle", str(tiny_bundle), "--memory", mode, "--steps", "4",
+                                      "--out", str(tmp_path / f"{mode}.png")])
+        assert r.exit_code == 0, r.output
+        outs.append(np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / f"{mode}.png"),
+                               dtype=np.int16))
+    assert np.abs(outs[0] - outs[1]).max() <= 1
+
+
 CONSUMER = textwrap.dedent("""
     import importlib.abc, json, sys
     class Block(importlib.abc.MetaPathFinder):

@@ -142,6 +142,170 @@ def test_activate_without_tensorrt_and_the_asked_for_fallback(planned):
         open_tensorrt(folder, fallback="torch")
 
 
+# ---- the backend's logic on a fake tensorrt module (CPU buffers, no CUDA) ----------------------------------
+class FakeContext:
+    def __init__(self, engine, refuse=()):
+        self.engine, self.refuse = engine, set(refuse)
+        self.profile, self.shapes, self.addresses, self.history, self.runs = None, {}, {}, [], 0
+
+    def set_device_memory(self, ptr, size):
+        self.memory = (ptr, size)
+
+    def set_optimization_profile_async(self, p, stream):
+        self.profile = p
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.history.append((name, tuple(shape)))
+        if name in self.refuse:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        if ("address", name) in self.refuse:
+            return False
+        self.addresses[name] = ptr
+        return True
+
+    def execute_async_v3(self, stream):
+        self.runs += 1
+        return True
+
+
+class FakeEngine:
+    def __init__(self, refuse=()):
+        self.contexts, self.refuse = [], refuse
+
+    def create_execution_context(self, strategy):
+        self.contexts.append(FakeContext(self, self.refuse))
+        return self.contexts[-1]
+
+    def get_device_memory_size_for_profile_v2(self, p):
+        return 1024
+
+
+class FakeStream:
+    cuda_stream = 0
+
+    def synchronize(self):
+        pass
+
+
+def fake_trt(refuse=()):
+    from types import SimpleNamespace
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return FakeEngine(refuse)
+
+    class Refitter:
+        def __init__(self, engine, logger):
+            pass
+
+        def refit_cuda_engine(self):
+            return True
+
+    class OnnxParserRefitter:
+        def __init__(self, refitter, logger):
+            pass
+
+        def refit_from_file(self, path):
+            return True
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            pass
+
+    return SimpleNamespace(Logger=Logger, Runtime=Runtime, Refitter=Refitter, OnnxParserRefitter=OnnxParserRefitter,
+                           ExecutionContextAllocationStrategy=SimpleNamespace(USER_MANAGED="user"))
+
+
+def _fake_backend(folder, refuse=(), captured=None, capture_fails=False, log=None):
+    """A TensorRTBackend whose engines, stream and CUDA graph are fakes and whose buffers live on the CPU."""
+    trt = fake_trt(refuse)
+    be = TensorRTBackend(folder)
+    be.device, be._new_stream = "cpu", FakeStream
+    if log is not None:
+        be.log = log
+
+    def capture(v):
+        if capture_fails:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        if captured is not None:
+            captured.append(v)
+        be._enqueue(v)
+        return object()
+    be._capture = capture
+    be._load(trt)
+    return be
+
+
+@pytest.fixture
+def fake_built(bundle_copy):
+    from ddit_export.bundle import read_manifest
+    from ddit_export.settings import TrtSettings
+
+    plan = plan_from_manifest(read_manifest(bundle_copy), TrtSettings(max_batch=2))
+    update_manifest(bundle_copy, plan=plan)
+    _fake_engines(bundle_copy, plan, build=dict(BUILT, activation_buffer_bytes=4096))
+    return bundle_copy
+
+
+def test_trunk_input_and_output_have_their_own_buffers(fake_built):
+    be = _fake_backend(fake_built)
+    assert be.buffers["trunk_out"].data_ptr() != be.buffers["hidden"].data_ptr()
+    assert be.buffers["trunk_out"].shape == be.buffers["hidden"].shape
+    v = be._variant(2, 1)
+    trunk = next(ctx for ctx, name in v.contexts if name == "trunk")
+    assert trunk.addresses["hidden"] != trunk.addresses["trunk_out"]
+    head = next(ctx for ctx, name in v.contexts if name == "head_k2")
+    assert head.addresses["trunk_out"] == trunk.addresses["trunk_out"]  # the head reads what the trunk wrote
+
+
+def test_a_second_batch_never_changes_shapes_under_a_captured_graph(fake_built):
+    captured = []
+    be = _fake_backend(fake_built, captured=captured)
+    v1 = be._variant(1, 1)
+    shapes_at_capture = [dict(ctx.shapes) for ctx, _ in v1.contexts]
+    v2 = be._variant(1, 2)
+    be._variant(2, 2)
+    assert [dict(ctx.shapes) for ctx, _ in v1.contexts] == shapes_at_capture  # untouched by batch 2
+    for (c1, _), (c2, _) in zip(v1.contexts, v2.contexts):
+        assert c1 is not c2
+    for ctx, name in v1.contexts + v2.contexts:  # every context saw one shape per input, ever
+        assert len(ctx.history) == len(set(n for n, _ in ctx.history)), name
+    trunk1 = next(c for c, n in v1.contexts if n == "trunk")
+    trunk2 = next(c for c, n in v2.contexts if n == "trunk")
+    assert trunk1.shapes["hidden"][0] == 1 and trunk2.shapes["hidden"][0] == 2
+    assert be._variant(1, 1) is v1 and len(captured) == 3
+
+
+def test_refused_shapes_and_addresses_are_clear_errors(fake_built):
+    be = _fake_backend(fake_built, refuse=("hidden",))
+    with pytest.raises(BundleError, match="input 'hidden' of shape .* was refused.*build --backend trt"):
+        be._variant(2, 1)
+    be = _fake_backend(fake_built, refuse=(("address", "velocity"),))
+    with pytest.raises(BundleError, match="refused the address of tensor 'velocity'"):
+        be._variant(1, 1)
+
+
+def test_failed_graph_capture_falls_back_to_plain_enqueue_said_once(fake_built):
+    said = []
+    be = _fake_backend(fake_built, capture_fails=True, log=said.append)
+    v1, v2 = be._variant(1, 1), be._variant(2, 1)
+    assert v1.graph is None and v2.graph is None
+    assert len(said) == 1 and "CUDA graph capture failed" in said[0] and "without CUDA graphs" in said[0]
+    runs = [ctx.runs for ctx, _ in v1.contexts]
+    be._enqueue(v1)  # what run() does for a variant without a graph
+    assert [ctx.runs for ctx, _ in v1.contexts] == [r + 1 for r in runs]
+
+
 # ---- on a GPU with TensorRT ----------------------------------------------------------------------------
 @pytest.mark.trt
 @pytest.mark.gpu
@@ -181,3 +345,38 @@ def test_engines_built_elsewhere_are_refused(tmp_path):
     update_manifest(out, plan=plan)
     with pytest.raises(BundleError, match="built with TensorRT 9.0.0"):
         TensorRTBackend(out).activate()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_TRT, reason="checks the summary of a GPU check without tensorrt")
+def test_gpu_check_says_tensorrt_did_not_run(tmp_path):
+    """scripts/gpu_check.sh must not read as a TensorRT success when every TensorRT test was skipped."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "OUT": str(tmp_path), "GPU_CHECK_SKIP_BENCH": "1"})
+    summary = [line for line in r.stdout.splitlines() if "summary:" in line]
+    assert summary and "TensorRT: not run" in summary[0], r.stdout[-2000:]
+    assert "skipped" in summary[0]
+
+
+@pytest.mark.skipif(HAS_TRT, reason="falls back to ONNX Runtime without tensorrt")
+def test_bundle_files_hashed_once_with_backend_tensorrt(planned, monkeypatch):
+    from collections import Counter
+
+    from ddit_export import bundle as bundle_mod
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    folder, plan = planned
+    plan = _fake_engines(folder, plan)
+    update_manifest(folder, files={e["plan"]: bundle_mod.sha256_file(folder / e["plan"]) for e in plan["engines"]})
+    hashed = Counter()
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.update([str(p)]) or real(p))
+    model, be = open_bundle(folder, backend="tensorrt", fallback=True)
+    try:
+        assert hashed and set(hashed.values()) == {1}, hashed
+        assert str(folder / plan["engines"][0]["plan"]) in hashed  # the engines are among them
+    finally:
+        be.deactivate()

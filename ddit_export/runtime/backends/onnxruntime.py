@@ -1,8 +1,14 @@
 """ONNX Runtime backend: runs a bundle's variants, the weights held once in memory for all of them.
 
-The shared weights file is read once into one buffer; every session is given numpy views of it as shared
-initializers (``SessionOptions.add_initializer``), so no session reads or copies the weights itself.
-Pre-packing is disabled on those sessions (it would make a private, re-laid-out copy per session). CUDA and
+Two memory modes (``memory=``; ``generate --memory``):
+
+- ``"shared"`` (default): the shared weights file is read once into one buffer; every session is given numpy views
+  of it as shared initializers (``SessionOptions.add_initializer``), so no session reads or copies the weights
+  itself. Pre-packing is disabled on those sessions (it would make a private, re-laid-out copy per session).
+- ``"fast"``: every session loads its own weights from ``weights.bin`` and pre-packs its MatMul weights, as a
+  standalone session does: standalone speed, but the trunk's weights are held once per size. ONNX Runtime's
+  Python API has no shared pre-packed weights container (the C API's ``CreateSessionWithPrepackedWeightsContainer``),
+  which would give both; README "The bundle on ONNX Runtime" has the measured numbers of both modes. CUDA and
 TensorRT execution providers are used when onnxruntime-gpu is installed and sees a GPU.
 """
 from __future__ import annotations
@@ -21,6 +27,7 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # implementation for MatMul(13)"), and numpy has no bfloat16 to feed its inputs with
 BF16_UNSUPPORTED = ("the ONNX Runtime backend cannot run a bf16 bundle (its CPU provider has no bfloat16 MatMul); "
                     "run it with --backend tensorrt on a GPU, or rebuild with --dtype fp16 or fp32")
+MEMORY_MODES = ("shared", "fast")
 
 
 def default_providers() -> list[str]:
@@ -69,7 +76,11 @@ class OrtBundleBackend(BackendBase):
     name = "onnxruntime"
 
     def __init__(self, folder, *, threads: int | None = None, providers=None, verify: bool = True,
-                 share_weights: bool = True):
+                 share_weights: bool = True, memory: str = "shared"):
+        if memory not in MEMORY_MODES:
+            raise ConfigError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
+        share_weights = share_weights and memory == "shared"
+        self.memory = "shared" if share_weights else "fast"
         self.folder = Path(folder)
         self.manifest = bundle_mod.load(self.folder, hashes=verify)
         self.sizes = self.manifest.sizes

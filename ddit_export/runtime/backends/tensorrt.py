@@ -1,9 +1,11 @@
 """TensorRT backend: the bundle's trunk engine (one profile per size) and per-size stem/head engines.
 
-One execution context per (engine, profile), all sharing ONE user-managed activation buffer (they run one after the
-other on one stream); I/O buffers allocated once at the largest shape and shared by every context that uses them;
-per variant a CUDA graph of stem -> trunk -> head, captured at its first step and replayed after. Weight-stripped
-plans are refitted at load from the bundle's ONNX graphs and ``weights.bin``.
+One execution context per (engine, profile, batch), all sharing ONE user-managed activation buffer (they run one
+after the other on one stream), so a context's shapes and addresses are set once and never change under a captured
+CUDA graph; I/O buffers allocated once at the largest shape and shared by every context that uses them (a tensor's
+input and output never share one: the trunk reads ``hidden`` and writes ``trunk_out``); per variant (size, batch) a
+CUDA graph of stem -> trunk -> head, captured at its first step and replayed after, or plain enqueues where capture
+fails. Weight-stripped plans are refitted at load from the bundle's ONNX graphs and ``weights.bin``.
 
 TensorRT is imported lazily: this module, its error messages and its version checks work without it.
 """
@@ -99,7 +101,7 @@ def check_latents(plan: dict, latents_shape, text_len: int | None = None):
 class _Variant:
     size: int
     batch: int
-    contexts: list  # (context, {input: shape}, {tensor: address}) for stem, trunk profile, head
+    contexts: list  # (context, engine name) for stem, trunk profile, head; shapes and addresses set at creation
     graph: object = None
     extra: dict = field(default_factory=dict)
 
@@ -120,9 +122,12 @@ class TensorRTBackend(BackendBase):
             raise BundleError(f"bundle {self.folder} lacks TensorRT engine(s) {', '.join(missing)}; {REBUILD}")
         self.sizes = tuple(self.plan["sizes"])
         self.cuda_graphs = cuda_graphs
+        self.device = "cuda"
+        self.log = print
         self.engines, self.contexts, self.buffers, self.variants = {}, {}, {}, {}
         self.activation = None
         self.stream = None
+        self._capture_failed = False  # said once
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def activate(self):
@@ -157,8 +162,9 @@ class TensorRTBackend(BackendBase):
             raise BundleError(self._oom_message(free))
 
     def _need_bytes(self) -> int:
-        build = self.plan.get("build") or {}
-        return (self.plan["weights"]["plan_total_bytes"] + self.plan["memory"]["io_bytes"]
+        build, w = self.plan.get("build") or {}, self.plan["weights"]
+        weights = (w.get("measured") or {}).get("device_bytes") or w["plan_total_bytes"]  # measured at build if so
+        return (weights + self.plan["memory"]["io_bytes"]
                 + build.get("activation_buffer_bytes", 0))
 
     def _oom_message(self, free: int | None = None) -> str:
@@ -170,40 +176,14 @@ class TensorRTBackend(BackendBase):
 
     def _load(self, trt):
         logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        for e in self.plan["engines"]:
-            engine = runtime.deserialize_cuda_engine((self.folder / e["plan"]).read_bytes())
-            if engine is None:
-                raise BundleError(f"TensorRT could not load {self.folder / e['plan']} (see its log above); {REBUILD}")
-            if self.plan["flags"]["strip_plan"]:
-                self._refit(trt, engine, e, logger)
-            self.engines[e["name"]] = engine
-        self.stream = torch.cuda.Stream()
+        self.engines = load_engines(trt, self.folder, self.plan, logger)
+        self._trt = trt
+        self.stream = self._new_stream()
         size = self.plan["build"].get("activation_buffer_bytes") or max(
             _device_memory(self.engines[e["name"]], p) for e in self.plan["engines"] for p in range(len(e["profiles"])))
-        self.activation = torch.empty(max(int(size), 1), dtype=torch.uint8, device="cuda")
+        self.activation = torch.empty(max(int(size), 1), dtype=torch.uint8, device=self.device)
         self._allocate_io()
-        for e in self.plan["engines"]:
-            engine = self.engines[e["name"]]
-            for p in range(len(e["profiles"])):
-                ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-                if ctx is None:
-                    raise torch.cuda.OutOfMemoryError("create_execution_context returned None")
-                if hasattr(ctx, "set_device_memory"):
-                    ctx.set_device_memory(self.activation.data_ptr(), self.activation.numel())
-                else:
-                    ctx.device_memory = self.activation.data_ptr()
-                ctx.set_optimization_profile_async(p, self.stream.cuda_stream)
-                self.contexts[(e["name"], p)] = ctx
         self.stream.synchronize()
-
-    def _refit(self, trt, engine, entry, logger):
-        """Weight-stripped plan: fill in the weights from the bundle's ONNX graph (and so from weights.bin)."""
-        refitter = trt.Refitter(engine, logger)
-        parser = trt.OnnxParserRefitter(refitter, logger)
-        if not parser.refit_from_file(str(self.folder / entry["onnx"])) or not refitter.refit_cuda_engine():
-            raise BundleError(f"refitting {entry['plan']} from {entry['onnx']} failed: the weights no longer match "
-                              f"the engine; {REBUILD}")
 
     def _allocate_io(self):
         dt = TORCH_DTYPES[self.plan["precision"]]
@@ -215,14 +195,14 @@ class TensorRTBackend(BackendBase):
         buf = {"latent": (b, n1, c), "velocity": (b, n1, c)}
         buf.update({n: ((b,) + tuple(s[1:]) if n in trunk["batch_inputs"] else tuple(s)) for n, s in shapes.items()
                     if n not in ("img_ids", "size_index")})
-        buf["trunk_out"] = buf["hidden"]
-        self.buffers = {n: torch.zeros(s, dtype=dt, device="cuda") for n, s in buf.items()}
+        buf["trunk_out"] = buf["hidden"]  # the same SHAPE; its own memory below (no in-place I/O in TensorRT)
+        self.buffers = {n: torch.zeros(s, dtype=dt, device=self.device) for n, s in buf.items()}
         for k in self.sizes:
             ids = torch.from_numpy(coarse_image_ids(tuple(self.plan["grid"]), k))
-            self.buffers[f"img_ids_k{k}"] = ids.to("cuda", dt)
+            self.buffers[f"img_ids_k{k}"] = ids.to(self.device, dt)
             if self.plan["size_index"]:
                 self.buffers[f"size_index_k{k}"] = torch.tensor([self.plan["size_index"][str(k)]], dtype=torch.int32,
-                                                                device="cuda")
+                                                                device=self.device)
 
     # ---- one variant: three contexts bound to the shared buffers, captured as one CUDA graph -----------------
     def _bindings(self, e: dict, k: int) -> dict:
@@ -234,41 +214,82 @@ class TensorRTBackend(BackendBase):
                                                "trunk_out": "trunk_out"}
         return names
 
+    def _new_stream(self):
+        return torch.cuda.Stream()
+
+    def _context(self, e: dict, p: int, batch: int, k: int):
+        """The context of engine ``e``, profile ``p`` for ``batch``: created once, its shapes and addresses set
+        once, so that a CUDA graph captured on it never sees them change (another batch gets another context)."""
+        key = (e["name"], p, batch)
+        if key in self.contexts:
+            return self.contexts[key]
+        trt = self._trt
+        ctx = self.engines[e["name"]].create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if ctx is None:
+            raise torch.cuda.OutOfMemoryError("create_execution_context returned None")
+        if hasattr(ctx, "set_device_memory"):
+            ctx.set_device_memory(self.activation.data_ptr(), self.activation.numel())
+        else:
+            ctx.device_memory = self.activation.data_ptr()
+        what = f"TensorRT engine {e['name']} (profile {p}, batch {batch})"
+        if ctx.set_optimization_profile_async(p, self.stream.cuda_stream) is False:
+            raise BundleError(f"{what}: could not select optimization profile {p}; {REBUILD}")
+        shapes = {n: [batch if (i == 0 and n in e["batch_inputs"]) else d for i, d in enumerate(s[0])]
+                  for n, s in e["profiles"][p]["shapes"].items()}
+        for name, shape in shapes.items():
+            if not ctx.set_input_shape(name, shape):
+                raise BundleError(f"{what}: input {name!r} of shape {tuple(shape)} was refused (outside the "
+                                  f"engine's profile; see the TensorRT log above); {REBUILD}")
+        for name, buffer in self._bindings(e, k).items():
+            if name in shapes or name in e["outputs"]:
+                if not ctx.set_tensor_address(name, self.buffers[buffer].data_ptr()):
+                    raise BundleError(f"{what}: TensorRT refused the address of tensor {name!r} (buffer "
+                                      f"{buffer!r}; see the TensorRT log above)")
+        self.contexts[key] = ctx
+        return ctx
+
     def _variant(self, k: int, batch: int) -> _Variant:
         key = (k, batch)
         if key in self.variants:
             return self.variants[key]
         contexts = []
-        for e in self._engines_for(k):
-            p = e["sizes"].index(k) if e["role"] == "trunk" else 0
-            ctx = self.contexts[(e["name"], p)]
-            shapes = {n: [batch if (i == 0 and n in e["batch_inputs"]) else d for i, d in enumerate(s[0])]
-                      for n, s in e["profiles"][p]["shapes"].items()}
-            addresses = {t: self.buffers[b].data_ptr() for t, b in self._bindings(e, k).items()
-                         if t in shapes or t in e["outputs"]}
-            contexts.append((ctx, shapes, addresses))
+        try:
+            for e in self._engines_for(k):
+                p = e["sizes"].index(k) if e["role"] == "trunk" else 0
+                contexts.append((self._context(e, p, batch, k), e["name"]))
+        except torch.cuda.OutOfMemoryError:
+            raise BundleError(self._oom_message()) from None
         v = _Variant(k, batch, contexts)
         self._enqueue(v)  # first run outside capture: TensorRT may do one-time work on a new shape
         self.stream.synchronize()
         if self.cuda_graphs:
-            v.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(v.graph, stream=self.stream):
-                self._enqueue(v)
+            try:
+                v.graph = self._capture(v)
+            except Exception as e:  # noqa: BLE001 - any capture failure: run without a graph
+                v.graph = None
+                self.stream.synchronize()
+                if not self._capture_failed:
+                    self._capture_failed = True
+                    self.log(f"TensorRT: CUDA graph capture failed ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); running without CUDA graphs")
         self.variants[key] = v
         return v
+
+    def _capture(self, v: _Variant):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            self._enqueue(v)
+        return graph
 
     def _engines_for(self, k: int) -> list[dict]:
         by = {e["name"]: e for e in self.plan["engines"]}
         return [by[f"stem_k{k}"], by["trunk"], by[f"head_k{k}"]]
 
     def _enqueue(self, v: _Variant):
-        for ctx, shapes, addresses in v.contexts:
-            for name, shape in shapes.items():
-                ctx.set_input_shape(name, shape)
-            for name, ptr in addresses.items():
-                ctx.set_tensor_address(name, ptr)
+        for ctx, name in v.contexts:
             if not ctx.execute_async_v3(self.stream.cuda_stream):
-                raise DDiTError(f"TensorRT failed to run variant k={v.size} (see its log above)")
+                raise DDiTError(f"TensorRT failed to run {name} of variant k={v.size}, batch {v.batch} "
+                                f"(see its log above)")
 
     # ---- running -------------------------------------------------------------------------------------------
     def run(self, size, latents, cond, timestep, guidance, grid):
@@ -299,6 +320,25 @@ class TensorRTBackend(BackendBase):
         return out.to(latents.device)
 
 
+def load_engines(trt, folder: Path, plan: dict, logger) -> dict:
+    """{name: ICudaEngine} of the plan; weight-stripped plans are refitted from the bundle's ONNX graphs (and so
+    from ``weights.bin``)."""
+    runtime = trt.Runtime(logger)
+    engines = {}
+    for e in plan["engines"]:
+        engine = runtime.deserialize_cuda_engine((folder / e["plan"]).read_bytes())
+        if engine is None:
+            raise BundleError(f"TensorRT could not load {folder / e['plan']} (see its log above); {REBUILD}")
+        if plan["flags"]["strip_plan"]:
+            refitter = trt.Refitter(engine, logger)
+            parser = trt.OnnxParserRefitter(refitter, logger)
+            if not parser.refit_from_file(str(folder / e["onnx"])) or not refitter.refit_cuda_engine():
+                raise BundleError(f"refitting {e['plan']} from {e['onnx']} failed: the weights no longer match "
+                                  f"the engine; {REBUILD}")
+        engines[e["name"]] = engine
+    return engines
+
+
 def _device_memory(engine, profile: int) -> int:
     if hasattr(engine, "get_device_memory_size_for_profile_v2"):
         return engine.get_device_memory_size_for_profile_v2(profile)
@@ -320,6 +360,6 @@ def open_tensorrt(folder, *, fallback: str | None = None, log=print, **kw):
         log(f"TensorRT backend unavailable ({e}); falling back to ONNX Runtime as asked")
     from .onnxruntime import OrtBundleBackend
 
-    backend = OrtBundleBackend(folder)
+    backend = OrtBundleBackend(folder, verify=kw.get("verify", True))
     backend.activate()
     return backend
