@@ -4,19 +4,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
+from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, ScheduleSettings
 
 
 def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
-                   eps=None, warmup=None, window=None, static=None, coarse_first=None) -> GenerateSettings:
-    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in."""
+                   eps=None, warmup=None, window=None, static=None, coarse_first=None,
+                   cache: dict | CacheSettings | None = None) -> GenerateSettings:
+    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up, cache profile) filled in.
+    ``cache``: a CacheSettings, or a dict of fields overriding the model's (a bundle manifest's) cache profile."""
     base = model.schedule_defaults
     sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
                              warmup=base.warmup if warmup is None else warmup,
                              window=base.window if window is None else window)
     return GenerateSettings(prompts=tuple(prompts) or (model.default_prompt,), seed=seed,
                             steps=steps or model.default_steps, height=height, width=width, guidance=guidance,
-                            schedule=sched, static=static, coarse_first=coarse_first)
+                            schedule=sched, static=static, coarse_first=coarse_first,
+                            cache=cache_settings(model, cache))
+
+
+def cache_settings(model, cache: dict | CacheSettings | None) -> CacheSettings:
+    if isinstance(cache, CacheSettings):
+        return cache
+    base = getattr(model, "cache_defaults", None) or CacheSettings()
+    return CacheSettings.from_dict({**base.to_dict(), **{k: v for k, v in (cache or {}).items() if v is not None}})
 
 
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,

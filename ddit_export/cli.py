@@ -47,6 +47,24 @@ def model_options(f):
     return f
 
 
+def cache_options(f):
+    """--cache ...: the output-level step cache (runtime/cache.py); unset options keep the model's profile."""
+    opts = [
+        click.option("--cache", type=click.Choice(["off", "taylor"]),
+                     help="Step cache: taylor extrapolates the velocity on skipped steps (default: the bundle's "
+                          "profile, else off)."),
+        click.option("--cache-interval", type=int, help="Compute every N-th step, extrapolate in between."),
+        click.option("--cache-order", type=int, help="Extrapolation order 0 (reuse), 1 or 2."),
+        click.option("--cache-warmup", type=int, help="Computed steps at the start."),
+        click.option("--cache-tail", type=int, help="Computed steps at the end."),
+        click.option("--cache-threshold", type=float,
+                     help="Also compute early when the estimated relative extrapolation error exceeds this."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @main.command()
 @model_options
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeat for a batch).")
@@ -62,6 +80,7 @@ def model_options(f):
               help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
+@cache_options
 @click.option("--out", type=click.Path(), default="out/image.png", show_default=True,
               help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
 @click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
@@ -74,19 +93,25 @@ def model_options(f):
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--device", default="cpu", show_default=True)
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, device):
+             window, static, coarse_first, cache, cache_interval, cache_order, cache_warmup, cache_tail,
+             cache_threshold, out, trace, bundle, backend, fallback_ort, threads, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
 
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
                        warmup=warmup, window=window, static=_ints(static, "--schedule"),
-                       coarse_first=_coarse(coarse_first))
+                       coarse_first=_coarse(coarse_first),
+                       cache=dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup,
+                                  tail=cache_tail, threshold=cache_threshold))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, **settings_kw)
     t = result.trace
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
-    click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")
+    if t.cached_fraction:
+        click.echo(f"steps per kind: {''.join('c' if k == 'cached' else 'm' for k in t.kinds)} (m: model, c: cached)")
+    click.echo(f"coarse steps {t.coarse_fraction:.0%}, cached steps {t.cached_fraction:.0%}, "
+               f"FLOPs x{t.flops_ratio:.3f} of fine-only")
     for p in paths:
         click.echo(f"wrote {p}")
     if trace:

@@ -66,6 +66,62 @@ class AdapterSettings:
             raise ConfigError(f"adapter init must be 'tile' or 'pi', got {self.init!r}")
 
 
+CACHE_MODES = ("off", "taylor", "plan")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The output-level step cache (runtime/cache.py): on a cached step the velocity is extrapolated from the last
+    computed ones (TaylorSeer on the model output) instead of running the transformer; no graph changes, so it runs
+    on every backend.
+
+    ``taylor``: after ``warmup`` computed steps, compute every ``interval``-th step and extrapolate in between
+    (``order`` 0: reuse, 1: linear, 2: quadratic in σ); the last ``tail`` steps are always computed. With
+    ``threshold``, a step is also computed early once the estimated relative extrapolation error (the previous
+    computed step's measured extrapolation error, scaled by the σ distance to the power order + 1) exceeds it.
+    ``plan``: an explicit per-step list, 1 = computed, 0 = cached (replays a recorded trace)."""
+
+    mode: str = "off"
+    interval: int = 4
+    order: int = 1
+    warmup: int = 3
+    tail: int = 1
+    threshold: float | None = None
+    plan: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.mode not in CACHE_MODES:
+            raise ConfigError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {self.mode!r}")
+        if self.interval < 1:
+            raise ConfigError(f"cache interval must be >= 1, got {self.interval}")
+        if not 0 <= self.order <= 2:
+            raise ConfigError(f"cache order must be 0, 1 or 2, got {self.order}")
+        if self.warmup < 1 or self.tail < 0:
+            raise ConfigError(f"cache warm-up must be >= 1 and tail >= 0, got {self.warmup} and {self.tail}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ConfigError(f"cache threshold must be > 0, got {self.threshold}")
+        if (self.mode == "plan") != (self.plan is not None):
+            raise ConfigError("a cache plan goes with mode 'plan' (and mode 'plan' needs a plan)")
+        if self.plan is not None and (not self.plan or self.plan[0] != 1 or set(self.plan) - {0, 1}):
+            raise ConfigError(f"a cache plan is 1 (computed) / 0 (cached) per step, starting with 1; got {self.plan}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "plan" or (self.mode == "taylor" and (self.interval > 1 or self.threshold is not None))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CacheSettings":
+        if not d:
+            return cls()
+        try:
+            return cls(**{**d, "plan": tuple(d["plan"]) if d.get("plan") is not None else None})
+        except TypeError as e:
+            raise ConfigError(f"bad cache settings {d}: {e}") from None
+
+
 @dataclass(frozen=True)
 class GenerateSettings:
     """One generation job: what the CLI's `generate` and the Python API take."""
@@ -79,6 +135,7 @@ class GenerateSettings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     static: tuple[int, ...] | None = None  # an explicit size per step, instead of the dynamic rule
     coarse_first: tuple[int, int] | None = None  # (k steps, size): FlexiDiT-style "coarse first"
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def __post_init__(self):
         if not self.prompts:
@@ -94,6 +151,8 @@ class GenerateSettings:
             raise ConfigError(f"static schedule has {len(self.static)} sizes for {self.steps} steps")
         if self.coarse_first is not None and not 0 <= self.coarse_first[0] <= self.steps:
             raise ConfigError(f"coarse-first steps must be in [0, {self.steps}], got {self.coarse_first[0]}")
+        if self.cache.plan is not None and len(self.cache.plan) != self.steps:
+            raise ConfigError(f"cache plan has {len(self.cache.plan)} entries for {self.steps} steps")
 
 
 DTYPES = ("fp32", "fp16", "bf16")
