@@ -144,20 +144,50 @@ def schedule(trace_path, plot):
 
 @main.command()
 @model_options
-@click.option("--repeats", default=7, show_default=True, type=int, help="Timed runs per size (median reported).")
-@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--pareto", "pareto_out", type=click.Path(), help="Pareto mode: whole generations of every method "
+              "(fine-only, DDiT rule, static ladders, step cache, diffusers' caches, stacked) -> OUT/pareto.{md,json,png}.")
+@click.option("--replay", "replay_from", type=click.Path(), help="Replay mode: time the schedules and cache decisions "
+              "recorded in a pareto.json on --model (e.g. random-20m): measured vs FLOP-bound speed-up.")
+@click.option("--repeats", type=int, help="Timed runs per size (default 7) / interleaved rounds (pareto, replay: 3).")
+@click.option("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's; pareto: 1).")
 @click.option("--height", type=int)
 @click.option("--width", type=int)
-def bench(model, weights, adapters, sizes, repeats, threads, height, width):
-    """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved."""
+@click.option("--n-prompts", type=int, default=64, show_default=True, help="Pareto: held-out captions for quality.")
+@click.option("--seeds", default="0", show_default=True, help="Pareto: comma-separated noise seeds.")
+@click.option("--wall-prompts", type=int, default=4, show_default=True,
+              help="Pareto/replay: prompts per timed round.")
+@click.option("--bundle", type=click.Path(), help="Pareto: a built bundle of the model for the ONNX Runtime column.")
+@click.option("--no-peers", is_flag=True, help="Pareto: leave out diffusers' caches.")
+@click.option("--cache-dit", is_flag=True, help="Pareto: add cache-dit's DBCache (pip install 'ddit-export[peers]').")
+@click.option("--methods", "methods_file", type=click.Path(), help="Pareto: JSON list of method rows "
+              "({name, family, generate, cache, peer}) instead of the default rows; the first must be fine-only.")
+def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, threads, height, width, n_prompts,
+          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file):
+    """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved; or, with
+    --pareto, the speed/quality chart of every method; with --replay, recorded schedules on a speed config."""
     import torch
 
+    if pareto_out and replay_from:
+        raise ConfigError("give --pareto or --replay, not both")
+    if repeats is not None and repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if pareto_out:
+        return _bench_pareto(model, weights, adapters, pareto_out, repeats, threads, n_prompts, seeds,
+                             wall_prompts, bundle, no_peers, cache_dit, methods_file)
+    if replay_from:
+        from .pareto_replay import replay_report
+
+        if threads:
+            torch.set_num_threads(threads)
+        res = replay_report(replay_from, model=model, weights=weights, repeats=repeats or 3,
+                            prompts=wall_prompts, log=click.echo)
+        click.echo(res["markdown"])
+        return None
     from .bench import format_table, step_times
     from .models.registry import load_model
     from .runtime.backends.torch import TorchBackend
 
-    if repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    repeats = repeats or 7
     if threads:
         torch.set_num_threads(threads)
     loaded = load_model(model, weights, adapters=adapters, sizes=_ints(sizes, "--sizes"))
@@ -166,6 +196,32 @@ def bench(model, weights, adapters, sizes, repeats, threads, height, width):
     click.echo(f"{loaded.name}: {sum(p.numel() for p in loaded.transformer.trunk.parameters()) / 1e6:.1f} M trunk "
                f"parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
     click.echo(format_table(rows))
+
+
+def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, seeds, wall_prompts, bundle,
+                  no_peers, cache_dit, methods_file):
+    import json
+
+    from .pareto import Method, run_pareto
+    from .peers import cache_dit_available
+    from .settings import ParetoSettings
+
+    methods = None
+    if methods_file:
+        try:
+            methods = tuple(Method.from_dict(d) for d in json.loads(Path(methods_file).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read methods {methods_file}: {e}") from None
+    if cache_dit and not cache_dit_available():
+        raise ConfigError("--cache-dit needs cache-dit installed: pip install 'ddit-export[peers]'")
+    s = ParetoSettings(model=model, weights=weights, adapters=adapters, n_prompts=n_prompts,
+                       seeds=_ints(seeds, "--seeds"), wall_prompts=wall_prompts, repeats=repeats or 3,
+                       threads=threads or 1, bundle=bundle, peers=not no_peers, cache_dit=cache_dit,
+                       methods=methods, out=out)
+    rep = run_pareto(s, log=click.echo)
+    click.echo(Path(rep["files"][1]).read_text())
+    for f in rep["files"]:
+        click.echo(f"wrote {f}")
 
 
 def _register_command_modules():

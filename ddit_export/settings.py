@@ -324,3 +324,35 @@ class EvalSettings:
         object.__setattr__(self, "taus", tuple(dict.fromkeys(float(t) for t in self.taus)))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
+
+
+@dataclass(frozen=True)
+class ParetoSettings:
+    """One ``ddit-export bench --pareto``: every method row on the same held-out captions and noise (pareto.py)."""
+
+    model: str = "flux-mini"
+    weights: str | None = None
+    adapters: str | None = None
+    n_prompts: int = 64  # quality: held-out captions
+    seeds: tuple[int, ...] = (0,)
+    wall_prompts: int = 4  # wall-clock: the first captions, one generation each, summed per round
+    repeats: int = 3  # interleaved wall-clock rounds
+    threads: int = 1  # torch and ONNX Runtime intra-op threads
+    bundle: str | None = None  # a built bundle of the same model: the ONNX Runtime column
+    steps: int | None = None
+    prompt_seed: int = 2026
+    calib_prompts: int = 4  # training-split captions for MagCache's own calibration
+    peers: bool = True
+    cache_dit: bool = False
+    methods: tuple | None = None  # pareto.Method rows; None: pareto.default_methods
+    out: str = "out/pareto"
+
+    def __post_init__(self):
+        bad = [name for name, ok in [("n_prompts >= 2", self.n_prompts >= 2), ("seeds", bool(self.seeds)),
+                                     ("wall_prompts >= 1", self.wall_prompts >= 1),
+                                     ("repeats >= 1", self.repeats >= 1), ("threads >= 1", self.threads >= 1),
+                                     ("calib_prompts >= 1", self.calib_prompts >= 1)] if not ok]
+        if bad:
+            raise ConfigError(f"bench --pareto: invalid {', '.join(bad)}")
+        if self.wall_prompts > self.n_prompts:
+            raise ConfigError(f"--wall-prompts ({self.wall_prompts}) must be <= --n-prompts ({self.n_prompts})")
