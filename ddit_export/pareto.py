@@ -90,7 +90,9 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
                         peer={"kind": "pab", "spatial_attention_block_skip_range": 2,
                               "spatial_attention_timestep_skip_range": (0, 1000)})]
         if cache_dit:
-            rows.append(Method("cache-dit DBCache", "cache-dit DBCache", fine, peer={"kind": "dbcache"}))
+            rows += [Method(f"cache-dit DBCache F1B0 {r:g}", "cache-dit DBCache", fine,
+                            peer={"kind": "dbcache", "Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                                  "residual_diff_threshold": r}) for r in (0.2, 0.4)]
     return rows
 
 

@@ -36,7 +36,7 @@ class PeerBackend(TorchBackend):
     def activate(self):
         kind = self.peer.get("kind")
         if kind == "dbcache":
-            _enable_cache_dit(self.trunk, self.peer)
+            _enable_cache_dit(self.trunk, self.peer, self.steps)
         else:
             self.trunk.enable_cache(peer_config(self.peer, self.steps, lambda: self.timestep))
         return self
@@ -56,7 +56,11 @@ class PeerBackend(TorchBackend):
         self.deactivate()
 
     def reset(self):
-        if hasattr(self.trunk, "_reset_stateful_cache"):
+        if self.peer.get("kind") == "dbcache":
+            import cache_dit
+
+            cache_dit.refresh_context(self.trunk, num_inference_steps=self.steps)  # transformer-only flows
+        elif hasattr(self.trunk, "_reset_stateful_cache"):
             self.trunk._reset_stateful_cache()
         self.step = 0
 
@@ -107,13 +111,13 @@ def calibrate_magcache(model, backend_run, steps: int) -> list[float]:
     return [sum(col) / len(col) for col in zip(*runs)]
 
 
-def _enable_cache_dit(trunk, peer: dict):
+def _enable_cache_dit(trunk, peer: dict, steps: int):
     try:
         import cache_dit
     except ImportError:
         raise ConfigError("the dbcache peer needs cache-dit: pip install 'ddit-export[peers]'") from None
     kw = {k: v for k, v in peer.items() if k != "kind"}
-    cache_dit.enable_cache(trunk, cache_config=cache_dit.DBCacheConfig(**kw))
+    cache_dit.enable_cache(trunk, cache_config=cache_dit.DBCacheConfig(num_inference_steps=steps, **kw))
 
 
 def cache_dit_available() -> bool:

@@ -62,7 +62,7 @@ class StepCache:
             p = self.predict(sigma)
             err = float((v.float() - p.float()).norm() / v.float().norm().clamp_min(1e-12))
             self.error = (err, abs(sigma - self.points[-1][0]))
-        self.points.append((sigma, v.detach()))
+        self.points.append((sigma, v.detach().clone()))  # a CUDA-graph backend reuses its output buffer
         self.last_step = step
 
 
