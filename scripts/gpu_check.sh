@@ -15,7 +15,7 @@
 # (the list is what importing diffusers' FLUX transformer needs beyond torch; $OUT/missing.txt names the modules
 # still missing after the install, if any). Wheels are installed with
 #   pip install --no-index --no-deps --target /tmp/ddit-site .whl/*.whl
-# and put on PYTHONPATH, so carry only packages the machine lacks. Budget: 8 minutes in all; each step has its own
+# and put on PYTHONPATH, so carry only packages the machine lacks. Budget: 6 minutes in all; each step has its own
 # timeout and the benchmark writes its results after every phase. The benchmark ends with the replay table of the
 # Pareto rows (PLANS=file to override docs/pareto-flux-mini.json); the whole check stays under 6 minutes.
 set -uo pipefail
