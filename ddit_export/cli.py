@@ -161,8 +161,10 @@ def schedule(trace_path, plot):
 @click.option("--cache-dit", is_flag=True, help="Pareto: add cache-dit's DBCache (pip install 'ddit-export[peers]').")
 @click.option("--methods", "methods_file", type=click.Path(), help="Pareto: JSON list of method rows "
               "({name, family, generate, cache, peer}) instead of the default rows; the first must be fine-only.")
+@click.option("--append", "append_to", type=click.Path(), help="Pareto: an earlier pareto.json of the same prompts; "
+              "its rows not run now join the report (new rows on an existing chart).")
 def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, threads, height, width, n_prompts,
-          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file):
+          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to):
     """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved; or, with
     --pareto, the speed/quality chart of every method; with --replay, recorded schedules on a speed config."""
     import torch
@@ -173,7 +175,7 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if pareto_out:
         return _bench_pareto(model, weights, adapters, pareto_out, repeats, threads, n_prompts, seeds,
-                             wall_prompts, bundle, no_peers, cache_dit, methods_file)
+                             wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to)
     if replay_from:
         from .pareto_replay import replay_report
 
@@ -199,7 +201,7 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
 
 
 def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, seeds, wall_prompts, bundle,
-                  no_peers, cache_dit, methods_file):
+                  no_peers, cache_dit, methods_file, append_to):
     import json
 
     from .pareto import Method, run_pareto
@@ -217,7 +219,7 @@ def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, se
     s = ParetoSettings(model=model, weights=weights, adapters=adapters, n_prompts=n_prompts,
                        seeds=_ints(seeds, "--seeds"), wall_prompts=wall_prompts, repeats=repeats or 3,
                        threads=threads or 1, bundle=bundle, peers=not no_peers, cache_dit=cache_dit,
-                       methods=methods, out=out)
+                       methods=methods, append=append_to, out=out)
     rep = run_pareto(s, log=click.echo)
     click.echo(Path(rep["files"][1]).read_text())
     for f in rep["files"]:

@@ -272,6 +272,12 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
                   bundle=settings.bundle, torch=torch.__version__, notes=[x for x in [bundle_note] if x],
                   mag_ratios=runner.mag_ratios, rows=out_rows, prompts=captions,
                   seconds=time.perf_counter() - t_start)
+    if settings.append:
+        try:
+            previous = json.loads(Path(settings.append).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read {settings.append}: {e}") from None
+        report = append_rows(report, previous)
     report["files"] = write_report(report, Path(settings.out))
     return report
 
@@ -339,32 +345,63 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _front(pts):
+    """Points (psnr, speed-up) not beaten on both axes by another point of the family, by PSNR."""
+    return sorted(p for p in pts if not any(q[0] >= p[0] and q[1] > p[1] or q[0] > p[0] and q[1] >= p[1]
+                                            for q in pts))
+
+
 def chart(rep: dict, path: Path) -> Path:
+    """Speed-up against PSNR vs fine-only, one colour per family: every row a marker, the family's Pareto front a
+    line. Panels: FLOP-bound (1 / compute ratio), PyTorch and ONNX Runtime wall-clock."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runtimes = [k for k in ("torch", "onnxruntime") if any(r.get(k) for r in rep["rows"])]
-    fig, axes = plt.subplots(1, len(runtimes), figsize=(6.5 * len(runtimes), 5), squeeze=False)
-    for ax, rt in zip(axes[0], runtimes):
-        fams = {}
-        for r in rep["rows"]:
-            if r["psnr"] is not None and r.get(rt):
-                fams.setdefault(r["family"], []).append((r["psnr"], r[rt]["speedup"], r["name"]))
-        for fam, pts in fams.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=fam)
+    panels = [("flops", "FLOP-bound speed-up (1 / compute ratio)")]
+    panels += [(k, f"wall-clock speed-up, {'PyTorch' if k == 'torch' else 'ONNX Runtime'} (median)")
+               for k in ("torch", "onnxruntime") if any(r.get(k) for r in rep["rows"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
+    families = list(dict.fromkeys(r["family"] for r in rep["rows"] if r["psnr"] is not None))
+    colours = {f: plt.cm.tab10(i) if i < 10 else plt.cm.Dark2(i - 10) for i, f in enumerate(families)}
+    for ax, (key, label) in zip(axes[0], panels):
+        for fam in families:
+            pts = [(r["psnr"], 1 / r["compute_ratio"] if key == "flops" else r[key]["speedup"])
+                   for r in rep["rows"] if r["family"] == fam and r["psnr"] is not None
+                   and (key == "flops" or r.get(key))]
+            if not pts:
+                continue
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colours[fam], s=22, label=fam)
+            front = _front(pts)
+            ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colours[fam], lw=1.2)
         ax.axhline(1.0, color="gray", lw=0.8, ls=":")
-        ax.set_xlabel("PSNR vs fine-only (dB)")
-        ax.set_ylabel(f"wall-clock speed-up ({'PyTorch' if rt == 'torch' else 'ONNX Runtime'})")
-        ax.set_title(f"{rep['model']}, {rep['steps']} steps, {rep['n_prompts']} prompts")
+        ax.axvline(30.0, color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("PSNR vs fine-only (dB), 30 dB bar dashed")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{rep['model']}, {rep['steps']} steps, {rep['n_prompts']} held-out prompts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def append_rows(rep: dict, previous: dict) -> dict:
+    """``rep`` plus the rows of an earlier report that it does not have (same model, steps, prompts and seeds:
+    quality columns are comparable; each wall-clock speed-up stays the ratio measured within its own run)."""
+    same = ("model", "steps", "prompts", "seeds")
+    diff = [k for k in same if rep.get(k) != previous.get(k)]
+    if diff:
+        raise ConfigError(f"cannot append a report that differs in {', '.join(diff)}")
+    have = {r["name"] for r in rep["rows"]}
+    extra = [r for r in previous["rows"] if r["name"] not in have]
+    rep = dict(rep, rows=rep["rows"] + extra)
+    rep["notes"] = rep.get("notes", []) + previous.get("notes", []) + [
+        f"{len(extra)} row(s) from an earlier run of the same prompts and seeds (their wall-clock speed-ups are "
+        f"relative to that run's fine-only): {', '.join(r['name'] for r in extra)}"]
+    return rep
 
 
 def write_report(rep: dict, out: Path) -> list[str]:

@@ -345,6 +345,7 @@ class ParetoSettings:
     peers: bool = True
     cache_dit: bool = False
     methods: tuple | None = None  # pareto.Method rows; None: pareto.default_methods
+    append: str | None = None  # an earlier pareto.json of the same prompts: its other rows join the report
     out: str = "out/pareto"
 
     def __post_init__(self):

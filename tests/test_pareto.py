@@ -91,3 +91,14 @@ def test_replay_times_recorded_plans(tmp_path, tiny_model):
     stack = res["rows"][1]
     assert stack["flop_bound"] > 2 and stack["speedup"] > 0
     assert (tmp_path / "replay-tiny.md").is_file()
+
+
+def test_append_keeps_earlier_rows_of_the_same_prompts_only():
+    from ddit_export.pareto import append_rows
+
+    base = dict(model="m", steps=28, prompts=["a"], seeds=[0], notes=[], rows=[{"name": "fine-only"}, {"name": "x"}])
+    old = dict(model="m", steps=28, prompts=["a"], seeds=[0], rows=[{"name": "fine-only"}, {"name": "y"}])
+    merged = append_rows(base, old)
+    assert [r["name"] for r in merged["rows"]] == ["fine-only", "x", "y"] and "y" in merged["notes"][-1]
+    with pytest.raises(ConfigError, match="prompts"):
+        append_rows(base, dict(old, prompts=["b"]))
