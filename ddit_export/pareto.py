@@ -65,7 +65,7 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
                  Method("ladder 0.551", "static", {"static": LADDER_551}),
                  Method("ladder 0.503", "static", {"static": LADDER_503}),
                  Method("ladder 2/6x4/16x2/4", "static", {"static": LADDER_44})]
-    for n in (3, 5, 8):
+    for n in (3, 5, 8, 12):
         rows.append(Method(f"taylor N={n}", "step cache (ours)", fine, {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method("taylor N=8 o2", "step cache (ours)", fine, {"mode": "taylor", "interval": 8, "order": 2}))
     for thr in (0.05, 0.15):
@@ -77,6 +77,9 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
                                {"mode": "taylor", "interval": n, "order": 1}))
         rows.append(Method("ladder 2/6x4/16x2/4 + taylor N=6 w2", "ladder + cache", {"static": LADDER_44},
                            {"mode": "taylor", "interval": 6, "order": 1, "warmup": 2}))
+        for k, n in ((14, 5), (14, 8), (18, 5)):  # the best stacks measured on flux-mini (docs/pareto-flux-mini.md)
+            rows.append(Method(f"coarse-first {k}:2 + taylor N={n}", "coarse-first + cache", {"coarse_first": (k, 2)},
+                               {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method(f"ddit tau={tau:g} + taylor N=5", "ddit rule + cache", {"tau": tau},
                        {"mode": "taylor", "interval": 5, "order": 1}))
     if peers:

@@ -102,3 +102,19 @@ def test_append_keeps_earlier_rows_of_the_same_prompts_only():
     assert [r["name"] for r in merged["rows"]] == ["fine-only", "x", "y"] and "y" in merged["notes"][-1]
     with pytest.raises(ConfigError, match="prompts"):
         append_rows(base, dict(old, prompts=["b"]))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["bench", "--pareto", "o", "--replay", "r.json"], "not both"),
+    (["bench", "--model", "tiny", "--pareto", "o", "--n-prompts", "1"], "n_prompts"),
+    (["bench", "--model", "tiny", "--replay", "missing.json"], "cannot read"),
+    (["generate", "--model", "tiny", "--cache", "taylor", "--cache-interval", "0"], "cache interval"),
+])
+def test_bad_bench_and_cache_options_end_in_one_error_line(args, msg, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and msg in r.output, r.output
