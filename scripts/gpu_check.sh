@@ -17,7 +17,7 @@
 #   pip install --no-index --no-deps --target /tmp/ddit-site .whl/*.whl
 # and put on PYTHONPATH, so carry only packages the machine lacks. Budget: 6 minutes in all; each step has its own
 # timeout and the benchmark writes its results after every phase. The benchmark ends with the replay table of the
-# Pareto rows (PLANS=file to override docs/pareto-flux-mini.json); the whole check stays under 6 minutes.
+# Pareto rows (PLANS=file to override docs/pareto-flux-mini-replay-rows.json); the whole check stays under 6 minutes.
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -86,7 +86,7 @@ if [ $BUDGET -lt 60 ]; then
   status=1
 else
   # phases 1-3 (steps, switches, DDiT generations) get two thirds of what is left after the model build, the
-  # replay of the Pareto rows (docs/pareto-flux-mini.json: sizes + step-cache decisions) one third
+  # replay of the Pareto rows (docs/pareto-flux-mini-replay-rows.json: sizes + cache decisions) one third
   REST=$(( BUDGET - 90 > 45 ? BUDGET - 90 : 45 ))
   log "benchmark (time budget ${BUDGET}s: generations $(( REST * 2 / 3 ))s, replay $(( REST / 3 ))s)"
   timeout $(( BUDGET + 30 )) python scripts/gpu_bench.py --out "$OUT" --time-budget $(( REST * 2 / 3 )) \
