@@ -26,7 +26,10 @@ def cache_settings(model, cache: dict | CacheSettings | None) -> CacheSettings:
     if isinstance(cache, CacheSettings):
         return cache
     base = getattr(model, "cache_defaults", None) or CacheSettings()
-    return CacheSettings.from_dict({**base.to_dict(), **{k: v for k, v in (cache or {}).items() if v is not None}})
+    given = {k: v for k, v in (cache or {}).items() if v is not None}
+    if given and "mode" not in given and base.mode == "off":
+        given["mode"] = "taylor"  # a cache knob without --cache means the cache
+    return CacheSettings.from_dict({**base.to_dict(), **given})
 
 
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=(), out=None,

@@ -163,3 +163,8 @@ def test_bundle_manifest_carries_a_cache_profile(bundle_copy):
         gs = build_settings(bm, steps=12)
         assert gs.cache == CacheSettings("taylor", interval=3)
         assert build_settings(bm, steps=12, cache=dict(mode="off")).cache.mode == "off"
+
+
+def test_a_cache_knob_alone_turns_the_cache_on(tiny_model):
+    assert build_settings(tiny_model, cache=dict(interval=4)).cache == CacheSettings("taylor", interval=4)
+    assert build_settings(tiny_model, cache=dict(mode=None, interval=None)).cache == CacheSettings()
