@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .fsutil import write_file_atomic
-from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings, check_sizes
+from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, ScheduleSettings, check_sizes
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -14,10 +14,11 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 
 def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
                    eps=None, warmup=None, window=None, static=None, coarse_first=None,
-                   sizes=None) -> GenerateSettings:
-    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in.
+                   sizes=None, cache: dict | CacheSettings | None = None) -> GenerateSettings:
+    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up, cache profile) filled in.
     ``prompts``: None for the model's default prompt, one str, or a non-empty sequence of str. Only None means
-    "the default": 0 steps or 0 pixels are errors, not defaults."""
+    "the default": 0 steps or 0 pixels are errors, not defaults. ``cache``: a CacheSettings, or a dict of fields
+    overriding the model's (a bundle manifest's) cache profile."""
     base = model.schedule_defaults
     sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
                              warmup=base.warmup if warmup is None else warmup,
@@ -25,7 +26,17 @@ def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, widt
     return GenerateSettings(prompts=_prompts(prompts, model.default_prompt), seed=seed,
                             steps=model.default_steps if steps is None else steps, height=height, width=width,
                             guidance=guidance, schedule=sched, static=static, coarse_first=coarse_first,
-                            sizes=sizes)
+                            sizes=sizes, cache=cache_settings(model, cache))
+
+
+def cache_settings(model, cache: dict | CacheSettings | None) -> CacheSettings:
+    if isinstance(cache, CacheSettings):
+        return cache
+    base = getattr(model, "cache_defaults", None) or CacheSettings()
+    given = {k: v for k, v in (cache or {}).items() if v is not None}
+    if given and "mode" not in given and base.mode == "off":
+        given["mode"] = "taylor"  # a cache knob without --cache means the cache
+    return CacheSettings.from_dict({**base.to_dict(), **given})
 
 
 def _prompts(prompts, default: str) -> tuple:

@@ -89,6 +89,7 @@ class Manifest:
     tools: dict = field(default_factory=dict)
     tensors: dict = field(default_factory=dict)  # graph file -> [[name, offset, length, dtype, dims], ...]
     tensorrt: dict | None = None  # the TensorRT plan and engines (export/trt_plan.py), when built with --backend trt
+    cache: dict | None = None  # default step-cache profile (settings.CacheSettings fields); None: no cache
     format_version: int = FORMAT_VERSION
 
     def variant(self, size: int) -> Variant:
@@ -106,6 +107,8 @@ class Manifest:
              "schedule": self.schedule, "variants": [_variant_dict(v) for v in self.variants],
              "text_encoder": self.text_encoder, "files": self.files, "tools": self.tools,
              "tensors": self.tensors, "tensorrt": self.tensorrt}
+        if self.cache is not None:
+            d["cache"] = self.cache
         return json.dumps(d, indent=1)
 
 
@@ -140,7 +143,8 @@ def read_manifest(folder: str | Path) -> Manifest:
         variants = [Variant.from_dict(v) for v in d["variants"]]
         m = Manifest(model=d["model"], variants=variants, schedule=d["schedule"], dtype=d["dtype"],
                      files=d["files"], text_encoder=d.get("text_encoder"), tools=d.get("tools", {}),
-                     tensors=d["tensors"], tensorrt=d.get("tensorrt"), format_version=version)
+                     tensors=d["tensors"], tensorrt=d.get("tensorrt"), cache=d.get("cache"),
+                     format_version=version)
         _check_manifest(folder, m)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{path}: missing or malformed field {e}") from None

@@ -48,6 +48,24 @@ def model_options(f):
     return f
 
 
+def cache_options(f):
+    """--cache ...: the output-level step cache (runtime/cache.py); unset options keep the model's profile."""
+    opts = [
+        click.option("--cache", type=click.Choice(["off", "taylor"]),
+                     help="Step cache: taylor extrapolates the velocity on skipped steps (default: the bundle's "
+                          "profile, else off)."),
+        click.option("--cache-interval", type=int, help="Compute every N-th step, extrapolate in between."),
+        click.option("--cache-order", type=int, help="Extrapolation order 0 (reuse), 1 or 2."),
+        click.option("--cache-warmup", type=int, help="Computed steps at the start."),
+        click.option("--cache-tail", type=int, help="Computed steps at the end."),
+        click.option("--cache-threshold", type=float,
+                     help="Also compute early when the estimated relative extrapolation error exceeds this."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @main.command()
 @model_options
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeat for a batch).")
@@ -63,6 +81,7 @@ def model_options(f):
               help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
+@cache_options
 @click.option("--out", type=click.Path(), default="out/image.png", show_default=True,
               help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
 @click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
@@ -79,20 +98,26 @@ def model_options(f):
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
                                                                  "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, memory, device):
+             window, static, coarse_first, cache, cache_interval, cache_order, cache_warmup, cache_tail,
+             cache_threshold, out, trace, bundle, backend, fallback_ort, threads, memory, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
 
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
                        warmup=warmup, window=window, static=_ints(static, "--schedule"),
-                       coarse_first=_coarse(coarse_first))
+                       coarse_first=_coarse(coarse_first),
+                       cache=dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup,
+                                  tail=cache_tail, threshold=cache_threshold))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, memory=memory,
                                     **settings_kw)
     t = result.trace
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
-    click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")
+    if t.cached_fraction:
+        click.echo(f"steps per kind: {''.join('c' if k == 'cached' else 'm' for k in t.kinds)} (m: model, c: cached)")
+    click.echo(f"coarse steps {t.coarse_fraction:.0%}, cached steps {t.cached_fraction:.0%}, "
+               f"FLOPs x{t.flops_ratio:.3f} of fine-only")
     for p in paths:
         click.echo(f"wrote {p}")
     if trace:
@@ -125,21 +150,53 @@ def schedule(trace_path, plot):
 
 @main.command()
 @model_options
-@click.option("--repeats", default=7, show_default=True, type=int, help="Timed runs per size (median reported).")
-@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--pareto", "pareto_out", type=click.Path(), help="Pareto mode: whole generations of every method "
+              "(fine-only, DDiT rule, static ladders, step cache, diffusers' caches, stacked) -> OUT/pareto.{md,json,png}.")
+@click.option("--replay", "replay_from", type=click.Path(), help="Replay mode: time the schedules and cache decisions "
+              "recorded in a pareto.json on --model (e.g. random-20m): measured vs FLOP-bound speed-up.")
+@click.option("--repeats", type=int, help="Timed runs per size (default 7) / interleaved rounds (pareto, replay: 3).")
+@click.option("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's; pareto: 1).")
 @click.option("--height", type=int)
 @click.option("--width", type=int)
-def bench(model, weights, adapters, sizes, repeats, threads, height, width):
-    """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved."""
+@click.option("--n-prompts", type=int, default=64, show_default=True, help="Pareto: held-out captions for quality.")
+@click.option("--seeds", default="0", show_default=True, help="Pareto: comma-separated noise seeds.")
+@click.option("--wall-prompts", type=int, default=4, show_default=True,
+              help="Pareto/replay: prompts per timed round.")
+@click.option("--bundle", type=click.Path(), help="Pareto: a built bundle of the model for the ONNX Runtime column.")
+@click.option("--no-peers", is_flag=True, help="Pareto: leave out diffusers' caches.")
+@click.option("--cache-dit", is_flag=True, help="Pareto: add cache-dit's DBCache (pip install 'ddit-export[peers]').")
+@click.option("--methods", "methods_file", type=click.Path(), help="Pareto: JSON list of method rows "
+              "({name, family, generate, cache, peer}) instead of the default rows; the first must be fine-only.")
+@click.option("--append", "append_to", type=click.Path(), help="Pareto: an earlier pareto.json of the same prompts; "
+              "its rows not run now join the report (new rows on an existing chart).")
+def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, threads, height, width, n_prompts,
+          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to):
+    """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved; or, with
+    --pareto, the speed/quality chart of every method; with --replay, recorded schedules on a speed config."""
     import torch
 
+    if pareto_out and replay_from:
+        raise ConfigError("give --pareto or --replay, not both")
+    if repeats is not None and repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if pareto_out:
+        return _bench_pareto(model, weights, adapters, pareto_out, repeats, threads, n_prompts, seeds,
+                             wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to)
+    if replay_from:
+        from .pareto_replay import replay_report
+
+        if threads:
+            torch.set_num_threads(threads)
+        res = replay_report(replay_from, model=model, weights=weights, repeats=repeats or 3,
+                            prompts=wall_prompts, log=click.echo)
+        click.echo(res["markdown"])
+        return None
     from .bench import format_table, step_times
     from .models.registry import load_model
     from .runtime.backends.torch import TorchBackend
     from .settings import DEFAULT_SIZES
 
-    if repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    repeats = repeats or 7
     if threads:
         torch.set_num_threads(threads)
     loaded = load_model(model, weights, adapters=adapters, sizes=_ints(sizes, "--sizes") or DEFAULT_SIZES)
@@ -148,6 +205,32 @@ def bench(model, weights, adapters, sizes, repeats, threads, height, width):
     click.echo(f"{loaded.name}: {sum(p.numel() for p in loaded.transformer.trunk.parameters()) / 1e6:.1f} M trunk "
                f"parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
     click.echo(format_table(rows))
+
+
+def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, seeds, wall_prompts, bundle,
+                  no_peers, cache_dit, methods_file, append_to):
+    import json
+
+    from .pareto import Method, run_pareto
+    from .peers import cache_dit_available
+    from .settings import ParetoSettings
+
+    methods = None
+    if methods_file:
+        try:
+            methods = tuple(Method.from_dict(d) for d in json.loads(Path(methods_file).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read methods {methods_file}: {e}") from None
+    if cache_dit and not cache_dit_available():
+        raise ConfigError("--cache-dit needs cache-dit installed: pip install 'ddit-export[peers]'")
+    s = ParetoSettings(model=model, weights=weights, adapters=adapters, n_prompts=n_prompts,
+                       seeds=_ints(seeds, "--seeds"), wall_prompts=wall_prompts, repeats=repeats or 3,
+                       threads=threads or 1, bundle=bundle, peers=not no_peers, cache_dit=cache_dit,
+                       methods=methods, append=append_to, out=out)
+    rep = run_pareto(s, log=click.echo)
+    click.echo(Path(rep["files"][1]).read_text())
+    for f in rep["files"]:
+        click.echo(f"wrote {f}")
 
 
 def _register_command_modules():

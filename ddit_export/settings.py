@@ -72,6 +72,62 @@ class AdapterSettings:
             raise ConfigError(f"adapter init must be 'tile' or 'pi', got {self.init!r}")
 
 
+CACHE_MODES = ("off", "taylor", "plan")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The output-level step cache (runtime/cache.py): on a cached step the velocity is extrapolated from the last
+    computed ones (TaylorSeer on the model output) instead of running the transformer; no graph changes, so it runs
+    on every backend.
+
+    ``taylor``: after ``warmup`` computed steps, compute every ``interval``-th step and extrapolate in between
+    (``order`` 0: reuse, 1: linear, 2: quadratic in σ); the last ``tail`` steps are always computed. With
+    ``threshold``, a step is also computed early once the estimated relative extrapolation error (the previous
+    computed step's measured extrapolation error, scaled by the σ distance to the power order + 1) exceeds it.
+    ``plan``: an explicit per-step list, 1 = computed, 0 = cached (replays a recorded trace)."""
+
+    mode: str = "off"
+    interval: int = 4
+    order: int = 1
+    warmup: int = 3
+    tail: int = 1
+    threshold: float | None = None
+    plan: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.mode not in CACHE_MODES:
+            raise ConfigError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {self.mode!r}")
+        if self.interval < 1:
+            raise ConfigError(f"cache interval must be >= 1, got {self.interval}")
+        if not 0 <= self.order <= 2:
+            raise ConfigError(f"cache order must be 0, 1 or 2, got {self.order}")
+        if self.warmup < 1 or self.tail < 0:
+            raise ConfigError(f"cache warm-up must be >= 1 and tail >= 0, got {self.warmup} and {self.tail}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ConfigError(f"cache threshold must be > 0, got {self.threshold}")
+        if (self.mode == "plan") != (self.plan is not None):
+            raise ConfigError("a cache plan goes with mode 'plan' (and mode 'plan' needs a plan)")
+        if self.plan is not None and (not self.plan or self.plan[0] != 1 or set(self.plan) - {0, 1}):
+            raise ConfigError(f"a cache plan is 1 (computed) / 0 (cached) per step, starting with 1; got {self.plan}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "plan" or (self.mode == "taylor" and (self.interval > 1 or self.threshold is not None))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CacheSettings":
+        if not d:
+            return cls()
+        try:
+            return cls(**{**d, "plan": tuple(d["plan"]) if d.get("plan") is not None else None})
+        except TypeError as e:
+            raise ConfigError(f"bad cache settings {d}: {e}") from None
+
+
 @dataclass(frozen=True)
 class GenerateSettings:
     """One generation job: what the CLI's `generate` and the Python API take."""
@@ -86,6 +142,7 @@ class GenerateSettings:
     static: tuple[int, ...] | None = None  # an explicit size per step, instead of the dynamic rule
     coarse_first: tuple[int, int] | None = None  # (k steps, size): FlexiDiT-style "coarse first"
     sizes: tuple[int, ...] | None = None  # patch sizes the schedule may use (None: all the backend has)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def __post_init__(self):
         if isinstance(self.prompts, str):
@@ -120,6 +177,8 @@ class GenerateSettings:
             raise ConfigError(f"static schedule has {len(self.static)} sizes for {self.steps} steps")
         if self.coarse_first is not None and not 0 <= self.coarse_first[0] <= self.steps:
             raise ConfigError(f"coarse-first steps must be in [0, {self.steps}], got {self.coarse_first[0]}")
+        if self.cache.plan is not None and len(self.cache.plan) != self.steps:
+            raise ConfigError(f"cache plan has {len(self.cache.plan)} entries for {self.steps} steps")
 
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -294,3 +353,36 @@ class EvalSettings:
         object.__setattr__(self, "taus", tuple(dict.fromkeys(float(t) for t in self.taus)))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
+
+
+@dataclass(frozen=True)
+class ParetoSettings:
+    """One ``ddit-export bench --pareto``: every method row on the same held-out captions and noise (pareto.py)."""
+
+    model: str = "flux-mini"
+    weights: str | None = None
+    adapters: str | None = None
+    n_prompts: int = 64  # quality: held-out captions
+    seeds: tuple[int, ...] = (0,)
+    wall_prompts: int = 4  # wall-clock: the first captions, one generation each, summed per round
+    repeats: int = 3  # interleaved wall-clock rounds
+    threads: int = 1  # torch and ONNX Runtime intra-op threads
+    bundle: str | None = None  # a built bundle of the same model: the ONNX Runtime column
+    steps: int | None = None
+    prompt_seed: int = 2026
+    calib_prompts: int = 4  # training-split captions for MagCache's own calibration
+    peers: bool = True
+    cache_dit: bool = False
+    methods: tuple | None = None  # pareto.Method rows; None: pareto.default_methods
+    append: str | None = None  # an earlier pareto.json of the same prompts: its other rows join the report
+    out: str = "out/pareto"
+
+    def __post_init__(self):
+        bad = [name for name, ok in [("n_prompts >= 2", self.n_prompts >= 2), ("seeds", bool(self.seeds)),
+                                     ("wall_prompts >= 1", self.wall_prompts >= 1),
+                                     ("repeats >= 1", self.repeats >= 1), ("threads >= 1", self.threads >= 1),
+                                     ("calib_prompts >= 1", self.calib_prompts >= 1)] if not ok]
+        if bad:
+            raise ConfigError(f"bench --pareto: invalid {', '.join(bad)}")
+        if self.wall_prompts > self.n_prompts:
+            raise ConfigError(f"--wall-prompts ({self.wall_prompts}) must be <= --n-prompts ({self.n_prompts})")

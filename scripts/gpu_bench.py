@@ -19,7 +19,11 @@ Measured, interleaved (random order within each repeat), medians reported:
 1. step time per size (CUDA-graph replays, synchronised);
 2. whole generations (the project's loop: runtime.generate.generate, static schedule, no decode): fine-only with
    the same number of steps vs each DDiT schedule;
-3. the per-switch cost: the same calls alternating sizes vs grouped by size; target < 1% of a fine step.
+3. the per-switch cost: the same calls alternating sizes vs grouped by size; target < 1% of a fine step;
+4. the replay table (issue 8): every row of a Pareto bench report (``--plans``, default
+   docs/pareto-flux-mini-replay-rows.json: 9 rows of docs/pareto-flux-mini.json, the sizes and step-cache
+   decisions recorded on flux-mini by ``ddit-export bench
+   --pareto``) replayed as whole generations, measured speed-up vs the FLOP-bound one (ddit_export.pareto_replay).
 Writes ``results.json`` and ``results.md`` into --out after every phase, so a timeout still leaves results.
 """
 from __future__ import annotations
@@ -213,6 +217,24 @@ def generations(model, backend, schedules, clock, reps: int, deadline: float, lo
     return rows, done
 
 
+def replay_phase(args, model, backend, clock, res, log):
+    """Phase 4: the Pareto rows' recorded plans (sizes + cache decisions) on this config."""
+    from ddit_export.errors import ConfigError
+    from ddit_export.pareto_replay import load_plans, replay_rows
+
+    if not args.plans.is_file():
+        res["notes"].append(f"replay skipped: {args.plans} not found (write it with ddit-export bench --pareto)")
+        return
+    try:
+        rows, notes = load_plans(args.plans, args.plan_prompts)
+    except ConfigError as e:
+        fail(str(e))
+    log(f"replay: {len(rows)} Pareto rows x {args.plan_prompts} plan(s), budget {args.replay_budget:.0f} s")
+    res["replay"] = replay_rows(model, backend, rows, clock, 1 if args.cpu_smoke else 3,
+                                deadline=time.monotonic() + args.replay_budget, log=log)
+    res["replay_source"], res["replay_not_replayed"] = str(args.plans), notes
+
+
 # ---- report ---------------------------------------------------------------------------------------------------
 def write_results(out: Path, res: dict):
     out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +265,15 @@ def markdown(res: dict) -> str:
             lines.append(f"| {pair} | {v['median_ms']:.3f} | {100 * v['fraction_of_fine_step']:.2f}% |")
         lines.append(f"\ntarget < {100 * SWITCH_TARGET:.0f}% of a fine step: "
                      f"{'met' if res['switch_ok'] else 'NOT met'}\n")
+    if "replay" in res:
+        lines += [f"Pareto rows replayed from {res['replay_source']} (sizes + step-cache decisions recorded on "
+                  f"flux-mini), whole generations, medians:", "",
+                  "| method | family | measured speed-up (min–max) | FLOP-bound | measured / bound |",
+                  "|---|---|---|---|---|"]
+        for r in res["replay"]:
+            lines.append(f"| {r['name']} | {r['family']} | {r['speedup']:.2f}x ({r['speedup_min']:.2f}–"
+                         f"{r['speedup_max']:.2f}) | {r['flop_bound']:.2f}x | {r['fraction_of_bound']:.2f} |")
+        lines.append("")
     if res.get("notes"):
         lines += ["Notes:", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -256,6 +287,10 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="generation repeats (interleaved); medians reported")
     p.add_argument("--max-schedules", type=int, default=8)
     p.add_argument("--time-budget", type=float, default=330.0, help="seconds; stops repeating when exceeded")
+    p.add_argument("--plans", type=Path, default=ROOT / "docs" / "pareto-flux-mini-replay-rows.json",
+                   help="Pareto bench report whose rows are replayed (phase 4); skipped if the file is missing")
+    p.add_argument("--plan-prompts", type=int, default=1, help="recorded plans (prompts) replayed per row")
+    p.add_argument("--replay-budget", type=float, default=120.0, help="seconds for the replay phase")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny config on the CPU, eager torch: a dry run")
     return p.parse_args(argv)
 
@@ -321,6 +356,8 @@ def main(argv=None) -> int:
                                  deadline, log)
         res.update(generations=rows, generation_repeats=done,
                    median_speedup=statistics.median(r["speedup"] for r in rows))
+        write_results(args.out, res)
+        replay_phase(args, model, backend, clock, res, log)
     res["elapsed_s"] = time.monotonic() - start
     write_results(args.out, res)
     log(f"wrote {args.out / 'results.json'} and results.md; median speed-up {res['median_speedup']:.2f}x")

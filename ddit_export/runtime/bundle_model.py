@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..settings import ScheduleSettings
+from ..settings import CacheSettings, ScheduleSettings
 from ..shapes import TokenGeometry
 
 
@@ -25,6 +25,7 @@ class BundleModel:
         self.guidance_embeds = m["guidance_embeds"]
         self.default_prompt = m.get("default_prompt", "a red circle")
         self.schedule_defaults = ScheduleSettings(**self.manifest.schedule)
+        self.cache_defaults = CacheSettings.from_dict(getattr(self.manifest, "cache", None))
         self.transformer_config = m["transformer_config"]
         self.lora_rank = m["lora_rank"]
         self.vae_scale = m["vae_scale"]

@@ -17,6 +17,7 @@ from ..flops import step_flops
 from ..schedule import Trace, StepRecord, make_policy
 from ..settings import GenerateSettings
 from ..shapes import TokenGeometry
+from .cache import make_cache
 
 
 @dataclass
@@ -77,16 +78,27 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     trace = Trace(model.name, geom.grid, {"generate": _jsonable(settings), "sizes": list(sizes)},
                   fine_flops_per_step=step_flops(cfg, geom.tokens(1), text_tokens, 1, batch=b))
     history: deque = deque(maxlen=4)
+    # The policy decides every step, cached ones included, on the latents the loop actually produced (a cached
+    # step's latent is the Euler step of the extrapolated velocity): static schedules stay aligned to the step
+    # index and the rule's Δ³ window never has gaps. A cached step records the size the policy chose, 0 FLOPs.
+    cache = make_cache(settings.cache, settings.steps)
     for i, t in enumerate(tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False)):
         history.append(x.detach().float().cpu().numpy())
         decision = policy.decide(i, history)
         k = decision.size
         t0 = time.perf_counter()
-        v = backend.run(k, x, cond, (t / 1000).expand(b).to(device), guidance, geom.grid)
+        sigma = float(t / 1000)
+        if cache is None or cache.should_compute(i, sigma):
+            kind = "model"
+            v = backend.run(k, x, cond, (t / 1000).expand(b).to(device), guidance, geom.grid)
+            if cache is not None:
+                cache.update(i, sigma, v)
+        else:
+            kind, v = "cached", cache.predict(sigma)
         x = sched.step(v.to(x.dtype), t, x, return_dict=False)[0]
-        trace.steps.append(StepRecord(i, float(t / 1000), k, decision.reason, geom.tokens(k),
-                                      float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)),
-                                      decision.sigmas, time.perf_counter() - t0))
+        flops = float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)) if kind == "model" else 0.0
+        trace.steps.append(StepRecord(i, sigma, k, decision.reason, geom.tokens(k), flops,
+                                      decision.sigmas, time.perf_counter() - t0, kind))
     images = model.decode(x, geom) if decode else None
     return GenerationResult(x, trace, images)
 
@@ -117,4 +129,5 @@ def _check_latents(latents, want: tuple, geom: TokenGeometry):
 def _jsonable(settings: GenerateSettings) -> dict:
     d = asdict(settings)
     d["prompts"] = list(d["prompts"])
+    d["cache"] = settings.cache.to_dict()
     return d

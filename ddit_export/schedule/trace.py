@@ -18,6 +18,7 @@ class StepRecord:
     flops: float
     sigmas: dict = field(default_factory=dict)
     seconds: float | None = None
+    kind: str = "model"  # "model": the transformer ran; "cached": the step cache extrapolated (0 FLOPs)
 
 
 @dataclass
@@ -37,12 +38,20 @@ class Trace:
         return sum(s.size > 1 for s in self.steps) / max(len(self.steps), 1)
 
     @property
+    def kinds(self) -> list[str]:
+        return [s.kind for s in self.steps]
+
+    @property
+    def cached_fraction(self) -> float:
+        return sum(s.kind == "cached" for s in self.steps) / max(len(self.steps), 1)
+
+    @property
     def flops(self) -> float:
         return sum(s.flops for s in self.steps)
 
     @property
     def flops_ratio(self) -> float:
-        """FLOPs of the run relative to running every step at the fine size."""
+        """FLOPs of the run relative to running every step at the fine size (a cached step counts its 0)."""
         return self.flops / (self.fine_flops_per_step * len(self.steps)) if self.steps else 1.0
 
     def to_dict(self) -> dict:
@@ -50,7 +59,8 @@ class Trace:
         for s in d["steps"]:
             s["sigmas"] = {str(k): v for k, v in s["sigmas"].items()}
         d.update(format=TRACE_FORMAT, coarse_fraction=self.coarse_fraction, total_flops=self.flops,
-                 flops_ratio=self.flops_ratio)
+                 flops_ratio=self.flops_ratio,
+                 cached_fraction=self.cached_fraction)
         return d
 
     def save(self, path: str | Path) -> Path:

@@ -1,0 +1,423 @@
+"""``ddit-export bench --pareto``: whole generations of every method on one chart (issue 8).
+
+Methods are declarative rows (:class:`Method`): a name, a family (one curve on the chart), overrides of the
+generation settings (``static``, ``coarse_first``, ``tau``, ``window``, ...: whatever ``api.build_settings`` takes),
+an optional step-cache profile (``settings.CacheSettings`` fields) and an optional diffusers peer (``peers.py``).
+A new schedule policy is a new row, not new code.
+
+Per row: compute ratio (transformer FLOPs done relative to fine-only: from the trace for the project's own rows,
+counted by torch's FlopCounterMode for the peers, whose skipping happens inside the trunk), wall-clock speed-up on
+PyTorch and on ONNX Runtime (one bundle), PSNR/SSIM against fine-only, adherence (scene probe), Fréchet distance
+of probe features to fine-only. Quality: ``n_prompts`` held-out captions x seeds, one prompt per generation (the
+rule and the caches decide per batch). Wall-clock: the first ``wall_prompts`` captions, ``repeats`` rounds, the
+rows in a new random order each round, each row's time the sum over those prompts; medians with min-max.
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    generate: dict = field(default_factory=dict)
+    cache: dict | None = None
+    peer: dict | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Method":
+        try:
+            g = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("generate", {}).items()}
+            return cls(d["name"], d.get("family", d["name"]), g, d.get("cache"), d.get("peer"))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"bad method row {d}: {e}") from None
+
+
+def ladder(*parts: tuple[int, int]) -> tuple[int, ...]:
+    """(count, size) parts -> a static schedule, e.g. ladder((3, 1), (4, 4), (13, 2), (8, 1))."""
+    return tuple(k for n, k in parts for _ in range(n))
+
+
+LADDER_575 = ladder((3, 1), (4, 4), (13, 2), (8, 1))  # issue 8: FLOP 0.575 at 39.3 dB, no adherence loss
+LADDER_551 = ladder((3, 1), (19, 2), (6, 1))
+LADDER_503 = ladder((3, 1), (21, 2), (4, 1))
+LADDER_44 = ladder((2, 1), (6, 4), (16, 2), (4, 1))
+
+
+def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cache_dit: bool = False) -> list:
+    """The rows of the issue-8 chart for a ``steps``-step model whose calibrated τ is ``tau``."""
+    fine = {"static": (1,) * steps}
+    rows = [Method("fine-only", "fine-only", fine)]
+    rows += [Method(f"ddit tau={t:g}", "ddit rule", {"tau": t}) for t in sorted({tau / 2, tau, tau * 1.5})]
+    if steps == 28:
+        rows += [Method("coarse-first 14:2", "static", {"coarse_first": (14, 2)}),
+                 Method("ladder 0.575", "static", {"static": LADDER_575}),
+                 Method("ladder 0.551", "static", {"static": LADDER_551}),
+                 Method("ladder 0.503", "static", {"static": LADDER_503}),
+                 Method("ladder 2/6x4/16x2/4", "static", {"static": LADDER_44})]
+    for n in (3, 5, 8, 12):
+        rows.append(Method(f"taylor N={n}", "step cache (ours)", fine, {"mode": "taylor", "interval": n, "order": 1}))
+    rows.append(Method("taylor N=8 o2", "step cache (ours)", fine, {"mode": "taylor", "interval": 8, "order": 2}))
+    for thr in (0.05, 0.15):
+        rows.append(Method(f"taylor thr={thr:g}", "step cache (ours)", fine,
+                           {"mode": "taylor", "interval": 10, "order": 1, "threshold": thr}))
+    if steps == 28:
+        for n in (3, 5, 8):
+            rows.append(Method(f"ladder 0.575 + taylor N={n}", "ladder + cache", {"static": LADDER_575},
+                               {"mode": "taylor", "interval": n, "order": 1}))
+        rows.append(Method("ladder 2/6x4/16x2/4 + taylor N=6 w2", "ladder + cache", {"static": LADDER_44},
+                           {"mode": "taylor", "interval": 6, "order": 1, "warmup": 2}))
+        for k, n in ((14, 5), (14, 8), (18, 5)):  # the best stacks measured on flux-mini (docs/pareto-flux-mini.md)
+            rows.append(Method(f"coarse-first {k}:2 + taylor N={n}", "coarse-first + cache", {"coarse_first": (k, 2)},
+                               {"mode": "taylor", "interval": n, "order": 1}))
+    rows.append(Method(f"ddit tau={tau:g} + taylor N=5", "ddit rule + cache", {"tau": tau},
+                       {"mode": "taylor", "interval": 5, "order": 1}))
+    if peers:
+        rows += [Method("diffusers FBC 0.2", "diffusers FirstBlockCache", fine, peer={"kind": "fbc", "threshold": 0.2}),
+                 Method("diffusers FBC 0.4", "diffusers FirstBlockCache", fine, peer={"kind": "fbc", "threshold": 0.4}),
+                 Method("diffusers TaylorSeer N=5", "diffusers TaylorSeer", fine,
+                        peer={"kind": "taylorseer", "cache_interval": 5, "max_order": 1}),
+                 Method("diffusers MagCache 0.24", "diffusers MagCache", fine,
+                        peer={"kind": "magcache", "threshold": 0.24}),
+                 Method("diffusers PAB 2", "diffusers PAB", fine,
+                        peer={"kind": "pab", "spatial_attention_block_skip_range": 2,
+                              "spatial_attention_timestep_skip_range": (0, 1000)})]
+        if cache_dit:
+            rows += [Method(f"cache-dit DBCache F1B0 {r:g}", "cache-dit DBCache", fine,
+                            peer={"kind": "dbcache", "Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                                  "residual_diff_threshold": r}) for r in (0.2, 0.4)]
+    return rows
+
+
+# ---- running ------------------------------------------------------------------------------------------------
+class _Runner:
+    """Generates one row on one prompt with a backend that stays open for the row."""
+
+    def __init__(self, model, steps: int, calib_captions: list[str]):
+        self.model, self.steps, self.calib = model, steps, calib_captions
+        self.mag_ratios = None
+
+    def settings(self, m: Method, prompts):
+        from .api import build_settings
+
+        return build_settings(self.model, prompts=prompts, steps=self.steps, **m.generate,
+                              cache=m.cache if m.cache is not None else {"mode": "off"})
+
+    def backend(self, m: Method, base_backend):
+        if m.peer is None:
+            return base_backend
+        from .peers import PeerBackend
+
+        peer = dict(m.peer)
+        if peer["kind"] == "magcache" and "mag_ratios" not in peer:
+            peer["mag_ratios"] = self.magcache_ratios()
+        return PeerBackend(self.model.transformer, peer, self.steps)
+
+    def magcache_ratios(self):
+        """MagCache's calibration mode on calibration captions (not the evaluation ones), once per bench."""
+        if self.mag_ratios is None:
+            from .peers import PeerBackend, calibrate_magcache
+            from .runtime.generate import generate
+
+            be = PeerBackend(self.model.transformer, {"kind": "magcache", "calibrate": True}, self.steps)
+
+            def one(c):
+                def run():
+                    be.reset()
+                    generate(self.model, be, self.settings(Method("c", "c", {"static": (1,) * self.steps}), [c]),
+                             progress=False, decode=False)
+                return run
+
+            with be:
+                self.mag_ratios = calibrate_magcache(self.model, [one(c) for c in self.calib], self.steps)
+        return self.mag_ratios
+
+    def generate(self, m: Method, backend, prompt: str, noise):
+        from .runtime.generate import generate
+
+        if hasattr(backend, "reset"):
+            backend.reset()
+        return generate(self.model, backend, self.settings(m, [prompt]), progress=False, decode=False,
+                        latents=noise)
+
+
+def _counted_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        out = fn()
+    return float(fc.get_total_flops()), out
+
+
+def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
+    """Run the bench described by ``settings`` (a :class:`~.settings.ParetoSettings`); write md/json/png."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .models.registry import load_model
+    from .quality.detector import load_probe
+    from .quality.evaluate import _images, eval_scenes
+    from .quality.metrics import adherence, frechet_distance, psnr, ssim
+    from .runtime.backends.torch import TorchBackend
+    from .runtime.generate import initial_noise
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(settings.threads)
+    random.seed(0)
+    detector = load_probe()
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters)
+    steps = settings.steps or model.default_steps
+    methods = settings.methods or default_methods(steps, model.schedule_defaults.tau, peers=settings.peers,
+                                                  cache_dit=settings.cache_dit)
+    if methods[0].generate.get("static") != (1,) * steps or methods[0].cache or methods[0].peer:
+        raise ConfigError("the first method row must be fine-only (static all-1, no cache, no peer): the reference")
+    enc = model.extras.get("text_encoder")
+    max_words = getattr(getattr(enc, "config", None), "max_length", None)
+    scenes_ = eval_scenes(settings.n_prompts, "heldout", settings.prompt_seed, max_words)
+    captions = [s.caption for s in scenes_]
+    calib = [s.caption for s in eval_scenes(settings.calib_prompts, "train", settings.prompt_seed + 1, max_words)]
+    geom = model.geometry()
+    runner = _Runner(model, steps, calib)
+    for m in methods:
+        runner.settings(m, captions[:1])  # validate every row before the long run
+
+    # ---- quality: every row on every (prompt, seed) ----
+    n = len(captions)
+    rows = {m.name: dict(method=m, images=[], flops=[], sizes=[], kinds=[], seconds=0.0) for m in methods}
+    bar = tqdm(total=n * len(settings.seeds) * len(methods), desc="pareto quality", disable=not progress)
+    with TorchBackend(model.transformer) as base:
+        fine_counted = None
+        if any(m.peer for m in methods):  # the peers' reference: fine-only counted the same way
+            fine_counted, _ = _counted_flops(lambda: runner.generate(methods[0], base, captions[0],
+                                                                     initial_noise(geom, 1, settings.seeds[0])))
+        for seed in settings.seeds:
+            noise = initial_noise(geom, n, seed)
+            for m in methods:
+                r = rows[m.name]
+                be = runner.backend(m, base)
+                with be if be is not base else _nullctx():
+                    for i, c in enumerate(captions):
+                        t0 = time.perf_counter()
+                        if m.peer is not None:
+                            counted, res = _counted_flops(lambda: runner.generate(m, be, c, noise[i:i + 1]))
+                            r["flops"].append(counted / fine_counted)
+                        else:
+                            res = runner.generate(m, be, c, noise[i:i + 1])
+                            r["flops"].append(res.trace.flops_ratio)
+                        r["seconds"] += time.perf_counter() - t0
+                        r["images"].append(_images(model, res.latents, geom))
+                        r["sizes"].append("".join(map(str, res.trace.sizes)))
+                        r["kinds"].append("".join("c" if k == "cached" else "m" for k in res.trace.kinds))
+                        bar.update(1)
+    bar.close()
+    all_scenes = scenes_ * len(settings.seeds)
+    fine = rows[methods[0].name]
+    fine_imgs = np.concatenate(fine["images"])
+    fine_det = detector.detect(fine_imgs)
+    out_rows = []
+    for m in methods:
+        r = rows[m.name]
+        imgs = np.concatenate(r["images"])
+        det = detector.detect(imgs)
+        is_fine = m is methods[0]
+        p = None if is_fine else psnr(imgs, fine_imgs)
+        q = None if is_fine else ssim(imgs, fine_imgs)
+        out_rows.append(dict(
+            name=m.name, family=m.family, method=_method_dict(m),
+            compute_ratio=float(np.mean(r["flops"])), compute_source="flop counter" if m.peer else "trace",
+            cached_fraction=float(np.mean([k.count("c") / len(k) for k in r["kinds"]])),
+            coarse_fraction=float(np.mean([sum(s != "1" for s in z) / len(z) for z in r["sizes"]])),
+            psnr=None if p is None else float(p.mean()), psnr_min=None if p is None else float(p.min()),
+            ssim=None if q is None else float(q.mean()),
+            adherence=adherence(det, all_scenes).summary()["accuracy"],
+            fd_vs_fine=None if is_fine else frechet_distance(det.features, fine_det.features),
+            schedules=r["sizes"], kinds=r["kinds"]))
+    log(f"quality pass: {time.perf_counter() - t_start:.0f} s")
+
+    # ---- wall-clock ----
+    wall = captions[:settings.wall_prompts]
+    noise = initial_noise(geom, len(wall), settings.seeds[0])
+    with TorchBackend(model.transformer) as base:
+        torch_times = _wall(runner, methods, base, wall, noise, settings.repeats, log, "torch")
+    ort_times, bundle_note = {}, None
+    if settings.bundle:
+        from .runtime.bundle_model import open_bundle
+
+        bm, ort = open_bundle(settings.bundle, threads=settings.threads, backend="onnxruntime")
+        if bm.name != model.name:
+            raise ConfigError(f"bundle {settings.bundle} holds {bm.name!r}, not the benchmarked {model.name!r}")
+        ort_runner = _Runner(bm, steps, calib)
+        with ort:
+            ort_times = _wall(ort_runner, [m for m in methods if m.peer is None], ort, wall, noise,
+                              settings.repeats, log, "onnxruntime")
+    else:
+        bundle_note = "no bundle given: ONNX Runtime column skipped"
+    for row in out_rows:
+        for key, times in (("torch", torch_times), ("onnxruntime", ort_times)):
+            t, f = times.get(row["name"]), times.get(methods[0].name)
+            row[key] = None if t is None else dict(
+                median_s=statistics.median(t), min_s=min(t), max_s=max(t),
+                speedup=statistics.median(f) / statistics.median(t),
+                speedup_min=min(f) / max(t), speedup_max=max(f) / min(t))
+
+    report = dict(format="ddit-pareto/1", model=model.name, steps=steps, n_prompts=n, seeds=list(settings.seeds),
+                  wall_prompts=len(wall), repeats=settings.repeats, threads=settings.threads,
+                  bundle=settings.bundle, torch=torch.__version__, notes=[x for x in [bundle_note] if x],
+                  mag_ratios=runner.mag_ratios, rows=out_rows, prompts=captions,
+                  seconds=time.perf_counter() - t_start)
+    if settings.append:
+        try:
+            previous = json.loads(Path(settings.append).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read {settings.append}: {e}") from None
+        report = append_rows(report, previous)
+    report["files"] = write_report(report, Path(settings.out))
+    return report
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _wall(runner, methods, base, prompts, noise, repeats, log, what) -> dict:
+    """Per row: ``repeats`` sums over ``prompts`` of one-prompt generations, rows shuffled every round."""
+    times = {m.name: [] for m in methods}
+    backends = {m.name: runner.backend(m, base) for m in methods}
+    for m in methods:  # warm-up: first calls allocate
+        be = backends[m.name]
+        with be if be is not base else _nullctx():
+            runner.generate(m, be, prompts[0], noise[:1])
+    for rep in range(repeats):
+        for m in random.sample(methods, len(methods)):
+            be = backends[m.name]
+            with be if be is not base else _nullctx():
+                t0 = time.perf_counter()
+                for i, c in enumerate(prompts):
+                    runner.generate(m, be, c, noise[i:i + 1])
+                times[m.name].append(time.perf_counter() - t0)
+        log(f"wall-clock {what}: round {rep + 1}/{repeats}")
+    return times
+
+
+def _method_dict(m: Method) -> dict:
+    d = asdict(m)
+    d["generate"] = {k: list(v) if isinstance(v, tuple) else v for k, v in m.generate.items()}
+    return d
+
+
+# ---- the report ---------------------------------------------------------------------------------------------
+def _f(v, fmt):
+    return "–" if v is None else format(v, fmt)
+
+
+def _speed(s):
+    return "–" if s is None else f"{s['speedup']:.2f}x ({s['speedup_min']:.2f}–{s['speedup_max']:.2f})"
+
+
+def markdown(rep: dict) -> str:
+    lines = [f"# Pareto bench: {rep['model']}", "",
+             f"{rep['n_prompts']} held-out captions x {len(rep['seeds'])} seed(s), {rep['steps']} steps, one prompt "
+             f"per generation; wall-clock: {rep['wall_prompts']} prompts x {rep['repeats']} interleaved rounds, "
+             f"{rep['threads']} thread(s), median speed-up (min–max); torch {rep['torch']}.", "",
+             "| method | family | compute ratio | cached | coarse | PyTorch speed-up | ORT speed-up | PSNR dB | SSIM "
+             "| adherence | FD vs fine |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        lines.append(f"| {r['name']} | {r['family']} | {r['compute_ratio']:.3f} | {r['cached_fraction']:.0%} "
+                     f"| {r['coarse_fraction']:.0%} | {_speed(r['torch'])} | {_speed(r['onnxruntime'])} "
+                     f"| {_f(r['psnr'], '.1f')} | {_f(r['ssim'], '.3f')} | {r['adherence']:.1%} "
+                     f"| {_f(r['fd_vs_fine'], '.2f')} |")
+    lines += ["", "compute ratio: transformer FLOPs done / fine-only (project rows: from the trace, cached steps 0; "
+                  "diffusers/cache-dit rows: torch FlopCounterMode on the run). PSNR/SSIM/FD against fine-only on the "
+                  "same prompt and noise."]
+    if rep.get("notes"):
+        lines += ["", "Notes:"] + [f"- {x}" for x in rep["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _front(pts):
+    """Points (psnr, speed-up) not beaten on both axes by another point of the family, by PSNR."""
+    return sorted(p for p in pts if not any(q[0] >= p[0] and q[1] > p[1] or q[0] > p[0] and q[1] >= p[1]
+                                            for q in pts))
+
+
+def chart(rep: dict, path: Path) -> Path:
+    """Speed-up against PSNR vs fine-only, one colour per family: every row a marker, the family's Pareto front a
+    line. Panels: FLOP-bound (1 / compute ratio), PyTorch and ONNX Runtime wall-clock."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("flops", "FLOP-bound speed-up (1 / compute ratio)")]
+    panels += [(k, f"wall-clock speed-up, {'PyTorch' if k == 'torch' else 'ONNX Runtime'} (median)")
+               for k in ("torch", "onnxruntime") if any(r.get(k) for r in rep["rows"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
+    families = list(dict.fromkeys(r["family"] for r in rep["rows"] if r["psnr"] is not None))
+    colours = {f: plt.cm.tab10(i) if i < 10 else plt.cm.Dark2(i - 10) for i, f in enumerate(families)}
+    for ax, (key, label) in zip(axes[0], panels):
+        for fam in families:
+            pts = [(r["psnr"], 1 / r["compute_ratio"] if key == "flops" else r[key]["speedup"])
+                   for r in rep["rows"] if r["family"] == fam and r["psnr"] is not None
+                   and (key == "flops" or r.get(key))]
+            if not pts:
+                continue
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colours[fam], s=22, label=fam)
+            front = _front(pts)
+            ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colours[fam], lw=1.2)
+        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
+        ax.axvline(30.0, color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("PSNR vs fine-only (dB), 30 dB bar dashed")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{rep['model']}, {rep['steps']} steps, {rep['n_prompts']} held-out prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def append_rows(rep: dict, previous: dict) -> dict:
+    """``rep`` plus the rows of an earlier report that it does not have (same model, steps, prompts and seeds:
+    quality columns are comparable; each wall-clock speed-up stays the ratio measured within its own run)."""
+    same = ("model", "steps", "prompts", "seeds")
+    diff = [k for k in same if rep.get(k) != previous.get(k)]
+    if diff:
+        raise ConfigError(f"cannot append a report that differs in {', '.join(diff)}")
+    have = {r["name"] for r in rep["rows"]}
+    extra = [r for r in previous["rows"] if r["name"] not in have]
+    rep = dict(rep, rows=rep["rows"] + extra)
+    rep["notes"] = rep.get("notes", []) + previous.get("notes", []) + [
+        f"{len(extra)} row(s) from an earlier run of the same prompts and seeds (their wall-clock speed-ups are "
+        f"relative to that run's fine-only): {', '.join(r['name'] for r in extra)}"]
+    return rep
+
+
+def write_report(rep: dict, out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pareto.json").write_text(json.dumps(rep, indent=1, default=_json_default))
+    (out / "pareto.md").write_text(markdown(rep))
+    chart(rep, out / "pareto.png")
+    return [str(out / f) for f in ("pareto.json", "pareto.md", "pareto.png")]
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Method):
+        return _method_dict(o)
+    raise TypeError(type(o))

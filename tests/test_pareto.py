@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+
+from ddit_export.errors import ConfigError
+from ddit_export.pareto import Method, _counted_flops, _Runner, default_methods, ladder, run_pareto
+from ddit_export.runtime.backends.torch import TorchBackend
+from ddit_export.runtime.generate import initial_noise
+from ddit_export.settings import ParetoSettings
+
+STEPS = 12
+FINE = {"static": (1,) * STEPS}
+ROWS = (Method("fine-only", "fine-only", FINE),
+        Method("ladder", "static", {"static": ladder((3, 1), (3, 4), (4, 2), (2, 1))}),
+        Method("taylor N=3", "step cache (ours)", FINE, {"mode": "taylor", "interval": 3}),
+        Method("ladder + taylor N=3", "ladder + cache", {"static": ladder((3, 1), (3, 4), (4, 2), (2, 1))},
+               {"mode": "taylor", "interval": 3}),
+        Method("fbc", "diffusers FirstBlockCache", FINE, peer={"kind": "fbc", "threshold": 0.5}),
+        Method("magcache", "diffusers MagCache", FINE, peer={"kind": "magcache", "threshold": 0.5}))
+
+
+def test_bench_runs_end_to_end_on_tiny_and_writes_md_json_png(tmp_path, tiny_bundle):
+    s = ParetoSettings(model="tiny", n_prompts=2, wall_prompts=1, repeats=1, steps=STEPS, methods=ROWS,
+                       bundle=str(tiny_bundle), out=str(tmp_path / "p"))
+    rep = run_pareto(s, log=lambda *a: None, progress=False)
+    for f in ("pareto.json", "pareto.md", "pareto.png"):
+        assert (tmp_path / "p" / f).stat().st_size > 100
+    back = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    rows = {r["name"]: r for r in back["rows"]}
+    assert rows["fine-only"]["compute_ratio"] == 1.0 and rows["fine-only"]["psnr"] is None
+    assert rows["taylor N=3"]["cached_fraction"] > 0.3
+    assert rows["ladder + taylor N=3"]["compute_ratio"] < min(rows["ladder"]["compute_ratio"],
+                                                              rows["taylor N=3"]["compute_ratio"])
+    assert rows["taylor N=3"]["onnxruntime"]["speedup"] > 0 and rows["fbc"]["onnxruntime"] is None
+    assert len(back["mag_ratios"]) == STEPS  # MagCache ran its own calibration
+    assert all(len(k) == STEPS for k in rows["taylor N=3"]["kinds"])
+    md = (tmp_path / "p" / "pareto.md").read_text()
+    assert "| ladder + taylor N=3 |" in md
+
+
+def test_a_diffusers_peer_runs_on_the_tiny_model_inside_the_loop(tiny_model):
+    """FirstBlockCache on the trunk skips blocks inside fine-only steps: less counted work, close output."""
+    r = _Runner(tiny_model, STEPS, [tiny_model.default_prompt])
+    noise = initial_noise(tiny_model.geometry(), 1, 0)
+    with TorchBackend(tiny_model.transformer) as base:
+        fine_flops, fine = _counted_flops(lambda: r.generate(ROWS[0], base, tiny_model.default_prompt, noise))
+    peer = Method("fbc", "fbc", FINE, peer={"kind": "fbc", "threshold": 0.5})
+    be = r.backend(peer, None)
+    with be:
+        runs = [_counted_flops(lambda: r.generate(peer, be, tiny_model.default_prompt, noise)) for _ in range(2)]
+    (f1, a), (f2, b) = runs
+    assert f1 < 0.95 * fine_flops and f1 == f2  # skipped work; reset between generations: same decisions
+    assert torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.latents, fine.latents)
+    assert float((a.latents - fine.latents).abs().mean()) < 0.5 * float(fine.latents.abs().mean())
+    with TorchBackend(tiny_model.transformer) as base:  # hooks gone after the row
+        _, again = _counted_flops(lambda: r.generate(ROWS[0], base, tiny_model.default_prompt, noise))
+    assert torch.equal(again.latents, fine.latents)
+
+
+def test_first_row_must_be_fine_only(tmp_path):
+    s = ParetoSettings(model="tiny", n_prompts=2, wall_prompts=1, repeats=1, steps=STEPS, methods=ROWS[1:],
+                       out=str(tmp_path))
+    with pytest.raises(ConfigError, match="fine-only"):
+        run_pareto(s, log=lambda *a: None, progress=False)
+
+
+def test_default_rows_are_valid_settings(tiny_model):
+    r = _Runner(tiny_model, 28, [])
+    rows = default_methods(28, 0.002)
+    assert rows[0].name == "fine-only" and {"ladder + cache", "diffusers MagCache"} <= {m.family for m in rows}
+    for m in rows:
+        r.settings(m, ["a red circle"])
+    assert Method.from_dict({"name": "x", "generate": {"static": [1, 2]}}).generate == {"static": (1, 2)}
+
+
+def test_replay_times_recorded_plans(tmp_path, tiny_model):
+    from ddit_export.pareto_replay import load_plans, replay_report
+
+    rows = [dict(name="fine-only", family="fine-only", method={"peer": None}, schedules=["1" * STEPS],
+                 kinds=["m" * STEPS]),
+            dict(name="stack", family="s", method={"peer": None}, schedules=["111444222211"],
+                 kinds=["mmmcmcmcmcmm"]),
+            dict(name="peer", family="p", method={"peer": {"kind": "fbc"}}, schedules=["1" * STEPS],
+                 kinds=["m" * STEPS])]
+    (tmp_path / "pareto.json").write_text(json.dumps({"format": "ddit-pareto/1", "rows": rows}))
+    plans, notes = load_plans(tmp_path / "pareto.json", 4)
+    assert [p["name"] for p in plans] == ["fine-only", "stack"] and "peer" in notes[0]
+    res = replay_report(tmp_path / "pareto.json", model="tiny", repeats=1, prompts=1, log=lambda *a: None)
+    stack = res["rows"][1]
+    assert stack["flop_bound"] > 2 and stack["speedup"] > 0
+    assert (tmp_path / "replay-tiny.md").is_file()
+
+
+def test_append_keeps_earlier_rows_of_the_same_prompts_only():
+    from ddit_export.pareto import append_rows
+
+    base = dict(model="m", steps=28, prompts=["a"], seeds=[0], notes=[], rows=[{"name": "fine-only"}, {"name": "x"}])
+    old = dict(model="m", steps=28, prompts=["a"], seeds=[0], rows=[{"name": "fine-only"}, {"name": "y"}])
+    merged = append_rows(base, old)
+    assert [r["name"] for r in merged["rows"]] == ["fine-only", "x", "y"] and "y" in merged["notes"][-1]
+    with pytest.raises(ConfigError, match="prompts"):
+        append_rows(base, dict(old, prompts=["b"]))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["bench", "--pareto", "o", "--replay", "r.json"], "not both"),
+    (["bench", "--model", "tiny", "--pareto", "o", "--n-prompts", "1"], "n_prompts"),
+    (["bench", "--model", "tiny", "--replay", "missing.json"], "cannot read"),
+    (["generate", "--model", "tiny", "--cache", "taylor", "--cache-interval", "0"], "cache interval"),
+])
+def test_bad_bench_and_cache_options_end_in_one_error_line(args, msg, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and msg in r.output, r.output
