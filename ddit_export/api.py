@@ -1,19 +1,26 @@
 """The Python API behind the CLI commands: plain functions taking plain values, returning results."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import DEFAULT_SIZES, GenerateSettings, ScheduleSettings
+from .settings import DEFAULT_SIZES, GenerateSettings, parse_policy
 
 
 def build_settings(model, *, prompts=(), seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
-                   eps=None, warmup=None, window=None, static=None, coarse_first=None) -> GenerateSettings:
-    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up) filled in."""
-    base = model.schedule_defaults
-    sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
-                             warmup=base.warmup if warmup is None else warmup,
-                             window=base.window if window is None else window)
+                   eps=None, warmup=None, window=None, static=None, coarse_first=None, policy=None,
+                   schedule=None) -> GenerateSettings:
+    """GenerateSettings with the model's defaults (steps, size, calibrated schedule profile) filled in.
+    ``policy``: a ``NAME[:KNOB=VALUE,...]`` spec over the model's profile; ``schedule``: a whole ScheduleSettings
+    instead of the profile; ``tau``/``eps``/``warmup``/``window`` override the rule's knobs (and, without ``policy``, select the rule)."""
+    sched = schedule if schedule is not None else model.schedule_defaults
+    if policy is not None:
+        sched = parse_policy(policy, sched)
+    over = {k: v for k, v in dict(tau=tau, eps=eps, warmup=warmup, window=window).items() if v is not None}
+    if over and policy is None and static is None and coarse_first is None:
+        over["policy"] = "ddit"  # a DDiT knob asks for the rule, whatever policy the profile names
+    sched = dataclasses.replace(sched, **over)
     return GenerateSettings(prompts=tuple(prompts) or (model.default_prompt,), seed=seed,
                             steps=steps or model.default_steps, height=height, width=width, guidance=guidance,
                             schedule=sched, static=static, coarse_first=coarse_first)

@@ -60,6 +60,9 @@ def model_options(f):
 @click.option("--warmup", type=int, help="Fine steps before the rule decides (>= 3).")
 @click.option("--window", type=click.Choice(["any", "same-size"]),
               help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
+@click.option("--policy", help="Schedule policy and knobs, NAME[:KNOB=VALUE,...]: ddit (the paper's rule; knobs "
+                                "tau, eps, warmup, window), ladder (static: head fine, n4 at size 4, size 2, tail "
+                                "fine), probe (adaptive). Default: the model's calibrated profile.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
 @click.option("--out", type=click.Path(), default="out/image.png", show_default=True,
@@ -74,17 +77,21 @@ def model_options(f):
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--device", default="cpu", show_default=True)
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, device):
+             window, policy, static, coarse_first, out, trace, bundle, backend, fallback_ort, threads, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
+    from .settings import ScheduleSettings, policy_spec
 
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
-                       warmup=warmup, window=window, static=_ints(static, "--schedule"),
+                       warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),
                        coarse_first=_coarse(coarse_first))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, **settings_kw)
     t = result.trace
+    sched = t.settings["generate"]["schedule"]
+    if t.settings["generate"]["static"] is None and t.settings["generate"]["coarse_first"] is None:
+        click.echo(f"policy {policy_spec(ScheduleSettings(**sched))}")
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
     click.echo(f"coarse steps {t.coarse_fraction:.0%}, FLOPs x{t.flops_ratio:.3f} of fine-only")
     for p in paths:

@@ -74,12 +74,16 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     trace = Trace(model.name, geom.grid, {"generate": _jsonable(settings), "sizes": list(sizes)},
                   fine_flops_per_step=step_flops(cfg, geom.tokens(1), text_tokens, 1, batch=b))
     history: deque = deque(maxlen=4)
+    observe = getattr(policy, "observe", None)
     for i, t in enumerate(tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False)):
         history.append(x.detach().float().cpu().numpy())
         decision = policy.decide(i, history)
         k = decision.size
         t0 = time.perf_counter()
         v = backend.run(k, x, cond, (t / 1000).expand(b).to(device), guidance, geom.grid)
+        if observe is not None:  # policies that read more than the latent history (schedule/probe.py)
+            observe(i, history[-1], v.detach().float().cpu().numpy(), float(sched.sigmas[i]),
+                    float(sched.sigmas[i + 1]))
         x = sched.step(v.to(x.dtype), t, x, return_dict=False)[0]
         trace.steps.append(StepRecord(i, float(t / 1000), k, decision.reason, geom.tokens(k),
                                       float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)),
