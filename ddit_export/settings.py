@@ -349,6 +349,7 @@ class CalibrateSettings:
     work: str | None = None  # default runs/calibrate-<model>
     profile: str | None = None  # default calibration/<model>.json
     write: bool = True
+    oracle: float | None = None  # also search the per-prompt oracle at this FLOP budget (quality/policies.py)
 
     def __post_init__(self):
         knob, values = self.sweep

@@ -24,12 +24,15 @@ import click
 @click.option("--steps", type=int, help="Denoising steps (default: the model's).")
 @click.option("--work", type=click.Path(), help="Sweep folder, resumed if present (default runs/calibrate-<model>).")
 @click.option("--profile", type=click.Path(), help="Profile JSON (default calibration/<model>.json).")
+@click.option("--oracle", type=float, help="Also search the per-prompt oracle (best ladder per prompt by PSNR) at "
+                                          "this FLOP budget, e.g. 0.5; kept in the work folder.")
 @click.option("--dry-run", is_flag=True, help="Measure and choose, write nothing.")
 @click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, policy, sweep, target_speedup,
-            max_quality_drop, min_psnr, seed, steps, work, profile, dry_run, threads, quiet):
+            max_quality_drop, min_psnr, seed, steps, work, profile, oracle, dry_run, threads,
+            quiet):
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
 
@@ -46,7 +49,7 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
                                  n_prompts=n_prompts, seed=seed, steps=steps, target_speedup=target_speedup,
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
-                                 write=not dry_run)
+                                 write=not dry_run, oracle=oracle)
     try:
         prof = calibrate(settings, command="ddit-export " + " ".join(sys.argv[1:]), progress=not quiet,
                          log=click.echo)

@@ -179,6 +179,11 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
     t0 = time.perf_counter()
     with backend:
         fine, rows = run_sweep(settings, model, backend, scenes_, work=work, progress=progress, log=log)
+        oracle = None
+        if settings.oracle is not None:
+            oracle = _oracle(settings, model, backend, scenes_, work, progress)
+            log(f"oracle at FLOP budget {settings.oracle:g}: {oracle['oracle']['psnr']:.2f} dB; best static "
+                f"{oracle['best_static']['sizes']}: {oracle['best_static']['psnr']:.2f} dB")
     log(table(fine, rows))
     chosen = choose(rows, settings)
     profile = dict(format=PROFILE_FORMAT, model=model.name, policy=chosen["key"], schedule=chosen["schedule"],
@@ -189,7 +194,7 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
                    prompts=settings.prompts, n_prompts=len(scenes_), seed=settings.seed, command=command,
                    date=time.strftime("%Y-%m-%d", time.gmtime()),
                    sweep=[{k: v for k, v in r.items() if k not in ("sizes", "schedule")} for r in rows],
-                   sweep_seconds=time.perf_counter() - t0)
+                   sweep_seconds=time.perf_counter() - t0, oracle=oracle)
     if settings.write:
         path = Path(settings.profile or f"calibration/{model.name}.json")
         write_json_atomic(path, profile)
@@ -199,6 +204,20 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
                                   {k: profile[k] for k in ("policy", "measured", "command", "date")})
             profile["written"].append(str(Path(settings.bundle) / "manifest.json"))
     return profile
+
+
+def _oracle(settings, model, backend, scenes_, work: Path, progress: bool) -> dict:
+    """The per-prompt oracle on the same prompts (kept in ``work/oracle-<budget>.json``: computed once)."""
+    from .policies import PolicyRunner, search_oracle
+
+    path = work / f"oracle-{settings.oracle:g}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps)
+    runner.fine_images = np.load(work / "fine.npz")["images"]
+    res = search_oracle(runner, settings.oracle, progress=progress)
+    write_json_atomic(path, res)
+    return res
 
 
 def table(fine: dict, rows: list[dict]) -> str:

@@ -87,3 +87,50 @@ class PolicyRunner:
             raise RuntimeError("run fine() first")
         return dict(psnr=psnr(images, self.fine_images), ssim=ssim(images, self.fine_images),
                     adherence=self.object_accuracy(images))
+
+
+def step_costs(model, steps: int | None = None) -> dict:
+    """FLOPs of one step at each available size over a fine step's (flops.py), for this model and prompt length."""
+    from ..flops import step_flops
+
+    geom = model.geometry()
+    text = model.encode([model.default_prompt]).states.shape[1]
+    cfg, rank = model.transformer_config, model.lora_rank
+    fine = step_flops(cfg, geom.tokens(1), text, 1)
+    return {k: step_flops(cfg, geom.tokens(1), text, k, rank) / fine for k in geom.available_sizes((1, 2, 4))}
+
+
+def search_oracle(runner: PolicyRunner, budget: float, *, progress: bool = True) -> dict:
+    """The per-prompt oracle over monotone ladders at ``budget`` (schedule/oracle.py), scored by PSNR vs fine-only;
+    each candidate runs batched over all prompts. Returns the oracle's and the best static schedule's numbers."""
+    from tqdm.auto import tqdm
+
+    from ..schedule.oracle import ladder_family, oracle_search
+
+    if runner.fine_images is None:
+        runner.fine(batch=True)
+    cands = ladder_family(runner.steps, step_costs(runner.model), budget)
+    if not cands:
+        raise ConfigError(f"no ladder schedule spends a FLOP budget of {budget:g}")
+    bar = tqdm(total=len(cands), desc="oracle", unit="schedule", disable=not progress)
+    per = {}
+
+    def score(sizes):
+        r = runner.generate(static=sizes, batch=True)
+        per[sizes] = dict(runner.score(r["images"]), flops=float(np.mean(r["flops"])))
+        bar.update(1)
+        return per[sizes]["psnr"]
+
+    res = oracle_search(cands, score)
+    bar.close()
+    idx = np.arange(len(runner.scenes))
+
+    def summary(pick):
+        return {m: float(np.mean([per[res.candidates[c]][m][i] for i, c in zip(idx, pick)]))
+                for m in ("psnr", "ssim", "adherence")} | {
+            "flops_ratio": float(np.mean([per[res.candidates[c]]["flops"] for c in pick]))}
+
+    static = res.best_static
+    return dict(budget=budget, candidates=len(cands), oracle=summary(res.best),
+                best_static=dict(summary([static] * len(idx)), sizes="".join(map(str, res.candidates[static]))),
+                per_prompt=["".join(map(str, s)) for s in res.per_prompt])
