@@ -59,13 +59,13 @@ class ScheduleSettings:
 
 def parse_policy(spec: str, base: ScheduleSettings | None = None) -> ScheduleSettings:
     """``NAME[:KNOB=VALUE,...]`` (e.g. ``ladder:n4=4,tail=6``, ``ddit:tau=0.002``) -> ScheduleSettings. Knobs not
-    given come from ``base`` when it is the same policy, else from the defaults."""
+    given come from ``base`` (a profile keeps every policy's knobs, e.g. the rule's calibrated τ under a ladder)."""
     import dataclasses
 
     name, _, rest = spec.strip().partition(":")
     if name not in POLICIES:
         raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
-    base = base if base is not None and base.policy == name else ScheduleSettings(policy=name)
+    base = ScheduleSettings() if base is None else base
     types = {f.name: f.type for f in dataclasses.fields(ScheduleSettings)}
     knobs = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
@@ -77,7 +77,7 @@ def parse_policy(spec: str, base: ScheduleSettings | None = None) -> ScheduleSet
             knobs[key] = {"float": float, "int": int}.get(types[key], str)(value)
         except ValueError:
             raise ConfigError(f"policy {spec!r}: {key} must be a {types[key]}, got {value!r}") from None
-    return dataclasses.replace(base, **knobs)
+    return dataclasses.replace(base, policy=name, **knobs)
 
 
 def policy_spec(s: ScheduleSettings) -> str:

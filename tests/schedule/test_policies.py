@@ -86,6 +86,7 @@ def test_policy_spec_round_trip_and_errors():
     assert parse_policy(policy_spec(p)) == p and p.detail == 0.2
     base = ScheduleSettings(tau=0.002)
     assert parse_policy("ddit:eps=0.3", base).tau == 0.002  # knobs not given come from the profile
+    assert parse_policy("ladder:tail=9", base).tau == 0.002  # ... of whatever policy it names
     for bad in ("ladder:tail", "ladder:foo=1", "ladder:tail=x", "magic"):
         with pytest.raises(ConfigError):
             parse_policy(bad)
