@@ -58,13 +58,13 @@ def _append(path: Path, row: dict):
         os.fsync(f.fileno())
 
 
-def _row(key: str, sched: ScheduleSettings | None, run: dict, scores: dict | None, fine: dict | None) -> dict:
+def _row(key: str, sched: ScheduleSettings | None, run: dict, scores: dict | None, fine: dict | None,
+         adherence: float) -> dict:
     row = dict(key=key, schedule=None if sched is None else dataclasses.asdict(sched),
                coarse_fraction=float(np.mean(run["coarse"])), flops_ratio=float(np.mean(run["flops"])),
-               seconds=run["seconds"], sizes=run["sizes"])
+               seconds=run["seconds"], sizes=run["sizes"], adherence=adherence)
     if scores is not None:
         row.update(psnr=float(scores["psnr"].mean()), ssim=float(scores["ssim"].mean()),
-                   adherence=float(scores["adherence"].mean()),
                    speedup_measured=fine["seconds"] / run["seconds"], speedup_flops=1.0 / row["flops_ratio"])
         row["adherence_drop"] = 100.0 * (fine["adherence"] - row["adherence"])
     return row
@@ -99,8 +99,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     else:
         r = runner.fine()
         np.savez(fine_npz, images=r["images"])
-        fine = _row("fine", None, r, None, None)
-        fine["adherence"] = float(runner.object_accuracy(r["images"]).mean())
+        fine = _row("fine", None, r, None, None, runner.adherence(r["images"]))
         _append(rows_path, fine)
     todo = [s for s in grid if policy_spec(s) not in done]
     if len(todo) < len(grid):
@@ -111,7 +110,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
         key = policy_spec(s)
         bar.set_postfix_str(key)
         r = runner.generate(s)
-        row = _row(key, s, r, runner.score(r["images"]), fine)
+        row = _row(key, s, r, runner.score(r["images"]), fine, runner.adherence(r["images"]))
         _append(rows_path, row)
         done[key] = row
         bar.update(1)
@@ -160,8 +159,6 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict)
 def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool = True, log=print) -> dict:
     """Run the sweep, choose, write the profile. Returns the profile; raises :class:`Unreachable` (after the sweep,
     with every row kept in the work folder) when no setting meets the target."""
-    import torch  # noqa: F401  (the backends need it loaded)
-
     from .policies import read_prompts
 
     scenes_ = read_prompts(settings.prompts)[:settings.n_prompts]

@@ -79,8 +79,14 @@ class PolicyRunner:
         np.add.at(ok, a.image_of_object, a.object_ok)
         return ok / np.maximum(np.bincount(a.image_of_object, minlength=len(images)), 1)
 
+    def adherence(self, images) -> float:
+        """Prompt adherence as ``evaluate`` reports it: the fraction of all prompted objects found right."""
+        from .metrics import adherence
+
+        return adherence(self.detector.detect(images), self.scenes).summary()["accuracy"]
+
     def score(self, images) -> dict:
-        """Per-image PSNR, SSIM (vs fine-only) and adherence, as arrays."""
+        """Per-image PSNR, SSIM (vs fine-only) and object accuracy, as arrays."""
         from .metrics import psnr, ssim
 
         if self.fine_images is None:
