@@ -570,7 +570,8 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
                 if "static" in sc:
                     continue
                 extra = {"window": sc["window"]} if hasattr(base, "window") else {}
-                gs = GenerateSettings(**one, schedule=dataclasses.replace(base, tau=sc["tau"], **extra))
+                gs = GenerateSettings(**one, schedule=dataclasses.replace(base, policy="ddit", tau=sc["tau"],
+                                                                          **extra))
                 r = generate(loaded, backend, gs, progress=False, latents=noise[i:i + 1])
                 res[name]["psnr"].append(psnr(ref[i], r.images[0]))
                 res[name]["coarse"].append(r.trace.coarse_fraction)

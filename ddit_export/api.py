@@ -1,28 +1,34 @@
 """The Python API behind the CLI commands: plain functions taking plain values, returning results."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from .errors import ConfigError
 from .fsutil import write_file_atomic
-from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, ScheduleSettings, check_sizes
+from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, check_sizes, parse_policy
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
-                   eps=None, warmup=None, window=None, static=None, coarse_first=None,
-                   sizes=None, cache: dict | CacheSettings | None = None) -> GenerateSettings:
-    """GenerateSettings with the model's defaults (steps, size, calibrated τ/ε/warm-up, cache profile) filled in.
-    ``prompts``: None for the model's default prompt, one str, or a non-empty sequence of str. Only None means
-    "the default": 0 steps or 0 pixels are errors, not defaults. ``cache``: a CacheSettings, or a dict of fields
-    overriding the model's (a bundle manifest's) cache profile."""
-    base = model.schedule_defaults
-    sched = ScheduleSettings(tau=base.tau if tau is None else tau, eps=base.eps if eps is None else eps,
-                             warmup=base.warmup if warmup is None else warmup,
-                             window=base.window if window is None else window)
+                   eps=None, warmup=None, window=None, static=None, coarse_first=None, policy=None,
+                   schedule=None, sizes=None, cache: dict | CacheSettings | None = None) -> GenerateSettings:
+    """GenerateSettings with the model's defaults (steps, size, calibrated schedule profile, cache profile) filled
+    in. ``prompts``: None for the model's default prompt, one str, or a non-empty sequence of str. Only None means
+    "the default": 0 steps or 0 pixels are errors, not defaults. ``policy``: a ``NAME[:KNOB=VALUE,...]`` spec over
+    the model's profile; ``schedule``: a whole ScheduleSettings instead of the profile; ``tau``/``eps``/``warmup``/
+    ``window`` override the rule's knobs (and, without ``policy``, select the rule). ``cache``: a CacheSettings, or
+    a dict of fields overriding the model's (a bundle manifest's) cache profile."""
+    sched = schedule if schedule is not None else model.schedule_defaults
+    if policy is not None:
+        sched = parse_policy(policy, sched)
+    over = {k: v for k, v in dict(tau=tau, eps=eps, warmup=warmup, window=window).items() if v is not None}
+    if over and policy is None and static is None and coarse_first is None:
+        over["policy"] = "ddit"  # a DDiT knob asks for the rule, whatever policy the profile names
+    sched = dataclasses.replace(sched, **over)
     return GenerateSettings(prompts=_prompts(prompts, model.default_prompt), seed=seed,
                             steps=model.default_steps if steps is None else steps, height=height, width=width,
                             guidance=guidance, schedule=sched, static=static, coarse_first=coarse_first,

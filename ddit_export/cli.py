@@ -79,6 +79,9 @@ def cache_options(f):
 @click.option("--warmup", type=int, help="Fine steps before the rule decides (>= 3).")
 @click.option("--window", type=click.Choice(["any", "same-size"]),
               help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
+@click.option("--policy", help="Schedule policy and knobs, NAME[:KNOB=VALUE,...]: ddit (the paper's rule; knobs "
+                                "tau, eps, warmup, window), ladder (static: head fine, n4 at size 4, size 2, tail "
+                                "fine), probe (adaptive). Default: the model's calibrated profile.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
 @cache_options
@@ -98,13 +101,14 @@ def cache_options(f):
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
                                                                  "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, static, coarse_first, cache, cache_interval, cache_order, cache_warmup, cache_tail,
+             window, policy, static, coarse_first, cache, cache_interval, cache_order, cache_warmup, cache_tail,
              cache_threshold, out, trace, bundle, backend, fallback_ort, threads, memory, device):
     """Generate images with dynamic patch scheduling and write the schedule trace."""
     from .api import generate_images
+    from .settings import ScheduleSettings, policy_spec
 
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
-                       warmup=warmup, window=window, static=_ints(static, "--schedule"),
+                       warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),
                        coarse_first=_coarse(coarse_first),
                        cache=dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup,
                                   tail=cache_tail, threshold=cache_threshold))
@@ -113,6 +117,9 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                                     threads=threads, backend=backend, fallback=fallback_ort, memory=memory,
                                     **settings_kw)
     t = result.trace
+    sched = t.settings["generate"]["schedule"]
+    if t.settings["generate"]["static"] is None and t.settings["generate"]["coarse_first"] is None:
+        click.echo(f"policy {policy_spec(ScheduleSettings(**sched))}")
     click.echo(f"sizes per step: {','.join(map(str, t.sizes))}")
     if t.cached_fraction:
         click.echo(f"steps per kind: {''.join('c' if k == 'cached' else 'm' for k in t.kinds)} (m: model, c: cached)")

@@ -15,12 +15,20 @@ MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 a
 DEFAULT_WARMUP = 3
 DEFAULT_LORA_RANK = 32
 WINDOWS = ("any", "same-size")
+#: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
+#: coarse-to-fine family, "probe" the adaptive policy.
+POLICIES = ("ddit", "ladder", "probe")
+PROBE_KNOBS = ("head", "n4", "tail", "extra", "detail")
 
 
 @dataclass(frozen=True)
 class ScheduleSettings:
-    """The DDiT rule: third-order latent difference, per-patch std, eps-percentile, threshold tau."""
+    """Which schedule policy decides the patch size per step, and its knobs (one set per policy; the others are
+    ignored). ``ddit``: the paper's rule (third-order latent difference, per-patch std, eps-percentile, threshold
+    tau). ``ladder``: ``head`` fine steps, ``n4`` at size 4, size 2 until the last ``tail`` steps, which run fine.
+    ``probe``: see schedule/probe.py."""
 
+    policy: str = "ddit"
     tau: float = DEFAULT_TAU
     eps: float = DEFAULT_EPS
     warmup: int = DEFAULT_WARMUP
@@ -28,8 +36,18 @@ class ScheduleSettings:
     # one size, else keep the current size; a coarse step changes the latents' third difference for the next
     # three steps, which with "any" locks the rule into three fine steps per coarse one (see calibration/).
     window: str = "any"
+    head: int = 0  # ladder/probe: fine steps first
+    n4: int = 0  # ladder/probe: steps at size 4 after the head
+    tail: int = 4  # ladder: fine steps at the end; probe: the fewest fine steps at the end
+    extra: int = 4  # probe: more fine steps at the end for a prompt whose detail signal exceeds ``detail``
+    detail: float = 0.15  # probe: threshold on the predicted clean sample's within-patch std after the head
 
     def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        bad = [n for n in ("head", "n4", "tail", "extra") if getattr(self, n) < 0]
+        if bad:
+            raise ConfigError(f"schedule knob(s) {', '.join(bad)} must be >= 0")
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ConfigError(f"tau must be > 0 and finite, got {self.tau}")
         if not 0 < self.eps < 1:
@@ -42,6 +60,37 @@ class ScheduleSettings:
 
 
 MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)
+
+
+def parse_policy(spec: str, base: ScheduleSettings | None = None) -> ScheduleSettings:
+    """``NAME[:KNOB=VALUE,...]`` (e.g. ``ladder:n4=4,tail=6``, ``ddit:tau=0.002``) -> ScheduleSettings. Knobs not
+    given come from ``base`` (a profile keeps every policy's knobs, e.g. the rule's calibrated τ under a ladder)."""
+    import dataclasses
+
+    name, _, rest = spec.strip().partition(":")
+    if name not in POLICIES:
+        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
+    base = ScheduleSettings() if base is None else base
+    types = {f.name: f.type for f in dataclasses.fields(ScheduleSettings)}
+    knobs = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key not in types or key == "policy":
+            raise ConfigError(f"policy {spec!r}: {item!r} is not KNOB=VALUE with a knob of "
+                              f"{', '.join(k for k in types if k != 'policy')}")
+        try:
+            knobs[key] = {"float": float, "int": int}.get(types[key], str)(value)
+        except ValueError:
+            raise ConfigError(f"policy {spec!r}: {key} must be a {types[key]}, got {value!r}") from None
+    return dataclasses.replace(base, policy=name, **knobs)
+
+
+def policy_spec(s: ScheduleSettings) -> str:
+    """The short ``NAME:KNOB=VALUE,...`` form of a policy's own knobs (inverse of :func:`parse_policy`)."""
+    knobs = {"ddit": ("tau", "eps", "warmup", "window"), "ladder": ("head", "n4", "tail")}.get(s.policy)
+    knobs = knobs if knobs is not None else PROBE_KNOBS
+    return f"{s.policy}:" + ",".join(f"{k}={getattr(s, k):g}" if isinstance(getattr(s, k), float)
+                                     else f"{k}={getattr(s, k)}" for k in knobs)
 
 
 def check_sizes(sizes) -> tuple[int, ...]:
@@ -168,9 +217,15 @@ class GenerateSettings:
             raise ConfigError(f"guidance must be a finite number, got {self.guidance}")
         if self.sizes is not None:
             object.__setattr__(self, "sizes", check_sizes(self.sizes))
-        if self.static is None and self.coarse_first is None and self.steps < self.schedule.warmup + 1:
+        dynamic = self.static is None and self.coarse_first is None
+        if dynamic and self.schedule.policy == "ddit" and self.steps < self.schedule.warmup + 1:
             raise ConfigError(f"steps ({self.steps}) must be at least warmup + 1 ({self.schedule.warmup + 1}) "
                               f"for the dynamic schedule to decide anything")
+        sc = self.schedule
+        longest = sc.tail + (sc.extra if sc.policy == "probe" else 0)
+        if dynamic and sc.policy != "ddit" and sc.head + sc.n4 + longest > self.steps:
+            raise ConfigError(f"{sc.policy} schedule: head {sc.head} + n4 {sc.n4} + tail {longest} exceed the "
+                              f"{self.steps} steps")
         if self.static is not None and self.coarse_first is not None:
             raise ConfigError("give either a static schedule or coarse-first, not both")
         if self.static is not None and len(self.static) != self.steps:
@@ -331,8 +386,11 @@ class EvalSettings:
     batch: int = 16  # prompts per batched fine-only run (DDiT runs one prompt at a time: per-prompt decisions)
     out: str = "runs/eval"
     min_base_adherence: float = 0.9
+    policies: tuple[str, ...] = ()  # schedule policies to evaluate besides the rule, NAME[:KNOB=VALUE,...] each
 
     def __post_init__(self):
+        for p in self.policies:
+            parse_policy(p)
         if self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
         if not self.seeds:
@@ -351,6 +409,7 @@ class EvalSettings:
         if self.adapted is False and self.adapters is not None:
             raise ConfigError("an adapters file was given but the adapted variant is switched off")
         object.__setattr__(self, "taus", tuple(dict.fromkeys(float(t) for t in self.taus)))
+        object.__setattr__(self, "policies", tuple(self.policies))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
 
@@ -386,3 +445,42 @@ class ParetoSettings:
             raise ConfigError(f"bench --pareto: invalid {', '.join(bad)}")
         if self.wall_prompts > self.n_prompts:
             raise ConfigError(f"--wall-prompts ({self.wall_prompts}) must be <= --n-prompts ({self.n_prompts})")
+
+
+@dataclass(frozen=True)
+class CalibrateSettings:
+    """One ``ddit-export calibrate``: sweep one knob of a schedule policy on a calibration prompt set, measure each
+    setting against fine-only, and choose the operating point: the fewest FLOPs that keep PSNR >= ``min_psnr`` and
+    adherence within ``max_quality_drop`` points of fine-only; with ``target_speedup``, the best PSNR among the
+    settings that also reach that FLOP-ratio speed-up (1 / FLOP ratio)."""
+
+    prompts: str  # a calibration prompt file (one scene caption a line)
+    sweep: tuple  # (knob, (value, ...))
+    model: str = "flux-mini"
+    weights: str | None = None
+    adapters: str | None = None
+    bundle: str | None = None
+    policy: str | None = None  # NAME[:KNOB=VALUE,...] the sweep starts from; None: the model's profile
+    n_prompts: int | None = None  # None: every prompt of the file
+    seed: int = 0
+    steps: int | None = None
+    target_speedup: float | None = None
+    max_quality_drop: float = 2.0  # adherence points (of 100) below fine-only
+    min_psnr: float = 30.0
+    work: str | None = None  # default runs/calibrate-<model>
+    profile: str | None = None  # default calibration/<model>.json
+    write: bool = True
+    oracle: float | None = None  # also search the per-prompt oracle at this FLOP budget (quality/policies.py)
+
+    def __post_init__(self):
+        knob, values = self.sweep
+        if knob == "policy" or knob not in {f.name for f in ScheduleSettings.__dataclass_fields__.values()}:
+            raise ConfigError(f"--sweep: unknown knob {knob!r}")
+        if not values:
+            raise ConfigError("--sweep needs at least one value")
+        if self.target_speedup is not None and not self.target_speedup > 0:
+            raise ConfigError(f"target speed-up must be > 0, got {self.target_speedup}")
+        if self.max_quality_drop < 0:
+            raise ConfigError(f"max quality drop must be >= 0, got {self.max_quality_drop}")
+        if self.n_prompts is not None and self.n_prompts < 1:
+            raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")

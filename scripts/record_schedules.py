@@ -24,7 +24,8 @@ _, captions, _ = make_batch(1234, a.n, "heldout")
 schedules = []
 with TorchBackend(model.transformer) as backend:
     for i, caption in enumerate(captions):
-        r = generate(model, backend, build_settings(model, prompts=[caption], seed=i, tau=a.tau), progress=False)
+        r = generate(model, backend, build_settings(model, prompts=[caption], seed=i, tau=a.tau,
+                                                          policy="ddit"), progress=False)
         schedules.append(r.trace.sizes)
 tau = a.tau if a.tau is not None else model.schedule_defaults.tau
 json.dump({"source": f"flux-mini with its adapters, DDiT rule tau={tau}, {a.n} held-out captions, 28 steps "

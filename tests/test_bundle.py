@@ -6,6 +6,7 @@ import pytest
 from ddit_export.bundle import FORMAT_VERSION, load, read_manifest
 from ddit_export.errors import BundleError
 from ddit_export.runtime.backends.onnxruntime import OrtBundleBackend
+from ddit_export.settings import ScheduleSettings
 
 
 def edit_manifest(folder, fn):
@@ -19,7 +20,9 @@ def test_manifest_roundtrip(tiny_bundle):
     m = read_manifest(tiny_bundle)
     assert m.format_version == FORMAT_VERSION and m.dtype == "fp32"
     assert m.model["transformer_config"]["in_channels"] == 12 and m.model["height"] == 32
-    assert set(m.schedule) == {"tau", "eps", "warmup", "window"}
+    assert set(m.schedule) == set(ScheduleSettings.__dataclass_fields__) and m.schedule["policy"] == "ddit"
+    old = {k: m.schedule[k] for k in ("tau", "eps", "warmup", "window")}  # a manifest from before policies
+    assert ScheduleSettings(**old).policy == "ddit" and ScheduleSettings(**m.schedule).tau == m.schedule["tau"]
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(m.tools)
 
 

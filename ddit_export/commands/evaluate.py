@@ -17,6 +17,9 @@ def _seeds(text):
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--tau", "taus", type=float, multiple=True,
               help="DDiT threshold τ to evaluate besides the model's default (repeat for a sweep).")
+@click.option("--policy", "policies", multiple=True,
+              help="Schedule policy to evaluate, NAME[:KNOB=VALUE,...] (repeat), e.g. ladder:n4=4,tail=8. The "
+                   "model's default profile runs too when it is not the rule.")
 @click.option("--n-prompts", default=64, show_default=True, type=int, help="Held-out captions (buckets in turn).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @click.option("--steps", type=int, help="Denoising steps (default: the model's).")
@@ -31,8 +34,8 @@ def _seeds(text):
 @click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
 @click.option("--out", type=click.Path(), default="runs/eval", show_default=True,
               help="Folder for eval.json, eval.md and grid.png.")
-def command(model, weights, adapters, taus, n_prompts, seeds, steps, training_free, adapted, split, sizes, batch,
-            threads, out):
+def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, training_free, adapted, split, sizes,
+            batch, threads, out):
     """Measure prompt adherence, Fréchet distance, PSNR/SSIM vs fine-only, coarse fraction and FLOPs per variant."""
     import torch
 
@@ -44,7 +47,8 @@ def command(model, weights, adapters, taus, n_prompts, seeds, steps, training_fr
         torch.set_num_threads(threads)
     settings = EvalSettings(model=model, weights=weights, adapters=adapters, taus=taus, n_prompts=n_prompts,
                             seeds=_seeds(seeds), steps=steps, adapted=adapted, training_free=training_free,
-                            split=split, sizes=_ints(sizes, "--sizes"), batch=batch, out=out)
+                            split=split, sizes=_ints(sizes, "--sizes"), batch=batch, out=out,
+                            policies=policies)
     report = evaluate(settings, progress=True, log=click.echo)
     from ..quality.evaluate import markdown
 

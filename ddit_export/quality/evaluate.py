@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..settings import AdapterSettings, EvalSettings
+from ..settings import AdapterSettings, EvalSettings, parse_policy, policy_spec
 from ..zoo import scenes as S
 
 REFERENCE_N = 1000  # rendered scenes for the Fréchet reference statistics
@@ -130,14 +130,22 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
 
     geom = loaded.geometry()
     steps = settings.steps or loaded.default_steps
-    default_tau = loaded.schedule_defaults.tau
+    default_tau = loaded.schedule_defaults.tau  # the rule's calibrated τ (whatever policy the profile names)
     taus = (default_tau,) + tuple(t for t in settings.taus if t != default_tau)
     variants = [dict(key="fine", kind="fine", tau=None, default_tau=False, model=loaded)]
     if run_adapted:
         variants += [dict(key=f"adapted@{t:g}", kind="adapted", tau=t, default_tau=t == default_tau, model=loaded)
                      for t in taus]
-    if settings.training_free:
+    profile = loaded.schedule_defaults
+    specs = ((policy_spec(profile),) if profile.policy != "ddit" else ()) + settings.policies
+    pol_kind, pol_model = ("adapted", loaded) if run_adapted else ("training-free", None)
+    specs = tuple(dict.fromkeys(policy_spec(parse_policy(p, profile)) for p in specs))
+    if settings.training_free or not run_adapted:
         tf = training_free(loaded)
+        pol_model = pol_model or tf
+    variants += [dict(key=f"{pol_kind}@{p}", kind=pol_kind, tau=None, policy=p, model=pol_model,
+                      default_tau=profile.policy != "ddit" and p == policy_spec(profile)) for p in specs]
+    if settings.training_free:
         variants += [dict(key=f"training-free@{t:g}", kind="training-free", tau=t, default_tau=t == default_tau,
                           model=tf) for t in taus]
 
@@ -167,6 +175,8 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
                     lo, hi = idx[0], idx[-1] + 1
                     if v["kind"] == "fine":
                         gs = build_settings(m, prompts=captions[lo:hi], seed=seed, steps=steps, static=(1,) * steps)
+                    elif v.get("policy"):
+                        gs = build_settings(m, prompts=captions[lo:hi], seed=seed, steps=steps, policy=v["policy"])
                     else:
                         gs = build_settings(m, prompts=captions[lo:hi], seed=seed, steps=steps, tau=v["tau"], **kw)
                     r = generate(m, backend, gs, progress=False, decode=False, latents=noise[lo:hi])
@@ -303,7 +313,8 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["variants"]:
         a = r["adherence"]
-        name = r["key"] + (" (default τ)" if r.get("default_tau") else "")
+        name = r["key"] + ((" (default)" if "@" in r["key"] and ":" in r["key"] else " (default τ)")
+                           if r.get("default_tau") else "")
         abc = "/".join(_f(x, ".0%") for x in r["adherence_by_complexity"].values())
         cbc = "–" if r["coarse_by_complexity"] is None else "/".join(
             _f(x, ".0%") for x in r["coarse_by_complexity"].values())

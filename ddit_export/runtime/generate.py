@@ -82,6 +82,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     # step's latent is the Euler step of the extrapolated velocity): static schedules stay aligned to the step
     # index and the rule's Δ³ window never has gaps. A cached step records the size the policy chose, 0 FLOPs.
     cache = make_cache(settings.cache, settings.steps)
+    observe = getattr(policy, "observe", None)
     for i, t in enumerate(tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False)):
         history.append(x.detach().float().cpu().numpy())
         decision = policy.decide(i, history)
@@ -95,6 +96,9 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
                 cache.update(i, sigma, v)
         else:
             kind, v = "cached", cache.predict(sigma)
+        if observe is not None:  # policies that read more than the latent history (schedule/probe.py)
+            observe(i, history[-1], v.detach().float().cpu().numpy(), float(sched.sigmas[i]),
+                    float(sched.sigmas[i + 1]))
         x = sched.step(v.to(x.dtype), t, x, return_dict=False)[0]
         flops = float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)) if kind == "model" else 0.0
         trace.steps.append(StepRecord(i, sigma, k, decision.reason, geom.tokens(k), flops,

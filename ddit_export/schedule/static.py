@@ -1,4 +1,5 @@
-"""Static schedules: an explicit size per step, or FlexiDiT's "coarse for the first k steps, then fine"."""
+"""Static schedules: an explicit size per step, FlexiDiT's "coarse for the first k steps, then fine", and the ladder
+family (fine head, size 4, size 2, fine tail)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -25,11 +26,32 @@ class CoarseFirst(StaticSchedule):
         super().__init__([size] * coarse_steps + [1] * (steps - coarse_steps), grid, available)
 
 
+def ladder_sizes(steps: int, head: int, n4: int, tail: int) -> tuple[int, ...]:
+    """``head`` fine steps, ``n4`` at size 4, size 2 up to the last ``tail`` steps, which run fine (a monotone
+    coarse-to-fine path after the head; head 0 starts coarse at step 0)."""
+    n2 = steps - head - n4 - tail
+    if min(head, n4, tail, n2) < 0:
+        raise ConfigError(f"ladder head {head} + n4 {n4} + tail {tail} exceed the {steps} steps")
+    return (1,) * head + (4,) * n4 + (2,) * n2 + (1,) * tail
+
+
+class Ladder(StaticSchedule):
+    def __init__(self, steps: int, head: int, n4: int, tail: int, grid, available):
+        super().__init__(ladder_sizes(steps, head, n4, tail), grid, available)
+
+
 def make_policy(settings: GenerateSettings, grid: tuple[int, int], available: Sequence[int]):
-    """The policy a generation job asks for: static list, coarse-first, or the dynamic DDiT rule."""
+    """The policy a generation job asks for: a static list, coarse-first, or ``settings.schedule.policy``."""
     if settings.static is not None:
         return StaticSchedule(settings.static, grid, available)
     if settings.coarse_first is not None:
         k, size = settings.coarse_first
         return CoarseFirst(settings.steps, k, size, grid, available)
-    return DDiTPolicy(settings.schedule, grid, available)
+    sc = settings.schedule
+    if sc.policy == "ladder":
+        return Ladder(settings.steps, sc.head, sc.n4, sc.tail, grid, available)
+    if sc.policy == "probe":
+        from .probe import ProbePolicy
+
+        return ProbePolicy(sc, settings.steps, grid, available)
+    return DDiTPolicy(sc, grid, available)

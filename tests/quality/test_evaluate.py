@@ -107,3 +107,14 @@ def test_cli_evaluate(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "error:" in r.output and "no trained adapters" in r.output
     r = CliRunner().invoke(main, ["evaluate", "--model", "tiny", "--seeds", "0,x"])
     assert r.exit_code == 2 and "--seeds" in r.output
+
+
+def test_evaluate_takes_schedule_policies(tmp_path):
+    rep = evaluate(EvalSettings(model="tiny", n_prompts=2, steps=6, training_free=False,
+                                policies=("ladder:n4=1,tail=2",), out=str(tmp_path)), progress=False, reference_n=REF)
+    v = {r["key"]: r for r in rep["variants"]}
+    lad = v["training-free@ladder:head=0,n4=1,tail=2"]  # tiny has no adapters: the training-free init runs it
+    assert rep["per_image"][lad["key"]][0]["sizes"] == "422211"
+    assert lad["flops_ratio"] < 1 and np.isfinite(lad["psnr"])
+    with pytest.raises(ConfigError):
+        EvalSettings(policies=("nope",))

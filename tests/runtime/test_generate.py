@@ -53,3 +53,15 @@ def test_matches_diffusers_flux_pipeline_when_all_fine(flux_dir):
     m = load_model("flux", flux_dir)
     r = run(m, prompts=("a red cat",), steps=6, height=64, width=64, seed=7, static=(1,) * 6)
     np.testing.assert_allclose(r.latents.numpy(), ref.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("detail,extra_fine", [(1e9, 0), (0.0, 2)])
+def test_probe_policy_reads_x0_after_its_first_step_and_is_traced(tiny_model, detail, extra_fine):
+    sched = ScheduleSettings(policy="probe", head=0, n4=1, tail=2, extra=2, detail=detail)
+    s = GenerateSettings(prompts=("a red circle",), steps=8, schedule=sched)
+    with TorchBackend(tiny_model.transformer) as b:
+        r = generate(tiny_model, b, s, progress=False, decode=False)
+    tail = 2 + extra_fine
+    assert r.trace.sizes == [4] + [2] * (7 - tail) + [1] * tail
+    assert r.trace.steps[1].sigmas[2] > 0  # the measured signal, from the step-0 velocity the loop handed over
+    assert r.trace.settings["generate"]["schedule"]["policy"] == "probe"

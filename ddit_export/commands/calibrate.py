@@ -1,0 +1,63 @@
+"""``ddit-export calibrate``: sweep a schedule policy's knob on calibration prompts and write the model's profile."""
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, tiny, or a pixel-model folder.")
+@click.option("--weights", type=click.Path(), help="Weights folder (for --model flux, or a FLUX bundle).")
+@click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
+@click.option("--bundle", type=click.Path(), help="Calibrate a built bundle (its own runtime) and write the chosen "
+                                                  "profile into its manifest.")
+@click.option("--prompts", "prompts_file", default="calibration/prompts-flux-mini.txt", show_default=True,
+              type=click.Path(), help="Calibration captions, one a line (not the evaluation captions).")
+@click.option("--n-prompts", type=int, help="Use the first N prompts of the file (default: all).")
+@click.option("--policy", help="Policy the sweep starts from, NAME[:KNOB=VALUE,...] (default: the model's profile).")
+@click.option("--sweep", required=True, help="KNOB=V1,V2,... e.g. tail=4,6,8 (ladder/probe) or tau=0.001,0.002.")
+@click.option("--target-speedup", type=float, help="Best PSNR among settings at least this fast by FLOP ratio "
+                                                   "(1 / FLOP ratio) that keep the quality bar.")
+@click.option("--max-quality-drop", default=2.0, show_default=True, type=float,
+              help="Quality bar: adherence points (of 100) below fine-only.")
+@click.option("--min-psnr", default=30.0, show_default=True, type=float, help="Quality bar: PSNR vs fine-only, dB.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", type=int, help="Denoising steps (default: the model's).")
+@click.option("--work", type=click.Path(), help="Sweep folder, resumed if present (default runs/calibrate-<model>).")
+@click.option("--profile", type=click.Path(), help="Profile JSON (default calibration/<model>.json).")
+@click.option("--oracle", type=float, help="Also search the per-prompt oracle (best ladder per prompt by PSNR) at "
+                                          "this FLOP budget, e.g. 0.5; kept in the work folder.")
+@click.option("--dry-run", is_flag=True, help="Measure and choose, write nothing.")
+@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, policy, sweep, target_speedup,
+            max_quality_drop, min_psnr, seed, steps, work, profile, oracle, dry_run, threads,
+            quiet):
+    """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..quality.calibrate import Unreachable, calibrate
+    from ..settings import CalibrateSettings
+
+    knob, eq, values = sweep.partition("=")
+    if not eq:
+        raise ConfigError(f"--sweep takes KNOB=V1,V2,..., got {sweep!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    settings = CalibrateSettings(prompts=prompts_file, sweep=(knob.strip(), tuple(v for v in values.split(",") if v)),
+                                 model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
+                                 n_prompts=n_prompts, seed=seed, steps=steps, target_speedup=target_speedup,
+                                 max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
+                                 write=not dry_run, oracle=oracle)
+    try:
+        prof = calibrate(settings, command="ddit-export " + " ".join(sys.argv[1:]), progress=not quiet,
+                         log=click.echo)
+    except Unreachable as e:
+        click.echo(f"calibrate: {e}", err=True)
+        ctx.exit(1)
+    m = prof["measured"]
+    click.echo(f"chosen: {prof['policy']}: FLOP ratio {m['flops_ratio']:.3f} ({m['speedup_flops']:.2f}x by FLOPs, "
+               f"{m['speedup_measured']:.2f}x measured), {m['psnr']:.1f} dB, adherence {m['adherence']:.1%}")
+    for f in prof.get("written", []):
+        click.echo(f"wrote {f}")

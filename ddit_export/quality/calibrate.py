@@ -1,0 +1,228 @@
+"""``ddit-export calibrate``: sweep one knob of a schedule policy on a calibration prompt set, measure every setting
+against fine-only (coarse fraction, FLOP ratio, wall-clock speed-up of the loop, PSNR/SSIM, adherence), choose the
+operating point and write it as the model's schedule profile (calibration/<model>.json, and a bundle's manifest).
+
+The sweep lives in ``work``: ``sweep.json`` (what is being calibrated), ``fine.npz`` (the fine-only images) and
+``rows.jsonl`` (one row per finished setting, appended as each finishes). A rerun with the same work folder skips
+the rows already there, so an interrupted sweep resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..settings import CalibrateSettings, ScheduleSettings, parse_policy, policy_spec
+
+PROFILE_FORMAT = "ddit-schedule-profile/1"
+
+
+class Unreachable(Exception):
+    """No setting of the sweep meets the target; ``best`` is the closest row."""
+
+    def __init__(self, message: str, best: dict | None):
+        super().__init__(message)
+        self.best = best
+
+
+def sweep_settings(base: ScheduleSettings, knob: str, values) -> list[ScheduleSettings]:
+    typ = type(getattr(base, knob))
+    return [dataclasses.replace(base, **{knob: typ(v)}) for v in values]
+
+
+def _load_rows(path: Path) -> dict:
+    rows = {}
+    if path.is_file():
+        text = path.read_text()
+        if text and not text.endswith("\n"):  # cut off mid-line: drop the partial row so appends start clean
+            text = text[:text.rfind("\n") + 1]
+            path.write_text(text)
+        for line in text.splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by an interruption: that setting runs again
+            rows[r["key"]] = r
+    return rows
+
+
+def _append(path: Path, row: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _row(key: str, sched: ScheduleSettings | None, run: dict, scores: dict | None, fine: dict | None,
+         adherence: float) -> dict:
+    row = dict(key=key, schedule=None if sched is None else dataclasses.asdict(sched),
+               coarse_fraction=float(np.mean(run["coarse"])), flops_ratio=float(np.mean(run["flops"])),
+               seconds=run["seconds"], sizes=run["sizes"], adherence=adherence)
+    if scores is not None:
+        row.update(psnr=float(scores["psnr"].mean()), ssim=float(scores["ssim"].mean()),
+                   speedup_measured=fine["seconds"] / run["seconds"], speedup_flops=1.0 / row["flops_ratio"])
+        row["adherence_drop"] = 100.0 * (fine["adherence"] - row["adherence"])
+    return row
+
+
+def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Path, progress: bool = True,
+              log=print) -> tuple[dict, list[dict]]:
+    """Measure fine-only and every setting of the sweep (skipping rows already in ``work``). Returns (fine row,
+    setting rows in sweep order)."""
+    from tqdm.auto import tqdm
+
+    from .policies import PolicyRunner
+
+    base = parse_policy(settings.policy, model.schedule_defaults) if settings.policy else model.schedule_defaults
+    knob, values = settings.sweep
+    grid = sweep_settings(base, knob, values)
+    work.mkdir(parents=True, exist_ok=True)
+    header = dict(model=model.name, prompts=[s.caption for s in scenes_], seed=settings.seed,
+                  steps=settings.steps or model.default_steps)
+    hp = work / "sweep.json"
+    if hp.is_file() and json.loads(hp.read_text()) != header:
+        raise ConfigError(f"{work} holds a sweep of another model, prompt set, seed or step count: give another "
+                          f"--work or delete it")
+    hp.write_text(json.dumps(header, indent=1))
+    rows_path = work / "rows.jsonl"
+    done = _load_rows(rows_path)
+    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps)
+    fine_npz = work / "fine.npz"
+    if "fine" in done and fine_npz.is_file():
+        runner.fine_images = np.load(fine_npz)["images"]
+        fine = done["fine"]
+    else:
+        r = runner.fine()
+        np.savez(fine_npz, images=r["images"])
+        fine = _row("fine", None, r, None, None, runner.adherence(r["images"]))
+        _append(rows_path, fine)
+    todo = [s for s in grid if policy_spec(s) not in done]
+    if len(todo) < len(grid):
+        log(f"resuming: {len(grid) - len(todo)} of {len(grid)} settings already measured in {rows_path}")
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="calibrate", unit="setting",
+               disable=not progress)
+    for s in todo:
+        key = policy_spec(s)
+        bar.set_postfix_str(key)
+        r = runner.generate(s)
+        row = _row(key, s, r, runner.score(r["images"]), fine, runner.adherence(r["images"]))
+        _append(rows_path, row)
+        done[key] = row
+        bar.update(1)
+    bar.close()
+    return fine, [done[policy_spec(s)] for s in grid]
+
+
+def choose(rows: list[dict], settings: CalibrateSettings) -> dict:
+    """The operating point (see :class:`CalibrateSettings`); raises :class:`Unreachable` naming the best reachable."""
+    good = [r for r in rows if r["psnr"] >= settings.min_psnr and r["adherence_drop"] <= settings.max_quality_drop]
+    bar = f"PSNR >= {settings.min_psnr:g} dB and adherence within {settings.max_quality_drop:g} points"
+    if settings.target_speedup is None:
+        if not good:
+            best = max(rows, key=lambda r: (-r["adherence_drop"], r["psnr"]))
+            raise Unreachable(f"no setting keeps {bar}; best reachable: {best['key']} at {best['psnr']:.1f} dB, "
+                              f"adherence -{best['adherence_drop']:.1f} points", best)
+        return min(good, key=lambda r: (r["flops_ratio"], -r["psnr"]))
+    fast = [r for r in good if r["speedup_flops"] >= settings.target_speedup]
+    if not fast:
+        best = max(good or rows, key=lambda r: r["speedup_flops"])
+        raise Unreachable(f"no setting reaches a {settings.target_speedup:g}x FLOP-ratio speed-up with {bar}; best "
+                          f"reachable: {best['key']} at {best['speedup_flops']:.2f}x ({best['psnr']:.1f} dB, "
+                          f"adherence -{best['adherence_drop']:.1f} points)", best)
+    return max(fast, key=lambda r: r["psnr"])
+
+
+def write_json_atomic(path: Path, data: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict):
+    """Put ``schedule`` (a ScheduleSettings dict) into a bundle's manifest, keeping every other field."""
+    from ..bundle import MANIFEST, read_manifest
+
+    read_manifest(bundle)  # a clear error if it is not a bundle
+    path = Path(bundle) / MANIFEST
+    d = json.loads(path.read_text())
+    d["schedule"] = schedule
+    d["calibration"] = calibration
+    write_json_atomic(path, d)
+
+
+def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool = True, log=print) -> dict:
+    """Run the sweep, choose, write the profile. Returns the profile; raises :class:`Unreachable` (after the sweep,
+    with every row kept in the work folder) when no setting meets the target."""
+    from .policies import read_prompts
+
+    scenes_ = read_prompts(settings.prompts)[:settings.n_prompts]
+    if settings.bundle is not None:
+        from ..runtime.bundle_model import open_bundle
+
+        model, backend = open_bundle(settings.bundle, weights=settings.weights)
+    else:
+        from ..models.registry import load_model
+        from ..runtime.backends.torch import TorchBackend
+
+        model = load_model(settings.model, settings.weights, adapters=settings.adapters)
+        backend = TorchBackend(model.transformer)
+    work = Path(settings.work or f"runs/calibrate-{model.name}")
+    t0 = time.perf_counter()
+    with backend:
+        fine, rows = run_sweep(settings, model, backend, scenes_, work=work, progress=progress, log=log)
+        oracle = None
+        if settings.oracle is not None:
+            oracle = _oracle(settings, model, backend, scenes_, work, progress)
+            log(f"oracle at FLOP budget {settings.oracle:g}: {oracle['oracle']['psnr']:.2f} dB; best static "
+                f"{oracle['best_static']['sizes']}: {oracle['best_static']['psnr']:.2f} dB")
+    log(table(fine, rows))
+    chosen = choose(rows, settings)
+    profile = dict(format=PROFILE_FORMAT, model=model.name, policy=chosen["key"], schedule=chosen["schedule"],
+                   measured={k: v for k, v in chosen.items() if k not in ("sizes", "schedule")},
+                   fine={k: fine[k] for k in ("seconds", "adherence")},
+                   rule=dict(min_psnr=settings.min_psnr, max_quality_drop=settings.max_quality_drop,
+                             target_speedup=settings.target_speedup, speedup="FLOP ratio (1 / flops_ratio)"),
+                   prompts=settings.prompts, n_prompts=len(scenes_), seed=settings.seed, command=command,
+                   date=time.strftime("%Y-%m-%d", time.gmtime()),
+                   sweep=[{k: v for k, v in r.items() if k not in ("sizes", "schedule")} for r in rows],
+                   sweep_seconds=time.perf_counter() - t0, oracle=oracle)
+    if settings.write:
+        path = Path(settings.profile or f"calibration/{model.name}.json")
+        write_json_atomic(path, profile)
+        profile["written"] = [str(path)]
+        if settings.bundle is not None:
+            write_bundle_schedule(settings.bundle, chosen["schedule"],
+                                  {k: profile[k] for k in ("policy", "measured", "command", "date")})
+            profile["written"].append(str(Path(settings.bundle) / "manifest.json"))
+    return profile
+
+
+def _oracle(settings, model, backend, scenes_, work: Path, progress: bool) -> dict:
+    """The per-prompt oracle on the same prompts (kept in ``work/oracle-<budget>.json``: computed once)."""
+    from .policies import PolicyRunner, search_oracle
+
+    path = work / f"oracle-{settings.oracle:g}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps)
+    runner.fine_images = np.load(work / "fine.npz")["images"]
+    res = search_oracle(runner, settings.oracle, progress=progress)
+    write_json_atomic(path, res)
+    return res
+
+
+def table(fine: dict, rows: list[dict]) -> str:
+    lines = ["| setting | coarse | FLOP ratio | speed-up (FLOPs) | speed-up (measured) | PSNR dB | SSIM | adherence |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| fine-only | 0% | 1.000 | 1.00x | 1.00x | – | – | {fine['adherence']:.1%} |"]
+    for r in rows:
+        lines.append(f"| {r['key']} | {r['coarse_fraction']:.0%} | {r['flops_ratio']:.3f} | "
+                     f"{r['speedup_flops']:.2f}x | {r['speedup_measured']:.2f}x | {r['psnr']:.1f} | {r['ssim']:.3f} | "
+                     f"{r['adherence']:.1%} ({-r['adherence_drop']:+.1f}) |")
+    return "\n".join(lines)
