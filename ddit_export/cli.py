@@ -176,8 +176,10 @@ def schedule(trace_path, plot):
               "({name, family, generate, cache, peer}) instead of the default rows; the first must be fine-only.")
 @click.option("--append", "append_to", type=click.Path(), help="Pareto: an earlier pareto.json of the same prompts; "
               "its rows not run now join the report (new rows on an existing chart).")
+@click.option("--oracle", type=float, help="Pareto: also search the per-prompt oracle (the best monotone ladder per "
+              "prompt by PSNR) at this FLOP budget, e.g. 0.5; quality columns only.")
 def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, threads, height, width, n_prompts,
-          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to):
+          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle):
     """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved; or, with
     --pareto, the speed/quality chart of every method; with --replay, recorded schedules on a speed config."""
     import torch
@@ -188,7 +190,7 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if pareto_out:
         return _bench_pareto(model, weights, adapters, pareto_out, repeats, threads, n_prompts, seeds,
-                             wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to)
+                             wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle)
     if replay_from:
         from .pareto_replay import replay_report
 
@@ -215,7 +217,7 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
 
 
 def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, seeds, wall_prompts, bundle,
-                  no_peers, cache_dit, methods_file, append_to):
+                  no_peers, cache_dit, methods_file, append_to, oracle):
     import json
 
     from .pareto import Method, run_pareto
@@ -233,7 +235,7 @@ def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, se
     s = ParetoSettings(model=model, weights=weights, adapters=adapters, n_prompts=n_prompts,
                        seeds=_ints(seeds, "--seeds"), wall_prompts=wall_prompts, repeats=repeats or 3,
                        threads=threads or 1, bundle=bundle, peers=not no_peers, cache_dit=cache_dit,
-                       methods=methods, append=append_to, out=out)
+                       methods=methods, append=append_to, oracle=oracle, out=out)
     rep = run_pareto(s, log=click.echo)
     click.echo(Path(rep["files"][1]).read_text())
     for f in rep["files"]:

@@ -54,6 +54,11 @@ LADDER_503 = ladder((3, 1), (21, 2), (4, 1))
 LADDER_44 = ladder((2, 1), (6, 4), (16, 2), (4, 1))
 
 
+DEFAULT_LADDER_POLICY = "ladder:head=0,n4=10,tail=9"  # flux-mini's calibrated profile (calibration/flux-mini.json)
+LADDER_POLICY_SWEEP = ((10, 9), (8, 9), (12, 9), (14, 9), (10, 8), (10, 10))
+PROBE_POLICY = "probe:head=0,n4=10,tail=8,extra=2,detail=0.35"
+
+
 def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cache_dit: bool = False) -> list:
     """The rows of the issue-8 chart for a ``steps``-step model whose calibrated τ is ``tau``."""
     fine = {"static": (1,) * steps}
@@ -80,6 +85,14 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
         for k, n in ((14, 5), (14, 8), (18, 5)):  # the best stacks measured on flux-mini (docs/pareto-flux-mini.md)
             rows.append(Method(f"coarse-first {k}:2 + taylor N={n}", "coarse-first + cache", {"coarse_first": (k, 2)},
                                {"mode": "taylor", "interval": n, "order": 1}))
+    if steps == 28:  # the calibrated ladder policy over its knob, the adaptive probe, and the ladder stacked
+        for n4, tail in LADDER_POLICY_SWEEP:
+            rows.append(Method(f"ladder policy n4={n4} tail={tail}", "ladder policy (default n4=10 tail=9)",
+                               {"policy": f"ladder:head=0,n4={n4},tail={tail}"}))
+        rows.append(Method("probe detail=0.35", "probe (adaptive)", {"policy": PROBE_POLICY}))
+        for n in (3, 5, 8):
+            rows.append(Method(f"ladder policy default + taylor N={n}", "ladder policy + cache",
+                               {"policy": DEFAULT_LADDER_POLICY}, {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method(f"ddit tau={tau:g} + taylor N=5", "ddit rule + cache", {"tau": tau},
                        {"mode": "taylor", "interval": 5, "order": 1}))
     if peers:
@@ -243,6 +256,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
             fd_vs_fine=None if is_fine else frechet_distance(det.features, fine_det.features),
             schedules=r["sizes"], kinds=r["kinds"]))
     log(f"quality pass: {time.perf_counter() - t_start:.0f} s")
+    if settings.oracle is not None:
+        out_rows += _oracle_rows(model, scenes_, settings, fine_imgs, log)
 
     # ---- wall-clock ----
     wall = captions[:settings.wall_prompts]
@@ -263,6 +278,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
     else:
         bundle_note = "no bundle given: ONNX Runtime column skipped"
     for row in out_rows:
+        if row.get("no_wall"):
+            continue
         for key, times in (("torch", torch_times), ("onnxruntime", ort_times)):
             t, f = times.get(row["name"]), times.get(methods[0].name)
             row[key] = None if t is None else dict(
@@ -283,6 +300,31 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
         report = append_rows(report, previous)
     report["files"] = write_report(report, Path(settings.out))
     return report
+
+
+def _oracle_rows(model, scenes_, settings, fine_imgs, log) -> list[dict]:
+    """The per-prompt oracle at a FLOP budget (quality/policies.search_oracle: the best monotone ladder per prompt
+    by PSNR vs this run's fine-only images, same captions and noise) and the best single ladder of that search.
+    Quality only: a schedule that differs per prompt has no one wall-clock row. Adherence here is the mean of the
+    per-image fraction of objects found right (the other rows count all objects together)."""
+    from .quality.policies import PolicyRunner, search_oracle
+    from .runtime.backends.torch import TorchBackend
+
+    with TorchBackend(model.transformer) as be:
+        pr = PolicyRunner(model, be, scenes_, seed=settings.seeds[0], steps=settings.steps)
+        pr.fine_images = fine_imgs[:len(scenes_)]
+        res = search_oracle(pr, settings.oracle, progress=False)
+    log(f"oracle at FLOP budget {settings.oracle:g}: {res['candidates']} ladders searched")
+    out = []
+    for name, fam, d in ((f"oracle per prompt (FLOPs <= {settings.oracle:g})", "oracle", res["oracle"]),
+                         (f"best single ladder (FLOPs <= {settings.oracle:g}): {res['best_static']['sizes']}",
+                          "oracle", res["best_static"])):
+        out.append(dict(name=name, family=fam, method=dict(oracle=settings.oracle), compute_ratio=d["flops_ratio"],
+                        compute_source="trace", cached_fraction=0.0, coarse_fraction=None, psnr=d["psnr"],
+                        psnr_min=None, ssim=d["ssim"], adherence=d["adherence"], fd_vs_fine=None,
+                        schedules=res["per_prompt"] if fam == "oracle" and "per prompt" in name else None,
+                        kinds=None, torch=None, onnxruntime=None, no_wall=True))
+    return out
 
 
 class _nullctx:
@@ -337,7 +379,7 @@ def markdown(rep: dict) -> str:
              "| adherence | FD vs fine |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         lines.append(f"| {r['name']} | {r['family']} | {r['compute_ratio']:.3f} | {r['cached_fraction']:.0%} "
-                     f"| {r['coarse_fraction']:.0%} | {_speed(r['torch'])} | {_speed(r['onnxruntime'])} "
+                     f"| {_f(r['coarse_fraction'], '.0%')} | {_speed(r['torch'])} | {_speed(r['onnxruntime'])} "
                      f"| {_f(r['psnr'], '.1f')} | {_f(r['ssim'], '.3f')} | {r['adherence']:.1%} "
                      f"| {_f(r['fd_vs_fine'], '.2f')} |")
     lines += ["", "compute ratio: transformer FLOPs done / fine-only (project rows: from the trace, cached steps 0; "

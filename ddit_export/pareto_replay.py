@@ -30,6 +30,9 @@ def load_plans(path, prompts: int) -> tuple[list[dict], list[str]]:
         if r["method"].get("peer"):
             notes.append(f"{r['name']}: skips inside the trunk, no step plan to replay")
             continue
+        if not r.get("kinds"):
+            notes.append(f"{r['name']}: a per-prompt search result (oracle), no single step plan to replay")
+            continue
         plans = [(tuple(int(c) for c in s), tuple(int(k == "m") for k in kd))
                  for s, kd in list(zip(r["schedules"], r["kinds"]))[:prompts]]
         rows.append(dict(name=r["name"], family=r["family"], plans=plans))

@@ -434,6 +434,7 @@ class ParetoSettings:
     cache_dit: bool = False
     methods: tuple | None = None  # pareto.Method rows; None: pareto.default_methods
     append: str | None = None  # an earlier pareto.json of the same prompts: its other rows join the report
+    oracle: float | None = None  # also search the per-prompt oracle (best ladder per prompt) at this FLOP budget
     out: str = "out/pareto"
 
     def __post_init__(self):
@@ -443,6 +444,8 @@ class ParetoSettings:
                                      ("calib_prompts >= 1", self.calib_prompts >= 1)] if not ok]
         if bad:
             raise ConfigError(f"bench --pareto: invalid {', '.join(bad)}")
+        if self.oracle is not None and not 0 < self.oracle <= 1:
+            raise ConfigError(f"--oracle is a FLOP budget in (0, 1], got {self.oracle}")
         if self.wall_prompts > self.n_prompts:
             raise ConfigError(f"--wall-prompts ({self.wall_prompts}) must be <= --n-prompts ({self.n_prompts})")
 

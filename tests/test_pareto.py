@@ -118,3 +118,22 @@ def test_bad_bench_and_cache_options_end_in_one_error_line(args, msg, tmp_path, 
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_oracle_rows_bound_the_single_ladder_and_are_not_replayed(tmp_path):
+    """--oracle adds the per-prompt best ladder at a FLOP budget and the best single ladder of the same search:
+    the oracle is at least as good in PSNR, both within the budget, quality columns only, skipped by --replay."""
+    from ddit_export.pareto_replay import load_plans
+
+    s = ParetoSettings(model="tiny", n_prompts=2, wall_prompts=1, repeats=1, steps=STEPS, methods=ROWS[:2],
+                       peers=False, oracle=0.6, out=str(tmp_path / "p"))
+    rep = run_pareto(s, log=lambda *a: None, progress=False)
+    oracle, single = [r for r in rep["rows"] if r["family"] == "oracle"]
+    assert oracle["psnr"] >= single["psnr"] - 1e-9
+    assert oracle["compute_ratio"] <= 0.6 + 1e-9 and single["compute_ratio"] <= 0.6 + 1e-9
+    assert oracle["torch"] is None and len(oracle["schedules"]) == 2
+    assert "| oracle per prompt" in (tmp_path / "p" / "pareto.md").read_text()
+    plans, notes = load_plans(tmp_path / "p" / "pareto.json", 1)
+    assert "oracle" not in {p["family"] for p in plans} and any("oracle" in n for n in notes)
+    with pytest.raises(ConfigError, match="oracle"):
+        ParetoSettings(oracle=1.5)
