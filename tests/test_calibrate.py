@@ -41,7 +41,8 @@ def test_calibrate_writes_profile_and_resume_skips_done_rows(tmp_path, prompts):
     chosen = next(x for x in first if x["key"] == prof["policy"])
     assert prof["schedule"]["policy"] == "ladder" and prof["measured"]["flops_ratio"] == chosen["flops_ratio"]
     assert chosen["flops_ratio"] == min(x["flops_ratio"] for x in first[1:])  # loose bar: the fewest FLOPs wins
-    assert "calibrate" in prof["command"] and len(prof["sweep"]) == 2
+    assert prof["command"].startswith("ddit-export calibrate --model tiny ") and "--sweep tail=1,2" in prof["command"]
+    assert len(prof["sweep"]) == 2
     # interrupted after the fine row and one setting: a cut-off last line is run again, done rows are not
     lines = (tmp_path / "work" / "rows.jsonl").read_text().splitlines()
     (tmp_path / "work" / "rows.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])

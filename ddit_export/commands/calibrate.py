@@ -1,7 +1,8 @@
 """``ddit-export calibrate``: sweep a schedule policy's knob on calibration prompts and write the model's profile."""
-import sys
+import shlex
 
 import click
+from click.core import ParameterSource
 
 
 @click.command()
@@ -51,7 +52,7 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
                                  write=not dry_run, oracle=oracle)
     try:
-        prof = calibrate(settings, command="ddit-export " + " ".join(sys.argv[1:]), progress=not quiet,
+        prof = calibrate(settings, command=command_line(ctx), progress=not quiet,
                          log=click.echo)
     except Unreachable as e:
         click.echo(f"calibrate: {e}", err=True)
@@ -61,3 +62,18 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
                f"{m['speedup_measured']:.2f}x measured), {m['psnr']:.1f} dB, adherence {m['adherence']:.1%}")
     for f in prof.get("written", []):
         click.echo(f"wrote {f}")
+
+
+def command_line(ctx: click.Context) -> str:
+    """The ``ddit-export calibrate ...`` line that reproduces this run: every option not left at its default, as
+    given (rebuilt from click's parsed values, so it is the same whether the CLI, ``python cli.py`` or a test ran it)."""
+    parts = ["ddit-export", "calibrate"]
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) in (ParameterSource.DEFAULT, None) or not isinstance(p, click.Option):
+            continue
+        value, flag = ctx.params[p.name], max(p.opts, key=len)
+        if p.is_flag:
+            parts += [flag] if value else []
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
