@@ -24,6 +24,12 @@ from ..settings import ScheduleSettings
 class DDiTTransformer(nn.Module):
     def __init__(self, model, schedule: ScheduleSettings = ScheduleSettings(), policy_factory=None):
         super().__init__()
+        if schedule.policy != "ddit" and policy_factory is None:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"the diffusers drop-in runs the DDiT rule (policy 'ddit'); policy {schedule.policy!r} "
+                              f"needs the step count, which a pipeline call does not announce: pass "
+                              f"policy_factory=lambda grid, sizes: ... (e.g. schedule.static.Ladder(steps, ...))")
         self.model = model
         self.schedule = schedule
         self.policy_factory = policy_factory or (lambda grid, sizes: DDiTPolicy(schedule, grid, sizes))

@@ -36,3 +36,14 @@ def test_drop_in_is_exact_when_it_stays_fine_and_switches_sizes_otherwise(pipe):
         assert len(pipe.transformer.trace.steps) == 6
     finally:
         pipe.transformer = original
+
+
+def test_drop_in_refuses_a_policy_it_would_silently_ignore():
+    import pytest
+
+    from ddit_export.errors import ConfigError
+    from ddit_export.runtime.pipeline import DDiTTransformer
+    from ddit_export.settings import ScheduleSettings
+
+    with pytest.raises(ConfigError, match="ladder"):
+        DDiTTransformer(None, ScheduleSettings(policy="ladder", n4=4, tail=4))
