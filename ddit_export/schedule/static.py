@@ -10,11 +10,14 @@ from .ddit import DDiTPolicy, Decision
 
 
 class StaticSchedule:
+    what = "static schedule"
+
     def __init__(self, sizes: Sequence[int], grid: tuple[int, int], available: Sequence[int]):
         bad = sorted({k for k in sizes if k not in available or grid[0] % k or grid[1] % k})
         if bad:
-            raise ConfigError(f"static schedule uses size(s) {bad} not available for grid {grid} "
-                              f"(available: {sorted(k for k in available if not grid[0] % k and not grid[1] % k)})")
+            raise ConfigError(f"{self.what} uses size(s) {bad} not available for grid {grid} "
+                              f"(available: {sorted(k for k in available if not grid[0] % k and not grid[1] % k)}); "
+                              f"give a schedule within those sizes (--policy, --schedule) or allow the sizes (--sizes)")
         self.sizes = tuple(int(k) for k in sizes)
 
     def decide(self, step: int, history) -> Decision:
@@ -37,6 +40,7 @@ def ladder_sizes(steps: int, head: int, n4: int, tail: int) -> tuple[int, ...]:
 
 class Ladder(StaticSchedule):
     def __init__(self, steps: int, head: int, n4: int, tail: int, grid, available):
+        self.what = f"ladder policy (head {head}, n4 {n4}, tail {tail})"
         super().__init__(ladder_sizes(steps, head, n4, tail), grid, available)
 
 
