@@ -36,6 +36,7 @@ def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, widt
 
 
 def cache_settings(model, cache: dict | CacheSettings | None) -> CacheSettings:
+    """``cache`` over the model's (a bundle manifest's) cache profile; ``model=None``: over the cache off."""
     if isinstance(cache, CacheSettings):
         return cache
     base = getattr(model, "cache_defaults", None) or CacheSettings()

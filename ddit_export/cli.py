@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .cli_options import cache_dict, cache_options
 from .errors import ConfigError, DDiTError
 
 
@@ -48,22 +49,6 @@ def model_options(f):
     return f
 
 
-def cache_options(f):
-    """--cache ...: the output-level step cache (runtime/cache.py); unset options keep the model's profile."""
-    opts = [
-        click.option("--cache", type=click.Choice(["off", "taylor"]),
-                     help="Step cache: taylor extrapolates the velocity on skipped steps (default: the bundle's "
-                          "profile, else off)."),
-        click.option("--cache-interval", type=int, help="Compute every N-th step, extrapolate in between."),
-        click.option("--cache-order", type=int, help="Extrapolation order 0 (reuse), 1 or 2."),
-        click.option("--cache-warmup", type=int, help="Computed steps at the start."),
-        click.option("--cache-tail", type=int, help="Computed steps at the end."),
-        click.option("--cache-threshold", type=float,
-                     help="Also compute early when the estimated relative extrapolation error exceeds this."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
 
 
 @main.command()
@@ -110,8 +95,8 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
                        warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),
                        coarse_first=_coarse(coarse_first),
-                       cache=dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup,
-                                  tail=cache_tail, threshold=cache_threshold))
+                       cache=cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail,
+                                        cache_threshold))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, memory=memory,

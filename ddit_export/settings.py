@@ -474,6 +474,7 @@ class CalibrateSettings:
     profile: str | None = None  # default calibration/<model>.json
     write: bool = True
     oracle: float | None = None  # also search the per-prompt oracle at this FLOP budget (quality/policies.py)
+    cache: "CacheSettings | None" = None  # the step cache every setting of the sweep runs with (None: off)
 
     def __post_init__(self):
         knob, values = self.sweep

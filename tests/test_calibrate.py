@@ -94,3 +94,31 @@ def test_profile_goes_into_the_bundle_and_generate_uses_it(tmp_path, prompts, bu
     assert sched == man["schedule"]
     tail = sched["tail"]
     assert [s["size"] for s in t["steps"]] == [4] + [2] * (5 - tail) + [1] * tail
+
+
+def test_calibrate_with_the_step_cache_measures_it_and_hands_it_to_the_bundle(tmp_path, prompts, bundle_copy):
+    """--cache ... runs every setting of the sweep with the cache (fine-only without it): cached steps count 0
+    FLOPs, the profile and the bundle's manifest carry the cache, and generate --bundle then uses it."""
+    common = ["--bundle", bundle_copy, "--prompts", prompts, "--n-prompts", 2, "--steps", 6, "--policy",
+              "ladder:n4=1", "--sweep", "tail=2", "--quiet", *LOOSE]
+    r = invoke("calibrate", *common, "--work", tmp_path / "w0", "--profile", tmp_path / "p0.json", "--dry-run")
+    assert r.exit_code == 0, r.output + r.stderr
+    r = invoke("calibrate", *common, "--work", tmp_path / "w1", "--profile", tmp_path / "p1.json",
+               "--cache", "taylor", "--cache-interval", 2, "--cache-warmup", 1)
+    assert r.exit_code == 0, r.output + r.stderr
+    plain = [json.loads(x) for x in (tmp_path / "w0" / "rows.jsonl").read_text().splitlines()]
+    cached = [json.loads(x) for x in (tmp_path / "w1" / "rows.jsonl").read_text().splitlines()]
+    assert plain[0]["flops_ratio"] == cached[0]["flops_ratio"] == 1.0  # fine-only never uses the cache
+    assert cached[1]["flops_ratio"] < plain[1]["flops_ratio"]
+    prof = json.loads((tmp_path / "p1.json").read_text())
+    assert prof["cache"]["mode"] == "taylor" and prof["cache"]["interval"] == 2
+    assert "--cache taylor" in prof["command"]
+    man = json.loads((bundle_copy / "manifest.json").read_text())
+    assert man["cache"]["interval"] == 2
+    trace = tmp_path / "t.json"
+    r = invoke("generate", "--bundle", bundle_copy, "--steps", 6, "--out", tmp_path / "i.png", "--trace", trace)
+    assert r.exit_code == 0, r.output
+    assert "cached" in {s["kind"] for s in json.loads(trace.read_text())["steps"]}
+    # a sweep folder measured with another cache is not resumed silently
+    r = invoke("calibrate", *common, "--work", tmp_path / "w1", "--profile", tmp_path / "p1.json", "--dry-run")
+    assert r.exit_code == 2 and "another" in r.output

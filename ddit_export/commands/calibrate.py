@@ -4,6 +4,8 @@ import shlex
 import click
 from click.core import ParameterSource
 
+from ..cli_options import cache_dict, cache_options
+
 
 @click.command()
 @click.option("--model", default="flux-mini", show_default=True, help="flux-mini, tiny, or a pixel-model folder.")
@@ -27,16 +29,18 @@ from click.core import ParameterSource
 @click.option("--profile", type=click.Path(), help="Profile JSON (default calibration/<model>.json).")
 @click.option("--oracle", type=float, help="Also search the per-prompt oracle (best ladder per prompt by PSNR) at "
                                           "this FLOP budget, e.g. 0.5; kept in the work folder.")
+@cache_options
 @click.option("--dry-run", is_flag=True, help="Measure and choose, write nothing.")
 @click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, policy, sweep, target_speedup,
-            max_quality_drop, min_psnr, seed, steps, work, profile, oracle, dry_run, threads,
-            quiet):
+            max_quality_drop, min_psnr, seed, steps, work, profile, oracle, cache, cache_interval, cache_order,
+            cache_warmup, cache_tail, cache_threshold, dry_run, threads, quiet):
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
 
+    from ..api import cache_settings
     from ..errors import ConfigError
     from ..quality.calibrate import Unreachable, calibrate
     from ..settings import CalibrateSettings
@@ -50,7 +54,8 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
                                  n_prompts=n_prompts, seed=seed, steps=steps, target_speedup=target_speedup,
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
-                                 write=not dry_run, oracle=oracle)
+                                 write=not dry_run, oracle=oracle, cache=_cache(cache_settings, cache_dict(
+                                     cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold)))
     try:
         prof = calibrate(settings, command=command_line(ctx), progress=not quiet,
                          log=click.echo)
@@ -62,6 +67,14 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
                f"{m['speedup_measured']:.2f}x measured), {m['psnr']:.1f} dB, adherence {m['adherence']:.1%}")
     for f in prof.get("written", []):
         click.echo(f"wrote {f}")
+
+
+def _cache(cache_settings, given: dict):
+    """The sweep's step cache from the --cache options (None when none is given or it is off)."""
+    if all(v is None for v in given.values()):
+        return None
+    c = cache_settings(None, given)
+    return c if c.enabled else None
 
 
 def command_line(ctx: click.Context) -> str:

@@ -83,7 +83,8 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     grid = sweep_settings(base, knob, values)
     work.mkdir(parents=True, exist_ok=True)
     header = dict(model=model.name, prompts=[s.caption for s in scenes_], seed=settings.seed,
-                  steps=settings.steps or model.default_steps)
+                  steps=settings.steps or model.default_steps,
+                  cache=None if settings.cache is None else settings.cache.to_dict())
     hp = work / "sweep.json"
     if hp.is_file() and json.loads(hp.read_text()) != header:
         raise ConfigError(f"{work} holds a sweep of another model, prompt set, seed or step count: give another "
@@ -91,7 +92,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     hp.write_text(json.dumps(header, indent=1))
     rows_path = work / "rows.jsonl"
     done = _load_rows(rows_path)
-    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps)
+    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps, cache=settings.cache)
     fine_npz = work / "fine.npz"
     if "fine" in done and fine_npz.is_file():
         runner.fine_images = np.load(fine_npz)["images"]
@@ -144,7 +145,7 @@ def write_json_atomic(path: Path, data: dict):
     os.replace(tmp, path)
 
 
-def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict):
+def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict, cache: dict | None = None):
     """Put ``schedule`` (a ScheduleSettings dict) into a bundle's manifest, keeping every other field."""
     from ..bundle import MANIFEST, read_manifest
 
@@ -153,6 +154,8 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict)
     d = json.loads(path.read_text())
     d["schedule"] = schedule
     d["calibration"] = calibration
+    if cache is not None:  # the step cache the chosen setting was measured with becomes the bundle's default
+        d["cache"] = cache
     write_json_atomic(path, d)
 
 
@@ -183,7 +186,9 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
                 f"{oracle['best_static']['sizes']}: {oracle['best_static']['psnr']:.2f} dB")
     log(table(fine, rows))
     chosen = choose(rows, settings)
+    cache = None if settings.cache is None else settings.cache.to_dict()
     profile = dict(format=PROFILE_FORMAT, model=model.name, policy=chosen["key"], schedule=chosen["schedule"],
+                   cache=cache,
                    measured={k: v for k, v in chosen.items() if k not in ("sizes", "schedule")},
                    fine={k: fine[k] for k in ("seconds", "adherence")},
                    rule=dict(min_psnr=settings.min_psnr, max_quality_drop=settings.max_quality_drop,
@@ -198,7 +203,7 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
         profile["written"] = [str(path)]
         if settings.bundle is not None:
             write_bundle_schedule(settings.bundle, chosen["schedule"],
-                                  {k: profile[k] for k in ("policy", "measured", "command", "date")})
+                                  {k: profile[k] for k in ("policy", "measured", "command", "date")}, cache)
             profile["written"].append(str(Path(settings.bundle) / "manifest.json"))
     return profile
 

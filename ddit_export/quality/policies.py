@@ -30,7 +30,7 @@ def read_prompts(path: str | Path) -> list[S.Scene]:
 class PolicyRunner:
     """Generates ``scenes`` with a model + backend under any schedule; scores images against fine-only."""
 
-    def __init__(self, model, backend, scenes_, *, seed: int = 0, steps: int | None = None):
+    def __init__(self, model, backend, scenes_, *, seed: int = 0, steps: int | None = None, cache=None):
         from ..runtime.generate import initial_noise
         from .detector import load_probe
 
@@ -40,8 +40,10 @@ class PolicyRunner:
         self.noise = initial_noise(self.geom, len(self.scenes), seed)
         self.detector = load_probe()
         self.fine_images = None
+        self.cache = cache  # CacheSettings for the schedules measured (None: off); fine-only never uses it
 
-    def generate(self, schedule: ScheduleSettings | None = None, static=None, *, batch: bool = False) -> dict:
+    def generate(self, schedule: ScheduleSettings | None = None, static=None, *, batch: bool = False,
+                 cache: bool = True) -> dict:
         """Images, per-prompt FLOP ratio / coarse fraction / sizes and loop seconds of one schedule. ``batch``: all
         prompts in one call (static schedules only; for the oracle's search, where time is not measured)."""
         from ..api import build_settings
@@ -54,7 +56,8 @@ class PolicyRunner:
         for idx in chunks:
             lo, hi = idx[0], idx[-1] + 1
             gs = build_settings(self.model, prompts=caps[lo:hi], seed=self.seed, steps=self.steps,
-                                schedule=schedule, static=static)
+                                schedule=schedule, static=static,
+                                cache=self.cache if cache and self.cache is not None else {"mode": "off"})
             t0 = time.perf_counter()
             r = generate(self.model, self.backend, gs, progress=False, decode=False, latents=self.noise[lo:hi])
             out["seconds"] += time.perf_counter() - t0
@@ -66,7 +69,7 @@ class PolicyRunner:
         return out
 
     def fine(self, *, batch: bool = False) -> dict:
-        r = self.generate(static=(1,) * self.steps, batch=batch)
+        r = self.generate(static=(1,) * self.steps, batch=batch, cache=False)
         self.fine_images = r["images"]
         return r
 

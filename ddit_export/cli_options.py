@@ -1,0 +1,26 @@
+"""Option groups shared by several commands (``cli.py`` and ``commands/``)."""
+import click
+
+
+def cache_options(f):
+    """--cache ...: the output-level step cache (runtime/cache.py); unset options keep the model's profile."""
+    opts = [
+        click.option("--cache", type=click.Choice(["off", "taylor"]),
+                     help="Step cache: taylor extrapolates the velocity on skipped steps (default: the bundle's "
+                          "profile, else off)."),
+        click.option("--cache-interval", type=int, help="Compute every N-th step, extrapolate in between."),
+        click.option("--cache-order", type=int, help="Extrapolation order 0 (reuse), 1 or 2."),
+        click.option("--cache-warmup", type=int, help="Computed steps at the start."),
+        click.option("--cache-tail", type=int, help="Computed steps at the end."),
+        click.option("--cache-threshold", type=float,
+                     help="Also compute early when the estimated relative extrapolation error exceeds this."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold) -> dict:
+    """The --cache options as the dict ``api.cache_settings`` takes (None: not given, keep the profile's)."""
+    return dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup, tail=cache_tail,
+                threshold=cache_threshold)
