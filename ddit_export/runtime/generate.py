@@ -83,8 +83,10 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     # index and the rule's Δ³ window never has gaps. A cached step records the size the policy chose, 0 FLOPs.
     cache = make_cache(settings.cache, settings.steps)
     observe = getattr(policy, "observe", None)
+    needs_history = getattr(policy, "needs_history", True)  # static schedules decide without the latents
     for i, t in enumerate(tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False)):
-        history.append(x.detach().float().cpu().numpy())
+        if needs_history:  # a device-to-host copy per step: only for policies that read the latents
+            history.append(x.detach().float().cpu().numpy())
         decision = policy.decide(i, history)
         k = decision.size
         t0 = time.perf_counter()
@@ -97,8 +99,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
         else:
             kind, v = "cached", cache.predict(sigma)
         if observe is not None:  # policies that read more than the latent history (schedule/probe.py)
-            observe(i, history[-1], v.detach().float().cpu().numpy(), float(sched.sigmas[i]),
-                    float(sched.sigmas[i + 1]))
+            observe(i, x, v, float(sched.sigmas[i]), float(sched.sigmas[i + 1]))  # tensors: it copies what it reads
         x = sched.step(v.to(x.dtype), t, x, return_dict=False)[0]
         flops = float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)) if kind == "model" else 0.0
         trace.steps.append(StepRecord(i, sigma, k, decision.reason, geom.tokens(k), flops,

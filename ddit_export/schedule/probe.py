@@ -20,6 +20,7 @@ from .ddit import Decision, patch_std
 
 
 class ProbePolicy:
+    needs_history = False  # reads the one observation it needs through observe()
     def __init__(self, settings: ScheduleSettings, steps: int, grid: tuple[int, int], available: Sequence[int]):
         need = {1, 2} | ({4} if settings.n4 else set())
         ok = {k for k in available if not grid[0] % k and not grid[1] % k}
@@ -29,9 +30,10 @@ class ProbePolicy:
         self.s, self.steps, self.grid = settings, steps, grid
         self.signal: float | None = None
 
-    def observe(self, step: int, latents: np.ndarray, velocity: np.ndarray, sigma: float, sigma_next: float):
+    def observe(self, step: int, latents, velocity, sigma: float, sigma_next: float):
+        """``latents`` and ``velocity``: arrays or tensors (fine-token form) of this step; read once."""
         if step == max(self.s.head - 1, 0):
-            x0 = np.asarray(latents, np.float64) - sigma * np.asarray(velocity, np.float64)
+            x0 = _numpy(latents) - sigma * _numpy(velocity)
             self.signal = float(patch_std(x0, self.grid, 2).mean(axis=-1).max())
 
     def decide(self, step: int, history) -> Decision:
@@ -45,3 +47,8 @@ class ProbePolicy:
         if step >= self.steps - tail:
             return Decision(1, sigmas, "tail")
         return Decision(4 if step < s.head + s.n4 else 2, sigmas, "probe")
+
+
+def _numpy(a) -> np.ndarray:
+    """float64 numpy from an array or a (possibly device) tensor, without importing torch."""
+    return np.asarray(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a, np.float64)

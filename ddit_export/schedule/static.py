@@ -11,6 +11,7 @@ from .ddit import DDiTPolicy, Decision
 
 class StaticSchedule:
     what = "static schedule"
+    needs_history = False  # decides from the step index alone (the loop keeps no latent history for it)
 
     def __init__(self, sizes: Sequence[int], grid: tuple[int, int], available: Sequence[int]):
         bad = sorted({k for k in sizes if k not in available or grid[0] % k or grid[1] % k})
