@@ -47,3 +47,55 @@ def test_drop_in_refuses_a_policy_it_would_silently_ignore():
 
     with pytest.raises(ConfigError, match="ladder"):
         DDiTTransformer(None, ScheduleSettings(policy="ladder", n4=4, tail=4))
+
+
+def _snapshot(module):
+    return {k: (v.dtype, v.detach().clone()) for k, v in module.state_dict().items()}
+
+
+def _assert_same(before, module):
+    after = module.state_dict()
+    assert set(after) == set(before)
+    for k, (dtype, v) in before.items():
+        assert after[k].dtype == dtype, k
+        assert torch.equal(after[k].view(torch.uint8), v.view(torch.uint8)), k  # bit-identical, fp8 included
+
+
+def test_wrapping_never_casts_a_trunk_with_layerwise_casting_and_its_output_survives_unwrapping():
+    from diffusers.hooks import apply_layerwise_casting
+
+    from tests.helpers import tiny_inputs, tiny_trunk
+
+    trunk = tiny_trunk()
+    apply_layerwise_casting(trunk, storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        ref = trunk(**inputs, return_dict=False)[0]
+    before = _snapshot(trunk)
+    assert torch.float8_e4m3fn in {d for d, _ in before.values()} and torch.float32 in {d for d, _ in before.values()}
+    model = MultiPatchFlux(trunk, adapter=AdapterSettings(rank=4))
+    _assert_same(before, trunk)
+    assert model.dtype == torch.float32
+    assert {p.dtype for p in model.adapter_parameters()} == {torch.float32}  # new layers: the compute dtype
+    with torch.no_grad():
+        for k in model.sizes:  # every size runs on the fp8-stored trunk
+            out = model(**inputs, size=k, grid=(8, 8))
+            assert out.shape == ref.shape and torch.isfinite(out).all()
+        torch.testing.assert_close(model(**inputs, size=1, grid=(8, 8)), ref, rtol=0, atol=0)
+    assert model.unwrap() is trunk
+    _assert_same(before, trunk)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(**inputs, return_dict=False)[0], ref, rtol=0, atol=0)
+
+
+def test_wrapping_keeps_a_mixed_dtype_trunk_as_it_is():
+    from tests.helpers import tiny_trunk
+
+    trunk = tiny_trunk()
+    trunk.transformer_blocks.to(torch.bfloat16)  # the rest stays float32
+    before = _snapshot(trunk)
+    model = MultiPatchFlux(trunk, adapter=AdapterSettings(rank=4))
+    _assert_same(before, trunk)
+    assert {p.dtype for p in model.adapter_parameters()} == {model.dtype}
+    model.unwrap()
+    _assert_same(before, trunk)
