@@ -12,16 +12,25 @@ whenever the timestep goes up (a new generation).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import deque
+from pathlib import Path
 
-from torch import nn
+from diffusers.models.modeling_utils import ModelMixin
 
 from ..flops import step_flops
 from ..schedule import DDiTPolicy, StepRecord, Trace
 from ..settings import ScheduleSettings
 
 
-class DDiTTransformer(nn.Module):
+SCHEDULE_FILE = "ddit_schedule.json"
+
+
+class DDiTTransformer(ModelMixin):
+    """A ``ModelMixin`` only so that ``pipe.save_pretrained`` finds a save method: it saves the trunk as the normal
+    diffusers transformer, the adapters file and the schedule beside it, and ``FluxPipeline.from_pretrained`` loads
+    the folder back wrapped (see :meth:`save_pretrained`)."""
+
     def __init__(self, model, schedule: ScheduleSettings = ScheduleSettings(), policy_factory=None):
         super().__init__()
         if schedule.policy != "ddit" and policy_factory is None:
@@ -32,6 +41,7 @@ class DDiTTransformer(nn.Module):
                               f"policy_factory=lambda grid, sizes: ... (e.g. schedule.static.Ladder(steps, ...))")
         self.model = model
         self.schedule = schedule
+        self._custom_policy = policy_factory is not None
         self.policy_factory = policy_factory or (lambda grid, sizes: DDiTPolicy(schedule, grid, sizes))
         self.trace: Trace | None = None
         self._reset()
@@ -54,6 +64,49 @@ class DDiTTransformer(nn.Module):
     @property
     def device(self):
         return self.model.device
+
+    # ---- save_pretrained / from_pretrained ----------------------------------------------------------------------
+    def save_pretrained(self, save_directory, **kwargs):
+        """The trunk's own ``save_pretrained`` (config.json + weights, every keyword passed on), plus
+        ``ddit_adapters.safetensors`` (the coarse sizes) and ``ddit_schedule.json`` (the schedule settings) beside it.
+        A custom ``policy_factory`` cannot be written down: refused before anything of the transformer is written."""
+        from ..errors import ConfigError
+
+        if self._custom_policy:
+            raise ConfigError("this DDiTTransformer has a custom policy_factory, which cannot be saved; save the trunk "
+                              "(pipe.transformer.model.trunk.save_pretrained) and the adapters (model.save_adapters) "
+                              "and wrap again after loading")
+        trunk = self.model.trunk
+        folder = Path(save_directory)
+        trunk.save_pretrained(str(folder), **kwargs)
+        self.model.save_adapters(folder)
+        (folder / SCHEDULE_FILE).write_text(json.dumps({"format": "ddit-schedule/1",
+                                                        "trunk_class": type(trunk).__name__,
+                                                        "schedule": vars(self.schedule)}, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a folder written by :meth:`save_pretrained`: the trunk with diffusers (every keyword passed on), then
+        the adapters and schedule beside it. ``FluxPipeline.from_pretrained`` calls this for a saved wrapped pipe."""
+        import diffusers
+
+        from ..errors import WeightsError
+        from ..models.flux import MultiPatchFlux
+
+        folder = Path(pretrained_model_name_or_path)
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs.pop("subfolder")
+        meta_file = folder / SCHEDULE_FILE
+        if not meta_file.is_file():
+            raise WeightsError(f"{folder} has no {SCHEDULE_FILE}: not a folder written by DDiTTransformer.save_pretrained")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != "ddit-schedule/1":
+            raise WeightsError(f"{meta_file} is not a ddit schedule file (format {meta.get('format')!r})")
+        trunk_cls = getattr(diffusers, meta["trunk_class"], None)
+        if trunk_cls is None:
+            raise WeightsError(f"{meta_file} names trunk class {meta['trunk_class']!r}, which diffusers does not have")
+        trunk = trunk_cls.from_pretrained(str(folder), **kwargs)
+        return cls(MultiPatchFlux.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
 
     def cache_context(self, name: str):
         return contextlib.nullcontext()

@@ -99,3 +99,41 @@ def test_wrapping_keeps_a_mixed_dtype_trunk_as_it_is():
     assert {p.dtype for p in model.adapter_parameters()} == {model.dtype}
     model.unwrap()
     _assert_same(before, trunk)
+
+
+def test_save_pretrained_of_a_wrapped_pipeline_loads_back_wrapped_and_the_trunk_loads_plain(tmp_path):
+    import json
+
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from ddit_export.errors import ConfigError
+
+    pipe = tiny_flux_pipeline()
+    model = MultiPatchFlux(pipe.transformer, adapter=AdapterSettings(rank=4))
+    with torch.no_grad():  # adapters that differ from their initialisation, so a dropped file would show
+        for p in model.adapter_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    pipe.transformer = DDiTTransformer(model, ScheduleSettings(tau=10.0))
+    ref = _call(pipe)
+    ref_sizes = pipe.transformer.trace.sizes
+    assert 4 in ref_sizes
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["transformer"] == [
+        "ddit_export.runtime.pipeline", "DDiTTransformer"]
+    assert (tmp_path / "transformer" / "ddit_adapters.safetensors").is_file()
+
+    back = FluxPipeline.from_pretrained(tmp_path, local_files_only=True)
+    back.set_progress_bar_config(disable=True)
+    assert isinstance(back.transformer, DDiTTransformer) and back.transformer.schedule.tau == 10.0
+    out = _call(back)
+    assert back.transformer.trace.sizes == ref_sizes
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+    # the trunk is a normal diffusers transformer: the folder also loads as a plain FluxPipeline
+    plain = FluxTransformer2DModel.from_pretrained(tmp_path / "transformer")
+    _assert_same(_snapshot(model.trunk), plain)
+
+    custom = DDiTTransformer(model, policy_factory=lambda grid, sizes: None)
+    with pytest.raises(ConfigError, match="policy_factory"):
+        custom.save_pretrained(tmp_path / "custom")
+    assert not (tmp_path / "custom").exists()
