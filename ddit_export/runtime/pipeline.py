@@ -65,6 +65,18 @@ class DDiTTransformer(ModelMixin):
     def device(self):
         return self.model.device
 
+    # ---- what diffusers' loaders reach through the pipeline's transformer --------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None or name not in _delegated():
+                raise
+            # LoRA (``pipe.load_lora_weights`` -> ``load_lora_adapter``, ``set_adapters``, ``fuse_lora``, ...) and the
+            # IP-Adapter's ``encoder_hid_proj`` live on the trunk, which every patch size runs: delegate to it
+            return getattr(model.trunk, name)
+
     # ---- save_pretrained / from_pretrained ----------------------------------------------------------------------
     def save_pretrained(self, save_directory, **kwargs):
         """The trunk's own ``save_pretrained`` (config.json + weights, every keyword passed on), plus
@@ -113,6 +125,7 @@ class DDiTTransformer(ModelMixin):
 
     def forward(self, hidden_states, encoder_hidden_states=None, pooled_projections=None, timestep=None,
                 img_ids=None, txt_ids=None, guidance=None, joint_attention_kwargs=None, return_dict=True, **kwargs):
+        _refuse_ip_adapter(joint_attention_kwargs)
         if img_ids.ndim == 3:
             img_ids = img_ids[0]
         if txt_ids.ndim == 3:
@@ -139,6 +152,32 @@ class DDiTTransformer(ModelMixin):
         out = self.model(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
                          guidance, size=self._size, grid=grid)
         return (out,) if not return_dict else _Output(out)
+
+
+def _delegated() -> frozenset:
+    """Attribute names the wrapper hands to the trunk: diffusers' LoRA (PEFT) and FLUX IP-Adapter loader API."""
+    global _DELEGATED
+    if _DELEGATED is None:
+        from diffusers.loaders import PeftAdapterMixin
+        from diffusers.loaders.transformer_flux import FluxTransformer2DLoadersMixin
+
+        names = {"peft_config", "encoder_hid_proj", "_hf_peft_config_loaded", "_prepare_lora_hotswap_kwargs"}
+        for cls in (PeftAdapterMixin, FluxTransformer2DLoadersMixin):
+            names.update(n for n in vars(cls) if not n.startswith("__"))
+        _DELEGATED = frozenset(names)
+    return _DELEGATED
+
+
+_DELEGATED = None
+
+
+def _refuse_ip_adapter(joint_attention_kwargs):
+    if joint_attention_kwargs and "ip_adapter_image_embeds" in joint_attention_kwargs:
+        from ..errors import ConfigError
+
+        raise ConfigError("IP-Adapter image embeddings are not supported by the DDiT drop-in (the coarse sizes "
+                          "have no IP-Adapter path); run the plain transformer (pipe.transformer = "
+                          "pipe.transformer.model.unwrap()) for IP-Adapter generations")
 
 
 class _Output(dict):

@@ -137,3 +137,57 @@ def test_save_pretrained_of_a_wrapped_pipeline_loads_back_wrapped_and_the_trunk_
     with pytest.raises(ConfigError, match="policy_factory"):
         custom.save_pretrained(tmp_path / "custom")
     assert not (tmp_path / "custom").exists()
+
+
+def _tiny_lora(trunk, seed=3):
+    """A tiny LoRA in diffusers' format on attention and a feed-forward layer of both kinds of block."""
+    g = torch.Generator().manual_seed(seed)
+    mods = dict(trunk.named_modules())
+    sd = {}
+    for name in ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.2",
+                 "single_transformer_blocks.0.attn.to_k"]:
+        m = mods[name]
+        sd[f"transformer.{name}.lora_A.weight"] = torch.randn(2, m.in_features, generator=g) * 0.3
+        sd[f"transformer.{name}.lora_B.weight"] = torch.randn(m.out_features, 2, generator=g) * 0.3
+    return sd
+
+
+def test_load_lora_weights_after_wrapping_reaches_the_trunk_at_every_size():
+    pytest.importorskip("peft")
+    from tests.helpers import tiny_inputs
+
+    plain = tiny_flux_pipeline()
+    wrapped = tiny_flux_pipeline()
+    trunk = wrapped.transformer
+    model = MultiPatchFlux(trunk, adapter=AdapterSettings(rank=4))
+    inputs = dict(tiny_inputs(channels=16), guidance=torch.full((1,), 3.5))
+    with torch.no_grad():
+        coarse_before = model(**inputs, size=4, grid=(8, 8))
+    plain.load_lora_weights(_tiny_lora(plain.transformer), adapter_name="tiny")
+    wrapped.transformer = DDiTTransformer(model, ScheduleSettings(tau=1e-12))
+    wrapped.load_lora_weights(_tiny_lora(trunk), adapter_name="tiny")  # through the wrapper
+    assert "tiny" in wrapped.transformer.peft_config and wrapped.transformer.peft_config is trunk.peft_config
+    torch.testing.assert_close(_call(wrapped), _call(plain), rtol=0, atol=1e-6)  # all fine: exactly the plain LoRA
+    assert wrapped.transformer.trace.sizes == [1] * 8
+    with torch.no_grad():
+        coarse_after = model(**inputs, size=4, grid=(8, 8))
+    assert not torch.allclose(coarse_after, coarse_before, atol=1e-4)  # the coarse sizes run the LoRA too
+    wrapped.unload_lora_weights()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs, size=4, grid=(8, 8)), coarse_before, rtol=0, atol=1e-6)
+
+
+def test_ip_adapter_attribute_is_the_trunks_and_ip_adapter_embeddings_are_refused_loudly():
+    from ddit_export.errors import ConfigError
+    from tests.helpers import tiny_inputs, tiny_trunk
+
+    trunk = tiny_trunk()
+    wrapper = DDiTTransformer(MultiPatchFlux(trunk, sizes=(1, 2)))
+    assert not hasattr(wrapper, "encoder_hid_proj")  # as the trunk: none until an IP-Adapter is loaded
+    trunk.encoder_hid_proj = torch.nn.Identity()  # what _load_ip_adapter_weights sets on the trunk
+    assert wrapper.encoder_hid_proj is trunk.encoder_hid_proj
+    assert wrapper._load_ip_adapter_weights.__self__ is trunk
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute
+    with pytest.raises(ConfigError, match="IP-Adapter"):
+        wrapper(**tiny_inputs(), joint_attention_kwargs={"ip_adapter_image_embeds": [torch.zeros(1)]})
