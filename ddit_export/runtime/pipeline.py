@@ -16,6 +16,7 @@ import json
 from collections import deque
 from pathlib import Path
 
+import torch
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..flops import step_flops
@@ -123,13 +124,10 @@ class DDiTTransformer(ModelMixin):
     def cache_context(self, name: str):
         return contextlib.nullcontext()
 
-    def forward(self, hidden_states, encoder_hidden_states=None, pooled_projections=None, timestep=None,
-                img_ids=None, txt_ids=None, guidance=None, joint_attention_kwargs=None, return_dict=True, **kwargs):
-        _refuse_ip_adapter(joint_attention_kwargs)
-        if img_ids.ndim == 3:
-            img_ids = img_ids[0]
-        if txt_ids.ndim == 3:
-            txt_ids = txt_ids[0]
+    @torch.compiler.disable
+    def _decide(self, hidden_states, encoder_hidden_states, timestep, img_ids) -> tuple[int, tuple[int, int]]:
+        """The size for this call, decided eagerly: under ``torch.compile`` the history, the trace and the policy stay
+        outside the graph, so the compiled part sees only (size, grid) and compiles once per size, not per step."""
         grid = (int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1)
         t = float(timestep.flatten()[0])
         if self._last_t is None or t > self._last_t:  # a new generation starts
@@ -149,8 +147,18 @@ class DDiTTransformer(ModelMixin):
                 float(step_flops(self.config, grid[0] * grid[1], encoder_hidden_states.shape[1], d.size,
                                  self.model.adapter_settings.rank, hidden_states.shape[0])), d.sigmas))
             self._last_t = t
+        return self._size, grid
+
+    def forward(self, hidden_states, encoder_hidden_states=None, pooled_projections=None, timestep=None,
+                img_ids=None, txt_ids=None, guidance=None, joint_attention_kwargs=None, return_dict=True, **kwargs):
+        _refuse_ip_adapter(joint_attention_kwargs)
+        if img_ids.ndim == 3:
+            img_ids = img_ids[0]
+        if txt_ids.ndim == 3:
+            txt_ids = txt_ids[0]
+        size, grid = self._decide(hidden_states, encoder_hidden_states, timestep, img_ids)
         out = self.model(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
-                         guidance, size=self._size, grid=grid)
+                         guidance, size=size, grid=grid)
         return (out,) if not return_dict else _Output(out)
 
 

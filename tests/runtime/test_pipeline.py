@@ -191,3 +191,52 @@ def test_ip_adapter_attribute_is_the_trunks_and_ip_adapter_embeddings_are_refuse
         wrapper.no_such_attribute
     with pytest.raises(ConfigError, match="IP-Adapter"):
         wrapper(**tiny_inputs(), joint_attention_kwargs={"ip_adapter_image_embeds": [torch.zeros(1)]})
+
+
+def test_torch_compile_of_the_wrapper_compiles_once_per_size_not_once_per_step(pipe):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    original = pipe.transformer
+    wrapper = DDiTTransformer(MultiPatchFlux(original, adapter=AdapterSettings(rank=4)), ScheduleSettings(tau=10.0))
+    try:
+        pipe.transformer = wrapper
+        ref = _call(pipe)
+        torch._dynamo.reset()
+        counters.clear()
+        pipe.transformer = torch.compile(wrapper, backend="eager")  # dynamo's guards and graphs, no codegen: fast
+        out = _call(pipe)
+        assert wrapper.trace.sizes == [1, 1, 1, 4, 4, 4, 4, 4]
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        _call(pipe)
+        graphs = counters["stats"]["unique_graphs"]
+        assert 0 < graphs <= 2 * 2  # at most a couple of graphs per size used (1 and 4), not one per step
+        _call(pipe, steps=12)  # a longer generation with the same sizes compiles nothing new
+        assert set(wrapper.trace.sizes) == {1, 4} and len(wrapper.trace.steps) == 12
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        pipe.transformer = original
+        wrapper.model.unwrap()
+        torch._dynamo.reset()
+
+
+def test_compile_repeated_blocks_of_the_trunk_serves_every_size_without_per_step_recompiles():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    pipe = tiny_flux_pipeline()
+    wrapper = DDiTTransformer(MultiPatchFlux(pipe.transformer, adapter=AdapterSettings(rank=4)),
+                              ScheduleSettings(tau=10.0))
+    pipe.transformer = wrapper
+    ref = _call(pipe)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        wrapper.model.trunk.compile_repeated_blocks(backend="eager")  # the documented pattern
+        torch.testing.assert_close(_call(pipe), ref, rtol=0, atol=1e-6)
+        graphs = counters["stats"]["unique_graphs"]
+        assert 0 < graphs <= 2 * 2  # two block classes x two token counts (sizes 1 and 4)
+        _call(pipe, steps=12)
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.reset()
