@@ -121,8 +121,37 @@ class DDiTTransformer(ModelMixin):
         trunk = trunk_cls.from_pretrained(str(folder), **kwargs)
         return cls(MultiPatchFlux.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
 
-    def cache_context(self, name: str):
+    def cache_context(self, name: str, **kwargs):
+        """The trunk's ``cache_context`` when diffusers' cache hooks sit on it (``pipe.transformer.enable_cache(...)``
+        reaches the trunk), so its hooks see the pipeline's cond/uncond calls; else nothing."""
+        trunk = self.model.trunk
+        if hasattr(trunk, "_diffusers_hook") and hasattr(trunk, "cache_context"):
+            return trunk.cache_context(name, **kwargs)
         return contextlib.nullcontext()
+
+    def _reset_trunk_caches(self):
+        """A size switch (or a new generation) starts diffusers' cache hooks afresh: their stored state is in the
+        token form of the size that made it. Cache hooks this has not been tested with are refused."""
+        hooks = _stateful_hooks(self.model.trunk)
+        if not hooks:
+            return
+        untested = sorted(hooks - set(_CACHES_TESTED))
+        if untested:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"diffusers cache hook(s) {', '.join(untested)} on the trunk are not supported by the DDiT "
+                              f"drop-in (tested: FirstBlockCache, PyramidAttentionBroadcast); disable_cache() or use "
+                              f"the runtime's own step cache")
+        from diffusers.hooks.hooks import StateManager, _set_cache_context
+
+        trunk = self.model.trunk
+        managers = [a for m in trunk.modules() if getattr(m, "_diffusers_hook", None) is not None
+                    for h in m._diffusers_hook.hooks.values() if h._is_stateful
+                    for a in vars(h).values() if isinstance(a, StateManager)]
+        context = next((sm._context for sm in managers if sm._context is not None), None)
+        trunk._reset_stateful_cache()  # also clears the pipeline's cache context: set it again
+        if context is not None:
+            _set_cache_context(trunk, context)
 
     @torch.compiler.disable
     def _decide(self, hidden_states, encoder_hidden_states, timestep, img_ids) -> tuple[int, tuple[int, int]]:
@@ -141,6 +170,8 @@ class DDiTTransformer(ModelMixin):
             self._history.append(hidden_states.detach().float().cpu().numpy())
             step = len(self.trace.steps)
             d = self._policy.decide(step, self._history)
+            if step == 0 or d.size != self._size:
+                self._reset_trunk_caches()
             self._size = d.size
             self.trace.steps.append(StepRecord(
                 step, t, d.size, d.reason, grid[0] * grid[1] // d.size ** 2,
@@ -169,14 +200,27 @@ def _delegated() -> frozenset:
         from diffusers.loaders import PeftAdapterMixin
         from diffusers.loaders.transformer_flux import FluxTransformer2DLoadersMixin
 
+        from diffusers.models.cache_utils import CacheMixin
+
         names = {"peft_config", "encoder_hid_proj", "_hf_peft_config_loaded", "_prepare_lora_hotswap_kwargs"}
-        for cls in (PeftAdapterMixin, FluxTransformer2DLoadersMixin):
+        for cls in (PeftAdapterMixin, FluxTransformer2DLoadersMixin, CacheMixin):  # CacheMixin: enable_cache & co.
             names.update(n for n in vars(cls) if not n.startswith("__"))
         _DELEGATED = frozenset(names)
     return _DELEGATED
 
 
 _DELEGATED = None
+# diffusers' cache hooks tested through the drop-in (tests/runtime/test_pipeline.py): state reset at a size switch
+_CACHES_TESTED = ("fbc_leader_block_hook", "fbc_block_hook", "pyramid_attention_broadcast")
+
+
+def _stateful_hooks(trunk) -> set[str]:
+    names = set()
+    for m in trunk.modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None:
+            names.update(n for n, h in reg.hooks.items() if h._is_stateful)
+    return names
 
 
 def _refuse_ip_adapter(joint_attention_kwargs):

@@ -240,3 +240,46 @@ def test_compile_repeated_blocks_of_the_trunk_serves_every_size_without_per_step
         assert counters["stats"]["unique_graphs"] == graphs
     finally:
         torch._dynamo.reset()
+
+
+def test_diffusers_first_block_cache_through_the_wrapper_is_exact_when_fine_and_restarts_at_a_size_switch():
+    from diffusers import FirstBlockCacheConfig
+
+    plain = tiny_flux_pipeline()
+    plain.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))
+    ref = _call(plain)
+
+    pipe = tiny_flux_pipeline()
+    model = MultiPatchFlux(pipe.transformer, adapter=AdapterSettings(rank=4))
+    pipe.transformer = DDiTTransformer(model, ScheduleSettings(tau=10.0))
+    no_cache = _call(pipe)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))  # reaches the trunk
+    assert model.trunk.is_cache_enabled
+    cached = _call(pipe)  # switches 1 -> 4 at step 3: the cache restarts instead of mixing token counts
+    assert pipe.transformer.trace.sizes == [1, 1, 1, 4, 4, 4, 4, 4]
+    assert torch.isfinite(cached).all() and not torch.allclose(cached, no_cache)  # the cache skipped coarse work
+
+    pipe.transformer = DDiTTransformer(model, ScheduleSettings(tau=1e-12))
+    torch.testing.assert_close(_call(pipe), ref, rtol=0, atol=1e-6)  # all fine: exactly diffusers' own FBC
+    pipe.transformer.disable_cache()
+    assert not model.trunk.is_cache_enabled
+
+
+def test_pyramid_attention_broadcast_survives_a_switch_inside_its_window_and_untested_caches_are_refused():
+    from diffusers import PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    from ddit_export.errors import ConfigError
+
+    pipe = tiny_flux_pipeline()
+    model = MultiPatchFlux(pipe.transformer, adapter=AdapterSettings(rank=4))
+    pipe.transformer = DDiTTransformer(model, ScheduleSettings(tau=10.0))
+    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
+        current_timestep_callback=lambda: pipe.current_timestep))
+    out = _call(pipe)  # the switch at step 3 falls inside the skip window
+    assert pipe.transformer.trace.sizes == [1, 1, 1, 4, 4, 4, 4, 4] and torch.isfinite(out).all()
+    pipe.transformer.disable_cache()
+
+    pipe.transformer.enable_cache(TaylorSeerCacheConfig())
+    with pytest.raises(ConfigError, match="taylorseer_cache.*not supported"):
+        _call(pipe)
