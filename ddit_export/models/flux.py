@@ -59,7 +59,18 @@ class MultiPatchFlux(nn.Module):
         })
         self._active = lora_mod.ActiveSize()
         self._hooks = lora_mod.attach(trunk, self.lora_targets, self.loras, self._active)
-        self.to(dtype=next(trunk.parameters()).dtype, device=next(trunk.parameters()).device)
+        # only the new layers move, to the trunk's compute dtype and device: the user's trunk is never cast (a trunk
+        # with layerwise casting or mixed dtypes keeps every parameter exactly as it was)
+        dtype, device = compute_dtype(trunk), next(trunk.parameters()).device
+        self.stems.to(dtype=dtype, device=device)
+        self.loras.to(dtype=dtype, device=device)
+
+    def unwrap(self) -> nn.Module:
+        """Detach the LoRA hooks and hand the trunk back exactly as it came in (parameters, dtypes, module tree)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        return self.trunk
 
     # ---- the contract --------------------------------------------------------------------------------------
     def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
@@ -179,8 +190,19 @@ class MultiPatchFlux(nn.Module):
 
     @property
     def dtype(self):
-        return next(self.trunk.parameters()).dtype
+        return compute_dtype(self.trunk)
 
     @property
     def device(self):
         return next(self.trunk.parameters()).device
+
+
+def compute_dtype(trunk: nn.Module) -> torch.dtype:
+    """The dtype the trunk computes in: a layerwise-casting hook's compute dtype (diffusers' ``get_parameter_dtype``
+    reads it), else the dtype of its first floating parameter (the input embedding's for a mixed-dtype trunk)."""
+    try:
+        from diffusers.models.modeling_utils import get_parameter_dtype
+
+        return get_parameter_dtype(trunk)
+    except ImportError:  # pragma: no cover - diffusers is a core dependency of the FLUX path
+        return next(p.dtype for p in trunk.parameters() if p.is_floating_point())
