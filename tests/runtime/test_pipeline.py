@@ -251,3 +251,23 @@ def test_a_new_generation_is_detected_from_the_scheduler_not_the_timestep():
     inp.update(hidden_states=x, timestep=torch.full((1,), 0.05))
     drop(**inp)
     assert len(drop.trace.steps) == 1
+
+
+def test_split_sigmas_calls_of_a_real_pipeline_are_separate_generations(pipe):
+    original = pipe.transformer
+    try:
+        pipe.transformer = DDiTTransformer(MultiPatchFlux(original, adapter=AdapterSettings(rank=4)),
+                                           ScheduleSettings(tau=10.0), scheduler=pipe.scheduler)
+
+        def call(sigmas):
+            return pipe("a red cat", negative_prompt="blue", true_cfg_scale=2.0, height=64, width=64,
+                        sigmas=sigmas, num_inference_steps=len(sigmas), output_type="latent",
+                        generator=torch.Generator().manual_seed(0)).images
+
+        call([1.0, 0.9, 0.8, 0.7, 0.6])
+        first = pipe.transformer.trace
+        assert len(first.steps) == 5 and first.sizes[:3] == [1, 1, 1]
+        call([0.5, 0.4, 0.3])  # the second half of a split schedule: lower timesteps, still a new generation
+        assert pipe.transformer.trace is not first and len(pipe.transformer.trace.steps) == 3
+    finally:
+        pipe.transformer = original
