@@ -74,12 +74,19 @@ class MultiPatchFlux(nn.Module):
 
     # ---- the contract --------------------------------------------------------------------------------------
     def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
-                guidance=None, *, size: int = 1, grid: tuple[int, int]):
-        """Velocity for fine-token latents ``hidden_states`` (B, h*w, C) at patch size ``size``; ``grid`` = (h, w)."""
+                guidance=None, *, size: int = 1, grid: tuple[int, int], joint_attention_kwargs=None,
+                controlnet_block_samples=None, controlnet_single_block_samples=None, controlnet_blocks_repeat=False):
+        """Velocity for fine-token latents ``hidden_states`` (B, h*w, C) at patch size ``size``; ``grid`` = (h, w).
+
+        Tokens after the first h*w (FluxKontextPipeline's reference image) stay fine at every size: they are embedded
+        by the trunk's own ``x_embedder`` and keep their positions, and their outputs come back after the latent's.
+        ``joint_attention_kwargs`` (incl. the LoRA ``scale``) reach every size; ControlNet residuals are per fine
+        token, so they are honoured at size 1 only and refused at a coarse size (the drop-in runs such steps fine).
+        """
         if size not in self.sizes:
             raise ConfigError(f"patch size {size} is not one of this model's sizes {self.sizes}")
         h, w = grid
-        if hidden_states.ndim != 3 or hidden_states.shape[1] != h * w:
+        if hidden_states.ndim != 3 or hidden_states.shape[1] < h * w:
             raise ConfigError(f"hidden_states has shape {tuple(hidden_states.shape)}; the {h}x{w} token grid needs "
                               f"(batch, {h * w}, channels) fine tokens")
         if h % size or w % size:
@@ -87,16 +94,45 @@ class MultiPatchFlux(nn.Module):
         if size == 1:
             return self.trunk(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
                               pooled_projections=pooled_projections, timestep=timestep, img_ids=img_ids,
-                              txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+                              txt_ids=txt_ids, guidance=guidance, joint_attention_kwargs=joint_attention_kwargs,
+                              controlnet_block_samples=controlnet_block_samples,
+                              controlnet_single_block_samples=controlnet_single_block_samples,
+                              controlnet_blocks_repeat=controlnet_blocks_repeat, return_dict=False)[0]
+        if controlnet_block_samples is not None or controlnet_single_block_samples is not None:
+            raise ConfigError(f"ControlNet residuals are per fine token: patch size {size} cannot take "
+                              f"controlnet_block_samples / controlnet_single_block_samples (run such steps at size 1)")
+        n = h * w
         stem = self.stems[str(size)]
-        x = merge_tokens(hidden_states, grid, size)
-        out = self._trunk_body(stem.embed(x) + stem.size_id, encoder_hidden_states, pooled_projections, timestep,
-                               coarse_ids(img_ids, grid, size), txt_ids, guidance, size)
-        return unmerge_tokens(stem.deembed(out) + stem.residual(x), grid, size)
+        x = merge_tokens(hidden_states[:, :n], grid, size)
+        hidden = stem.embed(x) + stem.size_id
+        ids = coarse_ids(img_ids[:n], grid, size)
+        extra = hidden_states.shape[1] - n
+        if extra:  # reference tokens (Kontext) stay fine
+            hidden = torch.cat([hidden, self.trunk.x_embedder(hidden_states[:, n:])], dim=1)
+            ids = torch.cat([ids, img_ids[n:]], dim=0)
+        out = self._trunk_body(hidden, encoder_hidden_states, pooled_projections, timestep, ids, txt_ids, guidance,
+                               size, joint_attention_kwargs)
+        n_coarse = x.shape[1]
+        velocity = unmerge_tokens(stem.deembed(out[:, :n_coarse]) + stem.residual(x), grid, size)
+        if extra:
+            velocity = torch.cat([velocity, self.trunk.proj_out(out[:, n_coarse:])], dim=1)
+        return velocity
 
-    def _trunk_body(self, hidden, encoder_hidden_states, pooled, timestep, img_ids, txt_ids, guidance, size):
-        """diffusers' FluxTransformer2DModel.forward between x_embedder and proj_out, with size's LoRA active."""
+    def _trunk_body(self, hidden, encoder_hidden_states, pooled, timestep, img_ids, txt_ids, guidance, size,
+                    joint_attention_kwargs=None):
+        """diffusers' FluxTransformer2DModel.forward between x_embedder and proj_out, with size's LoRA active.
+
+        ``joint_attention_kwargs`` are handled as diffusers does: ``scale`` scales the trunk's PEFT LoRA layers for
+        this call, ``ip_adapter_image_embeds`` goes through the trunk's ``encoder_hid_proj``, the rest reach every
+        block's attention processor.
+        """
+        from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+
         t = self.trunk
+        jak = dict(joint_attention_kwargs or {})
+        lora_scale = jak.pop("scale", 1.0)
+        if "ip_adapter_image_embeds" in jak:
+            jak["ip_hidden_states"] = t.encoder_hid_proj(jak.pop("ip_adapter_image_embeds"))
         timestep = timestep.to(hidden.dtype) * 1000
         if guidance is not None:
             temb = t.time_text_embed(timestep, guidance.to(hidden.dtype) * 1000, pooled)
@@ -104,10 +140,16 @@ class MultiPatchFlux(nn.Module):
             temb = t.time_text_embed(timestep, pooled)
         enc = t.context_embedder(encoder_hidden_states)
         rope = t.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
-        with self.active(size):
-            for block in list(t.transformer_blocks) + list(t.single_transformer_blocks):
-                enc, hidden = block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb,
-                                    image_rotary_emb=rope)
+        if USE_PEFT_BACKEND:
+            scale_lora_layers(t, lora_scale)
+        try:
+            with self.active(size):
+                for block in list(t.transformer_blocks) + list(t.single_transformer_blocks):
+                    enc, hidden = block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb,
+                                        image_rotary_emb=rope, joint_attention_kwargs=jak)
+        finally:
+            if USE_PEFT_BACKEND:
+                unscale_lora_layers(t, lora_scale)
         return t.norm_out(hidden, temb)
 
     @contextlib.contextmanager
