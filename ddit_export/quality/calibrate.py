@@ -139,10 +139,11 @@ def choose(rows: list[dict], settings: CalibrateSettings) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    """``data`` as JSON through fsutil.write_file_atomic (temp + rename; a failed write leaves ``path`` as it was)."""
+    from ..fsutil import write_file_atomic
+
+    text = json.dumps(data, indent=1) + "\n"
+    write_file_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict, cache: dict | None = None):
