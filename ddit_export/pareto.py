@@ -282,10 +282,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
             continue
         for key, times in (("torch", torch_times), ("onnxruntime", ort_times)):
             t, f = times.get(row["name"]), times.get(methods[0].name)
-            row[key] = None if t is None else dict(
-                median_s=statistics.median(t), min_s=min(t), max_s=max(t),
-                speedup=statistics.median(f) / statistics.median(t),
-                speedup_min=min(f) / max(t), speedup_max=max(f) / min(t))
+            row[key] = None if t is None else dict(median_s=statistics.median(t), min_s=min(t), max_s=max(t),
+                                                   **speedup_stats(f, t))
 
     report = dict(format="ddit-pareto/1", model=model.name, steps=steps, n_prompts=n, seeds=list(settings.seeds),
                   wall_prompts=len(wall), repeats=settings.repeats, threads=settings.threads,
@@ -325,6 +323,13 @@ def _oracle_rows(model, scenes_, settings, fine_imgs, log) -> list[dict]:
                         schedules=res["per_prompt"] if fam == "oracle" and "per prompt" in name else None,
                         kinds=None, torch=None, onnxruntime=None, no_wall=True))
     return out
+
+
+def speedup_stats(fine: list, times: list) -> dict:
+    """Speed-up of ``times`` over the reference ``fine`` (seconds of interleaved rounds): the ratio of medians, and
+    the extreme ratios (slowest reference round over fastest row round, and the reverse) as its range."""
+    return dict(speedup=statistics.median(fine) / statistics.median(times), speedup_min=min(fine) / max(times),
+                speedup_max=max(fine) / min(times))
 
 
 class _nullctx:

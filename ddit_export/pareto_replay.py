@@ -75,25 +75,30 @@ def replay_rows(model, backend, rows: list[dict], clock, repeats: int, *, deadli
         for r in random.sample(rows, len(rows)):
             times[r["name"]].append(run_row(r, False))
         log(f"replay round {rep + 1}/{repeats}")
+    from .pareto import speedup_stats
+
     fine = rows[0]["name"]
     out = []
     for r in rows:
-        t, f = times[r["name"]], times[fine]
-        measured = statistics.median(f) / statistics.median(t)
+        t = times[r["name"]]
+        stats = speedup_stats(times[fine], t)
         bound = flops[fine] / flops[r["name"]]
         out.append(dict(name=r["name"], family=r["family"], prompts=len(r["plans"]), median_s=statistics.median(t),
-                        runs_s=t, speedup=measured, speedup_min=min(f) / max(t), speedup_max=max(f) / min(t),
-                        flop_bound=bound, fraction_of_bound=measured / bound))
+                        runs_s=t, **stats, flop_bound=bound, fraction_of_bound=stats["speedup"] / bound))
     return out
+
+
+def table_rows(rows: list[dict]) -> list[str]:
+    """Markdown rows of a replay: measured speed-up (min–max), FLOP bound, measured / bound (also gpu_bench.py's)."""
+    return [f"| {r['name']} | {r['family']} | {r['speedup']:.2f}x ({r['speedup_min']:.2f}–{r['speedup_max']:.2f}) "
+            f"| {r['flop_bound']:.2f}x | {r['fraction_of_bound']:.2f} |" for r in rows]
 
 
 def markdown(res: dict) -> str:
     lines = [f"# Replay of {res['source']} on {res['model']}", "", res["description"], "",
              "| method | family | measured speed-up (min–max) | FLOP-bound speed-up | measured / bound |",
              "|---|---|---|---|---|"]
-    for r in res["rows"]:
-        lines.append(f"| {r['name']} | {r['family']} | {r['speedup']:.2f}x ({r['speedup_min']:.2f}–"
-                     f"{r['speedup_max']:.2f}) | {r['flop_bound']:.2f}x | {r['fraction_of_bound']:.2f} |")
+    lines += table_rows(res["rows"])
     if res.get("notes"):
         lines += ["", "Not replayed:"] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"

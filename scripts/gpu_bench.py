@@ -270,10 +270,9 @@ def markdown(res: dict) -> str:
                   f"flux-mini), whole generations, medians:", "",
                   "| method | family | measured speed-up (min–max) | FLOP-bound | measured / bound |",
                   "|---|---|---|---|---|"]
-        for r in res["replay"]:
-            lines.append(f"| {r['name']} | {r['family']} | {r['speedup']:.2f}x ({r['speedup_min']:.2f}–"
-                         f"{r['speedup_max']:.2f}) | {r['flop_bound']:.2f}x | {r['fraction_of_bound']:.2f} |")
-        lines.append("")
+        from ddit_export.pareto_replay import table_rows
+
+        lines += table_rows(res["replay"]) + [""]
     if res.get("notes"):
         lines += ["Notes:", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
