@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -67,7 +68,10 @@ class TrainConfig:
     text_layers: int = 1
     text_heads: int = 4
     max_words: int = 40
-    side: int = 32
+    side: int = 32  # the resolution the exported model defaults to
+    mix: tuple[int, ...] = ()  # training resolutions, cycled step by step (e.g. (32, 64)); empty: (side,)
+    name: str = "flux-mini"  # the exported model's name
+    init: str | None = None  # a pixel-model folder to start from (progressive training), else a fresh init
     # optimisation
     batch: int = 32
     lr: float = 1e-3
@@ -86,11 +90,22 @@ class TrainConfig:
     sample_steps: int = 28
 
     @property
+    def sides(self) -> tuple[int, ...]:
+        """The training resolutions in cycle order (step ``i`` trains at ``sides[i % len(sides)]``)."""
+        return tuple(self.mix) or (self.side,)
+
+    @property
     def mu(self) -> float:
         """FluxPipeline's ``calculate_shift`` at this model's token count."""
-        n = (self.side // 2) ** 2
+        return self.mu_at(self.side)
+
+    def mu_at(self, side: int) -> float:
+        n = (side // 2) ** 2
         m = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
         return n * m + self.base_shift - m * self.base_seq_len
+
+    def side_at(self, step: int) -> int:
+        return self.sides[step % len(self.sides)]
 
 
 MICRO = dict(width=32, heads=2, double_blocks=1, single_blocks=1, axes_dims_rope=(4, 6, 6), text_dim=16,
@@ -129,31 +144,77 @@ class Pair(torch.nn.Module):
 
     def velocity(self, x, s, prompts_or_ids, grid):
         ids, mask = prompts_or_ids if isinstance(prompts_or_ids, tuple) else self.text.tokenize(prompts_or_ids)
-        states, pooled = self.text(ids, mask)
-        txt_ids = torch.zeros(states.shape[1], 3)
+        dev = x.device
+        states, pooled = self.text(ids.to(dev), mask.to(dev))
+        txt_ids = torch.zeros(states.shape[1], 3, device=dev)
         return self.trunk(hidden_states=x, encoder_hidden_states=states, pooled_projections=pooled, timestep=s,
-                          img_ids=image_ids(grid), txt_ids=txt_ids, return_dict=False)[0]
+                          img_ids=image_ids(grid, device=dev), txt_ids=txt_ids, return_dict=False)[0]
 
 
 # ---- data and objective ------------------------------------------------------------------------------------
-def batch_at(cfg: TrainConfig, step: int, split: str = "train", n: int | None = None):
-    """The batch of ``step``: packed clean tokens, captions. A function of (seed, step) only."""
+def batch_at(cfg: TrainConfig, step: int, split: str = "train", n: int | None = None, side: int | None = None):
+    """The batch of ``step``: packed clean tokens, captions. A function of (seed, step) only; the resolution is
+    ``cfg.side_at(step)`` unless ``side`` is given."""
+    side = side or cfg.side_at(step)
     images, captions, _ = scenes.make_batch(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split,
-                                            side=cfg.side)
-    geom = TokenGeometry(cfg.side, cfg.side, 1, 3)
+                                            side=side)
+    geom = TokenGeometry(side, side, 1, 3)
     return torch.from_numpy(pack(images, geom)), captions, geom.grid
 
 
-def sample_sigmas(cfg: TrainConfig, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Logit-normal s, shifted like the sampler's sigmas (exp(mu) time shift)."""
+def _batch_numpy(cfg: TrainConfig, step: int):
+    """:func:`batch_at` for a data worker process (numpy crosses the process boundary cheaply)."""
+    x0, caps, grid = batch_at(cfg, step)
+    return x0.numpy(), caps, grid
+
+
+class Prefetch:
+    """Batches of steps ``start, start+1, ...`` made ``ahead`` steps in advance by ``workers`` processes (spawned,
+    so a CUDA parent is safe); ``workers=0`` makes them inline. Same batches either way: they depend on the step."""
+
+    def __init__(self, cfg: TrainConfig, start: int, workers: int, ahead: int | None = None):
+        self.cfg, self.next, self.pending = cfg, start, []
+        self.pool = None
+        if workers > 0:
+            import multiprocessing as mp
+
+            self.pool = mp.get_context("spawn").Pool(workers)
+            self.ahead = ahead or 2 * workers
+            self._fill()
+
+    def _fill(self):
+        while len(self.pending) < self.ahead:
+            self.pending.append(self.pool.apply_async(_batch_numpy, (self.cfg, self.next + len(self.pending))))
+
+    def get(self, step: int):
+        if self.pool is None:
+            return batch_at(self.cfg, step)
+        if step != self.next:
+            raise RuntimeError(f"prefetch expected step {self.next}, got {step}")
+        x0, caps, grid = self.pending.pop(0).get()
+        self.next += 1
+        self._fill()
+        return torch.from_numpy(x0), caps, tuple(grid)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def sample_sigmas(cfg: TrainConfig, n: int, gen: torch.Generator, side: int | None = None) -> torch.Tensor:
+    """Logit-normal s, shifted like the sampler's sigmas (exp(mu) time shift) at the batch's token count."""
     u = torch.sigmoid(torch.randn(n, generator=gen))
-    e = math.exp(cfg.mu)
+    e = math.exp(cfg.mu_at(side or cfg.side))
     return e * u / (1 + (e - 1) * u)
 
 
 def flow_loss(model: Pair, cfg: TrainConfig, x0, captions, grid, gen, s=None):
-    s = sample_sigmas(cfg, x0.shape[0], gen) if s is None else s
-    noise = torch.randn(x0.shape, generator=gen)
+    """Rectified-flow loss; noise and s come from the CPU generator ``gen`` (the same on every device)."""
+    side = 2 * grid[0]
+    s = sample_sigmas(cfg, x0.shape[0], gen, side) if s is None else s
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    s = s.to(x0.device)
     xt = (1 - s[:, None, None]) * x0 + s[:, None, None] * noise
     v = model.velocity(xt, s, captions, grid)
     return torch.mean((v - (noise - x0)) ** 2)
@@ -209,14 +270,14 @@ def _save_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, n
     tmp = work / (CKPT + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
     moments = {}
     for name, p in zip(names, opt.param_groups[0]["params"]):
         st = opt.state.get(p, {})
         if st:
-            moments[f"exp_avg.{name}"] = st["exp_avg"]
-            moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
+            moments[f"exp_avg.{name}"] = st["exp_avg"].cpu()
+            moments[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].cpu()
     save_file(moments, tmp / "optim.safetensors")
     (tmp / STATE).write_text(json.dumps(state, indent=2))
     replace_dir(tmp, work / CKPT, owned=lambda d: (d / STATE).is_file())
@@ -226,6 +287,7 @@ def _load_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, n
     from safetensors.torch import load_file
 
     ck = work / CKPT
+    dev = next(model.parameters()).device
     model.load_state_dict(load_file(ck / "model.safetensors"))
     for k, v in load_file(ck / "ema.safetensors").items():
         ema[k].copy_(v)
@@ -233,8 +295,8 @@ def _load_ckpt(work: Path, model: Pair, ema: dict, opt: torch.optim.Optimizer, n
     moments = load_file(ck / "optim.safetensors")
     for name, p in zip(names, opt.param_groups[0]["params"]):
         if f"exp_avg.{name}" in moments:
-            opt.state[p] = {"step": torch.tensor(float(state["step"])), "exp_avg": moments[f"exp_avg.{name}"],
-                            "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
+            opt.state[p] = {"step": torch.tensor(float(state["step"])), "exp_avg": moments[f"exp_avg.{name}"].to(dev),
+                            "exp_avg_sq": moments[f"exp_avg_sq.{name}"].to(dev)}
     return state
 
 
@@ -249,8 +311,12 @@ def export_model(out: Path, cfg: TrainConfig, ema: dict, sched):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_for(out)
     try:
-        save_pixel_model(tmp, trunk, text, sched, name="flux-mini", height=cfg.side, width=cfg.side,
+        save_pixel_model(tmp, trunk, text, sched, name=cfg.name, height=cfg.side, width=cfg.side,
                          steps=cfg.sample_steps)
+        if len(set(cfg.sides)) > 1 or cfg.sides[0] != cfg.side:
+            meta = json.loads((tmp / PIXEL_META).read_text())
+            meta["trained_resolutions"] = [[r, r] for r in sorted(set(cfg.sides))]
+            (tmp / PIXEL_META).write_text(json.dumps(meta, indent=2))
         replace_dir(tmp, out, owned)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -265,7 +331,28 @@ def _config_from_work(work: Path, cfg: TrainConfig) -> TrainConfig:
         return cfg
     saved = json.loads(f.read_text())["config"]
     saved["axes_dims_rope"] = tuple(saved["axes_dims_rope"])
+    saved["mix"] = tuple(saved.get("mix", ()))
     return TrainConfig(**saved)
+
+
+def init_from(model: Pair, folder: str | Path):
+    """Load a pixel-model folder's trunk and text encoder into ``model`` (progressive training starts here)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    files = {"trunk": folder / "transformer" / "diffusion_pytorch_model.safetensors",
+             "text": folder / "text_encoder" / "diffusion_pytorch_model.safetensors"}
+    state = {}
+    for prefix, f in files.items():
+        if not f.is_file():
+            raise FileNotFoundError(f"--init {folder}: no {f.relative_to(folder)} (not a pixel-model folder)")
+        state.update({f"{prefix}.{k}": v for k, v in load_file(f).items()})
+    own = model.state_dict()
+    bad = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+    if bad:
+        raise ValueError(f"--init {folder}: its architecture differs from this run's config "
+                         f"({len(bad)} tensors missing or of another shape, e.g. {bad[0]})")
+    model.load_state_dict({k: state[k] for k in own})
 
 
 @torch.no_grad()
@@ -273,15 +360,23 @@ def evaluate(model: Pair, cfg: TrainConfig, n: int = 64) -> dict:
     """Flow loss on fixed train/held-out batches at fixed sigmas: comparable across checkpoints."""
     out = {}
     s = torch.linspace(0.05, 0.95, n)
-    for split in ("train", "heldout"):
-        x0, caps, grid = batch_at(cfg, 2**31, split, n)
-        out[split] = float(flow_loss(model, cfg, x0, caps, grid, torch.Generator().manual_seed(1), s))
+    dev = next(model.parameters()).device
+    for side in sorted(set(cfg.sides)):
+        tag = "" if len(set(cfg.sides)) == 1 else f"_{side}"
+        for split in ("train", "heldout"):
+            x0, caps, grid = batch_at(cfg, 2**31, split, n, side=side)
+            out[split + tag] = float(flow_loss(model, cfg, x0.to(dev), caps, grid,
+                                               torch.Generator().manual_seed(1), s))
     return out
 
 
 def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None, steps: int | None = None,
-          ckpt_minutes: float = 5.0, threads: int | str = 2, progress: bool = True, samples: bool = True) -> dict:
-    """Train (or resume) until ``steps`` total steps or ``minutes`` total minutes; returns the final state."""
+          ckpt_minutes: float = 5.0, threads: int | str = 2, progress: bool = True, samples: bool = True,
+          device: str = "cpu", bf16: bool = False, workers: int = 0) -> dict:
+    """Train (or resume) until ``steps`` total steps or ``minutes`` total minutes; returns the final state.
+
+    ``device="cuda"`` with ``bf16`` (autocast; weights, EMA and optimizer moments stay fp32) and ``workers`` data
+    processes is the GPU path; checkpoints are the same files either way, so a run can move between machines."""
     from tqdm import tqdm
 
     if minutes is None and steps is None:
@@ -294,6 +389,13 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
     cfg = _config_from_work(work, cfg)
     trunk, text, sched = build(cfg)
     model = Pair(trunk, text).train()
+    if cfg.init and not (work / CKPT / STATE).is_file():
+        init_from(model, cfg.init)
+        print(f"starting from {cfg.init}", file=sys.stderr)
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
@@ -302,6 +404,7 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
     if (work / CKPT / STATE).is_file():
         state = _load_ckpt(work, model, ema, opt, names)
         print(f"resuming from {work / CKPT} at step {state['step']}", file=sys.stderr)
+    amp = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     ema_params = [ema[n] for n in names]
     buffers = [(ema[n], b) for n, b in model.named_buffers() if n in ema]
 
@@ -330,18 +433,22 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
         st = {"step": step, "elapsed_s": elapsed(), "config": dataclasses.asdict(cfg)}
         _save_ckpt(work, model, ema, opt, names, st)
         export_model(out, cfg, ema, sched)
-        ev = evaluate(_ema_model(cfg, ema), cfg)
+        with amp:
+            ev = evaluate(_ema_model(cfg, ema).to(device), cfg)
         new = not (work / "eval.csv").exists()
         with open(work / "eval.csv", "a") as f:
-            f.write("step,elapsed_s,train_loss,heldout_loss\n" if new else "")
-            f.write(f"{step},{st['elapsed_s']:.1f},{ev['train']:.5f},{ev['heldout']:.5f}\n")
+            f.write("step,elapsed_s," + ",".join(f"{k}_loss" for k in ev) + "\n" if new else "")
+            f.write(f"{step},{st['elapsed_s']:.1f}," + ",".join(f"{v:.5f}" for v in ev.values()) + "\n")
         if samples:
-            imgs = generate(_ema_model(cfg, ema), sched, SAMPLE_PROMPTS, cfg.side, cfg.sample_steps)
-            save_grid(imgs, work / f"samples_{step:06d}.png")
+            for side in sorted(set(cfg.sides)):
+                imgs = generate(_ema_model(cfg, ema), sched, SAMPLE_PROMPTS, side, cfg.sample_steps)
+                tag = "" if len(set(cfg.sides)) == 1 else f"_{side}"
+                save_grid(imgs, work / f"samples{tag}_{step:06d}.png")
         return st
 
     bar = tqdm(total=steps, initial=step, disable=not progress, mininterval=5.0, dynamic_ncols=True,
                file=sys.stderr)
+    data = Prefetch(cfg, step, workers)
     try:
         while not stop["flag"] and (steps is None or step < steps) and (budget is None or elapsed() < budget):
             nthreads = tuner.before_step() if tuner else torch.get_num_threads()
@@ -349,9 +456,10 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
             lr = lr_at(cfg, step, frac())
             for g in opt.param_groups:
                 g["lr"] = lr
-            x0, caps, grid = batch_at(cfg, step)
+            x0, caps, grid = data.get(step)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            loss = flow_loss(model, cfg, x0, caps, grid, gen)
+            with amp, _no_cudnn_attention(device):
+                loss = flow_loss(model, cfg, x0.to(device, non_blocking=True), caps, grid, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
@@ -377,6 +485,7 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
                 last_ckpt = time.time()
         state = checkpoint()
     finally:
+        data.close()
         bar.close()
         loss_log.close()
         for sig, h in old_handlers.items():
@@ -384,6 +493,15 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
         torch.set_num_threads(prev_threads)
     state["stopped_by_signal"] = stop["flag"]
     return state
+
+
+def _no_cudnn_attention(device):
+    """On CUDA keep SDPA off cuDNN attention, whose backward gave NaN gradients in bf16 on the H200 (see adapt)."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class ThreadTuner:
@@ -445,6 +563,13 @@ def main(argv=None):
               "warmup_steps"):
         ap.add_argument("--" + f.replace("_", "-"), type=type(getattr(d, f)), default=None)
     ap.add_argument("--no-samples", action="store_true")
+    ap.add_argument("--side", type=int, default=None, help="the exported model's resolution (default 32)")
+    ap.add_argument("--mix", default=None, help="training resolutions cycled per step, e.g. 32,64 (default: --side)")
+    ap.add_argument("--name", default=None, help="the exported model's name (default flux-mini)")
+    ap.add_argument("--init", default=None, help="a pixel-model folder to start from (same architecture)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU path; fp32 master weights)")
+    ap.add_argument("--workers", type=int, default=0, help="data worker processes (0: inline)")
     a = ap.parse_args(argv)
     over = dict(MICRO) if a.micro else {}
     over.update({f: getattr(a, f) for f in ("batch", "lr", "width", "heads", "double_blocks", "single_blocks",
@@ -452,12 +577,20 @@ def main(argv=None):
     if "width" in over or "heads" in over:
         hd = over.get("width", d.width) // over.get("heads", d.heads)
         over.setdefault("axes_dims_rope", (hd - 2 * (3 * hd // 8), 3 * hd // 8, 3 * hd // 8))
+    if a.side is not None:
+        over["side"] = a.side
+    if a.mix:
+        over["mix"] = tuple(int(v) for v in a.mix.split(","))
+    if a.name:
+        over["name"] = a.name
+    if a.init:
+        over["init"] = str(a.init)
     cfg = dataclasses.replace(d, **over)
     if a.minutes is None and a.steps is None:
         ap.error("give --minutes and/or --steps")
     threads = a.threads if a.threads == "auto" else int(a.threads)
     state = train(cfg, Path(a.out), Path(a.work), a.minutes, a.steps, a.ckpt_minutes, threads,
-                  progress=True, samples=not a.no_samples)
+                  progress=True, samples=not a.no_samples, device=a.device, bf16=a.bf16, workers=a.workers)
     print(json.dumps({k: v for k, v in state.items() if k != "config"}))
     return 0
 
