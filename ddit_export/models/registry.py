@@ -25,7 +25,8 @@ from .flux import ADAPTER_FILE, MultiPatchFlux
 PIXEL_FORMAT = "ddit-pixel-model/1"
 PIXEL_META = "ddit_model.json"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "zoo" / "weights"
-PRESETS = ("flux-mini", "tiny", "random-20m", "flux")
+ZOO_MODELS = ("flux-mini", "flux-mini-64")  # trained here, shipped in zoo/weights/<name>
+PRESETS = ZOO_MODELS + ("tiny", "random-20m", "flux")
 # Random-weight FLUX-architecture presets in pixel space: (width, heads, (double, single) blocks, image side in px).
 RANDOM_PRESETS = {
     "tiny": (64, 2, (1, 1), 32),  # for tests: 256 fine tokens
@@ -124,6 +125,11 @@ def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
     return folder
 
 
+def zoo_folder(name: str) -> Path | None:
+    """The shipped folder of a zoo model (``flux-mini``, ``flux-mini-64``), else None."""
+    return PACKAGE_WEIGHTS / name if name in ZOO_MODELS else None
+
+
 # ---- loading -----------------------------------------------------------------------------------------------
 def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *, adapters: str | Path | None = None,
                sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings(), dtype=torch.float32,
@@ -141,10 +147,10 @@ def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *,
         m = _pixel_model(model, trunk, text, dict(sched.config), side, side, 28, None, sizes, adapter, dtype, device)
         m.schedule_defaults = TINY_SCHEDULE
         return m
-    if model == "flux-mini" and weights is None:
-        weights = PACKAGE_WEIGHTS / "flux-mini"
+    if model in ZOO_MODELS and weights is None:
+        weights = zoo_folder(model)
         if not (weights / PIXEL_META).is_file():
-            raise WeightsError(f"flux-mini weights are not in this installation ({weights}); "
+            raise WeightsError(f"{model} weights are not in this installation ({weights}); "
                                f"use --model tiny or --model flux --weights DIR")
     elif model not in PRESETS:
         if Path(model).is_dir():

@@ -57,14 +57,14 @@ def eval_scenes(n: int, split: str = "heldout", seed: int = 2026, max_words: int
 
 def model_folder(model: str, weights: str | None) -> Path | None:
     """The folder a model loads from (where its own adapters would be), or None for random presets."""
-    from ..models.registry import PACKAGE_WEIGHTS, RANDOM_PRESETS
+    from ..models.registry import RANDOM_PRESETS, ZOO_MODELS, zoo_folder
 
     if model == "flux":
         return Path(weights) if weights else None
     if model in RANDOM_PRESETS:
         return Path(weights) if weights else None
-    if model == "flux-mini" and weights is None:
-        return PACKAGE_WEIGHTS / "flux-mini"
+    if model in ZOO_MODELS and weights is None:
+        return zoo_folder(model)
     return Path(model) if Path(model).is_dir() else None
 
 
