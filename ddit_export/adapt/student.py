@@ -12,14 +12,14 @@ from ..settings import AdapterSettings, AdaptSettings
 
 def model_folder(s: AdaptSettings) -> Path | None:
     """The weights folder of ``s.model`` (None for the random presets)."""
-    from ..models.registry import PACKAGE_WEIGHTS, RANDOM_PRESETS
+    from ..models.registry import RANDOM_PRESETS, ZOO_MODELS, zoo_folder
 
     if s.model == "flux":
         return Path(s.weights) if s.weights else None
     if s.weights:
         return Path(s.weights)
-    if s.model == "flux-mini":
-        return PACKAGE_WEIGHTS / "flux-mini"
+    if s.model in ZOO_MODELS:
+        return zoo_folder(s.model)
     if s.model in RANDOM_PRESETS:
         return None
     return Path(s.model)

@@ -12,7 +12,7 @@ def _seeds(text):
 
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, tiny, or a pixel-model folder.")
+@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, flux-mini-64, tiny, or a pixel-model folder.")
 @click.option("--weights", type=click.Path(), help="Weights folder (for --model flux).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--tau", "taus", type=float, multiple=True,
