@@ -47,6 +47,8 @@ def resolution_table(s: ResolutionSettings, *, progress: bool = True, log=print)
         adapted = s.adapters is not None or folder_adapters(s.model, s.weights) is not None
         out = Path(s.out)
         out.mkdir(parents=True, exist_ok=True)
+        root = Path(s.bundles) if s.bundles else out / "bundles"
+        bundles = {r: bundle_for(s, r, root, loaded.name, log) for r in s.resolutions} if s.ort else {}
         sides = []
         for r in s.resolutions:
             log(f"resolution {r}x{r}: quality")
@@ -54,7 +56,7 @@ def resolution_table(s: ResolutionSettings, *, progress: bool = True, log=print)
             log(f"resolution {r}x{r}: step times (PyTorch{', ONNX Runtime' if s.ort else ''})")
             timings = {"torch": _torch_times(loaded, r, s.repeats)}
             if s.ort:
-                timings["onnxruntime"] = _ort_times(s, r, out, log)
+                timings["onnxruntime"] = _ort_times(s, r, bundles[r])
             for row in q["methods"]:
                 row["est_speedup"] = {rt: estimated_speedup(row["size_fractions"], t) for rt, t in timings.items()}
             sides.append({"side": r, "fine_tokens": loaded.geometry(r, r).tokens(1), **q, "step_ms": timings})
@@ -103,32 +105,31 @@ def _torch_times(loaded, side: int, repeats: int) -> dict:
     return {str(r.size): r.median_s * 1e3 for r in rows}
 
 
-def _ort_times(s: ResolutionSettings, side: int, out: Path, log) -> dict:
+def _ort_times(s: ResolutionSettings, side: int, folder: Path) -> dict:
     from .bench import step_times
     from .runtime.bundle_model import open_bundle
 
-    folder = bundle_for(s, side, Path(s.bundles) if s.bundles else out / "bundles", log)
     model, backend = open_bundle(folder, weights=s.weights, threads=s.threads, backend="onnxruntime")
     with backend:
         rows = step_times(model, backend, repeats=s.repeats, height=side, width=side)
     return {str(r.size): r.median_s * 1e3 for r in rows}
 
 
-def bundle_for(s: ResolutionSettings, side: int, root: Path, log) -> Path:
-    """``root/<model>-<side>``: reused when its manifest is this model at this side, else built."""
+def bundle_for(s: ResolutionSettings, side: int, root: Path, name: str, log) -> Path:
+    """``root/<model>-<side>``: reused when its manifest is model ``name`` at this side, else built (before any
+    measurement, so the timings of one side are not taken while another is being built)."""
     from .bundle import BundleError, read_manifest
 
-    name = Path(s.model).name
-    folder = root / f"{name}-{side}"
+    folder = root / f"{Path(s.model).name}-{side}"
     if folder.is_dir():
         try:
             m = read_manifest(folder)
-            if (m.model["height"], m.model["width"]) == (side, side):
+            if m.model["name"] == name and (m.model["height"], m.model["width"]) == (side, side):
                 log(f"reusing bundle {folder}")
                 return folder
         except BundleError:
             pass
-        raise ConfigError(f"{folder} is not a {side}x{side} bundle of {s.model}; delete it or give --bundles DIR")
+        raise ConfigError(f"{folder} is not a {side}x{side} bundle of {name}; delete it or give another --bundles")
     from .export.build import build_bundle
     from .settings import BuildSettings
 
