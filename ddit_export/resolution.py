@@ -54,12 +54,14 @@ def resolution_table(s: ResolutionSettings, *, progress: bool = True, log=print)
             log(f"resolution {r}x{r}: quality")
             q = _quality(s, r, static, profile, adapted, out, progress, log)
             log(f"resolution {r}x{r}: step times (PyTorch{', ONNX Runtime' if s.ort else ''})")
-            timings = {"torch": _torch_times(loaded, r, s.repeats)}
+            torch_ms, flop_bound = _torch_times(loaded, r, s.repeats)
+            timings = {"torch": torch_ms}
             if s.ort:
                 timings["onnxruntime"] = _ort_times(s, r, bundles[r])
             for row in q["methods"]:
                 row["est_speedup"] = {rt: estimated_speedup(row["size_fractions"], t) for rt, t in timings.items()}
-            sides.append({"side": r, "fine_tokens": loaded.geometry(r, r).tokens(1), **q, "step_ms": timings})
+            sides.append({"side": r, "fine_tokens": loaded.geometry(r, r).tokens(1), **q, "step_ms": timings,
+                          "step_flop_speedup": flop_bound})
     finally:
         torch.set_num_threads(prev_threads)
     report = {"format": FORMAT, "model": loaded.name, "adapters": "trained" if adapted else "training-free init",
@@ -96,13 +98,14 @@ def _quality(s: ResolutionSettings, side: int, static, profile, adapted: bool, o
             "eval": str(out / f"eval-{side}" / "eval.json")}
 
 
-def _torch_times(loaded, side: int, repeats: int) -> dict:
+def _torch_times(loaded, side: int, repeats: int) -> tuple[dict, dict]:
+    """(median ms per size, FLOP-bound speed-up of each size over size 1)."""
     from .bench import step_times
     from .runtime.backends.torch import TorchBackend
 
     with TorchBackend(loaded.transformer) as backend:
         rows = step_times(loaded, backend, repeats=repeats, height=side, width=side)
-    return {str(r.size): r.median_s * 1e3 for r in rows}
+    return {str(r.size): r.median_s * 1e3 for r in rows}, {str(r.size): rows[0].flops / r.flops for r in rows}
 
 
 def _ort_times(s: ResolutionSettings, side: int, folder: Path) -> dict:
@@ -191,11 +194,14 @@ def markdown(report: dict) -> str:
                          f"{m['flops_ratio']:.3f} | {_f(m['psnr'], '.1f')} | {m['adherence']:.1%} "
                          f"({r['fine_adherence']:.1%}) | "
                          + " | ".join(f"{_f(m['est_speedup'][rt], '.2f')}x" for rt in runtimes) + " |")
-    lines += ["", "Per-step wall-clock (ms) and speed-up over size 1:", "",
+    lines += ["", "Per-step wall-clock (ms) and speed-up over size 1 (FLOP bound: the FLOP ratio of one step):", "",
               "| side | runtime | " + " | ".join(f"k={k} ms" for k in sizes) + " | "
               + " | ".join(f"k={k} speed-up" for k in sizes[1:]) + " |",
               "|---|---|" + "---|" * (2 * len(sizes) - 1)]
     for r in report["resolutions"]:
+        bound = r.get("step_flop_speedup", {})
+        lines.append(f"| {r['side']} | FLOP bound | " + " | ".join("" for _ in sizes) + " | "
+                     + " | ".join(f"{bound[k]:.2f}x" if k in bound else "–" for k in sizes[1:]) + " |")
         for rt, t in r["step_ms"].items():
             lines.append(f"| {r['side']} | {rt} | " + " | ".join(_f(t.get(k), ".2f") for k in sizes) + " | "
                          + " | ".join(f"{t['1'] / t[k]:.2f}x" if k in t else "–" for k in sizes[1:]) + " |")

@@ -44,11 +44,13 @@ def test_two_sides_on_pytorch(tmp_path):
         assert static["est_speedup"]["torch"] == pytest.approx(
             estimated_speedup(static["size_fractions"], r["step_ms"]["torch"]))
         assert Path(r["eval"]).is_file()
+        bound = r["step_flop_speedup"]
+        assert bound["1"] == 1 and 1 < bound["2"] < bound["4"]
     # attention grows quadratically: a size-4 step saves a larger share of FLOPs at 64 than at 32
     assert rep["resolutions"][1]["methods"][1]["flops_ratio"] < rep["resolutions"][0]["methods"][1]["flops_ratio"]
     assert len(rep["trend"]) == 2 and rep["trend"][1].startswith("static (32 -> 64): FLOP speed-up")
     md = (tmp_path / "out" / "resolution.md").read_text()
-    assert "| 64 | 1024 | static |" in md and "| 64 | torch |" in md
+    assert "| 64 | 1024 | static |" in md and "| 64 | torch |" in md and "| 64 | FLOP bound |" in md
     assert json.loads((tmp_path / "out" / "resolution.json").read_text())["format"] == "ddit-resolution-table/1"
 
 
