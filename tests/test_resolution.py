@@ -43,7 +43,7 @@ def test_two_sides_on_pytorch(tmp_path):
         assert set(r["step_ms"]) == {"torch"} and set(r["step_ms"]["torch"]) == {"1", "2", "4"}
         assert static["est_speedup"]["torch"] == pytest.approx(
             estimated_speedup(static["size_fractions"], r["step_ms"]["torch"]))
-        assert Path(r["eval"]).is_file()
+        assert json.loads(Path(r["eval"]).read_text())["height"] == r["side"]  # evaluate ran at that side
         bound = r["step_flop_speedup"]
         assert bound["1"] == 1 and 1 < bound["2"] < bound["4"]
     # attention grows quadratically: a size-4 step saves a larger share of FLOPs at 64 than at 32
