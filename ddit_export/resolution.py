@@ -47,17 +47,21 @@ def resolution_table(s: ResolutionSettings, *, progress: bool = True, log=print)
         adapted = s.adapters is not None or folder_adapters(s.model, s.weights) is not None
         out = Path(s.out)
         out.mkdir(parents=True, exist_ok=True)
+        root = Path(s.bundles) if s.bundles else out / "bundles"
+        bundles = {r: bundle_for(s, r, root, loaded.name, log) for r in s.resolutions} if s.ort else {}
         sides = []
         for r in s.resolutions:
             log(f"resolution {r}x{r}: quality")
             q = _quality(s, r, static, profile, adapted, out, progress, log)
             log(f"resolution {r}x{r}: step times (PyTorch{', ONNX Runtime' if s.ort else ''})")
-            timings = {"torch": _torch_times(loaded, r, s.repeats)}
+            torch_ms, flop_bound = _torch_times(loaded, r, s.repeats)
+            timings = {"torch": torch_ms}
             if s.ort:
-                timings["onnxruntime"] = _ort_times(s, r, out, log)
+                timings["onnxruntime"] = _ort_times(s, r, bundles[r])
             for row in q["methods"]:
                 row["est_speedup"] = {rt: estimated_speedup(row["size_fractions"], t) for rt, t in timings.items()}
-            sides.append({"side": r, "fine_tokens": loaded.geometry(r, r).tokens(1), **q, "step_ms": timings})
+            sides.append({"side": r, "fine_tokens": loaded.geometry(r, r).tokens(1), **q, "step_ms": timings,
+                          "step_flop_speedup": flop_bound})
     finally:
         torch.set_num_threads(prev_threads)
     report = {"format": FORMAT, "model": loaded.name, "adapters": "trained" if adapted else "training-free init",
@@ -94,41 +98,41 @@ def _quality(s: ResolutionSettings, side: int, static, profile, adapted: bool, o
             "eval": str(out / f"eval-{side}" / "eval.json")}
 
 
-def _torch_times(loaded, side: int, repeats: int) -> dict:
+def _torch_times(loaded, side: int, repeats: int) -> tuple[dict, dict]:
+    """(median ms per size, FLOP-bound speed-up of each size over size 1)."""
     from .bench import step_times
     from .runtime.backends.torch import TorchBackend
 
     with TorchBackend(loaded.transformer) as backend:
         rows = step_times(loaded, backend, repeats=repeats, height=side, width=side)
-    return {str(r.size): r.median_s * 1e3 for r in rows}
+    return {str(r.size): r.median_s * 1e3 for r in rows}, {str(r.size): rows[0].flops / r.flops for r in rows}
 
 
-def _ort_times(s: ResolutionSettings, side: int, out: Path, log) -> dict:
+def _ort_times(s: ResolutionSettings, side: int, folder: Path) -> dict:
     from .bench import step_times
     from .runtime.bundle_model import open_bundle
 
-    folder = bundle_for(s, side, Path(s.bundles) if s.bundles else out / "bundles", log)
     model, backend = open_bundle(folder, weights=s.weights, threads=s.threads, backend="onnxruntime")
     with backend:
         rows = step_times(model, backend, repeats=s.repeats, height=side, width=side)
     return {str(r.size): r.median_s * 1e3 for r in rows}
 
 
-def bundle_for(s: ResolutionSettings, side: int, root: Path, log) -> Path:
-    """``root/<model>-<side>``: reused when its manifest is this model at this side, else built."""
+def bundle_for(s: ResolutionSettings, side: int, root: Path, name: str, log) -> Path:
+    """``root/<model>-<side>``: reused when its manifest is model ``name`` at this side, else built (before any
+    measurement, so the timings of one side are not taken while another is being built)."""
     from .bundle import BundleError, read_manifest
 
-    name = Path(s.model).name
-    folder = root / f"{name}-{side}"
+    folder = root / f"{Path(s.model).name}-{side}"
     if folder.is_dir():
         try:
             m = read_manifest(folder)
-            if (m.model["height"], m.model["width"]) == (side, side):
+            if m.model["name"] == name and (m.model["height"], m.model["width"]) == (side, side):
                 log(f"reusing bundle {folder}")
                 return folder
         except BundleError:
             pass
-        raise ConfigError(f"{folder} is not a {side}x{side} bundle of {s.model}; delete it or give --bundles DIR")
+        raise ConfigError(f"{folder} is not a {side}x{side} bundle of {name}; delete it or give another --bundles")
     from .export.build import build_bundle
     from .settings import BuildSettings
 
@@ -190,11 +194,14 @@ def markdown(report: dict) -> str:
                          f"{m['flops_ratio']:.3f} | {_f(m['psnr'], '.1f')} | {m['adherence']:.1%} "
                          f"({r['fine_adherence']:.1%}) | "
                          + " | ".join(f"{_f(m['est_speedup'][rt], '.2f')}x" for rt in runtimes) + " |")
-    lines += ["", "Per-step wall-clock (ms) and speed-up over size 1:", "",
+    lines += ["", "Per-step wall-clock (ms) and speed-up over size 1 (FLOP bound: the FLOP ratio of one step):", "",
               "| side | runtime | " + " | ".join(f"k={k} ms" for k in sizes) + " | "
               + " | ".join(f"k={k} speed-up" for k in sizes[1:]) + " |",
               "|---|---|" + "---|" * (2 * len(sizes) - 1)]
     for r in report["resolutions"]:
+        bound = r.get("step_flop_speedup", {})
+        lines.append(f"| {r['side']} | FLOP bound | " + " | ".join("" for _ in sizes) + " | "
+                     + " | ".join(f"{bound[k]:.2f}x" if k in bound else "–" for k in sizes[1:]) + " |")
         for rt, t in r["step_ms"].items():
             lines.append(f"| {r['side']} | {rt} | " + " | ".join(_f(t.get(k), ".2f") for k in sizes) + " | "
                          + " | ".join(f"{t['1'] / t[k]:.2f}x" if k in t else "–" for k in sizes[1:]) + " |")
