@@ -106,6 +106,7 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
         have, what = tuple(loaded.transformer.sizes), "this model's adapters cover"
     settings = build_settings(loaded, prompts=prompts, sizes=sizes, **settings_kw)
     _check_sizes(settings, loaded, have, what, warn or _stderr)
+    _check_resolution(settings, loaded, warn or _stderr)
     with backend:
         result = generate(loaded, backend, settings)
     paths = save_images(result.images, out) if out else []
@@ -135,6 +136,17 @@ def _check_sizes(settings: GenerateSettings, loaded, have: tuple, what: str, war
     if dropped:
         warn(f"warning: patch size(s) {dropped} are not used at {geom.height}x{geom.width}: they do not divide its "
              f"{geom.grid[0]}x{geom.grid[1]} token grid (sizes used: {list(geom.available_sizes(have))})")
+
+
+def _check_resolution(settings: GenerateSettings, loaded, warn):
+    """A size the weights were not trained at: allowed (RoPE extrapolates), with one warning line naming the
+    trained resolutions."""
+    from .shapes import resolution_warning
+
+    geom = loaded.geometry(settings.height, settings.width)
+    line = resolution_warning(loaded.name, getattr(loaded, "trained_resolutions", None), geom.height, geom.width)
+    if line:
+        warn(line)
 
 
 def image_path(out) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BundleError
+from .shapes import parse_resolutions
 
 FORMAT = "ddit-bundle"
 FORMAT_VERSION = 1
@@ -102,6 +103,12 @@ class Manifest:
     def sizes(self) -> tuple:
         return tuple(sorted(v.size for v in self.variants))
 
+    @property
+    def trained_resolutions(self) -> tuple[tuple[int, int], ...]:
+        """The (h, w) pairs the weights were trained at: the optional ``model.trained_resolutions``; bundles
+        without it: the resolution the bundle was built for."""
+        return parse_resolutions(self.model.get("trained_resolutions", [[self.model["height"], self.model["width"]]]))
+
     def to_json(self) -> str:
         d = {"format": FORMAT, "format_version": self.format_version, "model": self.model, "dtype": self.dtype,
              "schedule": self.schedule, "variants": [_variant_dict(v) for v in self.variants],
@@ -169,6 +176,11 @@ def _check_manifest(folder: Path, m: Manifest):
     """Refuse what a load could not check or would silently get wrong: an unknown dtype, a file the runtime reads
     that has no hash, a graph without its table of shared weights."""
     path = folder / MANIFEST
+    if "trained_resolutions" in m.model:
+        try:
+            parse_resolutions(m.model["trained_resolutions"])
+        except ValueError as e:
+            raise BundleError(f"{path}: field 'model': {e}") from None
     if m.dtype not in BUNDLE_DTYPES:
         raise BundleError(f"{path}: field 'dtype' is {m.dtype!r}, expected one of {', '.join(BUNDLE_DTYPES)}")
     if not isinstance(m.files, dict) or not isinstance(m.tensors, dict):

@@ -39,7 +39,7 @@ def main():
 
 def model_options(f):
     f = click.option("--model", default="flux-mini", show_default=True,
-                     help="flux-mini (trained, shipped), tiny (random weights, for tests), flux (needs --weights), "
+                     help="flux-mini (trained, shipped; 32x32), flux-mini-64 (trained at 32x32 and 64x64), tiny (random weights, for tests), flux (needs --weights), "
                           "or a model folder.")(f)
     f = click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")(f)
     f = click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if "

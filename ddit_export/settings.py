@@ -387,10 +387,13 @@ class EvalSettings:
     out: str = "runs/eval"
     min_base_adherence: float = 0.9
     policies: tuple[str, ...] = ()  # schedule policies to evaluate besides the rule, NAME[:KNOB=VALUE,...] each
+    side: int | None = None  # image height = width in pixels (scenes are square); None: the model's default
 
     def __post_init__(self):
         for p in self.policies:
             parse_policy(p)
+        if self.side is not None and self.side < 1:
+            raise ConfigError(f"side must be >= 1 pixel, got {self.side} (leave it out for the model's default)")
         if self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
         if not self.seeds:
@@ -412,6 +415,43 @@ class EvalSettings:
         object.__setattr__(self, "policies", tuple(self.policies))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
+
+
+@dataclass(frozen=True)
+class ResolutionSettings:
+    """One resolution table (``scripts/resolution_table.py``): at each image side in ``resolutions``, the quality
+    of the rule at the model's calibrated τ and of the static schedule ``static_policy`` (default: the model's
+    profile when it is not the rule) against fine-only (:func:`ddit_export.quality.evaluate.evaluate` at that side),
+    and the per-step wall-clock at every patch size on PyTorch and ONNX Runtime."""
+
+    model: str = "flux-mini"
+    weights: str | None = None
+    adapters: str | None = None
+    resolutions: tuple[int, ...] = (32, 64)
+    n_prompts: int = 16
+    seeds: tuple[int, ...] = (0,)
+    steps: int | None = None
+    static_policy: str | None = None
+    repeats: int = 5  # timed calls per size (medians), sizes interleaved
+    threads: int | None = None
+    ort: bool = True  # build (or reuse) a bundle per side and time ONNX Runtime too
+    bundles: str | None = None  # where the per-side bundles go / are reused from (default OUT/bundles)
+    reference_n: int = 200  # rendered scenes behind the Fréchet reference (not in the table; kept small)
+    out: str = "runs/resolution"
+
+    def __post_init__(self):
+        object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
+        if not self.resolutions or any(r < 1 for r in self.resolutions):
+            raise ConfigError(f"resolutions must be positive pixel sizes, got {self.resolutions}")
+        if len(set(self.resolutions)) != len(self.resolutions):
+            raise ConfigError(f"resolutions repeat: {self.resolutions}")
+        if self.static_policy is not None:
+            parse_policy(self.static_policy)
+        for name in ("n_prompts", "repeats", "reference_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reference_n < 2:
+            raise ConfigError(f"reference_n must be >= 2, got {self.reference_n}")
 
 
 @dataclass(frozen=True)

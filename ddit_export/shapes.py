@@ -58,3 +58,27 @@ class TokenGeometry:
     def tokens(self, k: int = 1) -> int:
         h, w = self.grid_at(k)
         return h * w
+
+
+def parse_resolutions(value) -> tuple[tuple[int, int], ...]:
+    """``[[h, w], ...]`` (a model's or bundle's ``trained_resolutions``) as a tuple of (h, w) pairs of positive
+    ints; ValueError saying what is wrong (the caller names the file)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"'trained_resolutions' must be a non-empty list of [height, width] pairs, got {value!r}")
+    out = []
+    for r in value:
+        if (not isinstance(r, (list, tuple)) or len(r) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in r)):
+            raise ValueError(f"'trained_resolutions' entry {r!r} is not a [height, width] pair of positive integers")
+        out.append((int(r[0]), int(r[1])))
+    return tuple(dict.fromkeys(out))
+
+
+def resolution_warning(name: str, trained, height: int, width: int) -> str | None:
+    """The one warning line for generating ``name`` at ``height`` x ``width`` when it was trained only at the
+    ``trained`` (h, w) pairs; None when it is one of them or ``trained`` is unknown (None)."""
+    if not trained or (height, width) in {tuple(r) for r in trained}:
+        return None
+    shown = ", ".join(f"{h}x{w}" for h, w in trained)
+    return (f"warning: {name} was trained at {shown}; {height}x{width} is outside that (allowed: RoPE "
+            f"extrapolates, but expect lower quality)")

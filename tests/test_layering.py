@@ -13,6 +13,8 @@ FORBIDDEN = {
     "runtime": ("ddit_export.export", "ddit_export.adapt", "ddit_export.zoo.train", "ddit_export.zoo.scenes",
                 "ddit_export.quality"),
     "models": ("ddit_export.runtime", "ddit_export.export", "ddit_export.adapt", "ddit_export.quality"),
+    # the adapter trainer drives the runtime's sampler; it never needs the exporter or the evaluation
+    "adapt": ("ddit_export.export", "ddit_export.quality", "ddit_export.cli", "ddit_export.commands"),
     "schedule": ("ddit_export.runtime", "ddit_export.export", "ddit_export.models", "torch", "diffusers"),
     # the format and the conversions both sides share sit below both
     "bundle.py": ("ddit_export.runtime", "ddit_export.export", "ddit_export.models"),

@@ -8,7 +8,7 @@ from ..cli_options import cache_dict, cache_options
 
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, tiny, or a pixel-model folder.")
+@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, flux-mini-64, tiny, or a pixel-model folder.")
 @click.option("--weights", type=click.Path(), help="Weights folder (for --model flux, or a FLUX bundle).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--bundle", type=click.Path(), help="Calibrate a built bundle (its own runtime) and write the chosen "

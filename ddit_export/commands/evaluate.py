@@ -12,7 +12,7 @@ def _seeds(text):
 
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, tiny, or a pixel-model folder.")
+@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, flux-mini-64, tiny, or a pixel-model folder.")
 @click.option("--weights", type=click.Path(), help="Weights folder (for --model flux).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--tau", "taus", type=float, multiple=True,
@@ -31,11 +31,13 @@ def _seeds(text):
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes in fine tokens.")
 @click.option("--batch", default=16, show_default=True, type=int, help="Prompts per batched fine-only run.")
+@click.option("--side", type=int, help="Image height = width in pixels (default: the model's); the scene probe "
+              "reads every image at 32x32.")
 @click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
 @click.option("--out", type=click.Path(), default="runs/eval", show_default=True,
               help="Folder for eval.json, eval.md and grid.png.")
 def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, training_free, adapted, split, sizes,
-            batch, threads, out):
+            batch, side, threads, out):
     """Measure prompt adherence, Fréchet distance, PSNR/SSIM vs fine-only, coarse fraction and FLOPs per variant."""
     import torch
 
@@ -48,7 +50,7 @@ def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, t
     settings = EvalSettings(model=model, weights=weights, adapters=adapters, taus=taus, n_prompts=n_prompts,
                             seeds=_seeds(seeds), steps=steps, adapted=adapted, training_free=training_free,
                             split=split, sizes=_ints(sizes, "--sizes"), batch=batch, out=out,
-                            policies=policies)
+                            policies=policies, side=side)
     report = evaluate(settings, progress=True, log=click.echo)
     from ..quality.evaluate import markdown
 

@@ -170,13 +170,17 @@ def _jsonable(cfg: dict) -> dict:
 
 
 def _model_entry(model, geom, text_len, cfg) -> dict:
-    return {"name": model.name, "kind": "flux" if model.vae_scale > 1 else "pixel",
+    entry = {"name": model.name, "kind": "flux" if model.vae_scale > 1 else "pixel",
             "transformer_config": _jsonable(cfg),
             "lora_rank": model.transformer.adapter_settings.rank, "vae_scale": model.vae_scale,
             "latent_channels": model.latent_channels, "height": geom.height, "width": geom.width,
             "default_steps": model.default_steps, "guidance_embeds": model.guidance_embeds,
             "scheduler_config": _jsonable(model.scheduler_config),
             "text_len": text_len, "default_prompt": model.default_prompt}
+    trained = getattr(model, "trained_resolutions", None)
+    if trained:  # optional: readers without it take height x width
+        entry["trained_resolutions"] = [list(r) for r in trained]
+    return entry
 
 
 def _tool_versions() -> dict:

@@ -19,13 +19,14 @@ import torch
 
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
 from ..settings import AdapterSettings, DEFAULT_SIZES, ScheduleSettings
-from ..shapes import TokenGeometry
+from ..shapes import TokenGeometry, parse_resolutions
 from .flux import ADAPTER_FILE, MultiPatchFlux
 
 PIXEL_FORMAT = "ddit-pixel-model/1"
 PIXEL_META = "ddit_model.json"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "zoo" / "weights"
-PRESETS = ("flux-mini", "tiny", "random-20m", "flux")
+ZOO_MODELS = ("flux-mini", "flux-mini-64")  # trained here, shipped in zoo/weights/<name>
+PRESETS = ZOO_MODELS + ("tiny", "random-20m", "flux")
 # Random-weight FLUX-architecture presets in pixel space: (width, heads, (double, single) blocks, image side in px).
 RANDOM_PRESETS = {
     "tiny": (64, 2, (1, 1), 32),  # for tests: 256 fine tokens
@@ -72,6 +73,9 @@ class LoadedModel:
     schedule_defaults: ScheduleSettings = ScheduleSettings()
     default_prompt: str = "a large red circle at the center"
     extras: dict = field(default_factory=dict)
+    #: (height, width) pairs the weights were trained at (``generate`` warns outside them); None: not known or not
+    #: one list (random presets, FLUX.1-dev with its many aspect ratios), no warning
+    trained_resolutions: tuple[tuple[int, int], ...] | None = None
 
     @property
     def transformer_config(self) -> dict:
@@ -107,8 +111,10 @@ def tiny_components(seed: int = 0, vocab=TINY_VOCAB, width: int = 64, layers=(1,
 
 def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name: str, height: int, width: int,
                      steps: int = 28, model: MultiPatchFlux | None = None,
-                     schedule: ScheduleSettings | None = None, prompt: str | None = None) -> Path:
-    """Write a pixel-model folder loadable by :func:`load_model` (and by plain diffusers for the trunk)."""
+                     schedule: ScheduleSettings | None = None, prompt: str | None = None,
+                     trained_resolutions=None) -> Path:
+    """Write a pixel-model folder loadable by :func:`load_model` (and by plain diffusers for the trunk).
+    ``trained_resolutions``: ``[(h, w), ...]`` the weights were trained at (default: just ``height`` x ``width``)."""
     folder = Path(folder)
     trunk.save_pretrained(folder / "transformer")
     text_encoder.save_pretrained(folder / "text_encoder")
@@ -120,8 +126,15 @@ def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
         meta["schedule"] = dataclasses.asdict(schedule)
     if prompt:
         meta["prompt"] = prompt
+    if trained_resolutions is not None:
+        meta["trained_resolutions"] = [list(r) for r in parse_resolutions(trained_resolutions)]
     (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def zoo_folder(name: str) -> Path | None:
+    """The shipped folder of a zoo model (``flux-mini``, ``flux-mini-64``), else None."""
+    return PACKAGE_WEIGHTS / name if name in ZOO_MODELS else None
 
 
 # ---- loading -----------------------------------------------------------------------------------------------
@@ -141,10 +154,10 @@ def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *,
         m = _pixel_model(model, trunk, text, dict(sched.config), side, side, 28, None, sizes, adapter, dtype, device)
         m.schedule_defaults = TINY_SCHEDULE
         return m
-    if model == "flux-mini" and weights is None:
-        weights = PACKAGE_WEIGHTS / "flux-mini"
+    if model in ZOO_MODELS and weights is None:
+        weights = zoo_folder(model)
         if not (weights / PIXEL_META).is_file():
-            raise WeightsError(f"flux-mini weights are not in this installation ({weights}); "
+            raise WeightsError(f"{model} weights are not in this installation ({weights}); "
                                f"use --model tiny or --model flux --weights DIR")
     elif model not in PRESETS:
         if Path(model).is_dir():
@@ -176,6 +189,10 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
     if meta.get("format") != PIXEL_FORMAT:
         raise WeightsError(f"{folder / PIXEL_META}: unknown format {meta.get('format')!r}")
     try:
+        trained = parse_resolutions(meta.get("trained_resolutions", [[meta["height"], meta["width"]]]))
+    except ValueError as e:
+        raise WeightsError(f"{folder / PIXEL_META}: {e}") from None
+    try:
         trunk = FluxTransformer2DModel.from_pretrained(folder / "transformer", local_files_only=True,
                                                        low_cpu_mem_usage=False)
         text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
@@ -190,6 +207,7 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
     if "schedule" in meta:
         m.schedule_defaults = ScheduleSettings(**meta["schedule"])
     m.default_prompt = meta.get("prompt", m.default_prompt)
+    m.trained_resolutions = trained
     return m
 
 

@@ -57,14 +57,14 @@ def eval_scenes(n: int, split: str = "heldout", seed: int = 2026, max_words: int
 
 def model_folder(model: str, weights: str | None) -> Path | None:
     """The folder a model loads from (where its own adapters would be), or None for random presets."""
-    from ..models.registry import PACKAGE_WEIGHTS, RANDOM_PRESETS
+    from ..models.registry import RANDOM_PRESETS, ZOO_MODELS, zoo_folder
 
     if model == "flux":
         return Path(weights) if weights else None
     if model in RANDOM_PRESETS:
         return Path(weights) if weights else None
-    if model == "flux-mini" and weights is None:
-        return PACKAGE_WEIGHTS / "flux-mini"
+    if model in ZOO_MODELS and weights is None:
+        return zoo_folder(model)
     return Path(model) if Path(model).is_dir() else None
 
 
@@ -128,7 +128,8 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     loaded = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
     adapters_src = str(settings.adapters or own) if have_adapters else None
 
-    geom = loaded.geometry()
+    geom = loaded.geometry(settings.side, settings.side)  # a bad side is an error before any work
+    hw = dict(height=geom.height, width=geom.width)
     steps = settings.steps or loaded.default_steps
     default_tau = loaded.schedule_defaults.tau  # the rule's calibrated τ (whatever policy the profile names)
     taus = (default_tau,) + tuple(t for t in settings.taus if t != default_tau)
@@ -157,7 +158,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     all_scenes = scenes_ * len(seeds)  # image index = seed_index * n + prompt_index
     buckets = np.array([s.complexity for s in all_scenes])
     kw = dict(eps=settings.eps, warmup=settings.warmup)
-    build_settings(loaded, prompts=captions[:1], steps=steps, **kw)  # validate steps/eps/warmup before running
+    build_settings(loaded, prompts=captions[:1], steps=steps, **hw, **kw)  # validate steps/eps/warmup first
 
     total = len(seeds) * n * len(variants)
     bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
@@ -173,12 +174,13 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
                           if v["kind"] == "fine" else [range(i, i + 1) for i in range(n)])
                 for idx in chunks:
                     lo, hi = idx[0], idx[-1] + 1
+                    common = dict(prompts=captions[lo:hi], seed=seed, steps=steps, **hw)
                     if v["kind"] == "fine":
-                        gs = build_settings(m, prompts=captions[lo:hi], seed=seed, steps=steps, static=(1,) * steps)
+                        gs = build_settings(m, **common, static=(1,) * steps)
                     elif v.get("policy"):
-                        gs = build_settings(m, prompts=captions[lo:hi], seed=seed, steps=steps, policy=v["policy"])
+                        gs = build_settings(m, **common, policy=v["policy"])
                     else:
-                        gs = build_settings(m, prompts=captions[lo:hi], seed=seed, steps=steps, tau=v["tau"], **kw)
+                        gs = build_settings(m, **common, tau=v["tau"], **kw)
                     r = generate(m, backend, gs, progress=False, decode=False, latents=noise[lo:hi])
                     v["images"].append(_images(m, r.latents, geom))
                     v["coarse"] += [r.trace.coarse_fraction] * (hi - lo)
@@ -239,6 +241,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
         notes.append(f"fine-only adherence {fine_acc:.1%} is below the target {settings.min_base_adherence:.0%}")
     report = {
         "format": "ddit-eval/1", "model": loaded.name, "adapters": adapters_src, "steps": steps,
+        "height": geom.height, "width": geom.width,
         "default_tau": default_tau, "taus": list(taus), "seeds": list(seeds), "n_prompts": n,
         "split": settings.split, "images_per_variant": n * len(seeds),
         "complexity_counts": {b: int((buckets == b).sum()) for b in S.COMPLEXITIES},
@@ -297,7 +300,8 @@ def markdown(report: dict) -> str:
     lines = [f"# ddit-export evaluate: {report['model']}",
              "",
              f"{report['n_prompts']} {report['split']} captions x {len(report['seeds'])} seed(s) = "
-             f"{report['images_per_variant']} images per variant, {report['steps']} steps; complexity "
+             f"{report['images_per_variant']} images per variant, {report['steps']} steps"
+             + (f", {report['height']}x{report['width']}" if "height" in report else "") + "; complexity "
              + ", ".join(f"{k} {v}" for k, v in report["complexity_counts"].items())
              + f"; adapters: {report['adapters'] or 'none'}; default τ {report['default_tau']:g}.",
              "",

@@ -30,6 +30,7 @@ class BundleModel:
         self.lora_rank = m["lora_rank"]
         self.vae_scale = m["vae_scale"]
         self.latent_channels = m["latent_channels"]
+        self.trained_resolutions = self.manifest.trained_resolutions
 
     def geometry(self, height=None, width=None) -> TokenGeometry:
         m = self.manifest.model

@@ -311,12 +311,10 @@ def export_model(out: Path, cfg: TrainConfig, ema: dict, sched):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_for(out)
     try:
+        multi = len(set(cfg.sides)) > 1 or cfg.sides[0] != cfg.side
         save_pixel_model(tmp, trunk, text, sched, name=cfg.name, height=cfg.side, width=cfg.side,
-                         steps=cfg.sample_steps)
-        if len(set(cfg.sides)) > 1 or cfg.sides[0] != cfg.side:
-            meta = json.loads((tmp / PIXEL_META).read_text())
-            meta["trained_resolutions"] = [[r, r] for r in sorted(set(cfg.sides))]
-            (tmp / PIXEL_META).write_text(json.dumps(meta, indent=2))
+                         steps=cfg.sample_steps,
+                         trained_resolutions=[(r, r) for r in sorted(set(cfg.sides))] if multi else None)
         replace_dir(tmp, out, owned)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

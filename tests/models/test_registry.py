@@ -96,3 +96,14 @@ def test_incomplete_flux_folder_names_what_is_missing(flux_dir, tmp_path):
     shutil.rmtree(broken / "vae")
     with pytest.raises(WeightsError, match="missing vae"):
         load_model("flux", broken)
+
+
+def test_flux_mini_64_is_a_zoo_model_trained_at_two_sides():
+    from ddit_export.models.registry import PRESETS, ZOO_MODELS, load_model, zoo_folder
+
+    assert "flux-mini-64" in ZOO_MODELS and "flux-mini-64" in PRESETS
+    lm = load_model("flux-mini-64")
+    assert lm.name == "flux-mini-64" and (lm.default_height, lm.default_width) == (64, 64)
+    assert set(map(tuple, lm.trained_resolutions)) == {(32, 32), (64, 64)}
+    assert (zoo_folder("flux-mini-64") / "transformer" / "ddit_adapters.safetensors").is_file()
+    assert zoo_folder("tiny") is None

@@ -109,3 +109,57 @@ def test_thread_tuner_prefers_the_faster_setting():
         tuner.after_step(0.1 if c == 1 else 1.0)
     torch.set_num_threads(2)
     assert picks[-30:].count(1) > 25
+
+
+# ---- progressive multi-resolution training (issue 11) --------------------------------------------------------
+MIX = dataclasses.replace(MICRO, side=64, mix=(32, 64), name="mini-64")
+
+
+def test_mix_cycles_resolutions_and_shifts_sigmas_per_token_count():
+    assert [MIX.side_at(i) for i in range(4)] == [32, 64, 32, 64] and MICRO.sides == (32,)
+    x32, _, g32 = T.batch_at(MIX, 0)
+    x64, _, g64 = T.batch_at(MIX, 1)
+    assert (g32, x32.shape[1]) == ((16, 16), 256) and (g64, x64.shape[1]) == ((32, 32), 1024)
+    assert MIX.mu_at(64) > MIX.mu_at(32) == MICRO.mu  # more tokens: a larger time shift, as FluxPipeline's
+    u = T.sample_sigmas(MIX, 512, torch.Generator().manual_seed(0), 64)
+    v = T.sample_sigmas(MIX, 512, torch.Generator().manual_seed(0), 32)
+    assert (u > v).all()
+
+
+def test_prefetch_workers_give_the_inline_batches():
+    data = T.Prefetch(MIX, 3, workers=1, ahead=2)
+    try:
+        for step in (3, 4, 5):
+            x, caps, grid = data.get(step)
+            y, caps2, grid2 = T.batch_at(MIX, step)
+            assert torch.equal(x, y) and caps == caps2 and grid == grid2
+    finally:
+        data.close()
+
+
+def test_mixed_run_from_an_init_folder(tmp_path):
+    kw = dict(threads=1, progress=False, samples=False)
+    T.train(MICRO, tmp_path / "base", tmp_path / "w0", steps=2, **kw)
+    init = dataclasses.replace(MIX, init=str(tmp_path / "base"), lr=1e-12, warmup_steps=1)
+    T.train(init, tmp_path / "m64", tmp_path / "w1", steps=2, **kw)
+    base = load_file(tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    cont = load_file(tmp_path / "m64" / "transformer" / "diffusion_pytorch_model.safetensors")
+    for k in base:  # lr ~ 0: the run starts from (and stays at) the init weights
+        torch.testing.assert_close(cont[k], base[k], rtol=1e-4, atol=1e-6)
+    lm = load_model(str(tmp_path / "m64"))
+    assert lm.name == "mini-64" and (lm.default_height, lm.default_width) == (64, 64)
+    meta = (tmp_path / "m64" / "ddit_model.json").read_text()
+    assert '"trained_resolutions"' in meta and "32" in meta
+    with open(tmp_path / "w1" / "eval.csv") as f:
+        assert set(next(csv.DictReader(f))) >= {"heldout_32_loss", "heldout_64_loss"}
+
+
+def test_init_with_another_architecture_is_refused(tmp_path):
+    import pytest
+
+    T.train(MICRO, tmp_path / "base", tmp_path / "w0", steps=1, threads=1, progress=False, samples=False)
+    wide = dataclasses.replace(MICRO, width=48, axes_dims_rope=(8, 8, 8), init=str(tmp_path / "base"))
+    with pytest.raises(ValueError, match="architecture differs"):
+        T.train(wide, tmp_path / "o", tmp_path / "w1", steps=1, threads=1, progress=False, samples=False)
+    with pytest.raises(FileNotFoundError, match="not a pixel-model folder"):
+        T.init_from(T.Pair(*T.build(MICRO)[:2]), tmp_path)

@@ -1,0 +1,105 @@
+"""The model being adapted: where its weights live, their fingerprint, and the student with fresh adapters."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ..settings import AdapterSettings, AdaptSettings
+
+
+def model_folder(s: AdaptSettings) -> Path | None:
+    """The weights folder of ``s.model`` (None for the random presets)."""
+    from ..models.registry import RANDOM_PRESETS, ZOO_MODELS, zoo_folder
+
+    if s.model == "flux":
+        return Path(s.weights) if s.weights else None
+    if s.weights:
+        return Path(s.weights)
+    if s.model in ZOO_MODELS:
+        return zoo_folder(s.model)
+    if s.model in RANDOM_PRESETS:
+        return None
+    return Path(s.model)
+
+
+def default_work(s: AdaptSettings) -> Path:
+    name = Path(s.model).name if s.model not in ("flux",) else "flux"
+    return Path("runs") / f"adapt-{name}"
+
+
+def default_out(s: AdaptSettings, work: Path) -> Path:
+    """Pixel-model folders: the folder's own adapters file (what ``load_model`` picks up); otherwise WORK."""
+    from ..models.flux import ADAPTER_FILE
+    from ..models.registry import PIXEL_META
+
+    folder = model_folder(s)
+    if s.model != "flux" and folder is not None and (folder / PIXEL_META).is_file():
+        return folder / "transformer" / ADAPTER_FILE
+    return work / ADAPTER_FILE
+
+
+def fingerprint(s: AdaptSettings) -> str:
+    """Cheap identity of the trunk weights: size and first/last MiB of every transformer/text-encoder file."""
+    folder = model_folder(s)
+    if folder is None:
+        return f"preset:{s.model}"
+    h = hashlib.sha256()
+    files = sorted(p for sub in ("transformer", "text_encoder", "text_encoder_2") if (folder / sub).is_dir()
+                   for p in (folder / sub).iterdir() if p.is_file() and not p.name.startswith("ddit_adapters"))
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.parent.name}/{p.name}:{size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), 2)
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def load_student(s: AdaptSettings, device=None):
+    """The model with *fresh* adapters of ``s`` (an adapters file already in the folder is ignored)."""
+    from ..models.flux import MultiPatchFlux
+    from ..models.registry import load_model
+
+    device = device or s.device
+    adapter = AdapterSettings(rank=s.rank, init=s.init)
+    loaded = load_model(s.model, s.weights, sizes=s.sizes, adapter=adapter, dtype=s.torch_dtype, device=device)
+    old = loaded.transformer
+    for hnd in old._hooks:  # detach the loader's adapters (they may come from a previous run's file)
+        hnd.remove()
+    torch.manual_seed(s.seed)
+    mp = MultiPatchFlux(old.trunk, sizes=s.sizes, adapter=adapter).to(device=device)
+    if s.dtype != "fp32":  # fp32 master weights for what trains; the trunk stays in s.dtype (autocast)
+        mp.stems.float()
+        mp.loras.float()
+    mp.trunk.requires_grad_(False)
+    for p in mp.adapter_parameters():
+        p.requires_grad_(True)
+    loaded.transformer = mp.eval()
+    text = loaded.extras.get("text_encoder")
+    if text is not None:
+        text.requires_grad_(False)
+    return loaded
+
+
+def no_cudnn_attention(device):
+    """Training on CUDA: keep SDPA off the cuDNN backend, whose backward returned NaN gradients for the
+    embeddings here (torch 2.11 + CUDA 13 on an H200, bf16, 88 and 40 tokens); flash, mem-efficient and math
+    agree with each other and with CPU."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # older torch: no cuDNN attention either
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def autocast_for(s: AdaptSettings, device):
+    if s.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=s.torch_dtype)

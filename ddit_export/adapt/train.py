@@ -1,0 +1,253 @@
+"""The run: validate, sample the trajectories, train (resuming from a checkpoint), write the adapters."""
+from __future__ import annotations
+
+import hashlib
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError, WeightsError
+from ..settings import AdaptSettings
+from .checkpoint import (CKPT, RUN_FIELDS, RUN_FORMAT, load_checkpoint, named_adapter_params,
+                         read_checkpoint_state, run_settings, save_checkpoint, write_adapters)
+from .logs import log_eval, truncate_log
+from .losses import batch_indices, distill_losses, eval_losses, lr_at
+from .prompts import PromptBank, training_prompts
+from .report import compare_to_fine, log_quality
+from .student import autocast_for, default_out, default_work, fingerprint, load_student
+from .trajectories import TRAJ, build_trajectories, held_out
+
+
+@dataclass
+class AdaptResult:
+    state: dict  # step, elapsed_s, losses, stopped_by_signal, out (None unless the budget completed)
+    loaded: object = field(repr=False, default=None)  # the LoadedModel with the trained adapters
+
+
+def _stderr(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def adapt(s: AdaptSettings, *, progress: bool = True, log: Callable[[str], None] = _stderr,
+          callback: Callable[[int, dict], bool | None] | None = None, auto_threads: bool = False) -> AdaptResult:
+    """Train (or resume) the coarse-size adapters of ``s.model``; ``callback(step, losses)`` returning True
+    stops the run as a signal would (checkpoint, no final output). ``auto_threads``: pick 1 or 2 intra-op
+    threads by timing, as the base training does (:class:`ddit_export.zoo.train.ThreadTuner`)."""
+    from tqdm import tqdm
+
+    work = Path(s.work) if s.work else default_work(s)
+    prev_threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    tuner = None
+    if auto_threads:  # sampling and evaluation run on 1 thread: 2 threads stall badly on a shared CPU
+        from ..zoo.train import ThreadTuner
+
+        tuner = ThreadTuner()
+        torch.set_num_threads(1)
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        if stop["flag"]:  # a second Ctrl-C during trajectory sampling: give up at once
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        log(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint")
+
+    handlers = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
+    except ValueError:  # not the main thread: no signal handling, KeyboardInterrupt still checkpoints
+        pass
+    try:
+        return _adapt(s, work, progress, log, callback, stop, tqdm, tuner)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        torch.set_num_threads(prev_threads)
+
+
+def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptResult:
+    # ---- validate everything before the expensive parts
+    from ..models.registry import PRESETS
+
+    if s.model not in PRESETS and not Path(s.model).is_dir():
+        raise WeightsError(f"model folder not found: {s.model} (or a preset: {', '.join(PRESETS)})")
+    prior = read_checkpoint_state(work)
+    fp = fingerprint(s)
+    if prior is not None:
+        saved = prior.get("settings", {})
+        diff = [k for k in RUN_FIELDS if saved.get(k) != run_settings(s)[k]]
+        if diff:
+            shown = ", ".join(f"{k} {saved.get(k)!r} -> {run_settings(s)[k]!r}" for k in diff[:4])
+            raise ConfigError(f"{work} holds a run with other settings ({shown}); use another --work or the "
+                              f"same settings to resume")
+        if prior.get("fingerprint") != fp:
+            raise ConfigError(f"the weights of {s.model} changed since {work} was started; use a fresh --work")
+    loaded = load_student(s)
+    mp = loaded.transformer
+    geom = loaded.geometry(s.height, s.width)
+    coarse = [k for k in s.sizes if k > 1 and geom.available(k)]
+    if not coarse:
+        raise ConfigError(f"none of the coarse sizes {[k for k in s.sizes if k > 1]} divides the token grid "
+                          f"{geom.grid}")
+    train_prompts, eval_prompts = training_prompts(s, loaded)
+    out = Path(s.out) if s.out else default_out(s, work)
+    work.mkdir(parents=True, exist_ok=True)
+    if prior is None:  # logs of a run stopped before its first checkpoint would repeat its first rows
+        for name in ("loss.csv", "eval.csv", "quality.csv"):
+            (work / name).unlink(missing_ok=True)
+    steps_per_traj = s.sample_steps or loaded.default_steps
+    guidance = s.guidance if loaded.guidance_embeds else None
+    amp = autocast_for(s, mp.device)
+    log(f"adapt {loaded.name}: sizes {list(s.sizes)} (training {coarse}), rank {s.rank}, init {s.init}, "
+        f"{sum(p.numel() for p in mp.adapter_parameters()) / 1e6:.2f} M adapter parameters, "
+        f"{len(train_prompts)} prompts x {steps_per_traj} steps, work {work}, out {out}")
+
+    # ---- data
+    t_data = time.time()
+    bank = PromptBank.encode(loaded, train_prompts + eval_prompts)
+    key = {"fingerprint": fp, "steps": steps_per_traj, "grid": list(geom.grid), "seed": s.seed,
+           "guidance": guidance, "prompts": hashlib.sha256("\n".join(train_prompts + eval_prompts).encode())
+           .hexdigest()[:16], "mix": s.coarse_mix}
+    if s.coarse_mix > 0:  # mixed trajectories take coarse steps with the fresh adapters
+        key.update(sizes=list(s.sizes), init=s.init, rank=s.rank)
+    folder = work / TRAJ
+    held = None
+    try:
+        data = build_trajectories(loaded, s, bank, len(train_prompts), folder, key, "train", s.coarse_mix, log,
+                                  stop, progress)
+        if data is not None:
+            held = held_out(loaded, s, bank, train_prompts, eval_prompts, folder, key, log, stop, progress)
+    except KeyboardInterrupt:
+        data = None
+    if data is None or held is None:
+        log(f"stopped while sampling trajectories; finished chunks are cached in {folder}")
+        return AdaptResult({"step": 0, "stopped_by_signal": True, "out": None}, loaded)
+    log(f"{len(data)} training states ({int(data.coarse.sum())} from coarse-step trajectories), "
+        f"{len(held)} held-out states, {time.time() - t_data:.0f} s")
+
+    # ---- optimiser, resume
+    named = named_adapter_params(mp)
+    params = [p for _, p in named]
+    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    clip_groups = [[p for n, p in named if n.split(".")[1] == str(k)] for k in coarse]
+    state = {"step": 0, "elapsed_s": 0.0}
+    if prior is not None:
+        load_checkpoint(work, mp, opt, prior)
+        state = prior
+        log(f"resuming from {work / CKPT} at step {state['step']}")
+    step, t_prev = int(state["step"]), float(state["elapsed_s"])
+    if prior is None and s.eval_images:
+        q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000,
+                            s.height, s.width, s.guidance, amp)
+        log_quality(work, 0, "init", q, log)
+    if prior is None:
+        log_eval(work, 0, 0.0, eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp), log)
+
+    loss_path = work / "loss.csv"
+    truncate_log(loss_path, step)
+    truncate_log(work / "eval.csv", step)
+    loss_log = open(loss_path, "a")
+    if loss_log.tell() == 0:
+        loss_log.write("step," + ",".join(f"loss_{k}" for k in coarse) + ",lr,elapsed_s,s_per_step,threads\n")
+    budget = None if s.minutes is None else s.minutes * 60
+    t0 = time.time()
+    last_ckpt = t0
+    last = {}
+
+    def elapsed():
+        return t_prev + time.time() - t0
+
+    def frac():
+        p = 0.0 if s.steps is None else step / s.steps
+        return max(p, 0.0 if budget is None else elapsed() / budget)
+
+    def checkpoint():
+        st = {"format": RUN_FORMAT, "step": step, "elapsed_s": elapsed(), "settings": run_settings(s),
+              "fingerprint": fp, "losses": {str(k): v for k, v in last.items()},
+              "rng": {"batches": "torch.Generator().manual_seed(seed * 1000003 + step)", "seed": s.seed}}
+        save_checkpoint(work, mp, opt, st)
+        return st
+
+    def done():
+        return (s.steps is not None and step >= s.steps) or (budget is not None and elapsed() >= budget)
+
+    mp.train()
+    bar = tqdm(total=s.steps, initial=step, disable=not progress, mininterval=5.0, dynamic_ncols=True,
+               file=sys.stderr, desc="adapt")
+    try:
+        try:
+            while not stop["flag"] and not done():
+                if tuner is not None:
+                    tuner.before_step()
+                ts = time.time()
+                lr = lr_at(s, step, frac())
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = batch_indices(s, step, len(data))
+                losses = distill_losses(loaded, data, bank, idx, coarse, geom.grid, guidance, amp)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; try a lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for group in clip_groups:  # per size: one size's spike does not shrink the other's step
+                    torch.nn.utils.clip_grad_norm_(group, s.grad_clip)
+                opt.step()
+                step += 1
+                last = {k: float(v.detach()) for k, v in losses.items()}
+                dt = time.time() - ts
+                if tuner is not None:
+                    tuner.after_step(dt)
+                loss_log.write(f"{step}," + ",".join(f"{last[k]:.6f}" for k in coarse) +
+                               f",{lr:.3e},{elapsed():.1f},{dt:.3f},{torch.get_num_threads()}\n")
+                bar.update(1)
+                bar.set_postfix({f"k{k}": f"{v:.4f}" for k, v in last.items()} | {"lr": f"{lr:.1e}"},
+                                refresh=False)
+                if step % 20 == 0:
+                    loss_log.flush()
+                if callback is not None and callback(step, last):
+                    stop["flag"] = True
+                if time.time() - last_ckpt > s.ckpt_minutes * 60 and not stop["flag"] and not done():
+                    loss_log.flush()
+                    st = checkpoint()
+                    mp.eval()
+                    log_eval(work, step, st["elapsed_s"],
+                              eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp), log, quiet=True)
+                    mp.train()
+                    last_ckpt = time.time()
+        except KeyboardInterrupt:  # only when no signal handler could be installed
+            stop["flag"] = True
+        loss_log.flush()
+        state = checkpoint()
+    finally:
+        bar.close()
+        loss_log.close()
+        mp.eval()
+    if tuner is not None:
+        torch.set_num_threads(1)
+    state["stopped_by_signal"] = stop["flag"]
+    state["out"] = None
+    if stop["flag"]:
+        log(f"stopped at step {step}; checkpoint in {work / CKPT} - run the same command again to resume")
+        return AdaptResult(state, loaded)
+    ev = eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp)
+    log_eval(work, step, state["elapsed_s"], ev, log)
+    if s.eval_images:
+        q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000,
+                            s.height, s.width, s.guidance, amp)
+        log_quality(work, step, "adapted", q, log)
+        state["quality"] = q
+    extra = {"steps": step, "elapsed_s": round(state["elapsed_s"], 1), "fingerprint": fp,
+             "eval_loss": {str(k): round(v, 6) for k, v in ev.items()}, "prompts": len(train_prompts),
+             "coarse_mix": s.coarse_mix, "lr": s.lr, "batch": s.batch}
+    state["out"] = str(write_adapters(mp, out, extra))
+    state["eval_loss"] = {str(k): v for k, v in ev.items()}
+    log(f"wrote {out} after {step} steps ({state['elapsed_s'] / 60:.1f} min)")
+    return AdaptResult(state, loaded)
