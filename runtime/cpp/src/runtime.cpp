@@ -161,6 +161,7 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     x = initial_noise(b, q.batch, q.seed);
   }
   const at::Device dev = rt->backend->device();
+  x = x.to(dev);
   at::Tensor states = wrap(q.states, {q.batch, b.text_len, b.joint_dim}).to(dev).contiguous();
   at::Tensor pooled = wrap(q.pooled, {q.batch, b.pooled_dim}).to(dev).contiguous();
   const std::vector<float> sigmas = ddit::flux_sigmas(b.scheduler, steps, b.tokens());
@@ -169,15 +170,17 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   c10::InferenceMode guard;
   for (int i = 0; i < steps; ++i) {
     const float t = sigmas[i] * T;  // diffusers' timesteps; the model gets t / 1000
-    const ddit::Decision d = sched.decide(i, sched.needs_history() ? x.data_ptr<float>() : nullptr, q.batch, int(C));
+    at::Tensor host;  // a device-to-host copy per step only for policies that read the latents
+    if (sched.needs_history()) host = x.to(at::kCPU).contiguous();
+    const ddit::Decision d = sched.decide(i, host.defined() ? host.data_ptr<float>() : nullptr, q.batch, int(C));
     const auto t0 = std::chrono::steady_clock::now();
-    at::Tensor v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance)).to(at::kCPU);
+    at::Tensor v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance));
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     x = x + (sigmas[i + 1] - sigmas[i]) * v.to(at::kFloat);  // FlowMatchEulerDiscreteScheduler.step, float32
     fill_step(trace[i], i, double(t / 1000.0f), d, b.tokens() / (d.size * d.size));
     trace[i].seconds = secs;
   }
-  x = x.contiguous();
+  x = x.to(at::kCPU).contiguous();
   std::memcpy(out, x.data_ptr<float>(), B * N * C * sizeof(float));
   rt->trace = std::move(trace);
 }
