@@ -31,6 +31,10 @@ WEIGHTS = "weights.bin"
 # the high half of the float32 with the same sign and exponent; read it as uint16 and widen with bf16_to_float32
 STORAGE_DTYPES = {"bfloat16": np.uint16}
 ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16, for OrtValue.ortvalue_from_numpy_with_onnx_type
+# the AOTInductor section (build --backend aoti; export/aoti.py): its own version, checked by the readers that use
+# it (the Python aoti backend, runtime/cpp), so an ONNX Runtime reader is not refused for a section it never reads
+AOTI_KEY = "aoti"
+AOTI_VERSION = 1
 
 
 def storage_dtype(name: str) -> np.dtype:
@@ -91,6 +95,7 @@ class Manifest:
     tensors: dict = field(default_factory=dict)  # graph file -> [[name, offset, length, dtype, dims], ...]
     tensorrt: dict | None = None  # the TensorRT plan and engines (export/trt_plan.py), when built with --backend trt
     cache: dict | None = None  # default step-cache profile (settings.CacheSettings fields); None: no cache
+    aoti: dict | None = None  # AOTInductor package and constant tables (build --backend aoti); read via aoti_section
     format_version: int = FORMAT_VERSION
 
     def variant(self, size: int) -> Variant:
@@ -116,6 +121,8 @@ class Manifest:
              "tensors": self.tensors, "tensorrt": self.tensorrt}
         if self.cache is not None:
             d["cache"] = self.cache
+        if self.aoti is not None:
+            d[AOTI_KEY] = self.aoti
         return json.dumps(d, indent=1)
 
 
@@ -151,7 +158,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         m = Manifest(model=d["model"], variants=variants, schedule=d["schedule"], dtype=d["dtype"],
                      files=d["files"], text_encoder=d.get("text_encoder"), tools=d.get("tools", {}),
                      tensors=d["tensors"], tensorrt=d.get("tensorrt"), cache=d.get("cache"),
-                     format_version=version)
+                     aoti=d.get(AOTI_KEY), format_version=version)
         _check_manifest(folder, m)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{path}: missing or malformed field {e}") from None
@@ -169,6 +176,8 @@ def runtime_files(folder: Path, m: Manifest) -> list[str]:
     need = [WEIGHTS] + [v.file for v in m.variants] + ([m.text_encoder["file"]] if m.text_encoder else [])
     trt = [f for e in (m.tensorrt or {}).get("engines", []) for f in (e["onnx"], e["plan"])]
     need += [f for f in list(m.tensors) + trt if (folder / f).exists()]
+    if isinstance(m.aoti, dict) and isinstance(m.aoti.get("package"), str):
+        need.append(m.aoti["package"])
     return list(dict.fromkeys(need))
 
 
@@ -202,6 +211,33 @@ def _check_manifest(folder: Path, m: Manifest):
     if untabled:
         raise BundleError(f"{path}: 'tensors' has no table for {', '.join(untabled)}; its weights would not be "
                           f"shared from weights.bin: rebuild the bundle")
+
+
+def aoti_section(folder: str | Path, m: Manifest) -> dict:
+    """The bundle's AOTInductor section, checked: refuses a bundle without one and a newer section version."""
+    path = Path(folder) / MANIFEST
+    a = m.aoti
+    if a is None:
+        raise BundleError(f"{path}: the bundle has no AOTInductor package; rebuild it with "
+                          f"`ddit-export build --backend aoti`")
+    version = a.get("aoti_version") if isinstance(a, dict) else None
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: field 'aoti.aoti_version' is {version!r}, expected an integer")
+    if version > AOTI_VERSION:
+        raise BundleError(f"{path}: AOTInductor section version {version} is newer than this ddit-export reads "
+                          f"({AOTI_VERSION}); upgrade ddit-export or rebuild with --backend aoti")
+    try:
+        sizes = sorted(int(v["size"]) for v in a["variants"])
+        for v in a["variants"]:
+            for name, offset, length, dtype, dims in v["constants"]:
+                if dtype not in TENSOR_DTYPES:
+                    raise BundleError(f"{path}: aoti constant {name!r} has dtype {dtype!r}")
+        str(a["package"]), list(a["inputs"]), str(a["device"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{path}: missing or malformed aoti field {e}") from None
+    if sizes != sorted(m.sizes):
+        raise BundleError(f"{path}: the AOTInductor package has sizes {sizes}, the bundle {list(m.sizes)}: rebuild")
+    return a
 
 
 def verify_files(folder: str | Path, manifest: Manifest, *, hashes: bool = True) -> dict:

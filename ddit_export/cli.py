@@ -74,9 +74,10 @@ def model_options(f):
               help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
 @click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
 @click.option("--bundle", type=click.Path(), help="Run a built bundle (ONNX Runtime) instead of PyTorch.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt", "aoti"]), default="auto",
               show_default=True, help="auto: TensorRT for a bundle with engines when tensorrt is installed, else "
-                                      "ONNX Runtime; PyTorch without --bundle.")
+                                      "ONNX Runtime; PyTorch without --bundle. aoti: the bundle's AOTInductor "
+                                      "package (build --backend aoti).")
 @click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
                                                    "why) when TensorRT cannot run the bundle here.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")

@@ -12,10 +12,13 @@ import click
 @click.option("--width", type=int, help="Image width (default: the model's).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--text-len", type=int, help="Text tokens (FLUX.1-dev: T5 length, default 512).")
-@click.option("--backend", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
-              help="onnx: ONNX graphs + shared weights (ONNX Runtime). trt: also TensorRT engines (needs tensorrt).")
+@click.option("--backend", type=click.Choice(["onnx", "trt", "aoti"]), default="onnx", show_default=True,
+              help="onnx: ONNX graphs + shared weights (ONNX Runtime). trt: also TensorRT engines (needs tensorrt). "
+                   "aoti: also an AOTInductor package for the C++ runtime (needs a C++ compiler).")
+@click.option("--device", default="cpu", show_default=True, help="With --backend aoti: cpu or cuda, the device "
+                                                                 "AOTInductor compiles for.")
 @click.option("--out", type=click.Path(), help="Bundle folder (default: engines/<model>).")
-def command(model, weights, adapters, sizes, height, width, dtype, text_len, backend, out):
+def command(model, weights, adapters, sizes, height, width, dtype, text_len, backend, device, out):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
     from ..cli import _ints
     from ..export.build import build_bundle
@@ -32,6 +35,14 @@ def command(model, weights, adapters, sizes, height, width, dtype, text_len, bac
         return
     settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                              height=height, width=width, dtype=dtype, out=out, text_len=text_len)
+    if backend == "aoti":
+        from ..api import check_device
+        from ..export.aoti import build_with_aoti
+
+        check_device(device)
+        path = build_with_aoti(settings, device=device, log=click.echo)  # checks for a compiler first
+        click.echo(f"wrote bundle {path} with an AOTInductor package")
+        return
     path = build_bundle(settings, log=click.echo)
     click.echo(f"wrote bundle {path}")
 

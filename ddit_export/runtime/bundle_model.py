@@ -61,7 +61,7 @@ class BundleModel:
         return pixels_to_pil(latents, geom)
 
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "aoti")
 
 
 def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=True, backend="auto",
@@ -70,6 +70,7 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
 
     ``backend="auto"`` runs TensorRT when the bundle has engines and tensorrt imports, else ONNX Runtime.
     ``"tensorrt"`` insists on TensorRT and fails with what to rebuild, unless ``fallback`` asks for ONNX Runtime.
+    ``"aoti"`` runs the AOTInductor package (``build --backend aoti``); the word encoder stays on ONNX Runtime.
     """
     from .backends.onnxruntime import OrtBundleBackend
 
@@ -88,6 +89,12 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
         # the files (engines included) were hashed just above: once is enough
         run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=False)
         ort_backend.text_only = True  # the word encoder stays on ONNX Runtime
+    elif backend == "aoti":
+        from .backends.aoti import AotiBackend
+
+        run_backend = AotiBackend(folder, manifest=man)  # the files were hashed just above
+        ort_backend.text_only = True
+        run_backend.activate()
     else:
         run_backend = ort_backend
     pipeline_model = None

@@ -1,0 +1,253 @@
+"""``build --backend aoti``: every patch-size variant compiled by AOTInductor into one ``.pt2`` package, for the
+C++ runtime (runtime/cpp) and the Python ``aoti`` backend.
+
+The weights are NOT compiled into the shared objects (``aot_inductor.package_constants_in_so=False``): each
+variant's constants (by fully qualified name) are appended to the bundle's one ``weights.bin``, deduplicated by
+content against what is already there (the ONNX graphs' tensors), and the manifest's ``aoti`` section maps every
+constant name to its (offset, length, dtype, shape). A runtime maps ``weights.bin`` once and hands the same tensors
+to every variant as user-managed constants, so the trunk's weights exist once in memory.
+
+The steps are small lazy callables (nothing compiles until called), as the TensorRT build's loaders are:
+``ExportedVariant`` -> ``CompiledVariant`` -> :func:`package_variants`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..bundle import AOTI_KEY, AOTI_VERSION, MANIFEST, WEIGHTS, sha256_file
+from ..errors import DDiTError
+
+AOTI_DIR = "aoti"
+PACKAGE = f"{AOTI_DIR}/transformer.pt2"
+ALIGN = 64
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# weights stay out of the .so (they come from weights.bin at load time); one multi-model package for all sizes
+INDUCTOR_CONFIGS = {"aot_inductor.package": True, "aot_inductor.package_constants_in_so": False}
+
+
+def model_name(size: int) -> str:
+    """The model name of size ``size`` inside the package (``AOTIModelPackageLoader(path, name)``)."""
+    return f"k{size}"
+
+
+def require_compiler():
+    """Fail fast (before a long export) when AOTInductor has no C++ compiler to call."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        cxx = get_cpp_compiler()
+    except Exception as e:  # torch raises its own errors when no compiler is found
+        raise DDiTError(f"--backend aoti needs a C++ compiler (g++ or clang++; set CXX): {e}") from None
+    if shutil.which(cxx) is None and not Path(cxx).is_file():
+        raise DDiTError(f"--backend aoti needs a C++ compiler: {cxx!r} is not on PATH (install g++ or set CXX)")
+
+
+class ExportedVariant:
+    """Lazy: size ``k`` of a MultiPatchFlux as a ``torch.export`` program (dynamic batch, float32 RoPE)."""
+
+    def __init__(self, mp, k: int, geom, text_len: int, dtype, device: str = "cpu"):
+        self.mp, self.k, self.geom, self.text_len, self.dtype, self.device = mp, k, geom, text_len, dtype, device
+
+    def __call__(self):
+        from .onnx import VariantModule, example_inputs, float32_rope, transformer_input_names
+
+        cfg = dict(self.mp.config)
+        guidance = bool(cfg.get("guidance_embeds"))
+        names = transformer_input_names(guidance)
+        module = VariantModule(self.mp, self.k, self.geom.grid, guidance).eval()
+        args = tuple(a.to(self.device) for a in example_inputs(cfg, self.geom, self.text_len, self.dtype))
+        batch = torch.export.Dim("batch", min=1, max=64)
+        dynamic = {n: (None if n in ("img_ids", "txt_ids") else {0: batch}) for n in names}
+        with float32_rope(), torch.no_grad():
+            return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+
+
+class CompiledVariant:
+    """Lazy: AOTInductor's files (shared object, kernels, metadata; no weights) for one exported program."""
+
+    def __init__(self, exported):
+        self.exported = exported
+        self.program = None
+
+    def __call__(self) -> list:
+        from .onnx import float32_rope
+
+        self.program = self.exported()
+        args, kwargs = self.program.example_inputs
+        with float32_rope(), torch.no_grad():
+            return torch._inductor.aot_compile(self.program.module(), args, kwargs, options=dict(INDUCTOR_CONFIGS))
+
+
+def package_variants(path: Path, compiled: dict) -> Path:
+    """Compile every ``{name: CompiledVariant}`` and write them into one ``.pt2`` package at ``path``."""
+    from torch._inductor.package import package_aoti
+
+    files = {name: step() for name, step in compiled.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    package_aoti(str(path), files)
+    return path
+
+
+class ConstantsWriter:
+    """Appends tensors to a bundle's ``weights.bin``, reusing bytes already there (identical content and dtype);
+    ``rollback`` restores the file."""
+
+    def __init__(self, folder: Path, tables):
+        self.path = Path(folder) / WEIGHTS
+        self._index: dict[str, tuple[int, int]] = {}
+        self.original_size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            for table in tables:
+                for _, offset, length, dtype, _ in table:
+                    f.seek(offset)
+                    self._index.setdefault(_key(f.read(length), dtype), (offset, length))
+        self._f = open(self.path, "r+b")
+        self._f.seek(0, 2)
+
+    def add(self, name: str, tensor: torch.Tensor) -> list:
+        """Store ``tensor`` (or find its bytes); returns its table row [name, offset, length, dtype, dims]."""
+        t = tensor.detach().cpu().contiguous()
+        dtype = "bfloat16" if t.dtype == torch.bfloat16 else str(t.numpy().dtype)
+        raw = (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+        key = _key(raw, dtype)
+        if key not in self._index:
+            self._f.write(b"\0" * ((-self._f.tell()) % ALIGN))
+            self._index[key] = (self._f.tell(), len(raw))
+            self._f.write(raw)
+        offset, length = self._index[key]
+        return [name, offset, length, dtype, list(t.shape)]
+
+    def close(self):
+        self._f.close()
+
+    def rollback(self):
+        self._f.truncate(self.original_size)
+        self._f.close()
+
+
+def _key(raw: bytes, dtype: str) -> str:
+    return hashlib.sha256(raw).hexdigest() + ":" + dtype
+
+
+def _constants(program) -> dict:
+    """Every tensor the exported program lifted (parameters, buffers, tensor constants), by fully qualified name."""
+    out = dict(program.state_dict)
+    out.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print) -> dict:
+    """Compile every variant of a built ONNX bundle with AOTInductor into ``aoti/transformer.pt2``, append the
+    constants to ``weights.bin``, check each variant against torch and record the ``aoti`` manifest section."""
+    from .. import bundle as bundle_mod
+
+    require_compiler()
+    folder = Path(folder)
+    manifest = bundle_mod.load(folder)
+    if model is None:
+        from ..models.registry import load_model
+
+        model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=manifest.sizes)
+    dtype = TORCH_DTYPES[manifest.dtype]
+    mp = model.transformer.to(device=device, dtype=dtype).eval()
+    geom, text_len = model.geometry(settings.height, settings.width), manifest.model["text_len"]
+    steps = {model_name(k): CompiledVariant(ExportedVariant(mp, k, geom, text_len, dtype, device))
+             for k in manifest.sizes}
+    writer = ConstantsWriter(folder, manifest.tensors.values())
+    try:
+        log(f"AOTInductor: compiling sizes {list(manifest.sizes)} for {device} (weights kept out of the code)")
+        package_variants(folder / PACKAGE, steps)
+        variants = []
+        for k in manifest.sizes:
+            step = steps[model_name(k)]
+            names = _used_constants(folder / PACKAGE, model_name(k))
+            consts = _constants(step.program)
+            lacking = [n for n in names if n not in consts]
+            if lacking:
+                raise DDiTError(f"AOTInductor variant k={k} needs constants the export did not lift: {lacking[:3]}")
+            variants.append({"size": k, "model": model_name(k),
+                             "constants": [writer.add(n, consts[n]) for n in names]})
+        writer.close()
+    except BaseException:
+        writer.rollback()
+        shutil.rmtree(folder / AOTI_DIR, ignore_errors=True)
+        raise
+    section = {"aoti_version": AOTI_VERSION, "package": PACKAGE, "device": device, "dtype": manifest.dtype,
+               "torch": torch.__version__, "inputs": [s.name for s in manifest.variants[0].inputs],
+               "output": "velocity", "variants": variants,
+               "weights": {"appended_to_weights_bin": (folder / WEIGHTS).stat().st_size - writer.original_size}}
+    try:
+        for v in variants:
+            v["parity_max_abs"] = _parity(folder, section, mp, v["size"], geom, text_len, dtype, device)
+            if not v["parity_max_abs"] <= settings.tolerance:
+                raise DDiTError(f"AOTInductor variant k={v['size']} differs from torch by {v['parity_max_abs']:.3g} "
+                                f"(> {settings.tolerance:g}); aoti section not written")
+    except BaseException:
+        _undo(folder, writer.original_size)
+        raise
+    _update_manifest(folder, section, {PACKAGE: sha256_file(folder / PACKAGE), WEIGHTS: sha256_file(folder / WEIGHTS)})
+    for v in variants:
+        log(f"k={v['size']}: AOTInductor vs torch max abs diff {v['parity_max_abs']:.2e}, "
+            f"{len(v['constants'])} constants from weights.bin")
+    return section
+
+
+def _used_constants(package: Path, name: str) -> list[str]:
+    """The constant names the compiled model asks for (it prunes those its size never reads)."""
+    from torch._inductor.package import load_package
+
+    return list(load_package(str(package), name).get_constant_fqns())
+
+
+def _parity(folder: Path, section: dict, mp, k: int, geom, text_len: int, dtype, device: str) -> float:
+    """Max |AOTInductor - torch| of the velocity on one random input, the constants read from weights.bin."""
+    from ..runtime.backends.aoti import load_variant, map_weights
+    from .onnx import VariantModule, example_inputs
+
+    cfg = dict(mp.config)
+    guidance = bool(cfg.get("guidance_embeds"))
+    args = tuple(a.to(device) for a in example_inputs(cfg, geom, text_len, dtype, batch=1, seed=123))
+    with torch.no_grad():
+        ref = VariantModule(mp, k, geom.grid, guidance)(*args).float()
+    weights = map_weights(folder / WEIGHTS)
+    entry = next(v for v in section["variants"] if v["size"] == k)
+    compiled = load_variant(folder / section["package"], entry, weights, device=device, cache={})
+    out = compiled(*args)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return float((out.float() - ref).abs().max())
+
+
+def _update_manifest(folder: Path, section: dict, files: dict):
+    """Rewrite manifest.json atomically with the aoti section and the new hashes (raw JSON: keys this version of
+    bundle.py does not model survive)."""
+    path = folder / MANIFEST
+    d = json.loads(path.read_text())
+    d[AOTI_KEY] = section
+    d["files"].update(files)
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(d, indent=1))
+    tmp.replace(path)
+
+
+def _undo(folder: Path, weights_size: int):
+    shutil.rmtree(folder / AOTI_DIR, ignore_errors=True)
+    with open(folder / WEIGHTS, "r+b") as f:
+        f.truncate(weights_size)
+
+
+def build_with_aoti(settings, *, device: str = "cpu", log=print) -> Path:
+    """The whole ``build --backend aoti``: the ONNX bundle, then the AOTInductor package in it."""
+    from ..models.registry import load_model
+    from .build import build_bundle
+
+    require_compiler()
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    path = build_bundle(settings, log=log, model=model)
+    prepare_aoti(path, settings, model=model, device=device, log=log)
+    return path

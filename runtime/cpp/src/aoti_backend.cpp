@@ -1,0 +1,107 @@
+// AOTInductor backend: one AOTIModelPackageLoader per size, all fed the same constant tensors, which are views of
+// one private mapping of weights.bin (load_constants(..., user_managed=true): the loader keeps our tensors and
+// copies nothing), so the weights exist once in memory however many sizes are loaded.
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+
+#include <map>
+#include <sstream>
+#include <tuple>
+
+#include "backend.h"
+#include "error.h"
+
+namespace ddit {
+namespace {
+
+at::ScalarType scalar_type(const std::string& dtype) {
+  static const std::map<std::string, at::ScalarType> m = {
+      {"float32", at::kFloat}, {"float16", at::kHalf}, {"bfloat16", at::kBFloat16}, {"float64", at::kDouble},
+      {"int64", at::kLong},    {"int32", at::kInt},    {"int8", at::kChar},         {"uint8", at::kByte},
+      {"bool", at::kBool}};
+  auto it = m.find(dtype);
+  if (it == m.end()) throw bundle_error("constant dtype '" + dtype + "' is not supported");
+  return it->second;
+}
+
+class AotiBackend : public Backend {
+ public:
+  AotiBackend(const Bundle& b, const std::vector<int>& sizes)
+      : weights_(b.folder + "/weights.bin"), device_(b.device == "cpu" ? at::Device(at::kCPU) : at::Device(b.device)) {
+    std::vector<int> want = sizes;
+    if (want.empty())
+      for (const auto& v : b.variants) want.push_back(v.size);
+    const std::string package = b.folder + "/" + b.package;
+    for (int k : want) {
+      const AotiVariant& v = b.variant(k);
+      auto constants = constant_map(v);
+      std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+      try {
+        loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package, v.model);
+      } catch (const std::exception& e) {
+        throw bundle_error("cannot load AOTInductor model '" + v.model + "' from " + package + ": " +
+                           first_line(e.what()));
+      }
+      auto fqns = loader->get_constant_fqns();
+      for (const auto& n : fqns)
+        if (!constants.count(n)) throw bundle_error("variant k=" + std::to_string(k) + " needs constant '" + n +
+                                                    "', which the manifest's aoti table lacks: rebuild the bundle");
+      loader->load_constants(constants, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
+      loaders_[k] = std::move(loader);
+      sizes_.push_back(k);
+    }
+  }
+
+  std::string name() const override { return "aoti"; }
+  std::vector<int> sizes() const override { return sizes_; }
+  at::Device device() const override { return device_; }
+
+  at::Tensor run(int size, const StepInputs& in) override {
+    auto it = loaders_.find(size);
+    if (it == loaders_.end()) throw bundle_error("size " + std::to_string(size) + " is not loaded");
+    std::vector<at::Tensor> args = {in.hidden_states, in.encoder_hidden_states, in.pooled_projections,
+                                    in.timestep,      in.img_ids,               in.txt_ids};
+    if (in.guidance.defined()) args.push_back(in.guidance);
+    auto out = it->second->run(args);
+    if (out.empty()) throw Error(DDIT_ERR_RUNTIME, "the AOTInductor model returned no output");
+    return out[0];
+  }
+
+ private:
+  static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+  std::unordered_map<std::string, at::Tensor> constant_map(const AotiVariant& v) {
+    std::unordered_map<std::string, at::Tensor> out;
+    for (const auto& c : v.constants) {
+      if (c.offset + c.length > weights_.size()) {
+        std::ostringstream m;
+        m << "weights.bin is truncated: constant '" << c.name << "' ends at byte " << c.offset + c.length
+          << ", the file has " << weights_.size();
+        throw bundle_error(m.str());
+      }
+      auto key = std::make_tuple(c.offset, c.dtype, c.dims);
+      auto it = shared_.find(key);
+      if (it == shared_.end()) {
+        at::Tensor t = at::from_blob(weights_.data() + c.offset, c.dims, at::TensorOptions().dtype(scalar_type(c.dtype)));
+        if (t.nbytes() != c.length) throw bundle_error("constant '" + c.name + "': length does not match its shape");
+        if (device_.type() != at::kCPU) t = t.to(device_);  // once per distinct tensor: shared by every size
+        it = shared_.emplace(key, t).first;
+      }
+      out[c.name] = it->second;
+    }
+    return out;
+  }
+
+  MappedFile weights_;
+  at::Device device_;
+  std::map<std::tuple<uint64_t, std::string, std::vector<int64_t>>, at::Tensor> shared_;
+  std::map<int, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders_;
+  std::vector<int> sizes_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_aoti_backend(const Bundle& b, const std::vector<int>& sizes) {
+  return std::make_unique<AotiBackend>(b, sizes);
+}
+
+}  // namespace ddit

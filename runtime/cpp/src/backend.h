@@ -1,0 +1,32 @@
+// The one interface every C++ backend implements: run patch-size variant k on fine-token latents. AOTInductor is
+// the one here (aoti_backend.cpp); a TensorRT backend (engines from `build --backend trt`) can sit beside it and
+// be chosen in make_backend without the loop or the scheduler knowing.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bundle.h"
+
+namespace ddit {
+
+struct StepInputs {  // the transformer's inputs, named as in the manifest; latents always in fine-token form
+  at::Tensor hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual std::vector<int> sizes() const = 0;
+  virtual at::Device device() const = 0;
+  // velocity (B, tokens, channels), float32, on device()
+  virtual at::Tensor run(int size, const StepInputs& in) = 0;
+};
+
+// The AOTInductor backend for `sizes` of the bundle (all if empty); weights.bin mapped once, shared by all.
+std::unique_ptr<Backend> make_aoti_backend(const Bundle& b, const std::vector<int>& sizes);
+
+}  // namespace ddit

@@ -1,0 +1,180 @@
+#include "bundle.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "error.h"
+
+namespace ddit {
+using json = nlohmann::json;
+
+const AotiVariant& Bundle::variant(int size) const {
+  for (const auto& v : variants)
+    if (v.size == size) return v;
+  std::ostringstream m;
+  m << "bundle " << folder << " has no AOTInductor variant for patch size " << size << " (has";
+  for (const auto& v : variants) m << " " << v.size;
+  m << "); rebuild with --sizes including " << size;
+  throw bundle_error(m.str());
+}
+
+static ScheduleSettings read_schedule(const json& s) {
+  ScheduleSettings out;
+  out.policy = s.value("policy", "ddit");
+  out.tau = s.value("tau", out.tau);
+  out.eps = s.value("eps", out.eps);
+  out.warmup = s.value("warmup", out.warmup);
+  out.same_size_window = s.value("window", std::string("any")) == "same-size";
+  out.head = s.value("head", 0);
+  out.n4 = s.value("n4", 0);
+  out.tail = s.value("tail", 4);
+  return out;
+}
+
+static SchedulerConfig read_scheduler(const json& c, const std::string& path) {
+  SchedulerConfig out;
+  for (const char* key : {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
+                          "stochastic_sampling"})
+    if (c.contains(key) && c[key].is_boolean() && c[key].get<bool>())
+      throw Error(DDIT_ERR_UNSUPPORTED, path + ": scheduler option '" + key + "' is not ported to the C++ runtime");
+  if (c.contains("shift_terminal") && !c["shift_terminal"].is_null())
+    throw Error(DDIT_ERR_UNSUPPORTED, path + ": scheduler option 'shift_terminal' is not ported to the C++ runtime");
+  out.num_train_timesteps = c.value("num_train_timesteps", 1000);
+  out.shift = c.value("shift", 1.0);
+  out.base_shift = c.value("base_shift", 0.5);
+  out.max_shift = c.value("max_shift", 1.15);
+  out.base_image_seq_len = c.value("base_image_seq_len", 256);
+  out.max_image_seq_len = c.value("max_image_seq_len", 4096);
+  out.dynamic_shifting = c.value("use_dynamic_shifting", false);
+  out.time_shift_type = c.value("time_shift_type", std::string("exponential"));
+  if (out.time_shift_type != "exponential" && out.time_shift_type != "linear")
+    throw Error(DDIT_ERR_UNSUPPORTED, path + ": time_shift_type '" + out.time_shift_type + "' is not ported");
+  return out;
+}
+
+Bundle read_bundle(const std::string& folder) {
+  struct stat st;
+  if (stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw bundle_error("bundle folder not found: " + folder);
+  const std::string path = folder + "/manifest.json";
+  std::ifstream f(path);
+  if (!f) throw bundle_error("not a bundle: " + path + " is missing");
+  json d;
+  try {
+    d = json::parse(f);
+  } catch (const json::exception& e) {
+    throw bundle_error(path + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!d.is_object() || d.value("format", std::string()) != "ddit-bundle")
+    throw bundle_error(path + ": field 'format' is not 'ddit-bundle'");
+  if (!d.contains("format_version") || !d["format_version"].is_number_integer())
+    throw bundle_error(path + ": field 'format_version' is missing or not an integer");
+  const int version = d["format_version"].get<int>();
+  if (version > kFormatVersion)
+    throw bundle_error(path + ": bundle format version " + std::to_string(version) +
+                       " is newer than this runtime reads (" + std::to_string(kFormatVersion) +
+                       "); upgrade the runtime or rebuild the bundle");
+  if (!d.contains("aoti") || d["aoti"].is_null())
+    throw bundle_error(path + ": the bundle has no AOTInductor package; rebuild it with "
+                       "`ddit-export build --backend aoti`");
+  Bundle b;
+  b.folder = folder;
+  try {
+    const json& a = d.at("aoti");
+    const int av = a.at("aoti_version").get<int>();
+    if (av > kAotiVersion)
+      throw bundle_error(path + ": AOTInductor section version " + std::to_string(av) +
+                         " is newer than this runtime reads (" + std::to_string(kAotiVersion) +
+                         "); upgrade the runtime or rebuild with --backend aoti");
+    b.package = a.at("package").get<std::string>();
+    b.device = a.at("device").get<std::string>();
+    b.dtype = a.at("dtype").get<std::string>();
+    b.inputs = a.at("inputs").get<std::vector<std::string>>();
+    for (const auto& v : a.at("variants")) {
+      AotiVariant av_;
+      av_.size = v.at("size").get<int>();
+      av_.model = v.at("model").get<std::string>();
+      for (const auto& c : v.at("constants"))
+        av_.constants.push_back({c.at(0).get<std::string>(), c.at(3).get<std::string>(), c.at(1).get<uint64_t>(),
+                                 c.at(2).get<uint64_t>(), c.at(4).get<std::vector<int64_t>>()});
+      b.variants.push_back(std::move(av_));
+    }
+    const json& m = d.at("model");
+    b.height = m.at("height").get<int>();
+    b.width = m.at("width").get<int>();
+    b.vae_scale = m.at("vae_scale").get<int>();
+    b.latent_channels = m.at("latent_channels").get<int>();
+    b.text_len = m.at("text_len").get<int>();
+    b.default_steps = m.at("default_steps").get<int>();
+    b.guidance_embeds = m.at("guidance_embeds").get<bool>();
+    const json& tc = m.at("transformer_config");
+    b.joint_dim = tc.at("joint_attention_dim").get<int>();
+    b.pooled_dim = tc.at("pooled_projection_dim").get<int>();
+    b.scheduler = read_scheduler(m.at("scheduler_config"), path);
+    b.schedule = read_schedule(d.at("schedule"));
+  } catch (const json::exception& e) {
+    throw bundle_error(path + ": missing or malformed field (" + e.what() + ")");
+  }
+  // the token grid, as shapes.TokenGeometry has it: pixels / vae_scale latents, packed 2x2 into fine tokens
+  b.grid_h = b.height / b.vae_scale / 2;
+  b.grid_w = b.width / b.vae_scale / 2;
+  if (b.grid_h < 1 || b.grid_w < 1 || b.variants.empty()) throw bundle_error(path + ": no token grid or no variants");
+  if (b.dtype != "fp32") throw Error(DDIT_ERR_UNSUPPORTED, path + ": the C++ runtime runs fp32 bundles; this is " + b.dtype);
+  return b;
+}
+
+std::vector<float> flux_sigmas(const SchedulerConfig& c, int steps, int image_tokens) {
+  // diffusers: sigmas = float32(linspace(1, 1/steps, steps)), then the shift in float32 numpy arithmetic
+  const double m = (c.max_shift - c.base_shift) / double(c.max_image_seq_len - c.base_image_seq_len);
+  const double mu = image_tokens * m + (c.base_shift - m * c.base_image_seq_len);
+  std::vector<float> out(steps + 1, 0.0f);
+  const double last = 1.0 / steps;
+  for (int i = 0; i < steps; ++i) {
+    const double lin = steps == 1 ? 1.0 : 1.0 + (last - 1.0) * double(i) / double(steps - 1);
+    const float t = float(lin);
+    float s;
+    if (c.dynamic_shifting) {
+      const float x = 1.0f / t - 1.0f;  // (1/t - 1) ** 1.0
+      if (c.time_shift_type == "exponential") {
+        const float e = float(std::exp(mu));
+        s = e / (e + x);
+      } else {
+        const float fm = float(mu);
+        s = fm / (fm + x);
+      }
+    } else {
+      const float sh = float(c.shift);
+      s = sh * t / (1.0f + (sh - 1.0f) * t);
+    }
+    out[i] = s;
+  }
+  return out;
+}
+
+MappedFile::MappedFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw bundle_error("bundle file missing: " + path);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size == 0) {
+    ::close(fd);
+    throw bundle_error("cannot read " + path);
+  }
+  size_ = size_t(st.st_size);
+  void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) throw bundle_error("cannot map " + path + ": " + std::strerror(errno));
+  data_ = static_cast<uint8_t*>(p);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) munmap(data_, size_);
+}
+
+}  // namespace ddit

@@ -1,0 +1,75 @@
+// The bundle as the C++ runtime reads it: manifest.json (format and aoti section versions checked as the Python
+// reader does), the AOTInductor constant tables, and weights.bin mapped once. No torch here.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "scheduler.h"
+
+namespace ddit {
+
+constexpr int kFormatVersion = 1;  // ddit_export/bundle.py FORMAT_VERSION
+constexpr int kAotiVersion = 1;    // ddit_export/bundle.py AOTI_VERSION
+
+struct Constant {
+  std::string name, dtype;
+  uint64_t offset = 0, length = 0;
+  std::vector<int64_t> dims;
+};
+
+struct AotiVariant {
+  int size = 1;
+  std::string model;  // model name inside the package
+  std::vector<Constant> constants;
+};
+
+struct SchedulerConfig {  // diffusers FlowMatchEulerDiscreteScheduler config fields the sigmas need
+  int num_train_timesteps = 1000;
+  double shift = 1.0, base_shift = 0.5, max_shift = 1.15;
+  int base_image_seq_len = 256, max_image_seq_len = 4096;
+  bool dynamic_shifting = true;
+  std::string time_shift_type = "exponential";
+};
+
+struct Bundle {
+  std::string folder;
+  int height = 0, width = 0, vae_scale = 1, latent_channels = 0, grid_h = 0, grid_w = 0;
+  int text_len = 0, joint_dim = 0, pooled_dim = 0, default_steps = 28;
+  bool guidance_embeds = false;
+  std::string dtype, device, package;
+  std::vector<std::string> inputs;
+  std::vector<AotiVariant> variants;
+  ScheduleSettings schedule;
+  SchedulerConfig scheduler;
+
+  int tokens() const { return grid_h * grid_w; }
+  int channels() const { return latent_channels * 4; }
+  const AotiVariant& variant(int size) const;
+};
+
+// Parse and check manifest.json of `folder`; throws ddit::Error (DDIT_ERR_BUNDLE) naming the file and field.
+Bundle read_bundle(const std::string& folder);
+
+// FLUX's sigmas for `steps` steps (FluxPipeline: linspace(1, 1/steps) shifted by the resolution's mu), float32 as
+// diffusers computes them, with the final 0 appended (steps + 1 values).
+std::vector<float> flux_sigmas(const SchedulerConfig& c, int steps, int image_tokens);
+
+// weights.bin mapped once, privately (copy-on-write; nothing writes it), for the life of the runtime.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace ddit

@@ -1,0 +1,366 @@
+// The generation loop (ddit_export/runtime/generate.py, ported) and the C API over it: per step the scheduler picks
+// a size from the latent history, the backend runs that variant, and the Euler step of FLUX's rectified flow moves
+// the fine-token latents from sigma_i to sigma_{i+1}. Every C++ exception stops at the extern "C" functions.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "backend.h"
+#include "error.h"
+#include "scheduler.h"
+
+using ddit::Error;
+using ddit::argument_error;
+
+struct ddit_runtime {
+  ddit::Bundle bundle;
+  std::unique_ptr<ddit::Backend> backend;
+  std::vector<ddit_step> trace;
+  at::Tensor img_ids, txt_ids;
+};
+
+struct ddit_scheduler {
+  std::unique_ptr<ddit::Scheduler> impl;
+  int gh, gw;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+template <class F>
+int guarded(F&& f) {
+  try {
+    f();
+    g_last_error.clear();
+    return DDIT_OK;
+  } catch (const Error& e) {
+    g_last_error = e.what();
+    return e.code;
+  } catch (const c10::Error& e) {
+    g_last_error = std::string("torch: ") + e.what_without_backtrace();
+    return DDIT_ERR_RUNTIME;
+  } catch (const std::bad_alloc&) {
+    g_last_error = "out of memory";
+    return DDIT_ERR_RUNTIME;
+  } catch (const std::exception& e) {
+    g_last_error = e.what();
+    return DDIT_ERR_RUNTIME;
+  } catch (...) {
+    g_last_error = "unknown error";
+    return DDIT_ERR_RUNTIME;
+  }
+}
+
+void need(const void* p, const char* what) {
+  if (!p) throw argument_error(std::string(what) + " is NULL");
+}
+
+ddit::ScheduleSettings to_settings(const ddit_schedule& s) {
+  ddit::ScheduleSettings o;
+  o.policy = std::string(s.policy, strnlen(s.policy, sizeof(s.policy)));
+  o.tau = s.tau;
+  o.eps = s.eps;
+  o.warmup = s.warmup;
+  o.same_size_window = s.window_same_size != 0;
+  o.head = s.head;
+  o.n4 = s.n4;
+  o.tail = s.tail;
+  o.coarse_steps = s.coarse_steps;
+  o.coarse_size = s.coarse_size;
+  if (s.n_static > 0) {
+    need(s.static_sizes, "schedule.static_sizes");
+    o.static_sizes.assign(s.static_sizes, s.static_sizes + s.n_static);
+  }
+  return o;
+}
+
+void fill_step(ddit_step& st, int i, double sigma, const ddit::Decision& d, int tokens) {
+  std::memset(&st, 0, sizeof st);
+  st.step = i;
+  st.sigma = sigma;
+  st.size = d.size;
+  std::strncpy(st.reason, d.reason.c_str(), sizeof(st.reason) - 1);
+  st.tokens = tokens;
+  for (const auto& [k, v] : d.sigmas) {
+    if (st.n_sigmas == DDIT_MAX_SIZES) break;
+    st.sigma_sizes[st.n_sigmas] = k;
+    st.sigma_values[st.n_sigmas++] = v;
+  }
+}
+
+// FluxPipeline's initial latents: randn (B, C, 2h, 2w) from a CPU generator seeded with `seed`, packed 2x2.
+at::Tensor initial_noise(const ddit::Bundle& b, int batch, int64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
+  at::Tensor n = at::randn({batch, b.latent_channels, 2 * b.grid_h, 2 * b.grid_w}, gen, at::kFloat);
+  return n.reshape({batch, b.latent_channels, b.grid_h, 2, b.grid_w, 2})
+      .permute({0, 2, 4, 1, 3, 5})
+      .reshape({batch, b.tokens(), b.channels()})
+      .contiguous();
+}
+
+at::Tensor image_ids(int gh, int gw) {
+  at::Tensor ids = at::zeros({gh, gw, 3}, at::kFloat);
+  ids.select(2, 1).copy_(at::arange(gh, at::kFloat).unsqueeze(1).expand({gh, gw}));
+  ids.select(2, 2).copy_(at::arange(gw, at::kFloat).unsqueeze(0).expand({gh, gw}));
+  return ids.reshape({gh * gw, 3});
+}
+
+at::Tensor wrap(const float* p, std::vector<int64_t> shape) {
+  return at::from_blob(const_cast<float*>(p), shape, at::kFloat);
+}
+
+void check_len(const char* what, size_t got, size_t want) {
+  if (got != want) {
+    std::ostringstream m;
+    m << what << " has " << got << " floats; this bundle needs " << want;
+    throw argument_error(m.str());
+  }
+}
+
+ddit::StepInputs inputs(ddit_runtime* rt, const at::Tensor& x, const at::Tensor& states, const at::Tensor& pooled,
+                        float timestep, float guidance) {
+  const int64_t batch = x.size(0);
+  const at::Device dev = rt->backend->device();
+  ddit::StepInputs in;
+  in.hidden_states = x.to(dev).contiguous();
+  in.encoder_hidden_states = states;
+  in.pooled_projections = pooled;
+  in.timestep = at::full({batch}, timestep, at::TensorOptions().dtype(at::kFloat).device(dev));
+  in.img_ids = rt->img_ids;
+  in.txt_ids = rt->txt_ids;
+  if (rt->bundle.guidance_embeds) in.guidance = at::full({batch}, guidance, at::TensorOptions().dtype(at::kFloat).device(dev));
+  return in;
+}
+
+void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len) {
+  const ddit::Bundle& b = rt->bundle;
+  if (q.batch < 1) throw argument_error("batch must be >= 1");
+  need(q.states, "request.states");
+  need(q.pooled, "request.pooled");
+  need(out, "out_latents");
+  const size_t B = size_t(q.batch), N = size_t(b.tokens()), C = size_t(b.channels());
+  check_len("request.states", q.states_len, B * b.text_len * b.joint_dim);
+  check_len("request.pooled", q.pooled_len, B * b.pooled_dim);
+  check_len("out_latents", out_len, B * N * C);
+  const int steps = q.steps > 0 ? q.steps : b.default_steps;
+  ddit::ScheduleSettings ss = q.schedule ? to_settings(*q.schedule) : b.schedule;
+  ddit::Scheduler sched(ss, b.grid_h, b.grid_w, rt->backend->sizes(), steps);
+  at::Tensor x;
+  if (q.init_latents) {
+    check_len("request.init_latents", q.init_len, B * N * C);
+    x = wrap(q.init_latents, {q.batch, int64_t(N), int64_t(C)}).clone();
+    if (!at::isfinite(x).all().item<bool>()) throw argument_error("init_latents contain NaN or infinite values");
+  } else {
+    if (q.seed < 0) throw argument_error("seed must be >= 0");
+    x = initial_noise(b, q.batch, q.seed);
+  }
+  const at::Device dev = rt->backend->device();
+  x = x.to(dev);
+  at::Tensor states = wrap(q.states, {q.batch, b.text_len, b.joint_dim}).to(dev).contiguous();
+  at::Tensor pooled = wrap(q.pooled, {q.batch, b.pooled_dim}).to(dev).contiguous();
+  const std::vector<float> sigmas = ddit::flux_sigmas(b.scheduler, steps, b.tokens());
+  const float T = float(b.scheduler.num_train_timesteps);
+  std::vector<ddit_step> trace(steps);
+  c10::InferenceMode guard;
+  for (int i = 0; i < steps; ++i) {
+    const float t = sigmas[i] * T;  // diffusers' timesteps; the model gets t / 1000
+    at::Tensor host;  // a device-to-host copy per step only for policies that read the latents
+    if (sched.needs_history()) host = x.to(at::kCPU).contiguous();
+    const ddit::Decision d = sched.decide(i, host.defined() ? host.data_ptr<float>() : nullptr, q.batch, int(C));
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Tensor v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    x = x + (sigmas[i + 1] - sigmas[i]) * v.to(at::kFloat);  // FlowMatchEulerDiscreteScheduler.step, float32
+    fill_step(trace[i], i, double(t / 1000.0f), d, b.tokens() / (d.size * d.size));
+    trace[i].seconds = secs;
+  }
+  x = x.to(at::kCPU).contiguous();
+  std::memcpy(out, x.data_ptr<float>(), B * N * C * sizeof(float));
+  rt->trace = std::move(trace);
+}
+
+std::string trace_json(const ddit_runtime* rt) {
+  nlohmann::json steps = nlohmann::json::array();
+  for (const auto& s : rt->trace) {
+    nlohmann::json sig = nlohmann::json::object();
+    for (int j = 0; j < s.n_sigmas; ++j) sig[std::to_string(s.sigma_sizes[j])] = s.sigma_values[j];
+    steps.push_back({{"step", s.step}, {"sigma", s.sigma}, {"size", s.size}, {"reason", s.reason},
+                     {"tokens", s.tokens}, {"sigmas", sig}, {"seconds", s.seconds}});
+  }
+  nlohmann::json d = {{"runtime", "ddit-cpp"}, {"backend", rt->backend->name()},
+                      {"grid", {rt->bundle.grid_h, rt->bundle.grid_w}}, {"steps", steps}};
+  return d.dump(1);
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* ddit_last_error(void) { return g_last_error.c_str(); }
+const char* ddit_version(void) { return "ddit-cpp 0.1.0 (C API 1)"; }
+
+int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_runtime** out) {
+  return guarded([&] {
+    need(bundle_dir, "bundle_dir");
+    need(out, "out");
+    *out = nullptr;
+    if (n_sizes < 0 || (n_sizes > 0 && !sizes)) throw argument_error("sizes: NULL with n_sizes > 0");
+    auto rt = std::make_unique<ddit_runtime>();
+    rt->bundle = ddit::read_bundle(bundle_dir);
+    std::vector<int> want(sizes, sizes + n_sizes);
+    if (rt->bundle.device != "cpu" && !at::hasCUDA())
+      throw ddit::bundle_error("the AOTInductor package was compiled for " + rt->bundle.device +
+                               ", and this libtorch has no GPU; rebuild with `build --backend aoti` for cpu");
+    rt->backend = ddit::make_aoti_backend(rt->bundle, want);
+    const at::Device dev = rt->backend->device();
+    rt->img_ids = image_ids(rt->bundle.grid_h, rt->bundle.grid_w).to(dev);
+    rt->txt_ids = at::zeros({rt->bundle.text_len, 3}, at::kFloat).to(dev);
+    *out = rt.release();
+  });
+}
+
+int ddit_open(const char* bundle_dir, ddit_runtime** out) { return ddit_open_sizes(bundle_dir, nullptr, 0, out); }
+
+void ddit_close(ddit_runtime* rt) {
+  guarded([&] { delete rt; });
+}
+
+int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(o, "out");
+    const auto& b = rt->bundle;
+    std::memset(o, 0, sizeof *o);
+    o->height = b.height;
+    o->width = b.width;
+    o->grid_h = b.grid_h;
+    o->grid_w = b.grid_w;
+    o->tokens = b.tokens();
+    o->channels = b.channels();
+    o->text_len = b.text_len;
+    o->joint_dim = b.joint_dim;
+    o->pooled_dim = b.pooled_dim;
+    o->guidance_embeds = b.guidance_embeds;
+    o->default_steps = b.default_steps;
+    o->latent_channels = b.latent_channels;
+    for (int k : rt->backend->sizes())
+      if (o->n_sizes < DDIT_MAX_SIZES) o->sizes[o->n_sizes++] = k;
+    std::strncpy(o->device, b.device.c_str(), sizeof(o->device) - 1);
+  });
+}
+
+int ddit_schedule_defaults(const ddit_runtime* rt, ddit_schedule* o) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(o, "out");
+    const auto& s = rt->bundle.schedule;
+    std::memset(o, 0, sizeof *o);
+    std::strncpy(o->policy, s.policy.c_str(), sizeof(o->policy) - 1);
+    o->tau = s.tau;
+    o->eps = s.eps;
+    o->warmup = s.warmup;
+    o->window_same_size = s.same_size_window;
+    o->head = s.head;
+    o->n4 = s.n4;
+    o->tail = s.tail;
+    o->coarse_size = 2;
+  });
+}
+
+int ddit_denoise(ddit_runtime* rt, const ddit_request* req, float* out_latents, size_t out_len) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(req, "request");
+    denoise(rt, *req, out_latents, out_len);
+  });
+}
+
+int ddit_trace_length(const ddit_runtime* rt, int* n) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(n, "n");
+    *n = int(rt->trace.size());
+  });
+}
+
+int ddit_trace_step(const ddit_runtime* rt, int i, ddit_step* out) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(out, "out");
+    if (i < 0 || i >= int(rt->trace.size())) throw argument_error("trace step out of range");
+    *out = rt->trace[i];
+  });
+}
+
+int ddit_trace_json(const ddit_runtime* rt, char* buf, size_t cap, size_t* needed) {
+  return guarded([&] {
+    need(rt, "runtime");
+    const std::string s = trace_json(rt);
+    if (needed) *needed = s.size() + 1;
+    if (cap == 0) return;
+    need(buf, "buf");
+    if (cap < s.size() + 1) throw argument_error("buffer too small for the trace JSON (see *needed)");
+    std::memcpy(buf, s.c_str(), s.size() + 1);
+  });
+}
+
+int ddit_run_variant(ddit_runtime* rt, int size, int batch, const float* latents, const float* states,
+                     const float* pooled, float timestep, float guidance, float* out) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(latents, "latents");
+    need(states, "states");
+    need(pooled, "pooled");
+    need(out, "out");
+    if (batch < 1) throw argument_error("batch must be >= 1");
+    const auto& b = rt->bundle;
+    const auto have = rt->backend->sizes();
+    if (std::find(have.begin(), have.end(), size) == have.end())
+      throw ddit::bundle_error("size " + std::to_string(size) + " is not loaded");
+    const at::Device dev = rt->backend->device();
+    c10::InferenceMode guard;
+    at::Tensor x = wrap(latents, {batch, b.tokens(), b.channels()});
+    at::Tensor s = wrap(states, {batch, b.text_len, b.joint_dim}).to(dev).contiguous();
+    at::Tensor p = wrap(pooled, {batch, b.pooled_dim}).to(dev).contiguous();
+    at::Tensor v = rt->backend->run(size, inputs(rt, x, s, p, timestep, guidance)).to(at::kCPU).to(at::kFloat).contiguous();
+    std::memcpy(out, v.data_ptr<float>(), size_t(v.numel()) * sizeof(float));
+  });
+}
+
+int ddit_scheduler_create(const ddit_schedule* schedule, int grid_h, int grid_w, const int* sizes, int n_sizes,
+                          int steps, ddit_scheduler** out) {
+  return guarded([&] {
+    need(schedule, "schedule");
+    need(sizes, "sizes");
+    need(out, "out");
+    *out = nullptr;
+    if (grid_h < 1 || grid_w < 1 || n_sizes < 1) throw argument_error("grid and sizes must be non-empty");
+    auto s = std::make_unique<ddit_scheduler>();
+    s->impl = std::make_unique<ddit::Scheduler>(to_settings(*schedule), grid_h, grid_w,
+                                                std::vector<int>(sizes, sizes + n_sizes), steps);
+    s->gh = grid_h;
+    s->gw = grid_w;
+    *out = s.release();
+  });
+}
+
+int ddit_scheduler_decide(ddit_scheduler* s, int step, const float* latents, int batch, int channels, ddit_step* out) {
+  return guarded([&] {
+    need(s, "scheduler");
+    need(out, "out");
+    if (s->impl->needs_history()) need(latents, "latents");
+    if (batch < 1 || channels < 1) throw argument_error("batch and channels must be >= 1");
+    const ddit::Decision d = s->impl->decide(step, latents, batch, channels);
+    fill_step(*out, step, 0.0, d, s->gh * s->gw / (d.size * d.size));
+  });
+}
+
+void ddit_scheduler_free(ddit_scheduler* s) { delete s; }
+
+}  // extern "C"

@@ -1,0 +1,117 @@
+"""ctypes mirror of runtime/cpp/include/ddit/ddit.h, for the tests: the same C API a C++ service links."""
+from __future__ import annotations
+
+import ctypes as C
+
+import numpy as np
+
+MAX_SIZES = 8
+
+
+class Schedule(C.Structure):
+    _fields_ = [("policy", C.c_char * 16), ("tau", C.c_double), ("eps", C.c_double), ("warmup", C.c_int),
+                ("window_same_size", C.c_int), ("head", C.c_int), ("n4", C.c_int), ("tail", C.c_int),
+                ("coarse_steps", C.c_int), ("coarse_size", C.c_int), ("static_sizes", C.POINTER(C.c_int)),
+                ("n_static", C.c_int)]
+
+
+class Info(C.Structure):
+    _fields_ = [(n, C.c_int) for n in ("height", "width", "grid_h", "grid_w", "tokens", "channels", "text_len",
+                                       "joint_dim", "pooled_dim", "guidance_embeds", "default_steps",
+                                       "latent_channels", "n_sizes")] + [
+        ("sizes", C.c_int * MAX_SIZES), ("device", C.c_char * 16)]
+
+
+class Request(C.Structure):
+    _fields_ = [("batch", C.c_int), ("states", C.POINTER(C.c_float)), ("states_len", C.c_size_t),
+                ("pooled", C.POINTER(C.c_float)), ("pooled_len", C.c_size_t), ("steps", C.c_int),
+                ("guidance", C.c_float), ("seed", C.c_int64), ("init_latents", C.POINTER(C.c_float)),
+                ("init_len", C.c_size_t), ("schedule", C.POINTER(Schedule))]
+
+
+class Step(C.Structure):
+    _fields_ = [("step", C.c_int), ("sigma", C.c_double), ("size", C.c_int), ("reason", C.c_char * 8),
+                ("tokens", C.c_int), ("n_sigmas", C.c_int), ("sigma_sizes", C.c_int * MAX_SIZES),
+                ("sigma_values", C.c_double * MAX_SIZES), ("seconds", C.c_double)]
+
+    def sigmas(self) -> dict:
+        return {self.sigma_sizes[j]: self.sigma_values[j] for j in range(self.n_sigmas)}
+
+
+class DDiTError(RuntimeError):
+    def __init__(self, code: int, message: str):
+        super().__init__(f"[{code}] {message}")
+        self.code, self.message = code, message
+
+
+def fptr(a: np.ndarray):
+    return a.ctypes.data_as(C.POINTER(C.c_float))
+
+
+class Lib:
+    """The library loaded with ctypes; methods raise DDiTError(code, message) where the C call fails."""
+
+    def __init__(self, path):
+        self.lib = C.CDLL(str(path))
+        self.lib.ddit_last_error.restype = C.c_char_p
+        self.lib.ddit_close.restype = None
+        self.lib.ddit_scheduler_free.restype = None
+
+    def call(self, name, *args):
+        rc = getattr(self.lib, name)(*args)
+        if rc != 0:
+            raise DDiTError(rc, self.lib.ddit_last_error().decode())
+        return rc
+
+    def open(self, folder, sizes=None):
+        rt = C.c_void_p()
+        arr = (C.c_int * len(sizes))(*sizes) if sizes else None
+        self.call("ddit_open_sizes", str(folder).encode(), arr, len(sizes or ()), C.byref(rt))
+        return rt
+
+    def info(self, rt) -> Info:
+        out = Info()
+        self.call("ddit_get_info", rt, C.byref(out))
+        return out
+
+    def defaults(self, rt) -> Schedule:
+        out = Schedule()
+        self.call("ddit_schedule_defaults", rt, C.byref(out))
+        return out
+
+    def denoise(self, rt, states, pooled, *, steps, seed=0, latents=None, schedule=None, guidance=3.5):
+        info = self.info(rt)
+        states = np.ascontiguousarray(states, np.float32)
+        pooled = np.ascontiguousarray(pooled, np.float32)
+        b = pooled.shape[0]
+        q = Request(batch=b, states=fptr(states), states_len=states.size, pooled=fptr(pooled),
+                    pooled_len=pooled.size, steps=steps, guidance=guidance, seed=seed)
+        if latents is not None:
+            latents = np.ascontiguousarray(latents, np.float32)
+            q.init_latents, q.init_len = fptr(latents), latents.size
+        if schedule is not None:
+            q.schedule = C.pointer(schedule)
+        out = np.zeros((b, info.tokens, info.channels), np.float32)
+        self.call("ddit_denoise", rt, C.byref(q), fptr(out), C.c_size_t(out.size))
+        return out
+
+    def trace(self, rt) -> list[Step]:
+        n = C.c_int()
+        self.call("ddit_trace_length", rt, C.byref(n))
+        steps = [Step() for _ in range(n.value)]
+        for i, s in enumerate(steps):
+            self.call("ddit_trace_step", rt, i, C.byref(s))
+        return steps
+
+    def close(self, rt):
+        self.lib.ddit_close(rt)
+
+
+def schedule(policy: str, *, tau=0.001, eps=0.4, warmup=3, same_size=False, head=0, n4=0, tail=4,
+             coarse=(0, 2), static=None) -> Schedule:
+    s = Schedule(policy=policy.encode(), tau=tau, eps=eps, warmup=warmup, window_same_size=int(same_size),
+                 head=head, n4=n4, tail=tail, coarse_steps=coarse[0], coarse_size=coarse[1])
+    if static is not None:
+        s._static = (C.c_int * len(static))(*static)  # kept alive with the struct
+        s.static_sizes, s.n_static = C.cast(s._static, C.POINTER(C.c_int)), len(static)
+    return s
