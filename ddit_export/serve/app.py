@@ -135,7 +135,7 @@ class Generator:
         from ..api import build_settings
         from .batching import run_jobs
 
-        for k in self.model.manifest.sizes:
+        for k in self.model.geometry().available_sizes(tuple(self.model.manifest.sizes)):
             run_jobs(self.model, self.backend, [build_settings(self.model, steps=1, static=(k,))])
 
     async def generate(self, job: Job) -> dict:
