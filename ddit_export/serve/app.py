@@ -245,6 +245,10 @@ class Frontend:
                 out = await asyncio.wait_for(self.generator.generate.remote(job), job.timeout_s + 30)
                 break
             except BackPressureError:
+                if died and time.time() - job.accepted_at + self.options.retry_after_s < job.timeout_s:
+                    # an accepted request being re-sent after its replica died: wait for the replacement replica
+                    await asyncio.sleep(self.options.retry_after_s)
+                    continue
                 return _json(error_body(
                     f"the service is at capacity (every replica busy and {self.options.max_queued_requests} "
                     f"requests queued); retry after {self.options.retry_after_s:g} s", "overloaded", 503), 503,
@@ -385,6 +389,8 @@ def stop():
     """Delete the application, stop Serve, leave Ray (a local Ray started by :func:`start` stops too)."""
     import ray
 
+    if not ray.is_initialized():
+        return
     try:
         serve.shutdown()
     finally:
