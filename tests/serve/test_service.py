@@ -37,9 +37,12 @@ def service(flux_mini_bundle):
 
     opts = ServeOptions(bundle=str(flux_mini_bundle), threads=1, max_batch_size=8, max_ongoing_requests=MAX_ONGOING,
                         max_queued_requests=MAX_QUEUED, retry_after_s=1, timeout_s=60, retries=3)
-    url = start(opts, port=_free_port(), num_cpus=2, log=lambda *a: None)
+    metrics_port = _free_port()
+    url = start(opts, port=_free_port(), num_cpus=2, log=lambda *a: None,
+                ray_init_kw={"_metrics_export_port": metrics_port})
     client = Client(url, timeout=120, retries=0)
     client.wait_ready(timeout=120)
+    client.metrics_port = metrics_port
     yield url, client
     stop()  # a no-op when test_shutdown_is_clean already stopped it
 
@@ -163,6 +166,23 @@ def test_client_disconnect_cancels_the_request(service):
     while client.stats()["totals"]["requests"].get("cancelled", 0) == before:
         assert time.monotonic() < deadline, "the server never saw the disconnect"
         time.sleep(0.5)
+
+
+def test_metrics_reach_ray_prometheus_export(service):
+    """The replica's metrics through Ray Serve's metrics API, scraped from Ray's Prometheus endpoint."""
+    _, client = service
+    client.generate(P[0], seed=11, steps=8, policy="ddit")
+    deadline = time.monotonic() + 60  # Ray exports every few seconds
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{client.metrics_port}/metrics", timeout=10).read().decode()
+        ok = [line for line in text.splitlines() if line.startswith("ray_ddit_serve_requests")
+              and 'status="ok"' in line]
+        if ok and "ray_ddit_serve_steps" in text and "ray_ddit_serve_latency_s_bucket" in text:
+            break
+        assert time.monotonic() < deadline, "ddit_serve metrics never appeared on Ray's metrics export port"
+        time.sleep(2)
+    assert float(ok[0].rsplit(" ", 1)[1]) >= 1
+    assert 'size="1"' in text and 'kind="model"' in text and "ray_ddit_serve_coarse_fraction_bucket" in text
 
 
 def test_killing_the_replica_loses_no_accepted_request(service, flux_mini_runtime):
