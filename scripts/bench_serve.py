@@ -79,7 +79,8 @@ def run_cell(client, schedule: str, steps: int, concurrency: int, n_requests: in
                 lat.append(dt)
                 server.append({"total": t["total_s"], "queue": t["queue_s"], "jobs": t["batch_jobs"],
                                "transformer_share": b["transformer_s"] / max(b["jobs"], 1),
-                               "coarse": out["schedule"]["coarse_fraction"]})
+                               "coarse": out["schedule"]["coarse_fraction"],
+                               "calls_per_step": sum(b["calls"].values()) / steps})
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     t0 = time.perf_counter()
@@ -93,7 +94,8 @@ def run_cell(client, schedule: str, steps: int, concurrency: int, n_requests: in
             "errors": len(errors), "error_sample": errors[:2], "wall_s": wall, "rps": len(lat) / wall,
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "p99_s": pct(lat, 99),
             "server_total_s": med("total"), "queue_s": med("queue"), "batch_jobs": med("jobs"),
-            "transformer_per_request_s": med("transformer_share"), "coarse_fraction": med("coarse")}
+            "transformer_per_request_s": med("transformer_share"), "coarse_fraction": med("coarse"),
+            "calls_per_step": med("calls_per_step")}
 
 
 def main(argv=None):
@@ -106,7 +108,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per replica.")
-    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--max-batch-size", type=int, default=16, help="1: no batching (the trade-off's baseline).")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0)
@@ -157,11 +159,12 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     md = ["| replicas | clients | schedule | req/s | p50 s | p95 s | p99 s | server s | queue s | batch | "
-          "transformer s/req | coarse |", "|" + "---|" * 12]
+          "transformer s/req | calls/step | coarse |", "|" + "---|" * 13]
     for r in rows:
         md.append(f"| {r['replicas']} | {r['concurrency']} | {r['schedule']} | {r['rps']:.2f} | {r['p50_s']:.3f} | "
                   f"{r['p95_s']:.3f} | {r['p99_s']:.3f} | {r['server_total_s']:.3f} | {r['queue_s']:.3f} | "
-                  f"{r['batch_jobs']:g} | {r['transformer_per_request_s']:.4f} | {r['coarse_fraction']:.2f} |")
+                  f"{r['batch_jobs']:g} | {r['transformer_per_request_s']:.4f} | {r['calls_per_step']:.2f} | "
+                  f"{r['coarse_fraction']:.2f} |")
     md.append("")
     md += [f"- throughput {k}: x{v:.2f} (median of per-round ratios)" for k, v in ratios.items()]
     (out / "bench_serve.md").write_text("\n".join(md) + "\n")
