@@ -246,3 +246,32 @@ def test_shutdown_is_clean(service):
     with pytest.raises(ServiceError) as e:
         client.healthz(timeout=5)
     assert e.value.status == 0  # nothing listens any more
+
+
+def test_config_file_round_trip(flux_mini_bundle, tmp_path):
+    """serve --write-config writes the Ray Serve config (import path, args, the Generator's deployment options);
+    --config reads it back to the same options, deployment entries overriding the args as Ray Serve applies them."""
+    import yaml
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+    from ddit_export.serve.app import IMPORT_PATH, ServeOptions, options_from_config
+
+    path = tmp_path / "serve.yaml"
+    r = CliRunner().invoke(main, ["serve", str(flux_mini_bundle), "--num-replicas", "2", "--max-queued", "5",
+                                  "--port", "8123", "--write-config", str(path)])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load(path.read_text())
+    app = cfg["applications"][0]
+    assert app["import_path"] == IMPORT_PATH and app["deployments"][0]["num_replicas"] == 2
+    opts, host, port = options_from_config(cfg)
+    assert (opts.num_replicas, opts.max_queued_requests, port) == (2, 5, 8123)
+    app["deployments"][0].pop("num_replicas")
+    app["deployments"][0]["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 3}
+    opts = options_from_config(cfg)[0]
+    assert (opts.min_replicas, opts.max_replicas) == (1, 3)
+    assert opts.generator_options()["autoscaling_config"]["max_replicas"] == 3
+    with pytest.raises(Exception, match="bundle folder not found"):
+        ServeOptions(bundle=str(tmp_path / "missing"))
+    bad = CliRunner().invoke(main, ["serve", str(flux_mini_bundle), "--min-replicas", "1"])
+    assert bad.exit_code == 2 and "both --min-replicas and --max-replicas" in bad.output
