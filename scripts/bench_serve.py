@@ -108,7 +108,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per replica.")
-    ap.add_argument("--max-batch-size", type=int, default=16, help="1: no batching (the trade-off's baseline).")
+    ap.add_argument("--max-batch-size", type=int, default=4, help="1: no batching (the trade-off's baseline).")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0)

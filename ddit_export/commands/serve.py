@@ -22,7 +22,7 @@ def _ray_serve():
 @click.option("--max-replicas", type=int, help="Autoscaling: most replicas (with --min-replicas).")
 @click.option("--target-ongoing", default=8.0, show_default=True, type=float,
               help="Autoscaling: target requests in flight per replica.")
-@click.option("--max-batch-size", default=8, show_default=True, type=int, help="Requests per batch.")
+@click.option("--max-batch-size", default=4, show_default=True, type=int, help="Requests per batch (1: no batching).")
 @click.option("--batch-wait-ms", default=10.0, show_default=True, type=float,
               help="How long a batch waits to fill once its first request arrived.")
 @click.option("--max-ongoing", default=16, show_default=True, type=int,

@@ -40,7 +40,7 @@ class ServeOptions:
     min_replicas: int | None = None  # with max_replicas: autoscaling instead of num_replicas
     max_replicas: int | None = None
     target_ongoing_requests: float = 8.0  # autoscaling target per replica
-    max_batch_size: int = 8
+    max_batch_size: int = 4  # CPU: a flux-mini step is compute-bound at batch 1; bigger batches only queue (README)
     batch_wait_s: float = 0.01
     max_ongoing_requests: int = 16  # per replica: requests a replica holds (queued in its batcher + running)
     max_queued_requests: int = 32  # per caller (the front end): beyond replicas x max_ongoing; then 503
