@@ -14,6 +14,7 @@ PROVIDERS = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "tokenizers": ("tokenizers", "transformers"),  # transformers requires tokenizers
     "pytest_benchmark": ("pytest-benchmark",),
+    "yaml": ("pyyaml",),
 }
 
 

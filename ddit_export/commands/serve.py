@@ -1,0 +1,100 @@
+"""``ddit-export serve``: a bundle as an HTTP service on Ray Serve (ddit_export/serve/, issue 13)."""
+import click
+
+
+def _ray_serve():
+    import importlib.util
+
+    from ..errors import ConfigError
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise ConfigError("serve needs Ray Serve: pip install 'ddit-export[serve]'")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(), required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--address", help="Join this Ray cluster (e.g. auto, or ray://HEAD:10001) instead of a local Ray.")
+@click.option("--num-cpus", type=int, help="CPUs of the local Ray (default: all).")
+@click.option("--num-replicas", default=1, show_default=True, type=int, help="Generator replicas (weights once each).")
+@click.option("--min-replicas", type=int, help="Autoscaling: fewest replicas (with --max-replicas).")
+@click.option("--max-replicas", type=int, help="Autoscaling: most replicas (with --min-replicas).")
+@click.option("--target-ongoing", default=8.0, show_default=True, type=float,
+              help="Autoscaling: target requests in flight per replica.")
+@click.option("--max-batch-size", default=4, show_default=True, type=int, help="Requests per batch (1: no batching).")
+@click.option("--batch-wait-ms", default=10.0, show_default=True, type=float,
+              help="How long a batch waits to fill once its first request arrived.")
+@click.option("--max-ongoing", default=16, show_default=True, type=int,
+              help="Requests one replica holds (batching + running).")
+@click.option("--max-queued", default=32, show_default=True, type=int,
+              help="Requests waiting for a replica beyond that; more get HTTP 503 with Retry-After (-1: no bound).")
+@click.option("--retry-after", default=1.0, show_default=True, type=float, help="Retry-After seconds of a 503.")
+@click.option("--timeout", default=120.0, show_default=True, type=float,
+              help="Default per-request deadline in seconds (queue + generation); a request may ask for less.")
+@click.option("--max-n", default=4, show_default=True, type=int, help="Most images per request.")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per replica (default: ORT's).")
+@click.option("--replica-cpus", default=1.0, show_default=True, type=float, help="Ray CPUs reserved per replica.")
+@click.option("--config", "config_file", type=click.Path(), help="Run a Ray Serve config file (as written by "
+              "--write-config; `serve run FILE` accepts it too) instead of the options above.")
+@click.option("--write-config", type=click.Path(), help="Write the Ray Serve config file of these options and exit.")
+@click.option("--for-seconds", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, max_replicas, target_ongoing,
+            max_batch_size, batch_wait_ms, max_ongoing, max_queued, retry_after, timeout, max_n, threads,
+            replica_cpus, config_file, write_config, for_seconds):
+    """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images/generations, GET /healthz, GET /v1/models."""
+    import time
+
+    from ..errors import ConfigError
+
+    if config_file:
+        if bundle:
+            raise ConfigError("give BUNDLE or --config, not both")
+        import yaml
+
+        try:
+            with open(config_file) as f:
+                cfg = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read {config_file}: {str(e).splitlines()[0]}") from None
+        _ray_serve()
+        from ..serve.app import options_from_config
+
+        options, host, port = options_from_config(cfg or {})
+    else:
+        if not bundle:
+            raise ConfigError("give a BUNDLE folder (or --config FILE)")
+        _ray_serve()
+        from ..serve.app import ServeOptions
+
+        options = ServeOptions(bundle=bundle, num_replicas=num_replicas, min_replicas=min_replicas,
+                               max_replicas=max_replicas, target_ongoing_requests=target_ongoing,
+                               max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
+                               max_ongoing_requests=max_ongoing, max_queued_requests=max_queued,
+                               retry_after_s=retry_after, timeout_s=timeout, max_n=max_n, threads=threads,
+                               replica_cpus=replica_cpus)
+    from ..serve import app
+
+    if write_config:
+        from pathlib import Path
+
+        import yaml
+
+        from ..fsutil import write_file_atomic
+
+        text = yaml.safe_dump(app.config_yaml(options, host, port), sort_keys=False)
+        write_file_atomic(Path(write_config), lambda tmp: Path(tmp).write_text(text))
+        click.echo(f"wrote {write_config} (run it with: ddit-export serve --config {write_config}, or serve run "
+                   f"{write_config})")
+        return
+    app.start(options, host=host, port=port, address=address, num_cpus=num_cpus, log=click.echo)
+    click.echo("Ctrl-C stops the service")
+    try:
+        deadline = None if for_seconds is None else time.monotonic() + for_seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.stop()
+        click.echo("stopped")

@@ -1,0 +1,398 @@
+"""The Ray Serve application: a front end (FastAPI ingress: HTTP, validation, retries, error mapping) and a
+generator deployment (the bundle on ONNX Runtime, weights once per replica, requests batched by
+:func:`ddit_export.serve.batching.run_jobs`).
+
+``app_builder(args)`` is the import path Ray Serve's own ``serve run`` / ``serve deploy`` take
+(``ddit_export.serve.app:app_builder``), with ``args`` the :class:`ServeOptions` fields; ``ddit-export serve``
+writes that YAML (``--write-config``) and runs it (``--config``).
+
+Errors: a bad request is 400 with the CLI's message; a full queue 503 with ``Retry-After`` (Ray Serve's own
+back-pressure: ``max_queued_requests`` at the caller, ``backpressure_config.retry_after_s``); a request past its
+deadline 504; a replica that dies while holding a request: the front end re-sends it (generation is a pure
+function of the request, so a retry returns the same image) up to ``retries`` times, then 503 saying so; anything
+else 500 with one line, never a traceback.
+"""
+
+import asyncio
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from ..errors import ConfigError, DDiTError
+from .schemas import Job, Limits, error_body, parse_request, response_body
+
+APP_NAME = "ddit"
+IMPORT_PATH = "ddit_export.serve.app:app_builder"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """One service: the bundle, replicas (fixed, or autoscaling between min and max), batching, queues, limits."""
+
+    bundle: str
+    num_replicas: int = 1
+    min_replicas: int | None = None  # with max_replicas: autoscaling instead of num_replicas
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 8.0  # autoscaling target per replica
+    max_batch_size: int = 4  # CPU: a flux-mini step is compute-bound at batch 1; bigger batches only queue (README)
+    batch_wait_s: float = 0.01
+    max_ongoing_requests: int = 16  # per replica: requests a replica holds (queued in its batcher + running)
+    max_queued_requests: int = 32  # per caller (the front end): beyond replicas x max_ongoing; then 503
+    retry_after_s: float = 1.0
+    timeout_s: float = 120.0
+    max_n: int = 4
+    max_steps: int = 200
+    retries: int = 2  # front end re-sends when the replica holding a request dies
+    threads: int | None = None  # ONNX Runtime intra-op threads per replica (None: ORT's default)
+    replica_cpus: float = 1.0  # Ray CPUs reserved per generator replica
+
+    def __post_init__(self):
+        if not Path(self.bundle).is_dir():
+            raise ConfigError(f"bundle folder not found: {self.bundle}")
+        object.__setattr__(self, "bundle", str(Path(self.bundle).resolve()))
+        checks = [("num_replicas >= 1", self.num_replicas >= 1),
+                  ("max_batch_size >= 1", self.max_batch_size >= 1), ("batch_wait_s >= 0", self.batch_wait_s >= 0),
+                  ("max_ongoing_requests >= 1", self.max_ongoing_requests >= 1),
+                  ("max_queued_requests >= 0 (or -1: unbounded)", self.max_queued_requests >= -1),
+                  ("retry_after_s >= 0", self.retry_after_s >= 0), ("timeout_s > 0", self.timeout_s > 0),
+                  ("max_n >= 1", self.max_n >= 1), ("max_steps >= 1", self.max_steps >= 1),
+                  ("retries >= 0", self.retries >= 0), ("threads >= 1", self.threads is None or self.threads >= 1),
+                  ("replica_cpus >= 0", self.replica_cpus >= 0),
+                  ("target_ongoing_requests > 0", self.target_ongoing_requests > 0)]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ConfigError(f"serve: invalid {', '.join(bad)}")
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ConfigError("autoscaling needs both --min-replicas and --max-replicas")
+        if self.max_replicas is not None and not 0 <= self.min_replicas <= self.max_replicas >= 1:
+            raise ConfigError(f"autoscaling needs 0 <= min_replicas <= max_replicas >= 1, got "
+                              f"{self.min_replicas}..{self.max_replicas}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServeOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown serve option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_n=self.max_n, max_steps=self.max_steps, timeout_s=self.timeout_s,
+                      max_timeout_s=max(self.timeout_s, 600.0))
+
+    def generator_options(self) -> dict:
+        """The generator deployment's Ray Serve options (the YAML's ``deployments`` entry)."""
+        o = {"max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests,
+             "ray_actor_options": {"num_cpus": self.replica_cpus},
+             "backpressure_config": {"retry_after_s": self.retry_after_s}}
+        if self.max_replicas is not None:
+            o["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                       "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            o["num_replicas"] = self.num_replicas
+        return o
+
+
+# ---- the generator ---------------------------------------------------------------------------------------------
+class _Pending:
+    """A job inside a replica: the cancel flag the batch loop polls every step."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.cancel = threading.Event()
+        self.started: float | None = None
+
+
+@serve.deployment(name="Generator", graceful_shutdown_timeout_s=5, health_check_period_s=5)
+class Generator:
+    def __init__(self, options: dict):
+        import ddit_export
+        from ..runtime.bundle_model import open_bundle
+        from .metrics import ServeMetrics
+
+        self.options = ServeOptions.from_dict(options)
+        self.model, self.backend = open_bundle(self.options.bundle, threads=self.options.threads)
+        self._batched.set_max_batch_size(self.options.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.options.batch_wait_s)
+        self.metrics = ServeMetrics()
+        self.package = str(Path(ddit_export.__file__).parent)
+        self.pid = __import__("os").getpid()
+        self._warm_up()
+
+    def _warm_up(self):
+        """One 1-step generation per size before the first request: the lazy imports (text encoder, scheduler)
+        and ONNX Runtime's first-run allocations happen here, not in a client's latency."""
+        from ..api import build_settings
+        from .batching import run_jobs
+
+        for k in self.model.geometry().available_sizes(tuple(self.model.manifest.sizes)):
+            run_jobs(self.model, self.backend, [build_settings(self.model, steps=1, static=(k,))])
+
+    async def generate(self, job: Job) -> dict:
+        """One request -> {"status": HTTP status, "body": JSON}; cancelled (client gone) -> the batch drops it."""
+        pending = _Pending(job)
+        remaining = job.timeout_s - (time.time() - job.accepted_at)
+        try:
+            return await asyncio.wait_for(self._batched(pending), max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            pending.cancel.set()
+            self.metrics.request("timeout")
+            return {"status": 504, "body": error_body(
+                f"request timed out after {job.timeout_s:g} s (queue and generation); raise 'timeout' (at most the "
+                f"server's limit) or retry when the service is less busy", "timeout", 504)}
+        except asyncio.CancelledError:
+            pending.cancel.set()
+            self.metrics.request("cancelled")
+            raise
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batched(self, items: list) -> list:
+        return await asyncio.get_running_loop().run_in_executor(None, self._run, items)
+
+    def _run(self, items: list) -> list:
+        from .batching import BatchStats, Cancelled, run_jobs
+
+        start = time.time()
+        for p in items:
+            p.started = start
+        stats = BatchStats()
+        results = run_jobs(self.model, self.backend, [p.job.settings for p in items],
+                           cancelled=[p.cancel.is_set for p in items], stats=stats)
+        out, png_s = [], 0.0
+        for p, r in zip(items, results):
+            job = p.job
+            if isinstance(r, Cancelled):
+                out.append({"status": 499, "body": error_body("request cancelled", "cancelled", 499)})
+                continue
+            if isinstance(r, DDiTError):
+                self.metrics.request("bad_request")
+                out.append({"status": 400, "body": error_body(str(r))})
+                continue
+            if isinstance(r, BaseException):
+                self.metrics.request("error")
+                out.append({"status": 500, "body": error_body(
+                    f"generation failed: {type(r).__name__}: {str(r).splitlines()[0] if str(r) else ''}",
+                    "server_error", 500)})
+                continue
+            t0 = time.time()
+            timings = {"queue_s": start - job.accepted_at, "batch_jobs": stats.jobs,
+                       "batch": stats.to_dict(), "replica_pid": self.pid}
+            body = response_body(job, r, self.model.name, timings)
+            png_s += time.time() - t0
+            body["timings"]["total_s"] = time.time() - job.accepted_at
+            self.metrics.request("ok", time.time() - job.accepted_at, start - job.accepted_at, r.trace)
+            out.append({"status": 200, "body": body})
+        self.metrics.batch_done(stats, png_s)
+        return out
+
+    async def info(self) -> dict:
+        """This replica's view: process, package path, totals since start."""
+        return {"pid": self.pid, "package": self.package, "totals": self.metrics.totals,
+                "sizes": list(self.model.manifest.sizes)}
+
+    async def check_health(self):
+        if not self.backend.sessions:
+            raise RuntimeError("ONNX Runtime sessions are not loaded")
+
+
+# ---- the front end ---------------------------------------------------------------------------------------------
+api = FastAPI(title="ddit-export", description="DDiT bundle generation service (issue 13)", docs_url=None,
+              redoc_url=None)
+
+
+def _json(body: dict, status: int, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@serve.deployment(name="Frontend", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress(api)
+class Frontend:
+    def __init__(self, generator, options: dict):
+        from ..bundle import load
+        from ..runtime.bundle_model import BundleModel
+
+        self.options = ServeOptions.from_dict(options)
+        self.generator = generator
+        manifest = load(self.options.bundle, hashes=False)  # the replicas verify the hashes
+        self.model = BundleModel(manifest.model["name"], manifest, None)
+
+    @api.post("/v1/images/generations")
+    async def generations(self, request: Request):
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json(error_body("the request body is not valid JSON"), 400)
+        try:
+            job = parse_request(body, self.model, self.options.limits)
+        except DDiTError as e:
+            return _json(error_body(str(e)), 400)
+        died = 0
+        while True:
+            try:
+                out = await asyncio.wait_for(self.generator.generate.remote(job), job.timeout_s + 30)
+                break
+            except BackPressureError:
+                if died and time.time() - job.accepted_at + self.options.retry_after_s < job.timeout_s:
+                    # an accepted request being re-sent after its replica died: wait for the replacement replica
+                    await asyncio.sleep(self.options.retry_after_s)
+                    continue
+                return _json(error_body(
+                    f"the service is at capacity (every replica busy and {self.options.max_queued_requests} "
+                    f"requests queued); retry after {self.options.retry_after_s:g} s", "overloaded", 503), 503,
+                    {"Retry-After": str(max(1, round(self.options.retry_after_s)))})
+            except RayActorError as e:  # the replica holding the request died: re-send, the result is the same
+                died += 1
+                if died > self.options.retries:
+                    return _json(error_body(
+                        f"the generator replica died while holding this request ({type(e).__name__}); re-sent "
+                        f"{self.options.retries} time(s), all failed", "replica_died", 503), 503,
+                        {"Retry-After": str(max(1, round(self.options.retry_after_s)))})
+                await asyncio.sleep(0.2 * died)
+            except DeploymentUnavailableError as e:
+                return _json(error_body(f"the generator is unavailable: {str(e).splitlines()[0]}", "unavailable",
+                                        503), 503, {"Retry-After": str(max(1, round(self.options.retry_after_s)))})
+            except asyncio.TimeoutError:
+                return _json(error_body(f"no answer from the generator within {job.timeout_s + 30:g} s",
+                                        "timeout", 504), 504)
+            except Exception as e:  # noqa: BLE001 - one line, no traceback, in the response
+                return _json(error_body(f"generation failed: {type(e).__name__}: "
+                                        f"{(str(e).splitlines() or [''])[0]}", "server_error", 500), 500)
+        body = out["body"]
+        if out["status"] == 200 and died:
+            body.setdefault("timings", {})["resent_after_replica_death"] = died
+        return _json(body, out["status"])
+
+    @api.get("/healthz")
+    async def healthz(self):
+        try:
+            info = await asyncio.wait_for(self.generator.info.remote(), 10)
+        except Exception as e:  # noqa: BLE001
+            return _json({"status": "unavailable", "error": f"{type(e).__name__}"}, 503)
+        return _json({"status": "ok", "model": self.model.name, "replica_pid": info["pid"]}, 200)
+
+    @api.get("/v1/models")
+    async def models(self):
+        from ..settings import policy_spec
+
+        m = self.model
+        man = m.manifest
+        entry = {"id": m.name, "object": "model", "owned_by": "ddit-export", "kind": man.model["kind"],
+                 "size": f"{man.model['width']}x{man.model['height']}", "height": man.model["height"],
+                 "width": man.model["width"], "patch_sizes": list(man.sizes), "dtype": man.dtype,
+                 "default_steps": m.default_steps, "default_prompt": m.default_prompt,
+                 "schedule": policy_spec(m.schedule_defaults), "cache": m.cache_defaults.to_dict(),
+                 "tensorrt": bool(man.tensorrt)}
+        return _json({"object": "list", "data": [entry]}, 200)
+
+    @api.get("/v1/stats")
+    async def stats(self):
+        """One generator replica's totals (the replica the router picks; see metrics.py)."""
+        try:
+            return _json(await asyncio.wait_for(self.generator.info.remote(), 10), 200)
+        except Exception as e:  # noqa: BLE001
+            return _json(error_body(f"no replica answered: {type(e).__name__}", "unavailable", 503), 503)
+
+
+def app_builder(args: dict):
+    """What ``serve run ddit_export.serve.app:app_builder bundle=...`` and a config file's ``import_path`` call."""
+    options = ServeOptions.from_dict(dict(args))
+    opts = options.to_dict()
+    generator = Generator.options(**options.generator_options()).bind(opts)
+    return Frontend.bind(generator, opts)
+
+
+def config_yaml(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000) -> dict:
+    """The Ray Serve config file (``serve run FILE`` / ``serve deploy FILE``) of these options."""
+    gen = options.generator_options()
+    return {"proxy_location": "HeadOnly",
+            "http_options": {"host": host, "port": port, "request_timeout_s": options.timeout_s + 60},
+            "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
+                              "args": options.to_dict(),
+                              "deployments": [{"name": "Generator", **gen}]}]}
+
+
+def options_from_config(cfg: dict) -> tuple[ServeOptions, str, int]:
+    """A config file (as written by :func:`config_yaml`, or edited) -> (options, host, port). The Generator
+    deployment's num_replicas / autoscaling / queue settings override the app's args, as Ray Serve applies them."""
+    apps = cfg.get("applications") or []
+    mine = [a for a in apps if a.get("import_path") == IMPORT_PATH]
+    if len(mine) != 1:
+        raise ConfigError(f"the config must have exactly one application with import_path {IMPORT_PATH}")
+    args = dict(mine[0].get("args") or {})
+    for d in mine[0].get("deployments") or []:
+        if d.get("name") != "Generator":
+            continue
+        for key in ("num_replicas", "max_ongoing_requests", "max_queued_requests"):
+            if key in d:
+                args[key] = d[key]
+        if "autoscaling_config" in d:
+            a = d["autoscaling_config"]
+            args.update(min_replicas=a.get("min_replicas", 1), max_replicas=a.get("max_replicas", 1))
+            if "target_ongoing_requests" in a:
+                args["target_ongoing_requests"] = a["target_ongoing_requests"]
+        if "num_cpus" in (d.get("ray_actor_options") or {}):
+            args["replica_cpus"] = d["ray_actor_options"]["num_cpus"]
+        if "retry_after_s" in (d.get("backpressure_config") or {}):
+            args["retry_after_s"] = d["backpressure_config"]["retry_after_s"]
+    http = cfg.get("http_options") or {}
+    return ServeOptions.from_dict(args), http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+
+
+def start(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+          num_cpus: int | None = None, log=print, ray_init_kw: dict | None = None) -> str:
+    """Start (or join, with ``address``) Ray, start Serve's HTTP proxy on host:port, deploy; returns the URL once
+    the application runs."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        kw = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        if address:
+            kw["address"] = address
+        elif num_cpus is not None:
+            kw["num_cpus"] = num_cpus
+        # the replicas import this checkout's package (PYTHONPATH as the driver sees it)
+        root = str(Path(__file__).resolve().parents[2])
+        paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+        kw.update(ray_init_kw or {})
+        ray.init(**kw)
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": options.timeout_s + 60})
+    serve.run(app_builder(options.to_dict()), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    log(f"serving {Path(options.bundle).name} at {url} ({describe(options)})")
+    return url
+
+
+def describe(options: ServeOptions) -> str:
+    reps = (f"autoscaling {options.min_replicas}..{options.max_replicas} replicas" if options.max_replicas is not None
+            else f"{options.num_replicas} replica(s)")
+    return (f"{reps}, batches of up to {options.max_batch_size}, {options.max_ongoing_requests} requests per "
+            f"replica + {options.max_queued_requests} queued, timeout {options.timeout_s:g} s")
+
+
+def stop():
+    """Delete the application, stop Serve, leave Ray (a local Ray started by :func:`start` stops too)."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        serve.shutdown()
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
