@@ -47,7 +47,7 @@ def test_modules_and_help_work_without_tensorrt():
         assert "tensorrt" not in sys.modules
     """)
     assert r.returncode == 0, r.stderr
-    assert "--backend [onnx|trt]" in r.stdout
+    assert "--backend [onnx|trt|aoti]" in r.stdout
 
 
 def test_env_problems_name_what_to_rebuild():
