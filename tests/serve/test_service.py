@@ -190,7 +190,10 @@ def test_killing_the_replica_loses_no_accepted_request(service, flux_mini_runtim
     starts instead; every request ends 200 with the right image, or with a clear error; none hangs."""
     import ray
 
-    _, client = service
+    url, _ = service
+    # 503 "at capacity" (a request not accepted, while the replacement replica starts) is retried, as a client
+    # should; what must never happen is an accepted request that is lost or hangs
+    client = Client(url, timeout=240, retries=10)
     model, backend = flux_mini_runtime
     pid_before = client.healthz()["replica_pid"]
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
