@@ -199,10 +199,12 @@ def test_killing_the_replica_loses_no_accepted_request(service, flux_mini_runtim
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith("SERVE_REPLICA::ddit#Generator")]
     assert len(names) == 1
-    bodies = [{"prompt": P[i % 3], "seed": 100 + i, "steps": 60, "policy": "ladder:n4=20,tail=20"} for i in range(4)]
+    # long requests (several seconds even on a quiet machine), so the replica surely holds them when it is killed
+    bodies = [{"prompt": P[i % 3], "seed": 100 + i, "steps": 200, "policy": "ladder:n4=60,tail=70"}
+              for i in range(4)]
 
     def kill_soon():
-        time.sleep(1.0)
+        time.sleep(1.5)
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 
     killer = threading.Thread(target=kill_soon, daemon=True)
