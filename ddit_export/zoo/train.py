@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -34,6 +33,7 @@ import torch
 
 from ..models.patching import image_ids
 from ..models.registry import PIXEL_META, TINY_VOCAB, save_pixel_model
+from ..adapt.student import no_cudnn_attention
 from ..images import pack
 from ..shapes import TokenGeometry
 from ..fsutil import check_replaceable, replace_dir, temp_dir_for
@@ -438,8 +438,9 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
             f.write("step,elapsed_s," + ",".join(f"{k}_loss" for k in ev) + "\n" if new else "")
             f.write(f"{step},{st['elapsed_s']:.1f}," + ",".join(f"{v:.5f}" for v in ev.values()) + "\n")
         if samples:
+            sampler = _ema_model(cfg, ema)
             for side in sorted(set(cfg.sides)):
-                imgs = generate(_ema_model(cfg, ema), sched, SAMPLE_PROMPTS, side, cfg.sample_steps)
+                imgs = generate(sampler, sched, SAMPLE_PROMPTS, side, cfg.sample_steps)
                 tag = "" if len(set(cfg.sides)) == 1 else f"_{side}"
                 save_grid(imgs, work / f"samples{tag}_{step:06d}.png")
         return st
@@ -456,7 +457,7 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
                 g["lr"] = lr
             x0, caps, grid = data.get(step)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            with amp, _no_cudnn_attention(device):
+            with amp, no_cudnn_attention(device):
                 loss = flow_loss(model, cfg, x0.to(device, non_blocking=True), caps, grid, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
@@ -491,15 +492,6 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
         torch.set_num_threads(prev_threads)
     state["stopped_by_signal"] = stop["flag"]
     return state
-
-
-def _no_cudnn_attention(device):
-    """On CUDA keep SDPA off cuDNN attention, whose backward gave NaN gradients in bf16 on the H200 (see adapt)."""
-    if torch.device(device).type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class ThreadTuner:
