@@ -90,8 +90,8 @@ class PromptBank:
     """Every prompt's conditioning, encoded once (host memory), gathered per batch."""
 
     states: torch.Tensor  # (P, L, D)
-    pooled: torch.Tensor  # (P, D')
-    txt_ids: torch.Tensor  # (L, 3)
+    pooled: torch.Tensor | None  # (P, D'); None for Wan (no pooled vector)
+    txt_ids: torch.Tensor | None  # (L, 3); None for Wan
 
     @classmethod
     def encode(cls, loaded, prompts: list[str], chunk: int = 64) -> "PromptBank":
@@ -99,11 +99,14 @@ class PromptBank:
         for i in range(0, len(prompts), chunk):
             c = loaded.encode(prompts[i:i + chunk])
             states.append(c.states.detach().cpu())
-            pooled.append(c.pooled.detach().cpu())
-            ids = c.txt_ids.detach().cpu()
-        return cls(torch.cat(states), torch.cat(pooled), ids)
+            if c.pooled is not None:
+                pooled.append(c.pooled.detach().cpu())
+            ids = None if c.txt_ids is None else c.txt_ids.detach().cpu()
+        return cls(torch.cat(states), torch.cat(pooled) if pooled else None, ids)
 
     def take(self, idx: torch.Tensor, device):
         from ..models.registry import Conditioning
 
-        return Conditioning(self.states[idx].to(device), self.pooled[idx].to(device), self.txt_ids.to(device))
+        return Conditioning(self.states[idx].to(device),
+                            None if self.pooled is None else self.pooled[idx].to(device),
+                            None if self.txt_ids is None else self.txt_ids.to(device))

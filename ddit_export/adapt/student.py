@@ -103,3 +103,20 @@ def autocast_for(s: AdaptSettings, device):
     if s.dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=s.torch_dtype)
+
+
+def velocity(mp, x, cond, t01, ids, guidance, size: int, grid):
+    """The multi-patch model's velocity at ``size`` in its own contract: FLUX takes sigma (``t01``) and position
+    ids; Wan takes the timestep in 0..1000 and the text states only."""
+    if getattr(mp, "family", "flux") == "wan":
+        return mp(x, t01 * 1000, cond.states, size=size, grid=grid)
+    return mp(x, cond.states, cond.pooled, t01, ids, cond.txt_ids, guidance, size=size, grid=grid)
+
+
+def position_ids(geom, dtype, device):
+    """FLUX's image position ids for the fine grid; None for video (the Wan wrapper makes its own RoPE)."""
+    if getattr(geom, "is_video", False):
+        return None
+    from ..models.patching import image_ids
+
+    return image_ids(geom.grid, dtype=dtype, device=device)
