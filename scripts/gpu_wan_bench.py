@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 WAN_13B = dict(heads=12, head_dim=128, ffn=8960, layers=30, text_dim=4096, freq=256, channels=16, patch=(1, 2, 2),
                frames=81, height=480, width=832, vae_scale=8, vae_temporal=4, text_len=512, rank=32, steps=50)
 SMOKE = dict(heads=2, head_dim=12, ffn=48, layers=1, text_dim=16, freq=32, channels=4, patch=(1, 2, 2),
-             frames=5, height=32, width=32, vae_scale=8, vae_temporal=4, text_len=8, rank=4, steps=6)
+             frames=5, height=64, width=64, vae_scale=8, vae_temporal=4, text_len=8, rank=4, steps=6)
 SIZES = (1, 2, 4)
 
 
