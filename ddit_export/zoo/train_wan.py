@@ -1,0 +1,325 @@
+"""Train wan-mini: a small Wan-architecture (diffusers' WanTransformer3DModel) text-to-video model in pixel space,
+on the procedural clips of zoo/clips.py, with its own word-level text encoder. Resumable; CPU or CUDA.
+
+    python -m ddit_export.zoo.train_wan --work runs/wan-mini --minutes 70 [--out ddit_export/zoo/weights/wan-mini]
+
+Every checkpoint (``--ckpt-minutes``) writes ``WORK/ckpt.pt`` atomically and exports the EMA weights as a pixel
+video model folder (``WORK/model``, or ``--out``; written beside and renamed into place), with a loss curve and a
+sample sheet, so a stopped run always leaves a usable model. Rerunning the same command resumes; a run with other
+settings in the same ``--work`` is refused. Batches are a function of (seed, step): a resumed run sees the batches
+an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import clips as C
+
+VIDEO_FORMAT = "ddit-pixel-video/1"
+
+
+@dataclass(frozen=True)
+class WanTrainConfig:
+    """Everything that defines a run; saved in the checkpoint and checked on resume."""
+
+    heads: int = 4
+    head_dim: int = 32
+    ffn: int = 512
+    layers: int = 4
+    text_dim: int = 64
+    freq_dim: int = 64
+    patch: tuple[int, int, int] = (2, 4, 4)
+    text_layers: int = 1
+    max_words: int = 24
+    frames: int = C.FRAMES
+    side: int = C.SIDE
+    batch: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    decay_frac: float = 0.25
+    min_lr_frac: float = 0.05
+    grad_clip: float = 1.0
+    ema: float = 0.998
+    shift: float = 2.0  # static time shift of the sampler's sigmas (and of the training noise levels)
+    seed: int = 0
+    steps: int = 28  # sampling steps the exported model defaults to
+    name: str = "wan-mini"
+
+
+MICRO = dict(heads=2, head_dim=12, ffn=32, layers=1, text_dim=16, freq_dim=16, batch=2, warmup_steps=2, frames=4,
+             side=16)
+
+
+def build(cfg: WanTrainConfig):
+    """Fresh (trunk, text encoder, scheduler), seeded."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from ..models.text import WordTextEncoder
+
+    torch.manual_seed(cfg.seed)
+    trunk = WanTransformer3DModel(patch_size=tuple(cfg.patch), num_attention_heads=cfg.heads,
+                                  attention_head_dim=cfg.head_dim, in_channels=3, out_channels=3,
+                                  text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn,
+                                  num_layers=cfg.layers, cross_attn_norm=True, rope_max_seq_len=64)
+    text = WordTextEncoder(vocab=list(C.VIDEO_VOCAB), max_length=cfg.max_words, dim=cfg.text_dim,
+                           joint_attention_dim=cfg.text_dim, pooled_projection_dim=cfg.text_dim,
+                           num_heads=2, num_layers=cfg.text_layers)
+    sched = FlowMatchEulerDiscreteScheduler(shift=cfg.shift, use_dynamic_shifting=False)
+    return trunk, text, sched
+
+
+class Pair(torch.nn.Module):
+    """Trunk + text encoder as one module: weights, EMA and optimizer state share one name space."""
+
+    def __init__(self, trunk, text):
+        super().__init__()
+        self.trunk, self.text = trunk, text
+
+    def velocity(self, x, s, captions):
+        """x: (B, 3, F, H, W) in pixel space; s: (B,) noise level in [0, 1]."""
+        ids, mask = self.text.tokenize(list(captions))
+        states, _ = self.text(ids.to(x.device), mask.to(x.device))
+        return self.trunk(hidden_states=x, timestep=s * 1000, encoder_hidden_states=states, return_dict=False)[0]
+
+
+def batch_at(cfg: WanTrainConfig, step: int, split: str = "train", n: int | None = None):
+    """Clean clips (B, 3, F, H, W) and captions of ``step``: a function of (seed, step) only."""
+    arr, caps, _ = C.make_batch(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split, cfg.frames, cfg.side)
+    return torch.from_numpy(arr).permute(0, 2, 1, 3, 4).contiguous(), caps
+
+
+def sample_sigmas(cfg: WanTrainConfig, n: int, gen: torch.Generator) -> torch.Tensor:
+    u = torch.sigmoid(torch.randn(n, generator=gen))
+    return cfg.shift * u / (1 + (cfg.shift - 1) * u)
+
+
+def flow_loss(model: Pair, cfg: WanTrainConfig, x0, captions, gen):
+    s = sample_sigmas(cfg, x0.shape[0], gen).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    xt = (1 - s[:, None, None, None, None]) * x0 + s[:, None, None, None, None] * noise
+    return torch.mean((model.velocity(xt, s, captions) - (noise - x0)) ** 2)
+
+
+def lr_at(cfg: WanTrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    start = 1 - cfg.decay_frac
+    if progress <= start:
+        return cfg.lr * warm
+    t = min(1.0, (progress - start) / cfg.decay_frac)
+    return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def sample(model: Pair, cfg: WanTrainConfig, captions, steps: int = 28, seed: int = 0) -> np.ndarray:
+    """Euler sampling with the shipped scheduler's sigmas; (n, 3, F, H, W) in [-1, 1]."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=cfg.shift, use_dynamic_shifting=False)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps))
+    sig = sched.sigmas
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(captions), 3, cfg.frames, cfg.side, cfg.side, generator=gen)
+    for i in range(steps):
+        x = x + (sig[i + 1] - sig[i]) * model.velocity(x, sig[i].expand(len(captions)), captions)
+    return x.clamp(-1, 1).numpy()
+
+
+@torch.no_grad()
+def held_out_loss(model: Pair, cfg: WanTrainConfig, n: int = 32) -> float:
+    x0, caps = batch_at(cfg, 10**9, "heldout", n)
+    gen = torch.Generator().manual_seed(1234)
+    return float(flow_loss(model, cfg, x0, caps, gen))
+
+
+def save_sheet(clips: np.ndarray, captions, path: Path, scale: int = 3):
+    """Rows of frames, one clip a row (for a quick look at the samples)."""
+    from PIL import Image
+
+    n, _, f, h, w = clips.shape
+    sheet = ((clips.transpose(0, 3, 2, 4, 1).reshape(n * h, f * w, 3) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    Image.fromarray(sheet).resize((f * w * scale, n * h * scale), Image.NEAREST).save(path)
+    path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
+
+
+def export_model(out: Path, cfg: WanTrainConfig, model: Pair):
+    """The EMA weights as a pixel video folder (format in models/registry.py), written beside and renamed."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.trunk.save_pretrained(tmp / "transformer")
+    model.text.save_pretrained(tmp / "text_encoder")
+    FlowMatchEulerDiscreteScheduler(shift=cfg.shift, use_dynamic_shifting=False).save_pretrained(tmp / "scheduler")
+    meta = {"format": VIDEO_FORMAT, "name": cfg.name, "height": cfg.side, "width": cfg.side, "frames": cfg.frames,
+            "steps": cfg.steps, "prompt": "a large red circle moving right on a black background"}
+    (tmp / "ddit_model.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
+    trunk, text, _ = build(cfg)
+    m = Pair(trunk, text)
+    m.load_state_dict(ema)
+    return m.eval()
+
+
+def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: float | None = None,
+          steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | None = None, log=print) -> dict:
+    """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps."""
+    if threads:
+        torch.set_num_threads(threads)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else work / "model"
+    trunk, text, _ = build(cfg)
+    model = Pair(trunk, text).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ckpt, state = work / "ckpt.pt", {"step": 0, "seconds": 0.0, "losses": []}
+    if ckpt.is_file():
+        d = torch.load(ckpt, weights_only=False)
+        if d["config"] != dataclasses.asdict(cfg):
+            raise SystemExit(f"error: {work} holds a run with other settings; use another --work")
+        model.load_state_dict(d["model"])
+        opt.load_state_dict(d["opt"])
+        ema, state = d["ema"], d["state"]
+        log(f"resumed at step {state['step']}")
+    n_params = sum(p.numel() for p in model.trunk.parameters())
+    log(f"wan-mini trunk {n_params / 1e6:.2f} M parameters, text encoder "
+        f"{sum(p.numel() for p in model.text.parameters()) / 1e6:.2f} M; batch {cfg.batch}, "
+        f"{torch.get_num_threads()} threads")
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    def checkpoint(final=False):
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
+                    "ema": ema, "state": state}, tmp)
+        tmp.replace(ckpt)
+        em = _ema_copy(cfg, ema)
+        hl = held_out_loss(em, cfg)
+        state.setdefault("heldout", []).append([state["step"], hl])
+        export_model(out, cfg, em)
+        _plot(work, state)
+        caps = [c.caption for c in [C.sample_clip(np.random.default_rng([7, i]), "heldout") for i in range(6)]]
+        save_sheet(sample(em, cfg, caps, steps=cfg.steps), caps, work / "samples.png")
+        (work / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "losses"}, indent=1))
+        log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}; exported {out}")
+
+    t_start, last_ckpt = time.monotonic(), time.monotonic()
+    budget = minutes * 60 if minutes else None
+    gen = torch.Generator()
+    try:
+        while not stop["flag"]:
+            if steps is not None and state["step"] >= steps:
+                break
+            elapsed = time.monotonic() - t_start
+            if budget is not None and elapsed >= budget:
+                break
+            progress = (elapsed / budget) if budget else (state["step"] / steps if steps else 0.0)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, state["step"], progress)
+            x0, caps = batch_at(cfg, state["step"])
+            gen.manual_seed(cfg.seed * 7_919 + state["step"])
+            loss = flow_loss(model, cfg, x0, caps, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if v.is_floating_point():
+                        ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+                    else:
+                        ema[k].copy_(v)
+            state["step"] += 1
+            state["losses"].append(float(loss))
+            if state["step"] % 50 == 0:
+                log(f"step {state['step']}: loss {np.mean(state['losses'][-50:]):.4f} "
+                    f"({(time.monotonic() - t_start) / max(1, state['step']):.2f} s/step this run)")
+            if time.monotonic() - last_ckpt > ckpt_minutes * 60:
+                state["seconds"] += time.monotonic() - last_ckpt
+                last_ckpt = time.monotonic()
+                checkpoint()
+    finally:
+        state["seconds"] += time.monotonic() - last_ckpt
+        checkpoint(final=True)
+    return state
+
+
+def _plot(work: Path, state: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = np.asarray(state["losses"])
+    if len(losses) < 2:
+        return
+    k = max(1, len(losses) // 200)
+    smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(len(smooth)) + k, smooth, label="train (smoothed)")
+    if state.get("heldout"):
+        h = np.asarray(state["heldout"])
+        ax.plot(h[:, 0], h[:, 1], "o-", label="held-out")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(work / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="train wan-mini (resumable)")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--minutes", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--micro", action="store_true", help="a tiny config for tests")
+    a = p.parse_args(argv)
+    if a.minutes is None and a.steps is None:
+        p.error("give --minutes or --steps")
+    over = dict(MICRO) if a.micro else {}
+    over.update({k: v for k, v in (("batch", a.batch), ("layers", a.layers)) if v is not None})
+    cfg = WanTrainConfig(**over)
+    train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
+          log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
