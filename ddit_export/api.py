@@ -133,6 +133,8 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     else:
         model = model or "flux-mini"
         family = model_family(model, weights)
+    if family != "wan" and settings_kw.get("frames") is not None:
+        raise ConfigError(f"--frames applies to video models (wan-mini, wan); {model or 'this bundle'} makes images")
     # before any work: an unknown suffix, or an image suffix for a video model and the reverse, is an error
     out = (video_path(out) if family == "wan" else image_path(out)) if out else None
     if bundle is not None:

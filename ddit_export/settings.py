@@ -15,6 +15,7 @@ MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 a
 DEFAULT_WARMUP = 3
 DEFAULT_LORA_RANK = 32
 WINDOWS = ("any", "same-size")
+VIDEO_STDS = ("clip", "frame")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
 #: coarse-to-fine family, "probe" the adaptive policy.
 POLICIES = ("ddit", "ladder", "probe")
@@ -41,6 +42,8 @@ class ScheduleSettings:
     tail: int = 4  # ladder: fine steps at the end; probe: the fewest fine steps at the end
     extra: int = 4  # probe: more fine steps at the end for a prompt whose detail signal exceeds ``detail``
     detail: float = 0.15  # probe: threshold on the predicted clean sample's within-patch std after the head
+    # video (Wan): the rule's per-patch std across all token frames ("clip") or per token frame ("frame")
+    video_std: str = "clip"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -57,6 +60,8 @@ class ScheduleSettings:
                               f"got {self.warmup}")
         if self.window not in WINDOWS:
             raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
+        if self.video_std not in VIDEO_STDS:
+            raise ConfigError(f"video_std must be one of {', '.join(VIDEO_STDS)}, got {self.video_std!r}")
 
 
 MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)

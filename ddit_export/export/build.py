@@ -144,9 +144,18 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
     video = entry["kind"] in ("wan-pixel", "wan")
     return Manifest(
         model=entry, variants=manifest_variants, format_version=FORMAT_VERSION if video else IMAGE_FORMAT_VERSION,
-        schedule=dataclasses.asdict(model.schedule_defaults),
+        schedule=_schedule_entry(model.schedule_defaults, video),
         dtype=settings.dtype, files={f: sha256_file(folder / f) for f in files}, text_encoder=text_entry,
         tools=_tool_versions(), tensors=tensors)
+
+
+def _schedule_entry(schedule, video: bool) -> dict:
+    """The manifest's schedule: every knob; an image bundle leaves out the video-only ``video_std`` (so its manifest
+    stays version 1 exactly as before, and readers from before video keep reading it)."""
+    d = dataclasses.asdict(schedule)
+    if not video:
+        d.pop("video_std", None)
+    return d
 
 
 def _save_shared(prog, writer, folder: Path, file: str):

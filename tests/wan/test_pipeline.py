@@ -22,7 +22,10 @@ def _wrap(pipe, schedule):
     from ddit_export.models.wan import MultiPatchWan
     from ddit_export.runtime.pipeline_wan import DDiTWanTransformer
 
-    return DDiTWanTransformer(MultiPatchWan(pipe.transformer), schedule, scheduler=pipe.scheduler)
+    trunk = pipe.transformer
+    if isinstance(trunk, DDiTWanTransformer):
+        trunk = trunk.model.unwrap()
+    return DDiTWanTransformer(MultiPatchWan(trunk), schedule, scheduler=pipe.scheduler)
 
 
 def test_all_fine_schedule_is_bit_exact_and_coarse_steps_happen(wan_dir):

@@ -30,7 +30,8 @@ def test_torch_loop_runs_every_size_and_decodes_frames(tiny_wan):
         r = generate(tiny_wan, backend, _settings(tiny_wan, steps=6, static=(4, 4, 2, 2, 1, 1)), progress=False)
     assert r.trace.sizes == [4, 4, 2, 2, 1, 1]
     assert r.latents.shape == (1, geom.tokens(1), geom.token_channels)
-    assert 0 < r.trace.flops_ratio < 1
+    assert [s.tokens for s in r.trace.steps[:4]] == [geom.tokens(4)] * 2 + [geom.tokens(2)] * 2
+    assert all(s.flops > 0 for s in r.trace.steps)
     clip = r.images[0]
     assert len(clip) == geom.frames and clip[0].size == (geom.width, geom.height)
 
