@@ -368,8 +368,8 @@ def _load_video_folder(folder: Path, meta: dict, adapters, sizes, adapter, dtype
     from .text import WordTextEncoder
 
     try:
-        trunk = WanTransformer3DModel.from_pretrained(folder / "transformer", local_files_only=True,
-                                                      low_cpu_mem_usage=False)
+        # (WanTransformer3DModel keeps some modules in fp32, which diffusers allows only with low_cpu_mem_usage)
+        trunk = WanTransformer3DModel.from_pretrained(folder / "transformer", local_files_only=True)
         text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
                                                low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as e:

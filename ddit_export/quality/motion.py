@@ -1,7 +1,8 @@
 """A motion probe for wan-mini's clips: does a generated clip show what its caption says?
 
 For every shape of the caption (zoo/clips.py's ground truth) the probe looks, frame by frame, for the pixels of
-that shape's colour (within :data:`COLOUR_TOL` in RGB, [0, 1] units), and reads what they do: the centroid's path
+that shape's colour (within :data:`COLOUR_TOL` in RGB, [0, 1] units, and in a 3x3 block mostly of that colour, so
+that noise does not count), and reads what they do: the centroid's path
 (moving left/right/up/down, or still), the area's trend (growing, shrinking, appearing) and, for "turning", whether
 the start colour gives way to the target colour. It is a colour-and-geometry probe, not a learned one: on the
 rendered ground-truth clips it is right almost always (tests/quality/test_motion.py measures the rate), and on a
@@ -46,10 +47,19 @@ def to_unit_frames(frames) -> np.ndarray:
     return a.astype(np.float32)
 
 
+def dense(mask: np.ndarray, need: int = 6) -> np.ndarray:
+    """Pixels of ``mask`` (F, H, W) with at least ``need`` of the 9 pixels of their 3x3 block in it: a shape's body
+    passes, scattered pixels of a noisy frame that happen to be near the colour do not."""
+    m = np.pad(mask.astype(np.int32), ((0, 0), (1, 1), (1, 1)))
+    h, w = mask.shape[1:]
+    count = sum(m[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    return mask & (count >= need)
+
+
 def track(frames, colour: str) -> Track:
     x = to_unit_frames(frames)
     target = np.asarray(S.COLOURS[colour], np.float32)
-    mask = np.linalg.norm(x - target, axis=-1) < COLOUR_TOL
+    mask = dense(np.linalg.norm(x - target, axis=-1) < COLOUR_TOL)
     area = mask.reshape(len(x), -1).sum(1).astype(np.float64)
     rows, cols = np.mgrid[0:x.shape[1], 0:x.shape[2]] + 0.5
     with np.errstate(invalid="ignore", divide="ignore"):

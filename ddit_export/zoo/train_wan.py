@@ -260,7 +260,7 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
                     else:
                         ema[k].copy_(v)
             state["step"] += 1
-            state["losses"].append(float(loss))
+            state["losses"].append(loss.item())
             if state["step"] % 50 == 0:
                 log(f"step {state['step']}: loss {np.mean(state['losses'][-50:]):.4f} "
                     f"({(time.monotonic() - t_start) / max(1, state['step']):.2f} s/step this run)")
