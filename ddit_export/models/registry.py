@@ -172,8 +172,8 @@ def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *,
         return _load_wan(Path(weights), adapters, sizes, adapter, dtype, device, transformer)
     if model == "tiny-wan" and weights is None:
         trunk, text, sched = tiny_wan_components()
-        return _video_model("tiny-wan", trunk, text, dict(sched.config), 32, 32, 8, 28, None, sizes, adapter, dtype,
-                            device, schedule=TINY_SCHEDULE)
+        return _video_model("tiny-wan", trunk, text, dict(sched.config), 32, 32, 8, 28, adapters, sizes, adapter,
+                            dtype, device, schedule=TINY_SCHEDULE)
     if model in RANDOM_PRESETS and weights is None:
         width, heads, layers, side = RANDOM_PRESETS[model]
         trunk, text, sched = tiny_components(width=width, layers=layers, heads=heads)
