@@ -6,6 +6,11 @@ that shape's colour (within :data:`COLOUR_TOL` in RGB, [0, 1] units), and reads 
 the start colour gives way to the target colour. It is a colour-and-geometry probe, not a learned one: on the
 rendered ground-truth clips it is right almost always (tests/quality/test_motion.py measures the rate), and on a
 generated clip it checks the caption's motion, not pixel fidelity.
+
+Two readings: :func:`adherence` checks a clip against its caption's ground truth (zoo/clips.py's ``Clip``), and
+:func:`observe` says what a clip shows without one (the dominant shape colour, where it ends, how it moves, how its
+size and colour change). zoo/clips.py keeps the shapes of a clip apart and in distinct colours that the background
+does not show, so colour alone tells them apart.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ COLOUR_TOL = 0.25  # max Euclidean RGB distance ([0, 1] channels) of a pixel cou
 MIN_PIXELS = 4  # fewer matching pixels in a frame: the shape is absent there
 MOVE_PX = 3.0  # centroid displacement (px at 32x32, scaled with the side) that counts as motion
 AREA_RATIO = 1.4  # last/first area above this: growing / appearing; below 1/this: shrinking
+SIZE_RATIO = 2.0  # observe(): last/first area that reads as growing (1/this: shrinking) before any motion
 
 
 @dataclass
@@ -113,3 +119,76 @@ def aggregate(results: list[dict]) -> dict:
     """Fractions over clips: colour, motion, all."""
     n = max(len(results), 1)
     return {k: sum(r[k] for r in results) / n for k in ("colour", "motion", "all")}
+
+
+def _named_cell(cy: float, cx: float, side: int) -> str:
+    """The 3x3 grid cell name (zoo/scenes.py's POSITIONS) of a pixel position."""
+    rc = (min(2, max(0, int(cy * 3 // side))), min(2, max(0, int(cx * 3 // side))))
+    return next(name for name, cell in S.POSITIONS.items() if cell == rc)
+
+
+def _colour_areas(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per named colour: (F,) pixels within COLOUR_TOL of it, for the colours no background row is made of."""
+    out = {}
+    for name, rgb in S.COLOURS.items():
+        mask = np.linalg.norm(x - np.asarray(rgb, np.float32), axis=-1) < COLOUR_TOL  # (F, H, W)
+        # a colour that fills a whole row of a frame is background (shapes are at most half the side wide)
+        if (mask.mean(2) > 0.9).any():
+            continue
+        out[name] = mask.reshape(len(x), -1).sum(1)
+    return out
+
+
+def _box_centre(x: np.ndarray, colour: str, frame: int) -> tuple[float, float]:
+    """The centre of the bounding box of ``colour``'s pixels in one frame (a triangle's centroid sits low)."""
+    mask = np.linalg.norm(x[frame] - np.asarray(S.COLOURS[colour], np.float32), axis=-1) < COLOUR_TOL
+    rows, cols = np.nonzero(mask)
+    return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2
+
+
+def observe(frames) -> dict:
+    """What a clip shows, without its caption: the dominant shape colour (most matching pixels over the clip,
+    background colours left out), the named cell of its bounding box's centre at the last frame it is seen, its
+    motion, its size change (last / first area) and its colour change ((first, last) dominant colour, or None).
+
+    Motion: "turning" (the first frame's main colour is not the last frame's), "appearing" (absent at the first frame, there at the last), "growing" / "shrinking" (area x2 / x0.5 —
+    a shape that moves keeps its area), a direction (centroid displacement >= MOVE_PX), else "still"; "absent" and
+    ``colour`` None when no named colour is seen."""
+    x = to_unit_frames(frames)
+    side = x.shape[1]
+    areas = _colour_areas(x)
+    seen = {k: v for k, v in areas.items() if (v >= MIN_PIXELS).any()}
+    if not seen:
+        return {"colour": None, "position": None, "motion": "absent", "size_change": None, "colour_change": None}
+    c0 = max(seen, key=lambda k: seen[k][0])
+    c1 = max(seen, key=lambda k: seen[k][-1])
+    if c0 != c1 and seen[c0][0] >= MIN_PIXELS and seen[c1][-1] >= MIN_PIXELS:
+        # the first frame's main colour gives way to another one: a colour change, read as "turning"
+        return {"colour": c0, "position": _named_cell(*_box_centre(x, c1, len(x) - 1), side), "motion": "turning",
+                "size_change": float(seen[c1][-1] / max(seen[c0][0], 1)), "colour_change": (c0, c1)}
+    colour = max(seen, key=lambda k: seen[k].sum())
+    t = track(x, colour)
+    p = t.present
+    first, last = int(np.argmax(p)), len(p) - 1 - int(np.argmax(p[::-1]))
+    ratio = float(t.area[last] / max(t.area[first], 1.0))
+    d = t.centre[last] - t.centre[first]
+    if first > 0 and p[-1]:
+        motion = "appearing"
+    elif ratio >= SIZE_RATIO:
+        motion = "growing"
+    elif ratio <= 1 / SIZE_RATIO:
+        motion = "shrinking"
+    elif abs(d).max() >= MOVE_PX * side / 32:
+        motion = ("right" if d[1] > 0 else "left") if abs(d[1]) >= abs(d[0]) else ("down" if d[0] > 0 else "up")
+    else:
+        motion = "still"
+    return {"colour": colour, "position": _named_cell(*_box_centre(x, colour, last), side), "motion": motion,
+            "size_change": ratio, "colour_change": None}
+
+
+def rates_by_motion(results: list[dict], clips: list[C.Clip]) -> dict[str, float]:
+    """The fraction of clips whose motion is right, per motion word of their first shape."""
+    per: dict[str, list[bool]] = {}
+    for r, c in zip(results, clips):
+        per.setdefault(c.shapes[0].motion, []).append(bool(r["motion"]))
+    return {k: sum(v) / len(v) for k, v in sorted(per.items())}
