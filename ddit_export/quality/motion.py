@@ -52,10 +52,23 @@ def to_unit_frames(frames) -> np.ndarray:
     return a.astype(np.float32)
 
 
+def colour_mask(x: np.ndarray, colour: str, opened: bool = True) -> np.ndarray:
+    """(F, H, W) pixels of ``colour`` (within COLOUR_TOL) that lie in a full 2 x 2 block of it: an opening that drops
+    the stray pixels of noise and keeps every shape (a small triangle, 6 px across, included)."""
+    m = np.linalg.norm(x - np.asarray(S.COLOURS[colour], np.float32), axis=-1) < COLOUR_TOL
+    if not opened:
+        return m
+    block = m[:, :-1, :-1] & m[:, 1:, :-1] & m[:, :-1, 1:] & m[:, 1:, 1:]  # block with top-left corner (y, x)
+    out = np.zeros_like(m)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[:, dy:dy + block.shape[1], dx:dx + block.shape[2]] |= block
+    return out
+
+
 def track(frames, colour: str) -> Track:
     x = to_unit_frames(frames)
-    target = np.asarray(S.COLOURS[colour], np.float32)
-    mask = np.linalg.norm(x - target, axis=-1) < COLOUR_TOL
+    mask = colour_mask(x, colour)
     area = mask.reshape(len(x), -1).sum(1).astype(np.float64)
     rows, cols = np.mgrid[0:x.shape[1], 0:x.shape[2]] + 0.5
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -131,18 +144,16 @@ def _colour_areas(x: np.ndarray) -> dict[str, np.ndarray]:
     """Per named colour: (F,) pixels within COLOUR_TOL of it, for the colours no background row is made of."""
     out = {}
     for name, rgb in S.COLOURS.items():
-        mask = np.linalg.norm(x - np.asarray(rgb, np.float32), axis=-1) < COLOUR_TOL  # (F, H, W)
-        # a colour that fills a whole row of a frame is background (shapes are at most half the side wide)
-        if (mask.mean(2) > 0.9).any():
+        # a colour over 60% of a row of a frame is background (a shape is at most half the side wide)
+        if (colour_mask(x, name, opened=False).mean(2) > 0.6).any():
             continue
-        out[name] = mask.reshape(len(x), -1).sum(1)
+        out[name] = colour_mask(x, name).reshape(len(x), -1).sum(1)
     return out
 
 
 def _box_centre(x: np.ndarray, colour: str, frame: int) -> tuple[float, float]:
     """The centre of the bounding box of ``colour``'s pixels in one frame (a triangle's centroid sits low)."""
-    mask = np.linalg.norm(x[frame] - np.asarray(S.COLOURS[colour], np.float32), axis=-1) < COLOUR_TOL
-    rows, cols = np.nonzero(mask)
+    rows, cols = np.nonzero(colour_mask(x[frame:frame + 1], colour)[0])
     return (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2
 
 
