@@ -162,9 +162,10 @@ def observe(frames) -> dict:
     background colours left out), the named cell of its bounding box's centre at the last frame it is seen, its
     motion, its size change (last / first area) and its colour change ((first, last) dominant colour, or None).
 
-    Motion: "turning" (the first frame's main colour is not the last frame's), "appearing" (absent at the first frame, there at the last), "growing" / "shrinking" (area x2 / x0.5 —
-    a shape that moves keeps its area), a direction (centroid displacement >= MOVE_PX), else "still"; "absent" and
-    ``colour`` None when no named colour is seen."""
+    Motion: "turning" (the first frame's main colour is not the last frame's), "appearing" (absent at the first
+    frame, there at the last), "growing" / "shrinking" (area x2 / x0.5: a shape that moves keeps its area), a
+    direction (centroid displacement >= MOVE_PX), else "still"; "absent" and ``colour`` None when no named colour
+    is seen."""
     x = to_unit_frames(frames)
     side = x.shape[1]
     areas = _colour_areas(x)

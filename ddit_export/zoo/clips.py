@@ -80,8 +80,8 @@ class MovingShape:
         """(cy, cx, radius) in pixels at clip time ``f`` in [0, 1], as :func:`render` draws it."""
         row, col, size, _, _ = self.state(f)
         r = size * side / 2
-        return (float(np.clip((row + 0.5) * side / 3, r, side - r)), float(np.clip((col + 0.5) * side / 3, r, side - r)),
-                r)
+        cy, cx = ((v + 0.5) * side / 3 for v in (row, col))
+        return float(np.clip(cy, r, side - r)), float(np.clip(cx, r, side - r)), r
 
     def state(self, f: float) -> tuple[float, float, str, float, tuple]:
         """(row, col) centre in cells, size fraction of the side, opacity, RGB at clip time ``f`` in [0, 1]."""

@@ -2,12 +2,17 @@
 on the procedural clips of zoo/clips.py, with its own word-level text encoder. Resumable; CPU or CUDA.
 
     python -m ddit_export.zoo.train_wan --work runs/wan-mini --minutes 70 [--out ddit_export/zoo/weights/wan-mini]
+        [--threads 1|2|auto] [--init MODEL_FOLDER] [--layers N] [--batch N]
+    python -m ddit_export.zoo.train_wan --time-steps 8 --layers 4 --batch 16 --threads 1   # median s/step, no run
 
 Every checkpoint (``--ckpt-minutes``) writes ``WORK/ckpt.pt`` atomically and exports the EMA weights as a pixel
 video model folder (``WORK/model``, or ``--out``; written beside and renamed into place), with a loss curve and a
 sample sheet, so a stopped run always leaves a usable model. Rerunning the same command resumes; a run with other
-settings in the same ``--work`` is refused. Batches are a function of (seed, step): a resumed run sees the batches
-an uninterrupted one would.
+settings in the same ``--work`` is refused (``error: ...``, exit 2). Batches are a function of (seed, step): a
+resumed run sees the batches an uninterrupted one would. ``--init`` starts a fresh run from an exported model folder
+of the same architecture. ``--threads auto`` uses zoo/train.py's ThreadTuner: on 2 cores shared with other work, 2
+intra-op threads stall whenever the other core is busy (the first wan-mini run, at 2 threads: 1.2 s/step, then
+4.8 s/step while a test suite ran beside it).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from . import clips as C
 
 VIDEO_FORMAT = "ddit-pixel-video/1"
@@ -178,6 +184,47 @@ def export_model(out: Path, cfg: WanTrainConfig, model: Pair):
     return out
 
 
+def init_from(model: Pair, folder) -> None:
+    """Load an exported folder's transformer and text encoder into ``model`` (same architecture, else ConfigError)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    state = {}
+    for prefix, sub in (("trunk", "transformer"), ("text", "text_encoder")):
+        f = folder / sub / "diffusion_pytorch_model.safetensors"
+        if not f.is_file():
+            raise ConfigError(f"--init {folder}: no {sub}/{f.name} (not a pixel video model folder)")
+        state.update({f"{prefix}.{k}": v for k, v in load_file(f).items()})
+    own = model.state_dict()
+    bad = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+    if bad:
+        raise ConfigError(f"--init {folder}: its architecture differs from this run's config "
+                          f"({len(bad)} tensors missing or of another shape, e.g. {bad[0]})")
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def time_steps(cfg: WanTrainConfig, n: int = 8, threads: int | None = None) -> dict:
+    """Median wall time of ``n`` training steps (after one warm-up step) of ``cfg``: for choosing a config."""
+    if threads:
+        torch.set_num_threads(threads)
+    trunk, text, _ = build(cfg)
+    model = Pair(trunk, text).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    gen, times = torch.Generator().manual_seed(0), []
+    for step in range(n + 1):
+        t0 = time.perf_counter()
+        x0, caps = batch_at(cfg, step)
+        loss = flow_loss(model, cfg, x0, caps, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times[1:]))
+    return {"layers": cfg.layers, "batch": cfg.batch, "threads": torch.get_num_threads(),
+            "params_M": round(sum(p.numel() for p in trunk.parameters()) / 1e6, 3), "s_per_step": round(med, 3),
+            "clips_per_s": round(cfg.batch / med, 2)}
+
+
 def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
     trunk, text, _ = build(cfg)
     m = Pair(trunk, text)
@@ -186,10 +233,15 @@ def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
 
 
 def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: float | None = None,
-          steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | None = None, log=print) -> dict:
-    """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps."""
-    if threads:
-        torch.set_num_threads(threads)
+          steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | str | None = None, log=print,
+          init: str | Path | None = None, samples: bool = True) -> dict:
+    """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps. ``threads``: a count,
+    "auto" (zoo/train.py's ThreadTuner) or None (torch's default)."""
+    from .train import ThreadTuner
+
+    tuner = ThreadTuner() if threads == "auto" else None
+    if threads and not tuner:
+        torch.set_num_threads(int(threads))
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(out) if out else work / "model"
@@ -201,11 +253,15 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
     if ckpt.is_file():
         d = torch.load(ckpt, weights_only=False)
         if d["config"] != dataclasses.asdict(cfg):
-            raise SystemExit(f"error: {work} holds a run with other settings; use another --work")
+            raise ConfigError(f"{work} holds a run with other settings; use another --work")
         model.load_state_dict(d["model"])
         opt.load_state_dict(d["opt"])
         ema, state = d["ema"], d["state"]
         log(f"resumed at step {state['step']}")
+    elif init:
+        init_from(model, init)
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(f"starting from {init}")
     n_params = sum(p.numel() for p in model.trunk.parameters())
     log(f"wan-mini trunk {n_params / 1e6:.2f} M parameters, text encoder "
         f"{sum(p.numel() for p in model.text.parameters()) / 1e6:.2f} M; batch {cfg.batch}, "
@@ -229,7 +285,8 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
         export_model(out, cfg, em)
         _plot(work, state)
         caps = [c.caption for c in [C.sample_clip(np.random.default_rng([7, i]), "heldout") for i in range(6)]]
-        save_sheet(sample(em, cfg, caps, steps=cfg.steps), caps, work / "samples.png")
+        if samples:
+            save_sheet(sample(em, cfg, caps, steps=cfg.steps), caps, work / "samples.png")
         (work / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "losses"}, indent=1))
         log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}; exported {out}")
 
@@ -246,6 +303,9 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
             progress = (elapsed / budget) if budget else (state["step"] / steps if steps else 0.0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, state["step"], progress)
+            if tuner:
+                tuner.before_step()
+            t_step = time.perf_counter()
             x0, caps = batch_at(cfg, state["step"])
             gen.manual_seed(cfg.seed * 7_919 + state["step"])
             loss = flow_loss(model, cfg, x0, caps, gen)
@@ -259,8 +319,10 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
                         ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
                     else:
                         ema[k].copy_(v)
+            if tuner:
+                tuner.after_step(time.perf_counter() - t_step)
             state["step"] += 1
-            state["losses"].append(float(loss))
+            state["losses"].append(loss.item())
             if state["step"] % 50 == 0:
                 log(f"step {state['step']}: loss {np.mean(state['losses'][-50:]):.4f} "
                     f"({(time.monotonic() - t_start) / max(1, state['step']):.2f} s/step this run)")
@@ -301,23 +363,39 @@ def _plot(work: Path, state: dict):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="train wan-mini (resumable)")
-    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--work", type=Path, help="run folder (checkpoint, log plots, samples; resumed if present)")
     p.add_argument("--out", type=Path)
     p.add_argument("--minutes", type=float)
     p.add_argument("--steps", type=int)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", help="intra-op threads: a count or 'auto' (default: torch's)")
     p.add_argument("--batch", type=int)
     p.add_argument("--layers", type=int)
     p.add_argument("--micro", action="store_true", help="a tiny config for tests")
+    p.add_argument("--init", type=Path, help="an exported wan-mini folder to start from (same architecture)")
+    p.add_argument("--no-samples", action="store_true", help="no sample sheet at checkpoints")
+    p.add_argument("--time-steps", type=int, metavar="N",
+                   help="print the median time of N training steps of this config as JSON and exit")
     a = p.parse_args(argv)
-    if a.minutes is None and a.steps is None:
-        p.error("give --minutes or --steps")
+    if a.threads is not None and a.threads != "auto" and not a.threads.isdigit():
+        p.error(f"--threads must be a count or 'auto', got {a.threads!r}")
     over = dict(MICRO) if a.micro else {}
     over.update({k: v for k, v in (("batch", a.batch), ("layers", a.layers)) if v is not None})
     cfg = WanTrainConfig(**over)
-    train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
-          log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+    if a.time_steps:
+        print(json.dumps(time_steps(cfg, a.time_steps, int(a.threads) if a.threads not in (None, "auto") else None)))
+        return 0
+    if a.work is None:
+        p.error("give --work")
+    if a.minutes is None and a.steps is None:
+        p.error("give --minutes or --steps")
+    try:
+        train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
+              log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True), init=a.init,
+              samples=not a.no_samples)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
