@@ -119,6 +119,12 @@ def flow_loss(model: Pair, cfg: WanTrainConfig, x0, captions, gen):
     return torch.mean((model.velocity(xt, s, captions) - (noise - x0)) ** 2)
 
 
+def ema_decay(cfg: WanTrainConfig, step: int) -> float:
+    """zoo/train.py's EMA warm-up: (1 + step) / (10 + step) up to ``cfg.ema``, so that an early export is not
+    mostly the random init (0.998 ** 641 = 28% of it at step 641 without the warm-up)."""
+    return min(cfg.ema, (1 + step) / (10 + step))
+
+
 def lr_at(cfg: WanTrainConfig, step: int, progress: float) -> float:
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     start = 1 - cfg.decay_frac
@@ -225,6 +231,40 @@ def time_steps(cfg: WanTrainConfig, n: int = 8, threads: int | None = None) -> d
             "clips_per_s": round(cfg.batch / med, 2)}
 
 
+def load_exported(folder) -> tuple[Pair, WanTrainConfig]:
+    """An exported folder as (Pair, a config with its frames, side, steps and shift) for :func:`sample`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from ..models.text import WordTextEncoder
+
+    folder = Path(folder)
+    meta = json.loads((folder / "ddit_model.json").read_text())
+    if meta.get("format") != VIDEO_FORMAT:
+        raise ConfigError(f"{folder}: not a {VIDEO_FORMAT} folder (format {meta.get('format')!r})")
+    shift = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler").config.shift
+    model = Pair(WanTransformer3DModel.from_pretrained(folder / "transformer"),
+                 WordTextEncoder.from_pretrained(folder / "text_encoder")).eval()
+    cfg = dataclasses.replace(WanTrainConfig(), frames=meta["frames"], side=meta["height"], steps=meta["steps"],
+                              shift=shift, name=meta["name"])
+    return model, cfg
+
+
+def probe_motion(model: Pair, cfg: WanTrainConfig, n: int = 32, split: str = "heldout", seed: int = 0,
+                 steps: int | None = None) -> dict:
+    """Generate ``n`` clips for ``split`` captions and read them with quality/motion.py's probe: the fractions of
+    clips whose colours / motions / both match the caption, and the motion rate per motion word."""
+    from ..quality import motion as M
+
+    clips = [C.sample_clip(np.random.default_rng([seed, 10**6 + i]), split) for i in range(n)]
+    out = []
+    for i in range(0, n, 16):
+        part = clips[i:i + 16]
+        out.append(sample(model, cfg, [c.caption for c in part], steps=steps or cfg.steps, seed=seed + i))
+    gen = np.concatenate(out).transpose(0, 2, 1, 3, 4)  # (n, F, 3, H, W)
+    results = [M.adherence(g, c) for g, c in zip(gen, clips)]
+    return {"split": split, "n": n, **M.aggregate(results), "by_motion": M.rates_by_motion(results, clips)}
+
+
 def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
     trunk, text, _ = build(cfg)
     m = Pair(trunk, text)
@@ -234,9 +274,10 @@ def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
 
 def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: float | None = None,
           steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | str | None = None, log=print,
-          init: str | Path | None = None, samples: bool = True) -> dict:
+          init: str | Path | None = None, samples: bool = True, probe_n: int = 16) -> dict:
     """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps. ``threads``: a count,
-    "auto" (zoo/train.py's ThreadTuner) or None (torch's default)."""
+    "auto" (zoo/train.py's ThreadTuner) or None (torch's default). Every checkpoint also generates ``probe_n``
+    held-out clips with the EMA model and logs quality/motion.py's rates (0: no probe)."""
     from .train import ThreadTuner
 
     tuner = ThreadTuner() if threads == "auto" else None
@@ -282,13 +323,18 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
         em = _ema_copy(cfg, ema)
         hl = held_out_loss(em, cfg)
         state.setdefault("heldout", []).append([state["step"], hl])
+        pr = probe_motion(em, cfg, probe_n, "heldout") if probe_n else None
+        if pr:
+            state.setdefault("probe", []).append([state["step"], pr["colour"], pr["motion"], pr["all"]])
         export_model(out, cfg, em)
         _plot(work, state)
         caps = [c.caption for c in [C.sample_clip(np.random.default_rng([7, i]), "heldout") for i in range(6)]]
         if samples:
             save_sheet(sample(em, cfg, caps, steps=cfg.steps), caps, work / "samples.png")
         (work / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "losses"}, indent=1))
-        log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}; exported {out}")
+        seen = (f"; probe on {probe_n} held-out clips: colour {pr['colour']:.2f}, motion {pr['motion']:.2f}"
+                if pr else "")
+        log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}{seen}; exported {out}")
 
     t_start, last_ckpt = time.monotonic(), time.monotonic()
     budget = minutes * 60 if minutes else None
@@ -313,10 +359,11 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            decay = ema_decay(cfg, state["step"])
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     if v.is_floating_point():
-                        ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+                        ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                     else:
                         ema[k].copy_(v)
             if tuner:
@@ -355,7 +402,14 @@ def _plot(work: Path, state: dict):
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("flow loss")
-    ax.legend()
+    ax.legend(loc="upper left")
+    if state.get("probe"):
+        pr = np.asarray(state["probe"])
+        ax2 = ax.twinx()
+        ax2.plot(pr[:, 0], pr[:, 2], "s--", color="tab:green", label="held-out motion right (probe)")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("fraction of clips")
+        ax2.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(work / "loss.png", dpi=100)
     plt.close(fig)
@@ -374,6 +428,9 @@ def main(argv=None):
     p.add_argument("--micro", action="store_true", help="a tiny config for tests")
     p.add_argument("--init", type=Path, help="an exported wan-mini folder to start from (same architecture)")
     p.add_argument("--no-samples", action="store_true", help="no sample sheet at checkpoints")
+    p.add_argument("--probe", type=Path, metavar="MODEL_FOLDER",
+                   help="generate --probe-n clips per split with an exported model, print the motion probe's rates")
+    p.add_argument("--probe-n", type=int, default=16, help="clips per probe (--probe; and at every checkpoint)")
     p.add_argument("--time-steps", type=int, metavar="N",
                    help="print the median time of N training steps of this config as JSON and exit")
     a = p.parse_args(argv)
@@ -382,6 +439,17 @@ def main(argv=None):
     over = dict(MICRO) if a.micro else {}
     over.update({k: v for k, v in (("batch", a.batch), ("layers", a.layers)) if v is not None})
     cfg = WanTrainConfig(**over)
+    if a.probe:
+        if a.threads not in (None, "auto"):
+            torch.set_num_threads(int(a.threads))
+        try:
+            model, pcfg = load_exported(a.probe)
+        except (ConfigError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for split in ("train", "heldout"):
+            print(json.dumps(probe_motion(model, pcfg, a.probe_n, split)), flush=True)
+        return 0
     if a.time_steps:
         print(json.dumps(time_steps(cfg, a.time_steps, int(a.threads) if a.threads not in (None, "auto") else None)))
         return 0
@@ -392,7 +460,7 @@ def main(argv=None):
     try:
         train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
               log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True), init=a.init,
-              samples=not a.no_samples)
+              samples=not a.no_samples, probe_n=a.probe_n)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

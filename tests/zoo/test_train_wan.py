@@ -45,6 +45,7 @@ def test_micro_run_exports_a_pixel_video_folder(tmp_path):
     assert v.shape == x.shape and torch.isfinite(v).all()
     state = json.loads((work / "state.json").read_text())
     assert state["step"] == 3 and math.isfinite(state["heldout"][-1][1])
+    assert state["probe"][-1][0] == 3 and all(0 <= v <= 1 for v in state["probe"][-1][1:])
     assert (work / "loss.png").is_file() and (work / "samples.png").is_file()
     assert len((work / "samples.txt").read_text().splitlines()) == 6
     assert not list(tmp_path.rglob(".*.tmp")) and not list(work.glob("*.tmp"))
@@ -119,3 +120,19 @@ def test_default_config_fits_the_budget():
     x, _ = W.batch_at(W.WanTrainConfig(), 0, n=1)
     assert x.shape == (1, 3, 8, 32, 32)  # (B, C, F, H, W): grid (4, 8, 8) = 256 tokens with patch (2, 4, 4)
     assert sched.config.shift == W.WanTrainConfig().shift and not sched.config.use_dynamic_shifting
+
+
+def test_probe_command_reads_an_exported_model(tmp_path, capsys):
+    W.train(MICRO, tmp_path / "w", steps=1, threads=1, log=_quiet, samples=False, probe_n=0)
+    assert "probe" not in json.loads((tmp_path / "w" / "state.json").read_text())
+    assert W.main(["--probe", str(tmp_path / "w" / "model"), "--probe-n", "3", "--threads", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["split"] for r in rows] == ["train", "heldout"] and all(r["n"] == 3 for r in rows)
+    assert W.main(["--probe", str(tmp_path), "--threads", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_ema_warms_up():
+    cfg = W.WanTrainConfig(ema=0.998)
+    assert W.ema_decay(cfg, 0) == pytest.approx(0.1)
+    assert W.ema_decay(cfg, 100) < W.ema_decay(cfg, 1000) < cfg.ema == W.ema_decay(cfg, 10**6)
