@@ -416,7 +416,7 @@ def _plot(work: Path, state: dict):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="train wan-mini (resumable)")
+    p = argparse.ArgumentParser(prog="python -m ddit_export.zoo.train_wan", description="train wan-mini (resumable)")
     p.add_argument("--work", type=Path, help="run folder (checkpoint, log plots, samples; resumed if present)")
     p.add_argument("--out", type=Path)
     p.add_argument("--minutes", type=float)
