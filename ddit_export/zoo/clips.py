@@ -15,6 +15,10 @@ A clip is ``frames`` frames (default 8) of ``side`` x ``side`` RGB in [-1, 1], s
 move by a third of the frame over the clip (from one grid cell to the next), grow/shrink between small and large,
 blend their colour linearly, or fade in. Backgrounds: the flat ones of zoo/scenes.py plus gradient and striped.
 
+Two shapes of a clip never share a colour (nor a "turning" target), never overlap at any time of the clip, and no
+shape has a colour that the background shows (black on black or on the dark top of the gradient, white on white):
+every shape is told apart by its colour alone, which is what quality/motion.py's probe relies on.
+
 Held-out split: a (colour, shape, motion) triple is held out when ``crc32("colour shape motion") % 8 == 0``;
 ``split="train"`` never produces one, ``split="heldout"`` clips hold at least one. Every clip is a pure function of
 a numpy Generator; a batch a pure function of its seed.
@@ -69,6 +73,16 @@ class MovingShape:
             return f"{head} appearing {where}"
         return f"{head} {where}"
 
+    def colours(self) -> tuple[str, ...]:
+        return (self.colour, self.to_colour) if self.to_colour else (self.colour,)
+
+    def geometry(self, f: float, side: int = SIDE) -> tuple[float, float, float]:
+        """(cy, cx, radius) in pixels at clip time ``f`` in [0, 1], as :func:`render` draws it."""
+        row, col, size, _, _ = self.state(f)
+        r = size * side / 2
+        cy, cx = ((v + 0.5) * side / 3 for v in (row, col))
+        return float(np.clip(cy, r, side - r)), float(np.clip(cx, r, side - r)), r
+
     def state(self, f: float) -> tuple[float, float, str, float, tuple]:
         """(row, col) centre in cells, size fraction of the side, opacity, RGB at clip time ``f`` in [0, 1]."""
         row = self.start[0] + (self.end[0] - self.start[0]) * f
@@ -99,39 +113,75 @@ class Clip:
         return render(self, frames, side)
 
 
+def _cells_of(names) -> set:
+    return {S.POSITIONS[n] for n in names}
+
+
 def _cell(name: str) -> tuple[float, float]:
     r, c = S.POSITIONS[name]
     return float(r), float(c)
 
 
-def _sample_shape(rng: np.random.Generator, background: str, want_heldout: bool | None, taken: set) -> MovingShape:
-    """A shape whose (colour, shape, motion) is held out iff ``want_heldout`` (None: train triples only)."""
+BACKGROUND_GAP = 0.3  # a colour this close (RGB distance, [0, 1]) to any background pixel is not drawn on it
+
+
+def _background_levels(background: str) -> np.ndarray:
+    """(n, 3) the RGB values a background's pixels take."""
+    yy = np.arange(SIDE, dtype=np.float32)[:, None] + 0.5
+    return np.unique(S._background(background, SIDE, np.broadcast_to(yy, (SIDE, SIDE)))[:, :, 0].T, axis=0)
+
+
+def clashes(colour: str, background: str) -> bool:
+    """Whether ``colour`` is too close to some pixel of ``background`` to be told apart from it."""
+    d = np.linalg.norm(_background_levels(background) - np.asarray(S.COLOURS[colour], np.float32), axis=1)
+    return bool(d.min() < BACKGROUND_GAP)
+
+
+def _apart(a: MovingShape, b: MovingShape, frames: int = 16) -> bool:
+    """No overlap at any time of the clip (bounding circles, at 32 px; scale-free)."""
+    for f in np.linspace(0, 1, frames):
+        ay, ax, ar = a.geometry(f)
+        by, bx, br = b.geometry(f)
+        if np.hypot(ay - by, ax - bx) < ar + br + 1:
+            return False
+    return True
+
+
+def _sample_shape(rng: np.random.Generator, background: str, want_heldout: bool | None, taken: set,
+                  placed: tuple = ()) -> MovingShape:
+    """A shape whose (colour, shape, motion) is held out iff ``want_heldout`` (None: train triples only), apart
+    from and in other colours than the ``placed`` shapes, in a colour the background does not show."""
+    used = {c for p in placed for c in p.colours()}
     for _ in range(200):
-        colour = S.COLOURS and list(S.COLOURS)[int(rng.integers(len(S.COLOURS)))]
+        colour = list(S.COLOURS)[int(rng.integers(len(S.COLOURS)))]
         shape = S.SHAPES[int(rng.integers(len(S.SHAPES)))]
         motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
-        if colour == background or is_heldout(colour, shape, motion) != bool(want_heldout):
+        if (colour in used or clashes(colour, background)
+                or is_heldout(colour, shape, motion) != bool(want_heldout)):
             continue
         size = list(S.SIZES)[int(rng.integers(len(S.SIZES)))]
         if motion in ("growing", "shrinking"):
             size = "medium"  # the caption's size word; the clip spans small..large
         to = None
         if motion == "turning":
-            others = [c for c in S.COLOURS if c not in (colour, background)]
+            others = [c for c in S.COLOURS if c != colour and c not in used and not clashes(c, background)]
             to = others[int(rng.integers(len(others)))]
         if motion in DIRECTIONS:
             dy, dx = DIRECTIONS[motion]
             # start one cell against the direction (the middle row/col the other way), end one cell along it
             starts = [p for p, (r, c) in S.POSITIONS.items() if 0 <= r + dy <= 2 and 0 <= c + dx <= 2
-                      and p not in taken]
+                      and p not in taken and (r + dy, c + dx) not in _cells_of(taken)]
             if not starts:
                 continue
             pos = starts[int(rng.integers(len(starts)))]
             r, c = _cell(pos)
-            return MovingShape(shape, colour, size, motion, (r, c), (r + dy, c + dx), None, pos)
-        free = [p for p in S.POSITIONS if p not in taken]
-        pos = free[int(rng.integers(len(free)))]
-        return MovingShape(shape, colour, size, motion, _cell(pos), _cell(pos), to, pos)
+            new = MovingShape(shape, colour, size, motion, (r, c), (r + dy, c + dx), None, pos)
+        else:
+            free = [p for p in S.POSITIONS if p not in taken]
+            pos = free[int(rng.integers(len(free)))]
+            new = MovingShape(shape, colour, size, motion, _cell(pos), _cell(pos), to, pos)
+        if all(_apart(new, p) for p in placed):
+            return new
     raise ValueError("could not sample a shape")
 
 
@@ -140,14 +190,19 @@ def sample_clip(rng: np.random.Generator, split: str = "train", n_shapes: int | 
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     n = n_shapes or (1 if rng.random() < 0.7 else 2)
-    bg = S.BACKGROUNDS[int(rng.integers(len(S.BACKGROUNDS)))]
-    forced = int(rng.integers(n)) if split == "heldout" else -1
-    shapes, taken = [], set()
-    for i in range(n):
-        s = _sample_shape(rng, bg, i == forced, taken)
-        shapes.append(s)
-        taken |= {s.position} | {p for p, rc in S.POSITIONS.items() if rc == tuple(int(v) for v in s.end)}
-    return Clip(tuple(shapes), bg)
+    for _ in range(50):  # a first shape can leave no room for a second: draw the clip again (same rng, so pure)
+        bg = S.BACKGROUNDS[int(rng.integers(len(S.BACKGROUNDS)))]
+        forced = int(rng.integers(n)) if split == "heldout" else -1
+        shapes, taken = [], set()
+        try:
+            for i in range(n):
+                s = _sample_shape(rng, bg, i == forced, taken, tuple(shapes))
+                shapes.append(s)
+                taken |= {s.position} | {p for p, rc in S.POSITIONS.items() if rc == tuple(int(v) for v in s.end)}
+        except ValueError:
+            continue
+        return Clip(tuple(shapes), bg)
+    raise ValueError(f"could not sample a {n}-shape {split} clip")
 
 
 def render(clip: Clip, frames: int = FRAMES, side: int = SIDE) -> np.ndarray:
@@ -159,10 +214,8 @@ def render(clip: Clip, frames: int = FRAMES, side: int = SIDE) -> np.ndarray:
         f = i / max(frames - 1, 1)
         img = bg.copy()
         for s in clip.shapes:
-            row, col, size, alpha, rgb = s.state(f)
-            r = size * side / 2
-            cy = float(np.clip((row + 0.5) * side / 3, r, side - r))
-            cx = float(np.clip((col + 0.5) * side / 3, r, side - r))
+            _, _, _, alpha, rgb = s.state(f)
+            cy, cx, r = s.geometry(f, side)
             a = _coverage(s.shape, cy, cx, r, yy, xx)[None] * alpha
             img = img * (1 - a) + np.asarray(rgb, np.float32)[:, None, None] * a
         out[i] = img * 2 - 1

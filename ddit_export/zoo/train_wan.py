@@ -2,12 +2,17 @@
 on the procedural clips of zoo/clips.py, with its own word-level text encoder. Resumable; CPU or CUDA.
 
     python -m ddit_export.zoo.train_wan --work runs/wan-mini --minutes 70 [--out ddit_export/zoo/weights/wan-mini]
+        [--threads 1|2|auto] [--init MODEL_FOLDER] [--layers N] [--batch N]
+    python -m ddit_export.zoo.train_wan --time-steps 8 --layers 4 --batch 16 --threads 1   # median s/step, no run
 
 Every checkpoint (``--ckpt-minutes``) writes ``WORK/ckpt.pt`` atomically and exports the EMA weights as a pixel
 video model folder (``WORK/model``, or ``--out``; written beside and renamed into place), with a loss curve and a
 sample sheet, so a stopped run always leaves a usable model. Rerunning the same command resumes; a run with other
-settings in the same ``--work`` is refused. Batches are a function of (seed, step): a resumed run sees the batches
-an uninterrupted one would.
+settings in the same ``--work`` is refused (``error: ...``, exit 2). Batches are a function of (seed, step): a
+resumed run sees the batches an uninterrupted one would. ``--init`` starts a fresh run from an exported model folder
+of the same architecture. ``--threads auto`` uses zoo/train.py's ThreadTuner: on 2 cores shared with other work, 2
+intra-op threads stall whenever the other core is busy (the first wan-mini run, at 2 threads: 1.2 s/step, then
+4.8 s/step while a test suite ran beside it).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from . import clips as C
 
 VIDEO_FORMAT = "ddit-pixel-video/1"
@@ -113,6 +119,12 @@ def flow_loss(model: Pair, cfg: WanTrainConfig, x0, captions, gen):
     return torch.mean((model.velocity(xt, s, captions) - (noise - x0)) ** 2)
 
 
+def ema_decay(cfg: WanTrainConfig, step: int) -> float:
+    """zoo/train.py's EMA warm-up: (1 + step) / (10 + step) up to ``cfg.ema``, so that an early export is not
+    mostly the random init (0.998 ** 641 = 28% of it at step 641 without the warm-up)."""
+    return min(cfg.ema, (1 + step) / (10 + step))
+
+
 def lr_at(cfg: WanTrainConfig, step: int, progress: float) -> float:
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     start = 1 - cfg.decay_frac
@@ -178,6 +190,81 @@ def export_model(out: Path, cfg: WanTrainConfig, model: Pair):
     return out
 
 
+def init_from(model: Pair, folder) -> None:
+    """Load an exported folder's transformer and text encoder into ``model`` (same architecture, else ConfigError)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    state = {}
+    for prefix, sub in (("trunk", "transformer"), ("text", "text_encoder")):
+        f = folder / sub / "diffusion_pytorch_model.safetensors"
+        if not f.is_file():
+            raise ConfigError(f"--init {folder}: no {sub}/{f.name} (not a pixel video model folder)")
+        state.update({f"{prefix}.{k}": v for k, v in load_file(f).items()})
+    own = model.state_dict()
+    bad = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+    if bad:
+        raise ConfigError(f"--init {folder}: its architecture differs from this run's config "
+                          f"({len(bad)} tensors missing or of another shape, e.g. {bad[0]})")
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def time_steps(cfg: WanTrainConfig, n: int = 8, threads: int | None = None) -> dict:
+    """Median wall time of ``n`` training steps (after one warm-up step) of ``cfg``: for choosing a config."""
+    if threads:
+        torch.set_num_threads(threads)
+    trunk, text, _ = build(cfg)
+    model = Pair(trunk, text).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    gen, times = torch.Generator().manual_seed(0), []
+    for step in range(n + 1):
+        t0 = time.perf_counter()
+        x0, caps = batch_at(cfg, step)
+        loss = flow_loss(model, cfg, x0, caps, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times[1:]))
+    return {"layers": cfg.layers, "batch": cfg.batch, "threads": torch.get_num_threads(),
+            "params_M": round(sum(p.numel() for p in trunk.parameters()) / 1e6, 3), "s_per_step": round(med, 3),
+            "clips_per_s": round(cfg.batch / med, 2)}
+
+
+def load_exported(folder) -> tuple[Pair, WanTrainConfig]:
+    """An exported folder as (Pair, a config with its frames, side, steps and shift) for :func:`sample`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from ..models.text import WordTextEncoder
+
+    folder = Path(folder)
+    meta = json.loads((folder / "ddit_model.json").read_text())
+    if meta.get("format") != VIDEO_FORMAT:
+        raise ConfigError(f"{folder}: not a {VIDEO_FORMAT} folder (format {meta.get('format')!r})")
+    shift = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler").config.shift
+    model = Pair(WanTransformer3DModel.from_pretrained(folder / "transformer"),
+                 WordTextEncoder.from_pretrained(folder / "text_encoder")).eval()
+    cfg = dataclasses.replace(WanTrainConfig(), frames=meta["frames"], side=meta["height"], steps=meta["steps"],
+                              shift=shift, name=meta["name"])
+    return model, cfg
+
+
+def probe_motion(model: Pair, cfg: WanTrainConfig, n: int = 32, split: str = "heldout", seed: int = 0,
+                 steps: int | None = None) -> dict:
+    """Generate ``n`` clips for ``split`` captions and read them with quality/motion.py's probe: the fractions of
+    clips whose colours / motions / both match the caption, and the motion rate per motion word."""
+    from ..quality import motion as M
+
+    clips = [C.sample_clip(np.random.default_rng([seed, 10**6 + i]), split) for i in range(n)]
+    out = []
+    for i in range(0, n, 16):
+        part = clips[i:i + 16]
+        out.append(sample(model, cfg, [c.caption for c in part], steps=steps or cfg.steps, seed=seed + i))
+    gen = np.concatenate(out).transpose(0, 2, 1, 3, 4)  # (n, F, 3, H, W)
+    results = [M.adherence(g, c) for g, c in zip(gen, clips)]
+    return {"split": split, "n": n, **M.aggregate(results), "by_motion": M.rates_by_motion(results, clips)}
+
+
 def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
     trunk, text, _ = build(cfg)
     m = Pair(trunk, text)
@@ -186,10 +273,16 @@ def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
 
 
 def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: float | None = None,
-          steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | None = None, log=print) -> dict:
-    """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps."""
-    if threads:
-        torch.set_num_threads(threads)
+          steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | str | None = None, log=print,
+          init: str | Path | None = None, samples: bool = True, probe_n: int = 16) -> dict:
+    """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps. ``threads``: a count,
+    "auto" (zoo/train.py's ThreadTuner) or None (torch's default). Every checkpoint also generates ``probe_n``
+    held-out clips with the EMA model and logs quality/motion.py's rates (0: no probe)."""
+    from .train import ThreadTuner
+
+    tuner = ThreadTuner() if threads == "auto" else None
+    if threads and not tuner:
+        torch.set_num_threads(int(threads))
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(out) if out else work / "model"
@@ -201,11 +294,15 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
     if ckpt.is_file():
         d = torch.load(ckpt, weights_only=False)
         if d["config"] != dataclasses.asdict(cfg):
-            raise SystemExit(f"error: {work} holds a run with other settings; use another --work")
+            raise ConfigError(f"{work} holds a run with other settings; use another --work")
         model.load_state_dict(d["model"])
         opt.load_state_dict(d["opt"])
         ema, state = d["ema"], d["state"]
         log(f"resumed at step {state['step']}")
+    elif init:
+        init_from(model, init)
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(f"starting from {init}")
     n_params = sum(p.numel() for p in model.trunk.parameters())
     log(f"wan-mini trunk {n_params / 1e6:.2f} M parameters, text encoder "
         f"{sum(p.numel() for p in model.text.parameters()) / 1e6:.2f} M; batch {cfg.batch}, "
@@ -226,12 +323,18 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
         em = _ema_copy(cfg, ema)
         hl = held_out_loss(em, cfg)
         state.setdefault("heldout", []).append([state["step"], hl])
+        pr = probe_motion(em, cfg, probe_n, "heldout") if probe_n else None
+        if pr:
+            state.setdefault("probe", []).append([state["step"], pr["colour"], pr["motion"], pr["all"]])
         export_model(out, cfg, em)
         _plot(work, state)
         caps = [c.caption for c in [C.sample_clip(np.random.default_rng([7, i]), "heldout") for i in range(6)]]
-        save_sheet(sample(em, cfg, caps, steps=cfg.steps), caps, work / "samples.png")
+        if samples:
+            save_sheet(sample(em, cfg, caps, steps=cfg.steps), caps, work / "samples.png")
         (work / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "losses"}, indent=1))
-        log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}; exported {out}")
+        seen = (f"; probe on {probe_n} held-out clips: colour {pr['colour']:.2f}, motion {pr['motion']:.2f}"
+                if pr else "")
+        log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}{seen}; exported {out}")
 
     t_start, last_ckpt = time.monotonic(), time.monotonic()
     budget = minutes * 60 if minutes else None
@@ -246,6 +349,9 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
             progress = (elapsed / budget) if budget else (state["step"] / steps if steps else 0.0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, state["step"], progress)
+            if tuner:
+                tuner.before_step()
+            t_step = time.perf_counter()
             x0, caps = batch_at(cfg, state["step"])
             gen.manual_seed(cfg.seed * 7_919 + state["step"])
             loss = flow_loss(model, cfg, x0, caps, gen)
@@ -253,12 +359,15 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            decay = ema_decay(cfg, state["step"])
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     if v.is_floating_point():
-                        ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+                        ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                     else:
                         ema[k].copy_(v)
+            if tuner:
+                tuner.after_step(time.perf_counter() - t_step)
             state["step"] += 1
             state["losses"].append(loss.item())
             if state["step"] % 50 == 0:
@@ -293,31 +402,68 @@ def _plot(work: Path, state: dict):
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("flow loss")
-    ax.legend()
+    ax.legend(loc="upper left")
+    if state.get("probe"):
+        pr = np.asarray(state["probe"])
+        ax2 = ax.twinx()
+        ax2.plot(pr[:, 0], pr[:, 2], "s--", color="tab:green", label="held-out motion right (probe)")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("fraction of clips")
+        ax2.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(work / "loss.png", dpi=100)
     plt.close(fig)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="train wan-mini (resumable)")
-    p.add_argument("--work", type=Path, required=True)
+    p = argparse.ArgumentParser(prog="python -m ddit_export.zoo.train_wan", description="train wan-mini (resumable)")
+    p.add_argument("--work", type=Path, help="run folder (checkpoint, log plots, samples; resumed if present)")
     p.add_argument("--out", type=Path)
     p.add_argument("--minutes", type=float)
     p.add_argument("--steps", type=int)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", help="intra-op threads: a count or 'auto' (default: torch's)")
     p.add_argument("--batch", type=int)
     p.add_argument("--layers", type=int)
     p.add_argument("--micro", action="store_true", help="a tiny config for tests")
+    p.add_argument("--init", type=Path, help="an exported wan-mini folder to start from (same architecture)")
+    p.add_argument("--no-samples", action="store_true", help="no sample sheet at checkpoints")
+    p.add_argument("--probe", type=Path, metavar="MODEL_FOLDER",
+                   help="generate --probe-n clips per split with an exported model, print the motion probe's rates")
+    p.add_argument("--probe-n", type=int, default=16, help="clips per probe (--probe; and at every checkpoint)")
+    p.add_argument("--time-steps", type=int, metavar="N",
+                   help="print the median time of N training steps of this config as JSON and exit")
     a = p.parse_args(argv)
-    if a.minutes is None and a.steps is None:
-        p.error("give --minutes or --steps")
+    if a.threads is not None and a.threads != "auto" and not a.threads.isdigit():
+        p.error(f"--threads must be a count or 'auto', got {a.threads!r}")
     over = dict(MICRO) if a.micro else {}
     over.update({k: v for k, v in (("batch", a.batch), ("layers", a.layers)) if v is not None})
     cfg = WanTrainConfig(**over)
-    train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
-          log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+    if a.probe:
+        if a.threads not in (None, "auto"):
+            torch.set_num_threads(int(a.threads))
+        try:
+            model, pcfg = load_exported(a.probe)
+        except (ConfigError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for split in ("train", "heldout"):
+            print(json.dumps(probe_motion(model, pcfg, a.probe_n, split)), flush=True)
+        return 0
+    if a.time_steps:
+        print(json.dumps(time_steps(cfg, a.time_steps, int(a.threads) if a.threads not in (None, "auto") else None)))
+        return 0
+    if a.work is None:
+        p.error("give --work")
+    if a.minutes is None and a.steps is None:
+        p.error("give --minutes or --steps")
+    try:
+        train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
+              log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True), init=a.init,
+              samples=not a.no_samples, probe_n=a.probe_n)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
