@@ -11,9 +11,14 @@ from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, check_size
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+#: Video types ``save_videos`` writes (video_io.save_video: GIF with Pillow, MP4 with imageio-ffmpeg).
+VIDEO_FORMATS = (".gif", ".mp4")
+VIDEO_MODELS = ("wan", "wan-mini", "tiny-wan")  # presets of the Wan family
+VIDEO_FOLDER_FORMAT = "ddit-pixel-video/1"
 
 
-def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, width=None, guidance=3.5, tau=None,
+def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, width=None, frames=None, guidance=None,
+                   tau=None,
                    eps=None, warmup=None, window=None, static=None, coarse_first=None, policy=None,
                    schedule=None, sizes=None, cache: dict | CacheSettings | None = None) -> GenerateSettings:
     """GenerateSettings with the model's defaults (steps, size, calibrated schedule profile, cache profile) filled
@@ -29,9 +34,11 @@ def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, widt
     if over and policy is None and static is None and coarse_first is None:
         over["policy"] = "ddit"  # a DDiT knob asks for the rule, whatever policy the profile names
     sched = dataclasses.replace(sched, **over)
+    if guidance is None:  # the model's own default (Wan 2.1: CFG scale 5), else FLUX's distilled guidance 3.5
+        guidance = getattr(model, "extras", {}).get("guidance", 3.5)
     return GenerateSettings(prompts=_prompts(prompts, model.default_prompt), seed=seed,
                             steps=model.default_steps if steps is None else steps, height=height, width=width,
-                            guidance=guidance, schedule=sched, static=static, coarse_first=coarse_first,
+                            frames=frames, guidance=guidance, schedule=sched, static=static, coarse_first=coarse_first,
                             sizes=sizes, cache=cache_settings(model, cache))
 
 
@@ -75,16 +82,61 @@ def check_device(device: str):
         raise ConfigError(f"--device {device}: only cpu and cuda are supported")
 
 
+def model_family(model: str | None, weights=None, bundle=None) -> str:
+    """"wan" (video) or "flux" (images), read cheaply before any weights load: a bundle's manifest kind, a preset
+    name, a pixel-model folder's format or a diffusers folder's pipeline class."""
+    import json
+
+    if bundle is not None:
+        from .bundle import is_video, read_manifest
+
+        return "wan" if is_video(read_manifest(bundle)) else "flux"
+    if model in VIDEO_MODELS:
+        return "wan"
+    folder = Path(weights) if weights else (Path(model) if model and Path(model).is_dir() else None)
+    if folder is not None:
+        for name, key, video in (("ddit_model.json", "format", VIDEO_FOLDER_FORMAT),
+                                 ("model_index.json", "_class_name", "WanPipeline")):
+            try:
+                if json.loads((folder / name).read_text()).get(key) == video:
+                    return "wan"
+            except (OSError, ValueError, AttributeError):
+                pass
+    return "flux"
+
+
+def check_family(model: str | None, bundle) -> str:
+    """The bundle's family; an explicitly named model of the other family is an error (one line)."""
+    family = model_family(None, bundle=bundle)
+    if model is not None:
+        asked = model_family(model)
+        if asked != family:
+            what = {"wan": "a video (Wan)", "flux": "an image (FLUX-family)"}
+            raise ConfigError(f"--model {model} is {what[asked]} model, but bundle {bundle} holds {what[family]} "
+                              f"model; leave --model out with --bundle, or build a bundle of {model}")
+    return family
+
+
 def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=None, out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
-                    warn=None, memory="shared", **settings_kw):
-    """Load a model (or a bundle, run by ONNX Runtime), generate, save images and trace.
-    ``sizes``: the patch sizes the schedule may use (None: all the model or bundle has; asking for one it lacks is
-    an error). ``warn``: where a warning line goes (default: stderr). Returns (GenerationResult, image paths)."""
+                    warn=None, memory="shared", fps: int = 8, **settings_kw):
+    """Load a model (or a bundle, run by ONNX Runtime), generate, save images (or, for a video model, one GIF or
+    MP4 per prompt) and trace. ``model=None`` with a bundle: whatever the bundle holds; a named model of the other
+    family (image vs video) than the bundle's is an error. ``sizes``: the patch sizes the schedule may use (None:
+    all the model or bundle has; asking for one it lacks is an error). ``warn``: where a warning line goes
+    (default: stderr). Returns (GenerationResult, written paths)."""
     from .runtime.generate import generate
 
     sizes = None if sizes is None else check_sizes(sizes)
-    out = image_path(out) if out else None  # before any work: an unknown suffix is an error
+    if bundle is not None:
+        family = check_family(model, bundle)
+    else:
+        model = model or "flux-mini"
+        family = model_family(model, weights)
+    if family != "wan" and settings_kw.get("frames") is not None:
+        raise ConfigError(f"--frames applies to video models (wan-mini, wan); {model or 'this bundle'} makes images")
+    # before any work: an unknown suffix, or an image suffix for a video model and the reverse, is an error
+    out = (video_path(out) if family == "wan" else image_path(out)) if out else None
     if bundle is not None:
         from .runtime.bundle_model import open_bundle
 
@@ -109,7 +161,12 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     _check_resolution(settings, loaded, warn or _stderr)
     with backend:
         result = generate(loaded, backend, settings)
-    paths = save_images(result.images, out) if out else []
+    if not out:
+        paths = []
+    elif family == "wan":
+        paths = save_videos(result.images, out, fps=fps)
+    else:
+        paths = save_images(result.images, out)
     if trace_path:
         write_file_atomic(Path(trace_path), result.trace.save)
     return result, paths
@@ -122,20 +179,23 @@ def _stderr(line: str):
 def _check_sizes(settings: GenerateSettings, loaded, have: tuple, what: str, warn):
     """Asked-for sizes the model lacks or the resolution cannot use: error. Default sizes the resolution cannot
     use: one warning line saying which and why."""
-    geom = loaded.geometry(settings.height, settings.width)
+    from .runtime.generate import model_geometry
+
+    geom = model_geometry(loaded, settings)
+    grid = "x".join(map(str, geom.grid[-2:]))  # the spatial token grid (a video's per frame)
     if settings.sizes is not None:
         lacking = [k for k in settings.sizes if k not in have]
         if lacking:
             raise ConfigError(f"--sizes asks for {lacking}, but {what} patch sizes {list(have)}")
         bad = [k for k in settings.sizes if not geom.available(k)]
         if bad:
-            raise ConfigError(f"patch size(s) {bad} do not divide the {geom.grid[0]}x{geom.grid[1]} token grid of "
+            raise ConfigError(f"patch size(s) {bad} do not divide the {grid} token grid of "
                               f"{geom.height}x{geom.width}; choose other --sizes or another --height/--width")
         return
     dropped = [k for k in have if not geom.available(k)]
     if dropped:
         warn(f"warning: patch size(s) {dropped} are not used at {geom.height}x{geom.width}: they do not divide its "
-             f"{geom.grid[0]}x{geom.grid[1]} token grid (sizes used: {list(geom.available_sizes(have))})")
+             f"{grid} token grid (sizes used: {list(geom.available_sizes(have))})")
 
 
 def _check_resolution(settings: GenerateSettings, loaded, warn):
@@ -143,7 +203,9 @@ def _check_resolution(settings: GenerateSettings, loaded, warn):
     trained resolutions."""
     from .shapes import resolution_warning
 
-    geom = loaded.geometry(settings.height, settings.width)
+    from .runtime.generate import model_geometry
+
+    geom = model_geometry(loaded, settings)
     line = resolution_warning(loaded.name, getattr(loaded, "trained_resolutions", None), geom.height, geom.width)
     if line:
         warn(line)
@@ -171,3 +233,24 @@ def save_images(images, out) -> list[Path]:
         write_file_atomic(p, lambda tmp, im=im: im.save(tmp, format=fmt))
     return paths
 
+
+
+def video_path(out) -> Path:
+    """The video path for ``--out`` of a video model: .gif or .mp4; a path without a suffix (or an existing folder)
+    is a folder that gets ``video.gif``; an image suffix or any other is an error."""
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        return out / "video.gif"
+    if out.suffix.lower() not in VIDEO_FORMATS:
+        raise ConfigError(f"--out {out}: a video model writes {' or '.join(VIDEO_FORMATS)}, not {out.suffix!r} "
+                          f"(a path without a suffix is a folder)")
+    return out
+
+
+def save_videos(clips, out, fps: int = 8) -> list[Path]:
+    """Write one clip (a list of PIL frames) per prompt (NAME_0.gif, NAME_1.gif, ... for a batch), atomically."""
+    from .video_io import save_video
+
+    out = video_path(out)
+    paths = [out] if len(clips) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(clips))]
+    return [save_video(frames, p, fps=fps) for frames, p in zip(clips, paths)]

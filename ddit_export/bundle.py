@@ -24,7 +24,12 @@ from .errors import BundleError
 from .shapes import parse_resolutions
 
 FORMAT = "ddit-bundle"
-FORMAT_VERSION = 1
+#: Version 2 added video bundles (model kinds in VIDEO_KINDS: Wan graphs, ``model.frames``, (F, h, w) variant
+#: grids). Image bundles are still written as version 1, unchanged, so readers from before video keep reading them;
+#: a video bundle is refused by those readers with the "newer format" message instead of failing mid-run.
+FORMAT_VERSION = 2
+IMAGE_FORMAT_VERSION = 1
+VIDEO_KINDS = ("wan-pixel", "wan")  # wan-pixel: text encoder inside (wan-mini); wan: transformer only (+ --weights)
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 # numpy has no bfloat16: a tensor whose dtype is "bfloat16" (bf16 bundles) is stored as its raw 16-bit patterns,
@@ -35,6 +40,11 @@ ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16, for OrtValue.ortvalue_from_nump
 # it (the Python aoti backend, runtime/cpp), so an ONNX Runtime reader is not refused for a section it never reads
 AOTI_KEY = "aoti"
 AOTI_VERSION = 1
+
+
+def is_video(manifest) -> bool:
+    """A bundle of a video model (Wan): its graphs take (latents, timestep, text states) and its grids are 3-D."""
+    return manifest.model.get("kind") in VIDEO_KINDS
 
 
 def storage_dtype(name: str) -> np.dtype:
@@ -192,6 +202,9 @@ def _check_manifest(folder: Path, m: Manifest):
             raise BundleError(f"{path}: field 'model': {e}") from None
     if m.dtype not in BUNDLE_DTYPES:
         raise BundleError(f"{path}: field 'dtype' is {m.dtype!r}, expected one of {', '.join(BUNDLE_DTYPES)}")
+    if is_video(m) and not (isinstance(m.model.get("frames"), int) and m.format_version >= 2):
+        raise BundleError(f"{path}: a video bundle (kind {m.model.get('kind')!r}) needs format_version >= 2 and an "
+                          f"integer 'model.frames'")
     if not isinstance(m.files, dict) or not isinstance(m.tensors, dict):
         raise BundleError(f"{path}: fields 'files' and 'tensors' must be objects")
     specs = [t for v in m.variants for t in v.inputs + v.outputs]

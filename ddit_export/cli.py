@@ -39,9 +39,11 @@ def main():
 
 def model_options(f):
     f = click.option("--model", default="flux-mini", show_default=True,
-                     help="flux-mini (trained, shipped; 32x32), flux-mini-64 (trained at 32x32 and 64x64), tiny (random weights, for tests), flux (needs --weights), "
-                          "or a model folder.")(f)
-    f = click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")(f)
+                     help="flux-mini (trained, shipped; 32x32), flux-mini-64 (trained at 32x32 and 64x64), tiny "
+                          "(random weights, for tests), flux (needs --weights); video: wan-mini (trained, shipped; "
+                          "8 frames 32x32), tiny-wan (random), wan (needs --weights); or a model folder.")(f)
+    f = click.option("--weights", type=click.Path(), help="Local diffusers folder: FLUX.1-dev for --model flux, "
+                                                          "Wan 2.1 for --model wan.")(f)
     f = click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if "
                                                            "any, else training-free init).")(f)
     f = click.option("--sizes", help="Patch sizes in fine tokens, powers of two including 1 (default: all the "
@@ -58,7 +60,10 @@ def model_options(f):
 @click.option("--steps", type=int, help="Denoising steps (default: the model's).")
 @click.option("--height", type=int, help="Image height in pixels (default: the model's).")
 @click.option("--width", type=int, help="Image width in pixels (default: the model's).")
-@click.option("--guidance", default=3.5, show_default=True, type=float, help="Guidance (guidance-distilled models).")
+@click.option("--frames", type=int, help="Video models: frames of the clip (default: the model's; Wan 2.1: 4n+1).")
+@click.option("--fps", type=int, default=8, show_default=True, help="Video models: frames per second of the file.")
+@click.option("--guidance", type=float, help="Guidance: FLUX's distilled guidance (default 3.5); Wan 2.1's "
+                                             "classifier-free guidance scale (default 5; 1 turns CFG off).")
 @click.option("--tau", type=float, help="DDiT threshold τ (default: the model's calibrated value).")
 @click.option("--eps", type=float, help="DDiT percentile ε in (0, 1) (default: the model's).")
 @click.option("--warmup", type=int, help="Fine steps before the rule decides (>= 3).")
@@ -70,8 +75,8 @@ def model_options(f):
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
 @cache_options
-@click.option("--out", type=click.Path(), default="out/image.png", show_default=True,
-              help="Image path; a batch writes NAME_0.png, NAME_1.png, ...")
+@click.option("--out", type=click.Path(), help="Image path (default out/image.png), or for a video model .gif/.mp4 "
+                                                "(default out/video.gif); a batch writes NAME_0.png, NAME_1.png, ...")
 @click.option("--trace", type=click.Path(), help="Write the per-step trace JSON here.")
 @click.option("--bundle", type=click.Path(), help="Run a built bundle (ONNX Runtime) instead of PyTorch.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt", "aoti"]), default="auto",
@@ -86,14 +91,23 @@ def model_options(f):
                    "session pre-packs its own copy (standalone speed, more memory; README has both numbers).")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
                                                                  "when this machine has no such device.")
-def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, guidance, tau, eps, warmup,
-             window, policy, static, coarse_first, cache, cache_interval, cache_order, cache_warmup, cache_tail,
-             cache_threshold, out, trace, bundle, backend, fallback_ort, threads, memory, device):
-    """Generate images with dynamic patch scheduling and write the schedule trace."""
-    from .api import generate_images
+def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, frames, fps, guidance, tau, eps,
+             warmup, window, policy, static, coarse_first, cache, cache_interval, cache_order, cache_warmup,
+             cache_tail, cache_threshold, out, trace, bundle, backend, fallback_ort, threads, memory, device):
+    """Generate images (or a video clip, with a video model) with dynamic patch scheduling and write the trace."""
+    from click.core import ParameterSource
+
+    from .api import generate_images, model_family
     from .settings import ScheduleSettings, policy_spec
 
-    settings_kw = dict(seed=seed, steps=steps, height=height, width=width, guidance=guidance, tau=tau, eps=eps,
+    if bundle and click.get_current_context().get_parameter_source("model") == ParameterSource.DEFAULT:
+        model = None  # the bundle says what it holds; only a --model given explicitly is checked against it
+    if out is None:
+        out = "out/video.gif" if model_family(model, weights, bundle) == "wan" else "out/image.png"
+    if fps < 1:
+        raise ConfigError(f"--fps must be >= 1, got {fps}")
+    settings_kw = dict(seed=seed, steps=steps, height=height, width=width, frames=frames, guidance=guidance,
+                       tau=tau, eps=eps,
                        warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),
                        coarse_first=_coarse(coarse_first),
                        cache=cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail,
@@ -101,7 +115,7 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, memory=memory,
-                                    **settings_kw)
+                                    fps=fps, **settings_kw)
     t = result.trace
     sched = t.settings["generate"]["schedule"]
     if t.settings["generate"]["static"] is None and t.settings["generate"]["coarse_first"] is None:

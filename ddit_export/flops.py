@@ -1,4 +1,4 @@
-"""Analytic FLOPs of one transformer call at patch size k, for any FLUX config.
+"""Analytic FLOPs of one transformer call at patch size k, for any FLUX or Wan 2.1 config.
 
 Counts matrix multiplications only (linear layers: 2·in·out per token; attention: QKᵀ and AV, 2·L²·d each), the
 same operations torch's FlopCounterMode counts; norms, activations and RoPE are left out. Text tokens join every
@@ -32,8 +32,47 @@ def _lin(tokens: int, i: int, o: int) -> int:
     return 2 * tokens * i * o
 
 
+def is_wan(cfg) -> bool:
+    """A WanTransformer3DModel config (it has ``ffn_dim`` and a 3-D ``patch_size``; FLUX has neither)."""
+    g = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    return g("ffn_dim") is not None and g("text_dim") is not None
+
+
+def wan_step_flops(cfg, tokens: int, text_tokens: int, k: int = 1, lora_rank: int = 0, batch: int = 1) -> int:
+    """FLOPs of one WanTransformer3DModel call on ``tokens`` fine video tokens at size k (k x k spatial merge).
+
+    Per block: self-attention (q, k, v, out and the n² attention), cross-attention to the text (q and out on the
+    video tokens, k and v on the text tokens, n·t attention), the feed-forward (d -> ffn_dim -> d) and, for k > 1,
+    its LoRA. Once per call: the timestep MLP and its 6-way projection, the text embedder, this size's stem/head."""
+    g = cfg.get if isinstance(cfg, dict) else lambda key, d=None: getattr(cfg, key, d)
+    d = g("num_attention_heads") * g("attention_head_dim")
+    f_dim, t = g("ffn_dim"), text_tokens
+    patch = 1
+    for p in g("patch_size"):
+        patch *= p
+    c_in = g("in_channels") * patch
+    c_out = (g("out_channels") or g("in_channels")) * patch
+    n = tokens // (k * k)
+    r = lora_rank if k > 1 else 0
+    f = _lin(1, g("freq_dim"), d) + _lin(1, d, d) + _lin(1, d, 6 * d)  # timestep embedding + block modulations
+    f += _lin(t, g("text_dim"), d) + _lin(t, d, d)  # text embedder (PixArt projection, two layers)
+    cin, cout = k * k * c_in, k * k * c_out
+    f += _lin(n, cin, d) + _lin(n, d, cout)  # stem and head of this size
+    if k > 1:
+        f += _lin(n, cin, cout)  # residual block
+    block = (4 * _lin(n, d, d) + 2 * 2 * n * n * d  # self-attention
+             + 2 * _lin(n, d, d) + 2 * _lin(t, d, d) + 2 * 2 * n * t * d  # cross-attention
+             + _lin(n, d, f_dim) + _lin(n, f_dim, d)  # feed-forward
+             + (_lin(n, d, r) + _lin(n, r, f_dim) + _lin(n, f_dim, r) + _lin(n, r, d) if r else 0))
+    f += g("num_layers") * block
+    return batch * f
+
+
 def step_flops(cfg, image_tokens: int, text_tokens: int, k: int = 1, lora_rank: int = 0, batch: int = 1) -> int:
-    """FLOPs of one call on ``image_tokens`` fine tokens at size k (LoRA counted for k > 1)."""
+    """FLOPs of one call on ``image_tokens`` fine tokens at size k (LoRA counted for k > 1); a Wan config is
+    counted by :func:`wan_step_flops`."""
+    if is_wan(cfg):
+        return wan_step_flops(cfg, image_tokens, text_tokens, k, lora_rank, batch)
     m = FluxDims.from_config(cfg)
     d, t = m.width, text_tokens
     n = image_tokens // (k * k)

@@ -15,6 +15,7 @@ MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 a
 DEFAULT_WARMUP = 3
 DEFAULT_LORA_RANK = 32
 WINDOWS = ("any", "same-size")
+VIDEO_STDS = ("clip", "frame")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
 #: coarse-to-fine family, "probe" the adaptive policy.
 POLICIES = ("ddit", "ladder", "probe")
@@ -41,6 +42,8 @@ class ScheduleSettings:
     tail: int = 4  # ladder: fine steps at the end; probe: the fewest fine steps at the end
     extra: int = 4  # probe: more fine steps at the end for a prompt whose detail signal exceeds ``detail``
     detail: float = 0.15  # probe: threshold on the predicted clean sample's within-patch std after the head
+    # video (Wan): the rule's per-patch std across all token frames ("clip") or per token frame ("frame")
+    video_std: str = "clip"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -57,6 +60,8 @@ class ScheduleSettings:
                               f"got {self.warmup}")
         if self.window not in WINDOWS:
             raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
+        if self.video_std not in VIDEO_STDS:
+            raise ConfigError(f"video_std must be one of {', '.join(VIDEO_STDS)}, got {self.video_std!r}")
 
 
 MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)
@@ -186,6 +191,7 @@ class GenerateSettings:
     steps: int = 28
     height: int | None = None  # None: the model's default
     width: int | None = None
+    frames: int | None = None  # video models (Wan): frames of the clip (None: the model's default); images: None
     guidance: float = 3.5
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     static: tuple[int, ...] | None = None  # an explicit size per step, instead of the dynamic rule
@@ -213,6 +219,8 @@ class GenerateSettings:
         for name, v in (("height", self.height), ("width", self.width)):
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames} (leave it out for the model's default)")
         if not math.isfinite(self.guidance):
             raise ConfigError(f"guidance must be a finite number, got {self.guidance}")
         if self.sizes is not None:
@@ -250,6 +258,7 @@ class BuildSettings:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     height: int | None = None
     width: int | None = None
+    frames: int | None = None  # video models: the clip length the graphs are built for (None: the model's)
     dtype: str = "fp32"
     out: str | None = None  # default engines/<model>
     text_len: int | None = None  # FLUX.1-dev: T5 length (default 512); pixel models: their encoder's max length
@@ -262,6 +271,8 @@ class BuildSettings:
         for name, v in (("height", self.height), ("width", self.width)):
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames} (leave it out for the model's default)")
         if self.text_len is not None and self.text_len < 1:
             raise ConfigError(f"text length must be >= 1, got {self.text_len}")
 

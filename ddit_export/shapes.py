@@ -21,6 +21,8 @@ class TokenGeometry:
     vae_scale: int  # 8 for FLUX's VAE, 1 for a pixel-space model
     latent_channels: int  # channels of the (unpacked) latent
 
+    is_video = False
+
     def __post_init__(self):
         unit = self.vae_scale * PACK
         for name, v in (("height", self.height), ("width", self.width)):
@@ -58,6 +60,90 @@ class TokenGeometry:
     def tokens(self, k: int = 1) -> int:
         h, w = self.grid_at(k)
         return h * w
+
+
+@dataclass(frozen=True)
+class VideoGeometry:
+    """Clip size -> fine video token grid (F, h, w), and the grid and token count at every patch size k.
+
+    ``frames`` are pixel frames; a VAE with temporal factor ``vae_temporal`` > 1 (Wan 2.1: 4) keeps the first frame
+    and compresses the rest, so frames must be 4n+1 and give n+1 latent frames. A fine token is one Wan patch
+    ``(p_t, p_h, p_w)`` of the latent; a coarse size k merges k x k spatial tokens inside one token frame (the
+    temporal patch is never merged). Tokens are ordered (frame, row, column); a token's channels (t, h, w, c).
+    """
+
+    frames: int
+    height: int
+    width: int
+    vae_scale: int
+    vae_temporal: int
+    patch: tuple[int, int, int]
+    latent_channels: int
+
+    is_video = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch", tuple(int(v) for v in self.patch))
+        p_t, p_h, p_w = self.patch
+        if self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames}")
+        if self.vae_temporal > 1 and (self.frames - 1) % self.vae_temporal:
+            lo = (self.frames - 1) // self.vae_temporal * self.vae_temporal + 1
+            raise ConfigError(f"frames {self.frames} do not fit the VAE's temporal factor {self.vae_temporal}: use "
+                              f"{self.vae_temporal}n+1 frames, e.g. {lo} or {lo + self.vae_temporal}")
+        if self.latent_frames % p_t:
+            what = ("frames" if self.vae_temporal == 1
+                    else f"latent frames (the VAE makes {self.latent_frames} of {self.frames} frames)")
+            raise ConfigError(f"frames {self.frames} do not fit the temporal patch {p_t}: the {what} must be a "
+                              f"multiple of {p_t}")
+        for name, v, p in (("height", self.height, p_h), ("width", self.width, p_w)):
+            unit = self.vae_scale * p
+            if v <= 0 or v % unit:
+                raise ConfigError(f"{name} {v} must be a positive multiple of {unit} "
+                                  f"(VAE factor {self.vae_scale} x patch {p})")
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.frames - 1) // self.vae_temporal + 1 if self.vae_temporal > 1 else self.frames
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Fine token grid (frames, rows, cols)."""
+        p_t, p_h, p_w = self.patch
+        return (self.latent_frames // p_t, self.height // (self.vae_scale * p_h),
+                self.width // (self.vae_scale * p_w))
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.height // self.vae_scale, self.width // self.vae_scale
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, F, H, W) of the latent: what WanPipeline's noise has per sample."""
+        return (self.latent_channels, self.latent_frames) + self.latent_hw
+
+    @property
+    def token_channels(self) -> int:
+        p_t, p_h, p_w = self.patch
+        return self.latent_channels * p_t * p_h * p_w
+
+    def available(self, k: int) -> bool:
+        _, h, w = self.grid
+        return k >= 1 and h % k == 0 and w % k == 0
+
+    def available_sizes(self, sizes) -> tuple[int, ...]:
+        return tuple(k for k in sizes if self.available(k))
+
+    def grid_at(self, k: int) -> tuple[int, int, int]:
+        if not self.available(k):
+            raise ConfigError(f"patch size {k} does not divide the {self.grid[1]}x{self.grid[2]} token grid of "
+                              f"each frame")
+        f, h, w = self.grid
+        return f, h // k, w // k
+
+    def tokens(self, k: int = 1) -> int:
+        f, h, w = self.grid_at(k)
+        return f * h * w
 
 
 def parse_resolutions(value) -> tuple[tuple[int, int], ...]:

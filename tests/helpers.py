@@ -82,3 +82,25 @@ def tiny_flux_pipeline(guidance=True):
                         text_encoder_2=t5.eval(), tokenizer_2=t5_tok, transformer=trunk.eval())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_wan_pipeline():
+    """A complete Wan 2.1 text-to-video WanPipeline with random tiny components (UMT5, Wan VAE, transformer), a local
+    tokenizer and Wan's own scheduler kind (UniPC with flow sigmas)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    tok, n = _t5_tokenizer()
+    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=n, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=2,
+                                       decoder_start_token_id=0))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    trunk = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                                  out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
+                                  rope_max_seq_len=32)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanPipeline(tokenizer=tok, text_encoder=umt5.eval(), vae=vae.eval(), transformer=trunk.eval(),
+                       scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

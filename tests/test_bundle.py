@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ddit_export.bundle import FORMAT_VERSION, load, read_manifest
+from ddit_export.bundle import FORMAT_VERSION, IMAGE_FORMAT_VERSION, load, read_manifest
 from ddit_export.errors import BundleError
 from ddit_export.runtime.backends.onnxruntime import OrtBundleBackend
 from ddit_export.settings import ScheduleSettings
@@ -18,9 +18,11 @@ def edit_manifest(folder, fn):
 
 def test_manifest_roundtrip(tiny_bundle):
     m = read_manifest(tiny_bundle)
-    assert m.format_version == FORMAT_VERSION and m.dtype == "fp32"
+    assert m.format_version == IMAGE_FORMAT_VERSION == 1 and m.dtype == "fp32"  # image bundles stay version 1
     assert m.model["transformer_config"]["in_channels"] == 12 and m.model["height"] == 32
-    assert set(m.schedule) == set(ScheduleSettings.__dataclass_fields__) and m.schedule["policy"] == "ddit"
+    # every knob but the video-only one (an image manifest stays as it was before video bundles)
+    assert set(m.schedule) == set(ScheduleSettings.__dataclass_fields__) - {"video_std"}
+    assert m.schedule["policy"] == "ddit"
     old = {k: m.schedule[k] for k in ("tau", "eps", "warmup", "window")}  # a manifest from before policies
     assert ScheduleSettings(**old).policy == "ddit" and ScheduleSettings(**m.schedule).tau == m.schedule["tau"]
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(m.tools)

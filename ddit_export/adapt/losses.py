@@ -7,7 +7,7 @@ import torch
 
 from ..settings import AdaptSettings
 from .prompts import PromptBank
-from .student import no_cudnn_attention
+from .student import no_cudnn_attention, velocity
 from .trajectories import Trajectories
 
 
@@ -33,17 +33,18 @@ def distill_losses(loaded, data: Trajectories, bank: PromptBank, idx: torch.Tens
     from ..models.patching import image_ids
 
     mp = loaded.transformer
+    video = len(grid) == 3
     device = mp.device
     x = data.latents[idx].to(device=device, dtype=mp.dtype)
     target = data.velocity[idx].to(device=device, dtype=torch.float32)
     t = data.timestep[idx].to(device=device, dtype=mp.dtype)
     cond = bank.take(data.prompt[idx], device)
     g = None if guidance is None else torch.full((len(idx),), guidance, device=device, dtype=mp.dtype)
-    ids = image_ids(grid, dtype=mp.dtype, device=device)
+    ids = None if video else image_ids(grid, dtype=mp.dtype, device=device)
     out = {}
     for k in sizes:
         with amp, no_cudnn_attention(device):
-            v = mp(x, cond.states, cond.pooled, t, ids, cond.txt_ids, g, size=k, grid=grid)
+            v = velocity(mp, x, cond, t, ids, g, k, grid)
         out[k] = torch.mean((v.float() - target) ** 2)
     return out
 

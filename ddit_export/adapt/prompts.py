@@ -23,6 +23,19 @@ def scene_prompts(n: int, seed: int, max_words: int | None = None) -> list[str]:
     return out[:n]
 
 
+def clip_prompts(n: int, seed: int, max_words: int | None = None) -> list[str]:
+    """``n`` captions of the procedural video clip grammar (zoo/clips.py, train split) for a video model."""
+    from ..zoo import clips
+
+    rng = np.random.default_rng([seed, 0xADA])
+    out: list[str] = []
+    while len(out) < n:
+        c = clips.sample_clip(rng, "train").caption
+        if max_words is None or len(c.split()) <= max_words:
+            out.append(c)
+    return out
+
+
 def read_prompts(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -76,8 +89,9 @@ def training_prompts(s: AdaptSettings, loaded) -> tuple[list[str], list[str]]:
         raise ConfigError(f"--model {s.model} needs --prompts FILE (one prompt a line): the scene captions are "
                           f"for the pixel models")
     max_words = text.config.max_length
-    train = scene_prompts(s.num_prompts or 512, s.seed, max_words)
-    evals = scene_prompts(16, s.seed + 7919, max_words)
+    captions = clip_prompts if getattr(loaded, "family", "flux") == "wan" else scene_prompts
+    train = captions(s.num_prompts or 512, s.seed, max_words)
+    evals = captions(16, s.seed + 7919, max_words)
     try:
         check_vocabulary(loaded, train[:64] + evals, "scene captions")
     except VocabularyError as e:
@@ -90,8 +104,8 @@ class PromptBank:
     """Every prompt's conditioning, encoded once (host memory), gathered per batch."""
 
     states: torch.Tensor  # (P, L, D)
-    pooled: torch.Tensor  # (P, D')
-    txt_ids: torch.Tensor  # (L, 3)
+    pooled: torch.Tensor | None  # (P, D'); None for Wan (no pooled vector)
+    txt_ids: torch.Tensor | None  # (L, 3); None for Wan
 
     @classmethod
     def encode(cls, loaded, prompts: list[str], chunk: int = 64) -> "PromptBank":
@@ -99,11 +113,14 @@ class PromptBank:
         for i in range(0, len(prompts), chunk):
             c = loaded.encode(prompts[i:i + chunk])
             states.append(c.states.detach().cpu())
-            pooled.append(c.pooled.detach().cpu())
-            ids = c.txt_ids.detach().cpu()
-        return cls(torch.cat(states), torch.cat(pooled), ids)
+            if c.pooled is not None:
+                pooled.append(c.pooled.detach().cpu())
+            ids = None if c.txt_ids is None else c.txt_ids.detach().cpu()
+        return cls(torch.cat(states), torch.cat(pooled) if pooled else None, ids)
 
     def take(self, idx: torch.Tensor, device):
         from ..models.registry import Conditioning
 
-        return Conditioning(self.states[idx].to(device), self.pooled[idx].to(device), self.txt_ids.to(device))
+        return Conditioning(self.states[idx].to(device),
+                            None if self.pooled is None else self.pooled[idx].to(device),
+                            None if self.txt_ids is None else self.txt_ids.to(device))

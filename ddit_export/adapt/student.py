@@ -14,7 +14,7 @@ def model_folder(s: AdaptSettings) -> Path | None:
     """The weights folder of ``s.model`` (None for the random presets)."""
     from ..models.registry import RANDOM_PRESETS, ZOO_MODELS, zoo_folder
 
-    if s.model == "flux":
+    if s.model in ("flux", "wan"):
         return Path(s.weights) if s.weights else None
     if s.weights:
         return Path(s.weights)
@@ -26,7 +26,7 @@ def model_folder(s: AdaptSettings) -> Path | None:
 
 
 def default_work(s: AdaptSettings) -> Path:
-    name = Path(s.model).name if s.model not in ("flux",) else "flux"
+    name = Path(s.model).name
     return Path("runs") / f"adapt-{name}"
 
 
@@ -36,7 +36,7 @@ def default_out(s: AdaptSettings, work: Path) -> Path:
     from ..models.registry import PIXEL_META
 
     folder = model_folder(s)
-    if s.model != "flux" and folder is not None and (folder / PIXEL_META).is_file():
+    if s.model not in ("flux", "wan") and folder is not None and (folder / PIXEL_META).is_file():
         return folder / "transformer" / ADAPTER_FILE
     return work / ADAPTER_FILE
 
@@ -62,7 +62,6 @@ def fingerprint(s: AdaptSettings) -> str:
 
 def load_student(s: AdaptSettings, device=None):
     """The model with *fresh* adapters of ``s`` (an adapters file already in the folder is ignored)."""
-    from ..models.flux import MultiPatchFlux
     from ..models.registry import load_model
 
     device = device or s.device
@@ -72,7 +71,7 @@ def load_student(s: AdaptSettings, device=None):
     for hnd in old._hooks:  # detach the loader's adapters (they may come from a previous run's file)
         hnd.remove()
     torch.manual_seed(s.seed)
-    mp = MultiPatchFlux(old.trunk, sizes=s.sizes, adapter=adapter).to(device=device)
+    mp = type(old)(old.trunk, sizes=s.sizes, adapter=adapter).to(device=device)  # MultiPatchFlux or MultiPatchWan
     if s.dtype != "fp32":  # fp32 master weights for what trains; the trunk stays in s.dtype (autocast)
         mp.stems.float()
         mp.loras.float()
@@ -103,3 +102,20 @@ def autocast_for(s: AdaptSettings, device):
     if s.dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=s.torch_dtype)
+
+
+def velocity(mp, x, cond, t01, ids, guidance, size: int, grid):
+    """The multi-patch model's velocity at ``size`` in its own contract: FLUX takes sigma (``t01``) and position
+    ids; Wan takes the timestep in 0..1000 and the text states only."""
+    if getattr(mp, "family", "flux") == "wan":
+        return mp(x, t01 * 1000, cond.states, size=size, grid=grid)
+    return mp(x, cond.states, cond.pooled, t01, ids, cond.txt_ids, guidance, size=size, grid=grid)
+
+
+def position_ids(geom, dtype, device):
+    """FLUX's image position ids for the fine grid; None for video (the Wan wrapper makes its own RoPE)."""
+    if getattr(geom, "is_video", False):
+        return None
+    from ..models.patching import image_ids
+
+    return image_ids(geom.grid, dtype=dtype, device=device)

@@ -13,7 +13,7 @@ import torch
 
 from ..settings import AdaptSettings
 from .prompts import PromptBank
-from .student import autocast_for
+from .student import autocast_for, position_ids, velocity
 
 TRAJ_FORMAT = "ddit-trajectories/1"
 TRAJ = "trajectories"
@@ -50,8 +50,7 @@ def mixed_schedule(steps: int, coarse_sizes: list[int], rng: np.random.Generator
 def sample_chunk(loaded, bank: PromptBank, prompt_idx: list[int], noise_seed: int, steps: int, geom, guidance,
                  schedule: list[int], amp) -> dict:
     """Run the sampler on ``prompt_idx`` (fine-only, or ``schedule``); every step's state and teacher velocity."""
-    from ..models.patching import image_ids
-    from ..runtime.generate import flux_timesteps, initial_noise
+    from ..runtime.generate import initial_noise, model_timesteps
 
     mp = loaded.transformer
     device = mp.device
@@ -59,15 +58,15 @@ def sample_chunk(loaded, bank: PromptBank, prompt_idx: list[int], noise_seed: in
     cond = bank.take(torch.tensor(prompt_idx), device)
     x = initial_noise(geom, b, noise_seed, device).to(mp.dtype)
     g = None if guidance is None else torch.full((b,), guidance, device=device, dtype=mp.dtype)
-    ids = image_ids(geom.grid, dtype=mp.dtype, device=device)
-    sched = flux_timesteps(loaded.scheduler_config, steps, geom.tokens(1))
+    ids = position_ids(geom, mp.dtype, device)
+    sched = model_timesteps(loaded.scheduler_config, steps, geom.tokens(1))
     lat, vel, ts = [], [], []
     for i, t in enumerate(sched.timesteps):
         tt = (t / 1000).expand(b).to(device=device, dtype=mp.dtype)
 
         def run(k):
             with amp:
-                return mp(x, cond.states, cond.pooled, tt, ids, cond.txt_ids, g, size=k, grid=geom.grid)
+                return velocity(mp, x, cond, tt, ids, g, k, geom.grid)
 
         v_teacher = run(1)
         v = v_teacher if schedule[i] == 1 else run(schedule[i])
@@ -141,6 +140,6 @@ def build_trajectories(loaded, s: AdaptSettings, bank: PromptBank, n_prompts: in
 def held_out(loaded, s, bank, train_prompts, eval_prompts, folder, key, log, stop, progress):
     """Trajectories of the eval prompts (bank rows after the training prompts), fine-only."""
     n0 = len(train_prompts)
-    sub = PromptBank(bank.states[n0:], bank.pooled[n0:], bank.txt_ids)
+    sub = PromptBank(bank.states[n0:], None if bank.pooled is None else bank.pooled[n0:], bank.txt_ids)
     data = build_trajectories(loaded, s, sub, len(eval_prompts), folder, key, "eval", 0.0, log, stop, progress)
     return data if data is None else dataclasses.replace(data, prompt=data.prompt + n0)

@@ -4,12 +4,16 @@ import click
 
 @click.command()
 @click.option("--model", default="flux-mini", show_default=True,
-              help="flux-mini, tiny, random-20m, flux (with --weights), or a model folder.")
-@click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")
+              help="flux-mini, flux-mini-64, tiny, random-20m, flux (with --weights); video: wan-mini, tiny-wan, "
+                   "wan (with --weights); or a model folder.")
+@click.option("--weights", type=click.Path(), help="Local diffusers folder: FLUX.1-dev for --model flux, Wan 2.1 "
+                                                   "for --model wan.")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own).")
 @click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes to export, in fine tokens.")
 @click.option("--height", type=int, help="Image height (default: the model's).")
 @click.option("--width", type=int, help="Image width (default: the model's).")
+@click.option("--frames", type=int, help="Video models: the clip length the graphs are built for (default: the "
+                                         "model's).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--text-len", type=int, help="Text tokens (FLUX.1-dev: T5 length, default 512).")
 @click.option("--backend", type=click.Choice(["onnx", "trt", "aoti"]), default="onnx", show_default=True,
@@ -18,23 +22,32 @@ import click
 @click.option("--device", default="cpu", show_default=True, help="With --backend aoti: cpu or cuda, the device "
                                                                  "AOTInductor compiles for.")
 @click.option("--out", type=click.Path(), help="Bundle folder (default: engines/<model>).")
-def command(model, weights, adapters, sizes, height, width, dtype, text_len, backend, device, out):
+def command(model, weights, adapters, sizes, height, width, frames, dtype, text_len, backend, device, out):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
+    from ..api import model_family
     from ..cli import _ints
+    from ..errors import ConfigError
     from ..export.build import build_bundle
     from ..settings import BuildSettings
+
+    if backend != "onnx" and model_family(model, weights) == "wan":
+        raise ConfigError(f"--backend {backend} is not built for video (Wan) models yet: build the ONNX bundle "
+                          f"(--backend onnx) and check its graphs and TensorRT plan with `ddit-export trt-check "
+                          f"BUNDLE`; README 'Wan 2.1' says what has run")
 
     if backend == "trt":
         from ..export.trt_build import build_with_tensorrt
         from ..settings import TrtSettings
 
         settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
-                                 height=height, width=width, dtype=dtype, out=out, text_len=text_len)
+                                 height=height, width=width, frames=frames, dtype=dtype, out=out,
+                                 text_len=text_len)
         path = build_with_tensorrt(settings, TrtSettings(), log=click.echo)  # checks for TensorRT first
         click.echo(f"wrote bundle {path} with TensorRT engines")
         return
     settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
-                             height=height, width=width, dtype=dtype, out=out, text_len=text_len)
+                             height=height, width=width, frames=frames, dtype=dtype, out=out,
+                                 text_len=text_len)
     if backend == "aoti":
         from ..api import check_device
         from ..export.aoti import build_with_aoti

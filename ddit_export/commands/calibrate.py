@@ -40,10 +40,15 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
 
-    from ..api import cache_settings
+    from ..api import cache_settings, model_family
     from ..errors import ConfigError
     from ..quality.calibrate import Unreachable, calibrate
     from ..settings import CalibrateSettings
+
+    if model_family(model, weights, bundle) == "wan":
+        raise ConfigError("calibrate measures images on scene captions; for a video model compare settings with "
+                          "`ddit-export evaluate --model MODEL --policy ... --tau ...` (clips, motion probe; README "
+                          "'Wan 2.1' shows how wan-mini's profile was chosen)")
 
     knob, eq, values = sweep.partition("=")
     if not eq:

@@ -12,7 +12,9 @@ def _seeds(text):
 
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, flux-mini-64, tiny, or a pixel-model folder.")
+@click.option("--model", default="flux-mini", show_default=True,
+              help="flux-mini, flux-mini-64, tiny, wan-mini (video: clips and the motion probe), tiny-wan, or a "
+                   "model folder.")
 @click.option("--weights", type=click.Path(), help="Weights folder (for --model flux).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--tau", "taus", type=float, multiple=True,
@@ -51,8 +53,17 @@ def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, t
                             seeds=_seeds(seeds), steps=steps, adapted=adapted, training_free=training_free,
                             split=split, sizes=_ints(sizes, "--sizes"), batch=batch, out=out,
                             policies=policies, side=side)
-    report = evaluate(settings, progress=True, log=click.echo)
-    from ..quality.evaluate import markdown
+    from ..api import model_family
+
+    if model_family(model, weights) == "wan":  # a video model: clips, motion probe, per-frame metrics
+        from ..quality.evaluate_video import evaluate_video
+        from ..quality.evaluate_video import markdown
+
+        report = evaluate_video(settings, progress=True, log=click.echo)
+    else:
+        from ..quality.evaluate import markdown
+
+        report = evaluate(settings, progress=True, log=click.echo)
 
     click.echo(markdown(report))
     for f in report["files"]:

@@ -11,7 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..bundle import FORMAT, MANIFEST, WEIGHTS, Manifest, TensorSpec, Variant, sha256_file
+from ..bundle import (FORMAT, FORMAT_VERSION, IMAGE_FORMAT_VERSION, MANIFEST, WEIGHTS, Manifest, TensorSpec, Variant,
+                      sha256_file)
 from ..errors import ConfigError, DDiTError
 from ..fsutil import (OutputError, check_replaceable, remove_stale, replace_dir, sigterm_as_exit, temp_dir_for,
                       write_failure)
@@ -74,11 +75,16 @@ def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, l
 
     if model is None:
         model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
-    geom = model.geometry(settings.height, settings.width)
+    if getattr(model, "family", "flux") == "wan":
+        geom = model.geometry(settings.height, settings.width, settings.frames)
+    elif settings.frames is not None:
+        raise ConfigError(f"--frames applies to video models; {model.name} makes images")
+    else:
+        geom = model.geometry(settings.height, settings.width)
     missing = [k for k in settings.sizes if not geom.available(k)]
     if missing:
-        raise ConfigError(f"patch size(s) {missing} do not divide the {geom.grid} token grid of "
-                          f"{geom.height}x{geom.width}; choose other --sizes or another resolution")
+        raise ConfigError(f"patch size(s) {missing} do not divide the {'x'.join(map(str, geom.grid[-2:]))} token "
+                          f"grid of {geom.height}x{geom.width}; choose other --sizes or another resolution")
     manifest = _write_bundle(tmp, model, geom, settings, progress, log)
     (tmp / MANIFEST).write_text(manifest.to_json())
     umask = os.umask(0)
@@ -91,7 +97,7 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
     import onnx
     from tqdm.auto import tqdm
 
-    from .onnx import export_text_encoder, export_variant, transformer_input_names
+    from .onnx import export_text_encoder, export_variant, variant_input_names
     from .parity import variant_parity
     from .shared_weights import SharedWeightsWriter
 
@@ -118,7 +124,7 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
     for _, file in variants:
         onnx.checker.check_model(str(folder / file))
     cfg = dict(mp.config)
-    names = transformer_input_names(bool(cfg.get("guidance_embeds")))
+    names = variant_input_names(mp)
     np_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[settings.dtype]
     shapes = _input_shapes(cfg, geom, text_len)
     spec_in = tuple(TensorSpec(n, shapes[n], np_dtype) for n in names)
@@ -134,11 +140,22 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
         log(f"k={v.size}: {v.tokens} tokens, ONNX vs torch max abs diff "
             f"{'not run (bf16 on ORT CPU)' if v.parity_max_abs is None else f'{v.parity_max_abs:.2e}'}")
     files = [WEIGHTS] + [f for _, f in variants] + ([text_entry["file"]] if text_entry else [])
+    entry = _model_entry(model, geom, text_len, cfg)
+    video = entry["kind"] in ("wan-pixel", "wan")
     return Manifest(
-        model=_model_entry(model, geom, text_len, cfg), variants=manifest_variants,
-        schedule=dataclasses.asdict(model.schedule_defaults),
+        model=entry, variants=manifest_variants, format_version=FORMAT_VERSION if video else IMAGE_FORMAT_VERSION,
+        schedule=_schedule_entry(model.schedule_defaults, video),
         dtype=settings.dtype, files={f: sha256_file(folder / f) for f in files}, text_encoder=text_entry,
         tools=_tool_versions(), tensors=tensors)
+
+
+def _schedule_entry(schedule, video: bool) -> dict:
+    """The manifest's schedule: every knob; an image bundle leaves out the video-only ``video_std`` (so its manifest
+    stays version 1 exactly as before, and readers from before video keep reading it)."""
+    d = dataclasses.asdict(schedule)
+    if not video:
+        d.pop("video_std", None)
+    return d
 
 
 def _save_shared(prog, writer, folder: Path, file: str):
@@ -156,6 +173,9 @@ def _save_shared(prog, writer, folder: Path, file: str):
 
 
 def _input_shapes(cfg, geom, text_len) -> dict:
+    if getattr(geom, "is_video", False):
+        return {"hidden_states": ("batch", geom.tokens(1), geom.token_channels), "timestep": ("batch",),
+                "encoder_hidden_states": ("batch", text_len, cfg["text_dim"])}
     shapes = {"hidden_states": ("batch", geom.tokens(1), geom.token_channels),
               "encoder_hidden_states": ("batch", text_len, cfg["joint_attention_dim"]),
               "pooled_projections": ("batch", cfg["pooled_projection_dim"]), "timestep": ("batch",),
@@ -170,13 +190,19 @@ def _jsonable(cfg: dict) -> dict:
 
 
 def _model_entry(model, geom, text_len, cfg) -> dict:
-    entry = {"name": model.name, "kind": "flux" if model.vae_scale > 1 else "pixel",
+    if getattr(model, "family", "flux") == "wan":
+        kind = "wan" if model.vae_scale > 1 else "wan-pixel"
+    else:
+        kind = "flux" if model.vae_scale > 1 else "pixel"
+    entry = {"name": model.name, "kind": kind,
             "transformer_config": _jsonable(cfg),
             "lora_rank": model.transformer.adapter_settings.rank, "vae_scale": model.vae_scale,
             "latent_channels": model.latent_channels, "height": geom.height, "width": geom.width,
             "default_steps": model.default_steps, "guidance_embeds": model.guidance_embeds,
             "scheduler_config": _jsonable(model.scheduler_config),
             "text_len": text_len, "default_prompt": model.default_prompt}
+    if getattr(geom, "is_video", False):  # format version 2: the clip the graphs are built for
+        entry.update(frames=geom.frames, vae_temporal=geom.vae_temporal, patch=list(geom.patch))
     trained = getattr(model, "trained_resolutions", None)
     if trained:  # optional: readers without it take height x width
         entry["trained_resolutions"] = [list(r) for r in trained]

@@ -11,6 +11,7 @@ from ..shapes import TokenGeometry
 
 TRANSFORMER_INPUTS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids",
                       "txt_ids")
+WAN_INPUTS = ("hidden_states", "timestep", "encoder_hidden_states")  # fine video tokens, timestep, text states
 TEXT_INPUTS = ("input_ids", "attention_mask")
 OPSET = 18
 EXPORT_BATCH = 2  # an example batch of 1 would specialise the batch axis to 1
@@ -61,6 +62,55 @@ class VariantModule(nn.Module):
                           guidance if self.guidance else None, size=self.size, grid=self.grid)
 
 
+class WanVariantModule(nn.Module):
+    """Size k of a MultiPatchWan with the (F, h, w) grid fixed: fine video tokens, timestep (0..1000), text states
+    in; velocity in fine-token form out."""
+
+    def __init__(self, model, size: int, grid: tuple[int, int, int]):
+        super().__init__()
+        self.model, self.size, self.grid = model, size, grid
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states):
+        return self.model(hidden_states, timestep, encoder_hidden_states, size=self.size, grid=self.grid)
+
+
+def is_wan(model) -> bool:
+    return getattr(model, "family", "flux") == "wan"
+
+
+def variant_module(model, size: int, geom) -> nn.Module:
+    """The module one graph of ``size`` exports: the FLUX or the Wan contract."""
+    if is_wan(model):
+        return WanVariantModule(model, size, geom.grid)
+    return VariantModule(model, size, geom.grid, bool(dict(model.config).get("guidance_embeds")))
+
+
+def variant_input_names(model) -> tuple[str, ...]:
+    if is_wan(model):
+        return WAN_INPUTS
+    return transformer_input_names(bool(dict(model.config).get("guidance_embeds")))
+
+
+def variant_inputs(model, geom, text_len: int, dtype, batch: int = EXPORT_BATCH, seed: int = 0) -> tuple:
+    """Random inputs of one variant graph, in the order of :func:`variant_input_names`."""
+    cfg = dict(model.config)
+    if not is_wan(model):
+        return example_inputs(cfg, geom, text_len, dtype, batch=batch, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, geom.tokens(1), geom.token_channels, generator=g),
+         torch.rand(batch, generator=g) * 1000, torch.randn(batch, text_len, cfg["text_dim"], generator=g))
+    return tuple(t.to(dtype) for t in x)
+
+
+def rope_context(model):
+    """Float32 RoPE while exporting (TensorRT has no FP64): FLUX's patch, or the Wan wrapper's own."""
+    if is_wan(model):
+        from ..models.wan import float32_rope as wan_float32_rope
+
+        return wan_float32_rope(model)
+    return float32_rope()
+
+
 class TextModule(nn.Module):
     def __init__(self, encoder):
         super().__init__()
@@ -104,14 +154,12 @@ def strip_metadata(model_proto):
 
 
 def export_variant(model, size: int, geom: TokenGeometry, text_len: int, dtype=torch.float32):
-    """torch.onnx.ONNXProgram of size ``size`` (float32 RoPE, dynamic batch)."""
-    cfg = dict(model.config)
-    guidance = bool(cfg.get("guidance_embeds"))
-    names = transformer_input_names(guidance)
-    module = VariantModule(model, size, geom.grid, guidance).eval()
-    args = example_inputs(cfg, geom, text_len, dtype)
+    """torch.onnx.ONNXProgram of size ``size`` (float32 RoPE, dynamic batch); FLUX or Wan by the model."""
+    names = variant_input_names(model)
+    module = variant_module(model, size, geom).eval()
+    args = variant_inputs(model, geom, text_len, dtype)
     batched = set(names) - {"img_ids", "txt_ids"}
-    with float32_rope(), torch.no_grad(), quiet_export():
+    with rope_context(model), torch.no_grad(), quiet_export():
         prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=list(names),
                                  output_names=["velocity"], dynamic_shapes=_dynamic_batch(names, batched),
                                  verbose=False)

@@ -15,16 +15,14 @@ def variant_parity(onnx_path: Path, model, size: int, geom, text_len: int, dtype
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
-    from .onnx import VariantModule, example_inputs, transformer_input_names
+    from .onnx import variant_input_names, variant_inputs, variant_module
 
-    cfg = dict(model.config)
-    guidance = bool(cfg.get("guidance_embeds"))
-    args = example_inputs(cfg, geom, text_len, dtype, batch=batch, seed=seed)
+    args = variant_inputs(model, geom, text_len, dtype, batch=batch, seed=seed)
     with torch.no_grad():
-        ref = VariantModule(model, size, geom.grid, guidance)(*args).float().numpy()
+        ref = variant_module(model, size, geom)(*args).float().numpy()
     if dtype == torch.bfloat16:
         return None  # ORT's CPU provider has no bfloat16 kernels for these ops
-    feeds = {n: a.numpy() for n, a in zip(transformer_input_names(guidance), args)}
+    feeds = {n: a.numpy() for n, a in zip(variant_input_names(model), args)}
     G_LOGGER.module_severity = G_LOGGER.WARNING
     runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]))
     results = Comparator.run([runner], data_loader=[feeds])

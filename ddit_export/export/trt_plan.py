@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..flops import is_wan
 from ..plan import PLAN_KEY, PLAN_VERSION, read_plan  # noqa: F401  (read_plan: re-exported)
 from ..shapes import TokenGeometry
 
@@ -47,8 +48,14 @@ def head_onnx(k: int) -> str:
     return f"trt_head_k{k}.onnx"
 
 
-def trunk_inputs(guidance: bool, lora: bool) -> tuple[str, ...]:
-    """The trunk graph's inputs, in export order: embedded tokens, FLUX's conditioning, RoPE ids, size index."""
+WAN_TRUNK_INPUTS = ("hidden", "encoder_hidden_states", "timestep", "pos_ids")
+
+
+def trunk_inputs(guidance: bool, lora: bool, wan: bool = False) -> tuple[str, ...]:
+    """The trunk graph's inputs, in export order: embedded tokens, FLUX's conditioning, RoPE ids, size index. Wan:
+    embedded tokens, text states, timestep, the tokens' (frame, row, column) positions, size index."""
+    if wan:
+        return WAN_TRUNK_INPUTS + (("size_index",) if lora else ())
     return ("hidden",) + COND_INPUTS + ("img_ids", "txt_ids") + (("size_index",) if lora else ()) + \
         (("guidance",) if guidance else ())
 
@@ -60,6 +67,12 @@ def _lin(i: int, o: int) -> int:
 
 def _dims(cfg) -> dict:
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    if is_wan(cfg):  # a 3-D patch (t, h, w): a fine token carries prod(patch) x channels values
+        prod = 1
+        for v in cfg["patch_size"]:
+            prod *= v
+        return {"d": d, "hd": cfg["attention_head_dim"], "c_in": cfg["in_channels"] * prod,
+                "c_out": (cfg.get("out_channels") or cfg["in_channels"]) * prod}
     c_in = cfg["in_channels"] * cfg.get("patch_size", 1) ** 2
     c_out = (cfg.get("out_channels") or cfg["in_channels"]) * cfg.get("patch_size", 1) ** 2
     return {"d": d, "hd": cfg["attention_head_dim"], "c_in": c_in, "c_out": c_out}
@@ -68,6 +81,8 @@ def _dims(cfg) -> dict:
 def param_counts(cfg: dict, sizes, lora_rank: int) -> dict:
     """Parameters of the shared trunk (without ``x_embedder``/``proj_out``, which are size 1's stem and head), of
     one size's LoRA, and of each size's stem and head."""
+    if is_wan(cfg):
+        return _wan_param_counts(cfg, sizes, lora_rank)
     m = _dims(cfg)
     d, hd = m["d"], m["hd"]
     cond = (2 if cfg.get("guidance_embeds") else 1) * (_lin(256, d) + _lin(d, d))
@@ -81,6 +96,27 @@ def param_counts(cfg: dict, sizes, lora_rank: int) -> dict:
         ci, co = k * k * m["c_in"], k * k * m["c_out"]
         stem[k] = _lin(ci, d) + (d if k > 1 else 0)  # embedding (+ size identifier)
         head[k] = _lin(d, co) + (_lin(ci, co) if k > 1 else 0)  # de-embedding (+ residual)
+    return {"trunk": trunk, "lora_per_size": lora if any(k > 1 for k in sizes) else 0, "stem": stem, "head": head}
+
+
+def _wan_param_counts(cfg: dict, sizes, lora_rank: int) -> dict:
+    """:func:`param_counts` of diffusers' WanTransformer3DModel (text-to-video: no image embedder) + MultiPatchWan:
+    the trunk is the condition embedder, the blocks and the output modulation; ``patch_embedding`` and
+    ``proj_out`` are size 1's stem and head."""
+    m = _dims(cfg)
+    d, f, layers = m["d"], cfg["ffn_dim"], cfg["num_layers"]
+    cond = _lin(cfg["freq_dim"], d) + _lin(d, d) + _lin(d, 6 * d) + _lin(cfg["text_dim"], d) + _lin(d, d)
+    qk_norm = 2 * d if cfg.get("qk_norm") else 0  # RMSNorm across heads on q and k, in each attention
+    block = 2 * (4 * _lin(d, d) + qk_norm) + _lin(d, f) + _lin(f, d) + 6 * d
+    if cfg.get("cross_attn_norm", True):
+        block += 2 * d  # norm2: an affine LayerNorm before the cross-attention
+    trunk = cond + layers * block + 2 * d  # + the output scale_shift_table
+    lora = lora_rank * layers * 2 * (d + f)  # ffn.net.0.proj (d -> f) and ffn.net.2 (f -> d)
+    stem, head = {}, {}
+    for k in sizes:
+        ci, co = k * k * m["c_in"], k * k * m["c_out"]
+        stem[k] = _lin(ci, d) + (d if k > 1 else 0)
+        head[k] = _lin(d, co) + (_lin(ci, co) if k > 1 else 0)
     return {"trunk": trunk, "lora_per_size": lora if any(k > 1 for k in sizes) else 0, "stem": stem, "head": head}
 
 
@@ -117,6 +153,12 @@ def _profile(shapes: dict, batch) -> dict:
 
 def _trunk_shapes(cfg, geom: TokenGeometry, k: int, text_len: int, guidance: bool, lora: bool) -> dict:
     d, n = _dims(cfg)["d"], geom.tokens(k)
+    if is_wan(cfg):
+        s = {"hidden": ("batch", n, d), "encoder_hidden_states": ("batch", text_len, cfg["text_dim"]),
+             "timestep": ("batch",), "pos_ids": (n, 3)}
+        if lora:
+            s["size_index"] = (1,)
+        return s
     s = {"hidden": ("batch", n, d), "encoder_hidden_states": ("batch", text_len, cfg["joint_attention_dim"]),
          "pooled_projections": ("batch", cfg["pooled_projection_dim"]), "timestep": ("batch",),
          "img_ids": (n, 3), "txt_ids": (text_len, 3)}
@@ -144,9 +186,11 @@ def make_plan(cfg: dict, geom: TokenGeometry, sizes, text_len: int, dtype: str, 
     wb = weight_bytes(cfg, sizes, lora_rank, dtype)
     n1, c, d = geom.tokens(1), geom.token_channels, _dims(cfg)["d"]
     fine_shapes = _trunk_shapes(cfg, geom, 1, text_len, guidance, lora)
+    wan = is_wan(cfg)
     trunk = {"name": "trunk", "role": "trunk", "onnx": TRUNK_ONNX, "plan": f"{ENGINE_DIR}/trunk.plan",
-             "sizes": list(sizes), "inputs": list(trunk_inputs(guidance, lora)), "outputs": ["trunk_out"],
-             "batch_inputs": [n for n, s in fine_shapes.items() if s[0] == "batch"], "token_axes": TOKEN_AXES,
+             "sizes": list(sizes), "inputs": list(trunk_inputs(guidance, lora, wan)), "outputs": ["trunk_out"],
+             "batch_inputs": [n for n, s in fine_shapes.items() if s[0] == "batch"],
+             "token_axes": {"hidden": 1, "pos_ids": 0} if wan else TOKEN_AXES,
              "shared": True, "weights_bytes": wb["trunk_engine_bytes"],
              "profiles": [{"size": k, "tokens": geom.tokens(k),
                            "shapes": _profile(_trunk_shapes(cfg, geom, k, text_len, guidance, lora), batch)}
@@ -186,12 +230,17 @@ def _memory(cfg, geom, sizes, text_len, dtype, max_batch, guidance, engines) -> 
     b, bb = max_batch, DTYPE_BYTES[dtype]
     n1, c, d = geom.tokens(1), geom.token_channels, _dims(cfg)["d"]
     io = {"latent": b * n1 * c, "velocity": b * n1 * c, "hidden": b * n1 * d, "trunk_out": b * n1 * d,
-          "encoder_hidden_states": b * text_len * cfg["joint_attention_dim"],
-          "pooled_projections": b * cfg["pooled_projection_dim"], "timestep": b, "txt_ids": text_len * 3}
+          "timestep": b}
+    if is_wan(cfg):
+        io["encoder_hidden_states"] = b * text_len * cfg["text_dim"]
+    else:
+        io.update(encoder_hidden_states=b * text_len * cfg["joint_attention_dim"],
+                  pooled_projections=b * cfg["pooled_projection_dim"], txt_ids=text_len * 3)
     if guidance:
         io["guidance"] = b
     io = {k: v * bb for k, v in io.items()}
-    io.update({f"img_ids_k{k}": geom.tokens(k) * 3 * bb for k in sizes})  # constant per size, written at load
+    ids = "pos_ids" if is_wan(cfg) else "img_ids"
+    io.update({f"{ids}_k{k}": geom.tokens(k) * 3 * bb for k in sizes})  # constant per size, written at load
     contexts = [f"{e['name']}/profile{i}" for e in engines for i in range(len(e["profiles"]))]
     return {"activations": {"strategy": "one user-managed buffer (ExecutionContextAllocationStrategy.USER_MANAGED)",
                             "size_rule": "max over contexts of engine.get_device_memory_size_for_profile_v2(p), "
@@ -203,7 +252,13 @@ def _memory(cfg, geom, sizes, text_len, dtype, max_batch, guidance, engines) -> 
 def plan_from_manifest(manifest, settings=None) -> dict:
     """The plan of a built ONNX bundle (its config, resolution, sizes, dtype and text length)."""
     m = manifest.model
-    geom = TokenGeometry(m["height"], m["width"], m["vae_scale"], m["latent_channels"])
+    if "frames" in m:  # a video bundle (format version 2)
+        from ..shapes import VideoGeometry
+
+        geom = VideoGeometry(m["frames"], m["height"], m["width"], m["vae_scale"], m["vae_temporal"],
+                             tuple(m["patch"]), m["latent_channels"])
+    else:
+        geom = TokenGeometry(m["height"], m["width"], m["vae_scale"], m["latent_channels"])
     return make_plan(m["transformer_config"], geom, manifest.sizes, m["text_len"], manifest.dtype,
                      m["lora_rank"], settings)
 

@@ -46,6 +46,8 @@ class CoarseStem(nn.Module):
 class MultiPatchFlux(nn.Module):
     """diffusers' FluxTransformer2DModel (``self.trunk``, shared) plus one :class:`CoarseStem` and LoRA per size."""
 
+    family = "flux"  # the contract this model's forward takes (models/wan.py's MultiPatchWan: "wan")
+
     def __init__(self, trunk: nn.Module, sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings()):
         super().__init__()
         self.trunk = trunk

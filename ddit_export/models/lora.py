@@ -39,6 +39,14 @@ def ff_targets(trunk: nn.Module) -> list[str]:
     return names
 
 
+def wan_ff_targets(trunk: nn.Module) -> list[str]:
+    """The feed-forward linears of every block of a Wan trunk (``ffn.net.0.proj``: d -> ffn_dim, ``ffn.net.2``)."""
+    names = []
+    for i, _ in enumerate(trunk.blocks):
+        names += [f"blocks.{i}.ffn.net.0.proj", f"blocks.{i}.ffn.net.2"]
+    return names
+
+
 def key(name: str) -> str:
     return name.replace(".", "__")
 

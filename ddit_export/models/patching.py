@@ -11,23 +11,32 @@ import torch.nn.functional as F
 from ..shapes import PACK
 
 
-def merge_tokens(x: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
-    """(B, h*w, C) fine tokens -> (B, h/k * w/k, k*k*C) coarse tokens."""
+def merge_tokens(x: torch.Tensor, grid: tuple, k: int) -> torch.Tensor:
+    """(B, h*w, C) fine tokens -> (B, h/k * w/k, k*k*C) coarse tokens. A video grid (F, h, w) merges k x k tokens
+    inside each token frame: (B, F*h*w, C) -> (B, F * h/k * w/k, k*k*C)."""
     if k == 1:
         return x
     b, _, c = x.shape
+    if len(grid) == 3:
+        f, h, w = grid
+        x = x.reshape(b, f, h // k, k, w // k, k, c).permute(0, 1, 2, 4, 3, 5, 6)
+        return x.reshape(b, f * (h // k) * (w // k), k * k * c)
     h, w = grid
     x = x.reshape(b, h // k, k, w // k, k, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, (h // k) * (w // k), k * k * c)
 
 
-def unmerge_tokens(x: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
-    """Inverse of :func:`merge_tokens`: (B, h/k * w/k, k*k*C) -> (B, h*w, C)."""
+def unmerge_tokens(x: torch.Tensor, grid: tuple, k: int) -> torch.Tensor:
+    """Inverse of :func:`merge_tokens`: (B, h/k * w/k, k*k*C) -> (B, h*w, C) (video: per token frame)."""
     if k == 1:
         return x
     b, _, kkc = x.shape
-    h, w = grid
     c = kkc // (k * k)
+    if len(grid) == 3:
+        f, h, w = grid
+        x = x.reshape(b, f, h // k, w // k, k, k, c).permute(0, 1, 2, 4, 3, 5, 6)
+        return x.reshape(b, f * h * w, c)
+    h, w = grid
     x = x.reshape(b, h // k, w // k, k, k, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, h * w, c)
 

@@ -23,10 +23,13 @@ from ..shapes import TokenGeometry, parse_resolutions
 from .flux import ADAPTER_FILE, MultiPatchFlux
 
 PIXEL_FORMAT = "ddit-pixel-model/1"
+VIDEO_FORMAT = "ddit-pixel-video/1"  # a pixel-space Wan model folder (wan-mini): same layout, a Wan transformer
 PIXEL_META = "ddit_model.json"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "zoo" / "weights"
-ZOO_MODELS = ("flux-mini", "flux-mini-64")  # trained here, shipped in zoo/weights/<name>
-PRESETS = ZOO_MODELS + ("tiny", "random-20m", "flux")
+ZOO_MODELS = ("flux-mini", "flux-mini-64", "wan-mini")  # trained here, shipped in zoo/weights/<name>
+PRESETS = ZOO_MODELS + ("tiny", "random-20m", "flux", "tiny-wan", "wan")
+VIDEO_PRESETS = ("wan-mini", "tiny-wan", "wan")
+WAN_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 # Random-weight FLUX-architecture presets in pixel space: (width, heads, (double, single) blocks, image side in px).
 RANDOM_PRESETS = {
     "tiny": (64, 2, (1, 1), 32),  # for tests: 256 fine tokens
@@ -51,8 +54,8 @@ class Conditioning:
     """FLUX's text conditioning: per-token states, pooled vector and text position ids."""
 
     states: torch.Tensor
-    pooled: torch.Tensor
-    txt_ids: torch.Tensor
+    pooled: torch.Tensor | None  # None for Wan (no pooled vector)
+    txt_ids: torch.Tensor | None  # None for Wan (its RoPE covers the video tokens only)
 
 
 @dataclass
@@ -76,16 +79,29 @@ class LoadedModel:
     #: (height, width) pairs the weights were trained at (``generate`` warns outside them); None: not known or not
     #: one list (random presets, FLUX.1-dev with its many aspect ratios), no warning
     trained_resolutions: tuple[tuple[int, int], ...] | None = None
+    family: str = "flux"  # "wan": a video model (MultiPatchWan; geometry takes frames)
+    default_frames: int | None = None  # video: the clip length by default
+    vae_temporal: int = 1  # video: the VAE's temporal factor (Wan 2.1: 4; pixel space: 1)
 
     @property
     def transformer_config(self) -> dict:
+        if self.transformer is None:  # loaded without it (a bundle brings the transformer)
+            return dict(self.__dict__.get("_trunk_config") or {})
         return dict(self.transformer.config)
 
     @property
     def lora_rank(self) -> int:
         return self.transformer.adapter_settings.rank
 
-    def geometry(self, height: int | None = None, width: int | None = None) -> TokenGeometry:
+    def geometry(self, height: int | None = None, width: int | None = None, frames: int | None = None):
+        if self.family == "wan":
+            from ..shapes import VideoGeometry
+
+            return VideoGeometry(frames or self.default_frames, height or self.default_height,
+                                 width or self.default_width, self.vae_scale, self.vae_temporal,
+                                 tuple(self.transformer_config["patch_size"]), self.latent_channels)
+        if frames is not None:
+            raise ConfigError(f"--frames applies to video models; {self.name} makes images")
         return TokenGeometry(height or self.default_height, width or self.default_width, self.vae_scale,
                              self.latent_channels)
 
@@ -147,7 +163,17 @@ def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *,
     if model == "flux":
         if weights is None:
             raise ConfigError("--model flux needs --weights DIR (a local FLUX.1-dev diffusers folder)")
+        _refuse_family(Path(weights), "flux")
         return _load_flux(Path(weights), adapters, sizes, adapter, dtype, device, transformer)
+    if model == "wan":
+        if weights is None:
+            raise ConfigError("--model wan needs --weights DIR (a local Wan 2.1 diffusers folder)")
+        _refuse_family(Path(weights), "wan")
+        return _load_wan(Path(weights), adapters, sizes, adapter, dtype, device, transformer)
+    if model == "tiny-wan" and weights is None:
+        trunk, text, sched = tiny_wan_components()
+        return _video_model("tiny-wan", trunk, text, dict(sched.config), 32, 32, 8, 28, adapters, sizes, adapter,
+                            dtype, device, schedule=TINY_SCHEDULE)
     if model in RANDOM_PRESETS and weights is None:
         width, heads, layers, side = RANDOM_PRESETS[model]
         trunk, text, sched = tiny_components(width=width, layers=layers, heads=heads)
@@ -165,9 +191,23 @@ def load_model(model: str = DEFAULT_MODEL, weights: str | Path | None = None, *,
         else:
             raise ModelNotFoundError(f"unknown model {model!r}: choose one of {', '.join(PRESETS)} "
                                      f"or give a model folder")
-    elif model in RANDOM_PRESETS:
+    elif model in RANDOM_PRESETS or model == "tiny-wan":
         raise ConfigError(f"--weights does not apply to the random preset {model!r}")
     return _load_pixel_folder(Path(weights), adapters, sizes, adapter, dtype, device)
+
+
+def _refuse_family(folder: Path, want: str):
+    """One clear error for a folder of the other family: a Wan folder for --model flux and the reverse."""
+    try:
+        cls = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return  # _check_folder names what is missing
+    is_wan = cls.startswith("Wan")
+    if want == "flux" and is_wan:
+        raise WeightsError(f"{folder} is a {cls} (video) folder: use --model wan --weights {folder}")
+    if want == "wan" and not is_wan:
+        raise WeightsError(f"{folder} is a {cls or 'non-Wan'} folder, not a Wan 2.1 (WanPipeline) folder: use "
+                           f"--model flux for FLUX.1 folders")
 
 
 def _check_folder(folder: Path, needed: list[str]):
@@ -186,6 +226,8 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
     _check_folder(folder, [PIXEL_META, "transformer/config.json", "text_encoder/config.json",
                            "scheduler/scheduler_config.json"])
     meta = json.loads((folder / PIXEL_META).read_text())
+    if meta.get("format") == VIDEO_FORMAT:
+        return _load_video_folder(folder, meta, adapters, sizes, adapter, dtype, device)
     if meta.get("format") != PIXEL_FORMAT:
         raise WeightsError(f"{folder / PIXEL_META}: unknown format {meta.get('format')!r}")
     try:
@@ -280,3 +322,149 @@ def _load_flux(folder: Path, adapters, sizes, adapter, dtype, device, transforme
                        latent_channels=trunk_config["in_channels"] // 4, default_height=1024,
                        default_width=1024, default_steps=50,
                        guidance_embeds=bool(trunk_config.get("guidance_embeds")), extras=extras)
+
+
+# ---- Wan (video) -------------------------------------------------------------------------------------------
+def tiny_wan_components(seed: int = 0, vocab=None, frames_patch: int = 2):
+    """Random-weight Wan trunk (pixel space, patch (2, 4, 4): 8 frames x 32 x 32 -> 4 x 8 x 8 tokens) + word
+    encoder with the video clips' vocabulary + a static-shift flow-match scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from .text import WordTextEncoder
+
+    if vocab is None:
+        from ..zoo.clips import VIDEO_VOCAB as vocab
+    torch.manual_seed(seed)
+    trunk = WanTransformer3DModel(patch_size=(frames_patch, 4, 4), num_attention_heads=2, attention_head_dim=12,
+                                  in_channels=3, out_channels=3, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2,
+                                  rope_max_seq_len=64)
+    text = WordTextEncoder(vocab=list(vocab), dim=32, joint_attention_dim=32, pooled_projection_dim=32)
+    return trunk, text, FlowMatchEulerDiscreteScheduler(shift=2.0, use_dynamic_shifting=False)
+
+
+def save_video_model(folder: str | Path, trunk, text_encoder, scheduler, *, name: str, height: int, width: int,
+                     frames: int, steps: int = 28, model=None, schedule: ScheduleSettings | None = None,
+                     prompt: str | None = None) -> Path:
+    """Write a pixel video model folder (format ``ddit-pixel-video/1``) loadable by :func:`load_model`."""
+    folder = Path(folder)
+    trunk.save_pretrained(folder / "transformer")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    scheduler.save_pretrained(folder / "scheduler")
+    if model is not None:
+        model.save_adapters(folder / "transformer" / ADAPTER_FILE)
+    meta = {"format": VIDEO_FORMAT, "name": name, "height": height, "width": width, "frames": frames,
+            "steps": steps}
+    if schedule is not None:
+        meta["schedule"] = dataclasses.asdict(schedule)
+    if prompt:
+        meta["prompt"] = prompt
+    (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def _load_video_folder(folder: Path, meta: dict, adapters, sizes, adapter, dtype, device) -> LoadedModel:
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    from .text import WordTextEncoder
+
+    try:
+        # (WanTransformer3DModel keeps some modules in fp32, which diffusers allows only with low_cpu_mem_usage)
+        trunk = WanTransformer3DModel.from_pretrained(folder / "transformer", local_files_only=True)
+        text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
+                                               low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"could not load weights from {folder}: {str(e).splitlines()[0]}") from None
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
+        adapters = folder / "transformer" / ADAPTER_FILE
+    schedule = ScheduleSettings(**meta["schedule"]) if "schedule" in meta else ScheduleSettings()
+    m = _video_model(meta["name"], trunk, text, dict(sched.config), meta["height"], meta["width"], meta["frames"],
+                     meta.get("steps", 28), adapters, sizes, adapter, dtype, device, schedule=schedule)
+    m.default_prompt = meta.get("prompt", m.default_prompt)
+    m.trained_resolutions = ((meta["height"], meta["width"]),)
+    return m
+
+
+def _multipatch_wan(trunk, adapters, sizes, adapter):
+    from .wan import MultiPatchWan
+
+    if adapters is not None:
+        return MultiPatchWan.from_trunk_and_adapters(trunk, adapters)
+    return MultiPatchWan(trunk, sizes=sizes, adapter=adapter)
+
+
+def _video_model(name, trunk, text, sched_cfg, height, width, frames, steps, adapters, sizes, adapter, dtype, device,
+                 schedule=ScheduleSettings()):
+    from .wan import video_pixels_to_frames
+
+    mp = _multipatch_wan(trunk.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
+    text = text.to(device=device).eval()
+
+    def encode(prompts):
+        with torch.no_grad():
+            states, _ = text.encode(list(prompts))
+        return Conditioning(states.to(dtype), None, None)
+
+    return LoadedModel(name=name, transformer=mp, encode=encode, decode=video_pixels_to_frames,
+                       scheduler_config=sched_cfg, vae_scale=1, latent_channels=trunk.config.in_channels,
+                       default_height=height, default_width=width, default_steps=steps, schedule_defaults=schedule,
+                       default_prompt="a large red circle moving right on a black background",
+                       extras={"text_encoder": text}, family="wan", default_frames=frames)
+
+
+def _load_wan(folder: Path, adapters, sizes, adapter, dtype, device, transformer: bool = True) -> LoadedModel:
+    """A local diffusers Wan 2.1 text-to-video folder, loaded with ``WanPipeline.from_pretrained``."""
+    _check_folder(folder, ["model_index.json"] + list(WAN_FOLDERS) + ["transformer/config.json"])
+    try:
+        from diffusers import WanPipeline
+
+        skip = {} if transformer else {"transformer": None}
+        pipe = WanPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, **skip)
+    except ImportError as e:
+        raise WeightsError(f"loading Wan 2.1 needs transformers, sentencepiece and ftfy "
+                           f"(pip install 'ddit-export[flux]'): {e}") from None
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise WeightsError(f"could not load Wan weights from {folder}: {str(e).splitlines()[0]}") from None
+    pipe.to(device)
+    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
+        adapters = folder / "transformer" / ADAPTER_FILE
+    if transformer:
+        mp = _multipatch_wan(pipe.transformer.eval(), adapters, sizes, adapter).to(device=device, dtype=dtype).eval()
+        trunk_config = dict(pipe.transformer.config)
+    else:
+        mp = None
+        trunk_config = json.loads((folder / "transformer" / "config.json").read_text())
+    extras = {"pipeline": pipe, "text_len": 512, "guidance": 5.0, "negative_prompt": ""}
+
+    def encode(prompts):
+        with torch.no_grad():
+            states, _ = pipe.encode_prompt(prompt=list(prompts), do_classifier_free_guidance=False,
+                                           max_sequence_length=extras["text_len"], device=device)
+        return Conditioning(states.to(dtype), None, None)
+
+    def encode_negative(batch: int):  # WanPipeline's default negative prompt is the empty string
+        return encode([extras["negative_prompt"]] * batch)
+
+    extras["encode_negative"] = encode_negative
+
+    def decode(latents, geom):
+        from .wan import unpack_video
+
+        vae = pipe.vae
+        lat = unpack_video(latents, (geom.latent_frames,) + geom.latent_hw, geom.patch).to(vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(lat)
+        std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(lat)
+        with torch.no_grad():
+            video = vae.decode(lat / std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="pil")
+        return [list(clip) for clip in frames]
+
+    m = LoadedModel(name="wan", transformer=mp, encode=encode, decode=decode,
+                    scheduler_config=dict(pipe.scheduler.config), vae_scale=pipe.vae_scale_factor_spatial,
+                    latent_channels=pipe.vae.config.z_dim, default_height=480, default_width=832,
+                    default_steps=50, extras=extras, family="wan", default_frames=81,
+                    vae_temporal=pipe.vae_scale_factor_temporal)
+    m.default_prompt = "a cat walks on the grass, realistic"
+    if mp is None:
+        m.__dict__["_trunk_config"] = trunk_config
+    return m

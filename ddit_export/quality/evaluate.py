@@ -80,10 +80,8 @@ def training_free(loaded):
     """A copy of ``loaded`` whose coarse sizes use the training-free init (no LoRA), sharing the trunk.
 
     The new wrapper's hooks are none (rank 0), and the original's LoRA hooks stay inactive while it runs."""
-    from ..models.flux import MultiPatchFlux
-
     mp = loaded.transformer
-    tf = MultiPatchFlux(mp.trunk, sizes=mp.sizes, adapter=AdapterSettings(rank=0, init=mp.adapter_settings.init))
+    tf = type(mp)(mp.trunk, sizes=mp.sizes, adapter=AdapterSettings(rank=0, init=mp.adapter_settings.init))
     return dataclasses.replace(loaded, transformer=tf.eval())
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bundle import is_video
 from ..errors import ConfigError
 from ..settings import CacheSettings, ScheduleSettings
 from ..shapes import TokenGeometry
@@ -31,12 +32,24 @@ class BundleModel:
         self.vae_scale = m["vae_scale"]
         self.latent_channels = m["latent_channels"]
         self.trained_resolutions = self.manifest.trained_resolutions
+        self.family = "wan" if is_video(self.manifest) else "flux"
+        self.default_frames = m.get("frames")
+        self.extras = self.pipeline_model.extras if self.pipeline_model is not None else {}
 
-    def geometry(self, height=None, width=None) -> TokenGeometry:
+    def geometry(self, height=None, width=None, frames=None):
         m = self.manifest.model
         if (height or m["height"]) != m["height"] or (width or m["width"]) != m["width"]:
             raise ConfigError(f"this bundle was built for {m['height']}x{m['width']}; rebuild with "
                               f"--height {height or m['height']} --width {width or m['width']}")
+        if self.family == "wan":
+            from ..shapes import VideoGeometry
+
+            if (frames or m["frames"]) != m["frames"]:
+                raise ConfigError(f"this bundle was built for {m['frames']} frames; rebuild with --frames {frames}")
+            return VideoGeometry(m["frames"], m["height"], m["width"], self.vae_scale, m["vae_temporal"],
+                                 tuple(m["patch"]), self.latent_channels)
+        if frames is not None:
+            raise ConfigError(f"--frames applies to video bundles; {self.name} makes images")
         return TokenGeometry(m["height"], m["width"], self.vae_scale, self.latent_channels)
 
     def encode(self, prompts):
@@ -58,6 +71,10 @@ class BundleModel:
 
         if self.pipeline_model is not None:
             return self.pipeline_model.decode(latents, geom)
+        if self.family == "wan":
+            from ..models.wan import video_pixels_to_frames
+
+            return video_pixels_to_frames(latents, geom)
         return pixels_to_pil(latents, geom)
 
 
@@ -81,6 +98,11 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     if man.model["kind"] == "flux" and weights is None:
         raise ConfigError("a FLUX.1-dev bundle holds the transformer only: give --weights DIR for its text "
                           "encoders and VAE")
+    if man.model["kind"] == "wan" and weights is None:
+        raise ConfigError("a Wan 2.1 bundle holds the transformer only: give --weights DIR (the local Wan 2.1 "
+                          "diffusers folder) for its text encoder and VAE")
+    if is_video(man) and backend == "aoti":
+        raise ConfigError("the AOTInductor backend runs image bundles only; run a video bundle with onnxruntime")
     if backend == "auto":
         backend = "tensorrt" if man.tensorrt and _tensorrt_importable() else "onnxruntime"
     if backend == "tensorrt":
@@ -98,10 +120,11 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     else:
         run_backend = ort_backend
     pipeline_model = None
-    if man.model["kind"] == "flux":
+    if man.model["kind"] in ("flux", "wan"):
         from ..models.registry import load_model
 
-        pipeline_model = load_model("flux", weights, transformer=False)  # the bundle brings the transformer
+        # the bundle brings the transformer; the folder its text encoders and VAE
+        pipeline_model = load_model(man.model["kind"], weights, transformer=False)
         pipeline_model.extras["text_len"] = man.model["text_len"]  # T5 length the graphs were built for
     ort_backend.activate()
     return BundleModel(man.model["name"], man, ort_backend, pipeline_model), run_backend

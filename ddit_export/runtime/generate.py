@@ -1,7 +1,9 @@
-"""The denoising loop: FLUX's rectified flow with per-step patch-size dispatch.
+"""The denoising loop: rectified flow with per-step patch-size dispatch, for images (FLUX) and video (Wan).
 
 State stays in fine-token form; each step the policy picks a size from the latent history, the backend runs that
-variant, and diffusers' FlowMatchEulerDiscreteScheduler takes the Euler step. The same loop drives every backend.
+variant, and the model's diffusers scheduler takes the step (FlowMatchEulerDiscreteScheduler for FLUX and the
+pixel models, Wan 2.1's UniPCMultistepScheduler for a real Wan folder). The same loop drives every backend and
+both families: a video's fine tokens are (frame, row, column) ordered, its grid is (F, h, w).
 """
 from __future__ import annotations
 
@@ -40,6 +42,29 @@ def flux_timesteps(scheduler_config: dict, steps: int, image_tokens: int):
     return sched
 
 
+def model_timesteps(scheduler_config: dict, steps: int, image_tokens: int):
+    """The scheduler of a model with its timesteps set: FLUX's (resolution-dependent shift) when the config asks
+    for dynamic shifting; a static-shift flow-match scheduler gets FLUX's sigma grid linspace(1, 1/steps) (shifted
+    by the scheduler); any other scheduler (Wan 2.1's UniPC) its own ``set_timesteps(steps)``."""
+    import diffusers
+
+    if scheduler_config.get("use_dynamic_shifting"):
+        return flux_timesteps(scheduler_config, steps, image_tokens)
+    name = scheduler_config.get("_class_name", "FlowMatchEulerDiscreteScheduler")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ConfigError(f"scheduler {name!r} (from the model's scheduler config) is not in diffusers "
+                          f"{diffusers.__version__}")
+    sched = cls.from_config(scheduler_config)
+    if name == "FlowMatchEulerDiscreteScheduler":
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps))
+    else:
+        sched.set_timesteps(steps)
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(0)
+    return sched
+
+
 def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shift=0.5, max_shift=1.15):
     """diffusers.pipelines.flux.pipeline_flux.calculate_shift, copied: importing that module needs transformers."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
@@ -47,10 +72,16 @@ def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shif
 
 
 def initial_noise(geom: TokenGeometry, batch: int, seed: int, device="cpu") -> torch.Tensor:
-    """FluxPipeline's initial latents for a seed: randn on (B, C, h, w) from a CPU generator, then packed."""
+    """FluxPipeline's initial latents for a seed: randn on (B, C, h, w) from a CPU generator, then packed. A video
+    geometry: randn on (B, C, F, H, W) (WanPipeline's latent shape), packed into fine video tokens."""
     from ..images import pack
 
     g = torch.Generator("cpu").manual_seed(seed)
+    if getattr(geom, "is_video", False):
+        from ..models.wan import pack_video
+
+        noise = torch.randn(batch, *geom.latent_shape, generator=g, dtype=torch.float32)
+        return pack_video(noise, geom.patch).to(device)
     lh, lw = geom.latent_hw
     noise = torch.randn(batch, geom.latent_channels, lh, lw, generator=g, dtype=torch.float32)
     return pack(noise, geom).to(device)
@@ -62,7 +93,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     the scheduler config."""
     from tqdm.auto import tqdm
 
-    geom = model.geometry(settings.height, settings.width)
+    geom = model_geometry(model, settings)
     cond = model.encode(list(settings.prompts))
     b = len(settings.prompts)
     sizes = _sizes(settings, geom, tuple(backend.sizes))
@@ -72,11 +103,16 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
         _check_latents(latents, (b, geom.tokens(1), geom.token_channels), geom)
     x = initial_noise(geom, b, settings.seed, device) if latents is None else latents.to(device)
     guidance = torch.full((b,), settings.guidance, device=device) if model.guidance_embeds else None
-    sched = flux_timesteps(model.scheduler_config, settings.steps, geom.tokens(1))
+    sched = model_timesteps(model.scheduler_config, settings.steps, geom.tokens(1))
+    video = getattr(geom, "is_video", False)
+    # FLUX's transformer takes sigma (t / 1000) and scales it itself; Wan's takes the scheduler's timestep as is
+    t_scale = 1.0 if video else 1000.0
+    negative = _negative(model, settings, cond, b)  # true classifier-free guidance (Wan 2.1): the uncond states
+    calls = 1 if negative is None else 2
     cfg, rank = model.transformer_config, model.lora_rank
     text_tokens = cond.states.shape[1]
     trace = Trace(model.name, geom.grid, {"generate": _jsonable(settings), "sizes": list(sizes)},
-                  fine_flops_per_step=step_flops(cfg, geom.tokens(1), text_tokens, 1, batch=b))
+                  fine_flops_per_step=calls * step_flops(cfg, geom.tokens(1), text_tokens, 1, batch=b))
     history: deque = deque(maxlen=4)
     # The policy decides every step, cached ones included, on the latents the loop actually produced (a cached
     # step's latent is the Euler step of the extrapolated velocity): static schedules stay aligned to the step
@@ -93,7 +129,11 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
         sigma = float(t / 1000)
         if cache is None or cache.should_compute(i, sigma):
             kind = "model"
-            v = backend.run(k, x, cond, (t / 1000).expand(b).to(device), guidance, geom.grid)
+            tt = (t / t_scale).expand(b).to(device)
+            v = backend.run(k, x, cond, tt, guidance, geom.grid)
+            if negative is not None:
+                v_uncond = backend.run(k, x, negative, tt, guidance, geom.grid)
+                v = v_uncond + settings.guidance * (v - v_uncond)
             if cache is not None:
                 cache.update(i, sigma, v)
         else:
@@ -101,11 +141,29 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
         if observe is not None:  # policies that read more than the latent history (schedule/probe.py)
             observe(i, x, v, float(sched.sigmas[i]), float(sched.sigmas[i + 1]))  # tensors: it copies what it reads
         x = sched.step(v.to(x.dtype), t, x, return_dict=False)[0]
-        flops = float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)) if kind == "model" else 0.0
+        flops = float(calls * step_flops(cfg, geom.tokens(1), text_tokens, k, rank, b)) if kind == "model" else 0.0
         trace.steps.append(StepRecord(i, sigma, k, decision.reason, geom.tokens(k), flops,
                                       decision.sigmas, time.perf_counter() - t0, kind))
     images = model.decode(x, geom) if decode else None
     return GenerationResult(x, trace, images)
+
+
+def model_geometry(model, settings: GenerateSettings):
+    """The token geometry of a generation: (height, width) for an image model, plus the frame count for video."""
+    if getattr(model, "family", "flux") == "wan":
+        return model.geometry(settings.height, settings.width, settings.frames)
+    if settings.frames is not None:
+        raise ConfigError(f"--frames applies to video models; {model.name} makes images")
+    return model.geometry(settings.height, settings.width)
+
+
+def _negative(model, settings: GenerateSettings, cond, batch: int):
+    """Wan 2.1 runs true classifier-free guidance: the negative prompt's states (the model's encoder gives them)
+    when the model asks for CFG and the guidance scale is above 1; else None (one call per step)."""
+    encode_negative = getattr(model, "extras", {}).get("encode_negative") if hasattr(model, "extras") else None
+    if encode_negative is None or settings.guidance <= 1.0:
+        return None
+    return encode_negative(batch)
 
 
 def _sizes(settings: GenerateSettings, geom: TokenGeometry, have: tuple) -> tuple:

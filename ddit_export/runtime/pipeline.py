@@ -148,6 +148,12 @@ class DDiTTransformer(ModelMixin):
         if trunk_cls is None:
             raise WeightsError(f"{meta_file} names trunk class {meta['trunk_class']!r}, which diffusers does not have")
         trunk = trunk_cls.from_pretrained(str(folder), **kwargs)
+        if meta["trunk_class"].startswith("Wan"):  # WanPipeline.from_pretrained of a saved Wan drop-in
+            from ..models.wan import MultiPatchWan
+            from .pipeline_wan import DDiTWanTransformer
+
+            wrapper = cls if issubclass(cls, DDiTWanTransformer) else DDiTWanTransformer
+            return wrapper(MultiPatchWan.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
         return cls(MultiPatchFlux.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
 
     def cache_context(self, name: str, **kwargs):

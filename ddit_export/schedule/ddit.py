@@ -7,6 +7,10 @@ channels of those tokens), take the standard deviation inside each patch, then t
 
 A batch takes one decision: the largest σ_k over its samples counts (coarse only if every sample allows it).
 
+Video (grid (F, h, w), tokens ordered frame, row, column): a patch is k x k spatial tokens; ``video_std="clip"``
+takes the std inside each patch across all token frames and channels (one value per (h/k, w/k) patch), ``"frame"``
+per token frame (one value per (F, h/k, w/k) patch). The knobs (τ, ε, warm-up, window) are the image rule's.
+
 ``window="same-size"`` (not in the paper) decides only when the last three steps, whose latents make up Δ³, ran
 at one size, and otherwise keeps the size of the last step ("hold").
 """
@@ -35,17 +39,28 @@ def third_difference(history: Sequence[np.ndarray]) -> np.ndarray:
     return z3 - 3.0 * z2 + 3.0 * z1 - z0
 
 
-def patch_std(d: np.ndarray, grid: tuple[int, int], k: int) -> np.ndarray:
-    """Std inside each k x k token patch of fine-token array ``d`` (B, h*w, C) -> (B, h/k * w/k)."""
+def patch_std(d: np.ndarray, grid: tuple, k: int, video_std: str = "clip") -> np.ndarray:
+    """Std inside each k x k token patch of fine-token array ``d`` (B, h*w, C) -> (B, h/k * w/k). A video grid
+    (F, h, w): ``"clip"`` -> (B, h/k * w/k) across frames, ``"frame"`` -> (B, F * h/k * w/k)."""
     b, _, c = d.shape
+    if len(grid) == 3:
+        f, h, w = grid
+        x = d.reshape(b, f, h // k, k, w // k, k, c)
+        if video_std == "frame":
+            x = x.transpose(0, 1, 2, 4, 3, 5, 6)
+            return x.reshape(b, f * (h // k) * (w // k), k * k * c).std(axis=-1)
+        if video_std != "clip":
+            raise ValueError(f"video_std must be 'clip' or 'frame', got {video_std!r}")
+        x = x.transpose(0, 2, 4, 1, 3, 5, 6)
+        return x.reshape(b, (h // k) * (w // k), f * k * k * c).std(axis=-1)
     h, w = grid
     x = d.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, (h // k) * (w // k), k * k * c).std(axis=-1)
 
 
-def sigma_at(d: np.ndarray, grid: tuple[int, int], k: int, eps: float) -> np.ndarray:
+def sigma_at(d: np.ndarray, grid: tuple, k: int, eps: float, video_std: str = "clip") -> np.ndarray:
     """ε-percentile over patches of the per-patch std, per sample: (B,)."""
-    return np.percentile(patch_std(d, grid, k), eps * 100.0, axis=-1)
+    return np.percentile(patch_std(d, grid, k, video_std), eps * 100.0, axis=-1)
 
 
 class DDiTPolicy:
@@ -54,7 +69,7 @@ class DDiTPolicy:
     def __init__(self, settings: ScheduleSettings, grid: tuple[int, int], sizes: Sequence[int]):
         self.settings = settings
         self.grid = grid
-        h, w = grid
+        h, w = grid[-2:]  # a video's spatial grid: k x k patches never span frames
         self.sizes = tuple(sorted(k for k in sizes if h % k == 0 and w % k == 0))
         self.taken: list[int] = []  # sizes this policy chose, step by step (one policy per generation)
 
@@ -70,6 +85,7 @@ class DDiTPolicy:
         if self.settings.window == "same-size" and len(set(last3)) > 1:
             return Decision(last3[-1], {}, "hold")  # the window mixes sizes: its Δ³ says little; keep going
         d3 = third_difference(history)
-        sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps).max()) for k in self.sizes if k > 1}
+        mode = getattr(self.settings, "video_std", "clip")
+        sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps, mode).max()) for k in self.sizes if k > 1}
         passing = [k for k, s in sigmas.items() if s < self.settings.tau]
         return Decision(max(passing, default=1), sigmas, "rule")

@@ -23,7 +23,7 @@ class ProbePolicy:
     needs_history = False  # reads the one observation it needs through observe()
     def __init__(self, settings: ScheduleSettings, steps: int, grid: tuple[int, int], available: Sequence[int]):
         need = {1, 2} | ({4} if settings.n4 else set())
-        ok = {k for k in available if not grid[0] % k and not grid[1] % k}
+        ok = {k for k in available if not grid[-2] % k and not grid[-1] % k}
         if not need <= ok:
             raise ConfigError(f"probe policy needs sizes {sorted(need)}; grid {grid} with these variants has "
                               f"{sorted(ok)}")

@@ -14,10 +14,11 @@ class StaticSchedule:
     needs_history = False  # decides from the step index alone (the loop keeps no latent history for it)
 
     def __init__(self, sizes: Sequence[int], grid: tuple[int, int], available: Sequence[int]):
-        bad = sorted({k for k in sizes if k not in available or grid[0] % k or grid[1] % k})
+        h, w = grid[-2:]  # the spatial grid (a video's per token frame)
+        bad = sorted({k for k in sizes if k not in available or h % k or w % k})
         if bad:
             raise ConfigError(f"{self.what} uses size(s) {bad} not available for grid {grid} "
-                              f"(available: {sorted(k for k in available if not grid[0] % k and not grid[1] % k)}); "
+                              f"(available: {sorted(k for k in available if not h % k and not w % k)}); "
                               f"give a schedule within those sizes (--policy, --schedule) or allow the sizes (--sizes)")
         self.sizes = tuple(int(k) for k in sizes)
 

@@ -149,9 +149,12 @@ class OrtBundleBackend(BackendBase):
 
     def run(self, size, latents, cond, timestep, guidance, grid):
         dt = np_dtype(self.manifest.dtype)
-        feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states,
-                 "pooled_projections": cond.pooled, "timestep": timestep,
-                 "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
+        if bundle_mod.is_video(self.manifest):  # Wan graphs: latents, timestep, text states
+            feeds = {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": cond.states}
+        else:
+            feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states,
+                     "pooled_projections": cond.pooled, "timestep": timestep,
+                     "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
         if self.manifest.model.get("guidance_embeds"):
             feeds["guidance"] = guidance
         feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v).astype(dt, copy=False)

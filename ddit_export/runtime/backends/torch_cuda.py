@@ -57,6 +57,8 @@ class TorchCudaBackend(BackendBase):
 
     # ---- capture ------------------------------------------------------------------------------------------
     def _forward(self, size: int, grid, x: dict):
+        if getattr(self.model, "family", "flux") == "wan":
+            return self.model(x["latents"], x["timestep"], x["states"], size=size, grid=grid)
         return self.model(x["latents"], x["states"], x["pooled"], x["timestep"], x["img_ids"], x["txt_ids"],
                           x.get("guidance"), size=size, grid=grid)
 
@@ -69,10 +71,11 @@ class TorchCudaBackend(BackendBase):
         b, dt, dev = latents.shape[0], self.dtype, self.device
         inputs = {"latents": torch.zeros(latents.shape, dtype=dt, device=dev),
                   "states": torch.zeros((b,) + tuple(cond.states.shape[1:]), dtype=dt, device=dev),
-                  "pooled": torch.zeros((b,) + tuple(cond.pooled.shape[1:]), dtype=dt, device=dev),
-                  "timestep": torch.zeros(b, dtype=dt, device=dev),
-                  "img_ids": image_ids(tuple(grid), dtype=dt, device=dev),
-                  "txt_ids": torch.zeros(tuple(cond.txt_ids.shape), dtype=dt, device=dev)}
+                  "timestep": torch.zeros(b, dtype=dt, device=dev)}
+        if getattr(self.model, "family", "flux") != "wan":  # Wan takes no pooled vector and no position ids
+            inputs.update(pooled=torch.zeros((b,) + tuple(cond.pooled.shape[1:]), dtype=dt, device=dev),
+                          img_ids=image_ids(tuple(grid), dtype=dt, device=dev),
+                          txt_ids=torch.zeros(tuple(cond.txt_ids.shape), dtype=dt, device=dev))
         if guidance is not None:
             inputs["guidance"] = torch.zeros(b, dtype=dt, device=dev)
         slot = _Slot(inputs)
@@ -106,8 +109,9 @@ class TorchCudaBackend(BackendBase):
             x["guidance"].copy_(guidance)
         if slot.cond is not cond:
             x["states"].copy_(cond.states)
-            x["pooled"].copy_(cond.pooled)
-            x["txt_ids"].copy_(cond.txt_ids)
+            if "pooled" in x:
+                x["pooled"].copy_(cond.pooled)
+                x["txt_ids"].copy_(cond.txt_ids)
             slot.cond = cond
 
     def run(self, size, latents, cond, timestep, guidance, grid):

@@ -1,0 +1,51 @@
+"""The WanPipeline drop-in: ``pipe.transformer = DDiTWanTransformer(...)`` on a tiny random Wan 2.1 pipeline."""
+import pytest
+import torch
+
+from ddit_export.errors import ConfigError
+from ddit_export.settings import ScheduleSettings
+
+
+def _pipe(wan_dir):
+    from diffusers import WanPipeline
+
+    return WanPipeline.from_pretrained(str(wan_dir), local_files_only=True)
+
+
+def _run(pipe, steps=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return pipe("a red circle", num_frames=5, height=32, width=32, num_inference_steps=steps, guidance_scale=3.0,
+                generator=g, output_type="np").frames[0]
+
+
+def _wrap(pipe, schedule):
+    from ddit_export.models.wan import MultiPatchWan
+    from ddit_export.runtime.pipeline_wan import DDiTWanTransformer
+
+    trunk = pipe.transformer
+    if isinstance(trunk, DDiTWanTransformer):
+        trunk = trunk.model.unwrap()
+    return DDiTWanTransformer(MultiPatchWan(trunk), schedule, scheduler=pipe.scheduler)
+
+
+def test_all_fine_schedule_is_bit_exact_and_coarse_steps_happen(wan_dir):
+    pipe = _pipe(wan_dir)
+    ref = _run(pipe)
+    pipe.transformer = _wrap(pipe, ScheduleSettings(tau=1e-12))  # the rule never passes: every step fine
+    same = _run(pipe)
+    assert pipe.transformer.trace.sizes == [1] * 6
+    assert (same == ref).all()
+    pipe.transformer = _wrap(pipe, ScheduleSettings(tau=1e9))  # always passes after the warm-up
+    coarse = _run(pipe)
+    sizes = pipe.transformer.trace.sizes
+    assert len(sizes) == 6 and sizes[:3] == [1, 1, 1] and max(sizes[3:]) > 1  # one decision per step (CFG shares)
+    assert coarse.shape == ref.shape and not (coarse == ref).all()
+
+
+def test_image_to_video_inputs_are_refused(wan_dir):
+    pipe = _pipe(wan_dir)
+    wrapped = _wrap(pipe, ScheduleSettings())
+    x = torch.randn(1, pipe.transformer.config.in_channels, 2, 4, 4)
+    with pytest.raises(ConfigError, match="image-to-video"):
+        wrapped(x, torch.tensor([500.0]), torch.randn(1, 3, pipe.transformer.config.text_dim),
+                encoder_hidden_states_image=torch.randn(1, 2, 8))
