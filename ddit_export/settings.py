@@ -94,6 +94,8 @@ def policy_spec(s: ScheduleSettings) -> str:
     """The short ``NAME:KNOB=VALUE,...`` form of a policy's own knobs (inverse of :func:`parse_policy`)."""
     knobs = {"ddit": ("tau", "eps", "warmup", "window"), "ladder": ("head", "n4", "tail")}.get(s.policy)
     knobs = knobs if knobs is not None else PROBE_KNOBS
+    if s.policy == "ddit" and s.video_std != "clip":  # the video-only knob, named only when not its default
+        knobs = knobs + ("video_std",)
     return f"{s.policy}:" + ",".join(f"{k}={getattr(s, k):g}" if isinstance(getattr(s, k), float)
                                      else f"{k}={getattr(s, k)}" for k in knobs)
 
