@@ -146,6 +146,15 @@ class VideoGeometry:
         return f * h * w
 
 
+def geometry_from_entry(m: dict):
+    """The geometry a bundle manifest's ``model`` entry was built for: a VideoGeometry when it records frames
+    (format 2 video bundles), else a TokenGeometry."""
+    if "frames" in m:
+        return VideoGeometry(m["frames"], m["height"], m["width"], m["vae_scale"], m["vae_temporal"],
+                             tuple(m["patch"]), m["latent_channels"])
+    return TokenGeometry(m["height"], m["width"], m["vae_scale"], m["latent_channels"])
+
+
 def parse_resolutions(value) -> tuple[tuple[int, int], ...]:
     """``[[h, w], ...]`` (a model's or bundle's ``trained_resolutions``) as a tuple of (h, w) pairs of positive
     ints; ValueError saying what is wrong (the caller names the file)."""

@@ -73,6 +73,11 @@ def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, m
                                max_ongoing_requests=max_ongoing, max_queued_requests=max_queued,
                                retry_after_s=retry_after, timeout_s=timeout, max_n=max_n, threads=threads,
                                replica_cpus=replica_cpus)
+    from ..bundle import is_video, read_manifest
+
+    if is_video(read_manifest(options.bundle)):  # before Ray starts: a one-line error, not a replica crash
+        raise ConfigError(f"{options.bundle} is a video bundle; the service serves image bundles (its API returns "
+                          f"images); generate clips with `ddit-export generate --bundle {options.bundle}`")
     from ..serve import app
 
     if write_config:

@@ -251,14 +251,10 @@ def _memory(cfg, geom, sizes, text_len, dtype, max_batch, guidance, engines) -> 
 
 def plan_from_manifest(manifest, settings=None) -> dict:
     """The plan of a built ONNX bundle (its config, resolution, sizes, dtype and text length)."""
-    m = manifest.model
-    if "frames" in m:  # a video bundle (format version 2)
-        from ..shapes import VideoGeometry
+    from ..shapes import geometry_from_entry
 
-        geom = VideoGeometry(m["frames"], m["height"], m["width"], m["vae_scale"], m["vae_temporal"],
-                             tuple(m["patch"]), m["latent_channels"])
-    else:
-        geom = TokenGeometry(m["height"], m["width"], m["vae_scale"], m["latent_channels"])
+    m = manifest.model
+    geom = geometry_from_entry(m)
     return make_plan(m["transformer_config"], geom, manifest.sizes, m["text_len"], manifest.dtype,
                      m["lora_rank"], settings)
 

@@ -13,15 +13,15 @@ def validate_bundle(folder, *, weights=None):
     """{size: max abs diff (None if not runnable on ORT CPU)} and the manifest; hashes are verified first."""
     from ..models.registry import load_model
     from ..settings import BuildSettings
-    from ..shapes import TokenGeometry
+    from ..shapes import geometry_from_entry
     from .parity import variant_parity
 
     manifest = load(folder)
     model = manifest.model
-    source = "flux" if model["kind"] == "flux" else model["name"]
+    source = model["kind"] if model["kind"] in ("flux", "wan") else model["name"]
     loaded = load_model(source, weights, sizes=manifest.sizes)
     dtype = BuildSettings(model=source, dtype=manifest.dtype).torch_dtype
     mp = loaded.transformer.to(dtype)
-    geom = TokenGeometry(model["height"], model["width"], model["vae_scale"], model["latent_channels"])
+    geom = geometry_from_entry(model)
     return {v.size: variant_parity(Path(folder) / v.file, mp, v.size, geom, model["text_len"], dtype)
             for v in manifest.variants}, manifest

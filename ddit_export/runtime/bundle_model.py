@@ -9,7 +9,7 @@ import torch
 from ..bundle import is_video
 from ..errors import ConfigError
 from ..settings import CacheSettings, ScheduleSettings
-from ..shapes import TokenGeometry
+from ..shapes import geometry_from_entry
 
 
 @dataclass
@@ -41,16 +41,11 @@ class BundleModel:
         if (height or m["height"]) != m["height"] or (width or m["width"]) != m["width"]:
             raise ConfigError(f"this bundle was built for {m['height']}x{m['width']}; rebuild with "
                               f"--height {height or m['height']} --width {width or m['width']}")
-        if self.family == "wan":
-            from ..shapes import VideoGeometry
-
-            if (frames or m["frames"]) != m["frames"]:
-                raise ConfigError(f"this bundle was built for {m['frames']} frames; rebuild with --frames {frames}")
-            return VideoGeometry(m["frames"], m["height"], m["width"], self.vae_scale, m["vae_temporal"],
-                                 tuple(m["patch"]), self.latent_channels)
-        if frames is not None:
+        if self.family == "wan" and (frames or m["frames"]) != m["frames"]:
+            raise ConfigError(f"this bundle was built for {m['frames']} frames; rebuild with --frames {frames}")
+        if self.family != "wan" and frames is not None:
             raise ConfigError(f"--frames applies to video bundles; {self.name} makes images")
-        return TokenGeometry(m["height"], m["width"], self.vae_scale, self.latent_channels)
+        return geometry_from_entry(m)
 
     def encode(self, prompts):
         from ..models.registry import Conditioning

@@ -167,3 +167,12 @@ def test_gpu_wan_bench_dry_run_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert set(res["step_ms"]) == {"1", "2", "4"} and res["generations"][0]["flop_bound"] > 1
+
+
+def test_inspect_and_validate_a_video_bundle_and_serve_refuses_it(wan_bundle):
+    r = invoke("inspect", wan_bundle)
+    assert r.exit_code == 0 and "format v2" in r.output and "4x8x8" in r.output, r.output
+    r = invoke("validate", wan_bundle)
+    assert r.exit_code == 0 and "bundle valid" in r.output, r.output
+    r = invoke("serve", wan_bundle)
+    assert r.exit_code == 2 and "video bundle" in r.output, r.output
