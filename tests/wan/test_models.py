@@ -124,3 +124,21 @@ def test_build_and_generate_a_wan_folder_bundle(wan_dir, tmp_path):
                                   "--out", str(tmp_path / "a.gif")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "a.gif").is_file()
+
+
+def test_generate_from_a_wan_folder_with_cfg_writes_a_clip(wan_dir, tmp_path):
+    import json
+
+    from ddit_export.cli import main
+
+    out, trace = tmp_path / "w.gif", tmp_path / "t.json"
+    r = CliRunner().invoke(main, ["generate", "--model", "wan", "--weights", str(wan_dir), "--height", "32",
+                                  "--width", "32", "--frames", "5", "--steps", "4", "--schedule", "1,2,2,1",
+                                  "--out", str(out), "--trace", str(trace)])
+    assert r.exit_code == 0, r.output
+    t = json.loads(trace.read_text())
+    assert t["settings"]["generate"]["guidance"] == 5.0  # Wan 2.1's CFG scale by default: two calls per step
+    assert [s["size"] for s in t["steps"]] == [1, 2, 2, 1] and out.is_file()
+    r = CliRunner().invoke(main, ["generate", "--model", "wan", "--weights", str(wan_dir), "--frames", "6",
+                                  "--height", "32", "--width", "32", "--steps", "4"])
+    assert r.exit_code == 2 and "4n+1" in r.output
