@@ -142,3 +142,20 @@ def test_generate_from_a_wan_folder_with_cfg_writes_a_clip(wan_dir, tmp_path):
     r = CliRunner().invoke(main, ["generate", "--model", "wan", "--weights", str(wan_dir), "--frames", "6",
                                   "--height", "32", "--width", "32", "--steps", "4"])
     assert r.exit_code == 2 and "4n+1" in r.output
+
+
+def test_coarse_path_trunk_body_reproduces_diffusers_at_size_one_positions():
+    """The coarse sizes' own copy of WanTransformer3DModel.forward (condition embedder, blocks with RoPE from
+    positions, output modulation) equals diffusers' forward when fed the fine patch embedding and fine positions."""
+    patch = (1, 2, 2)
+    trunk = _trunk(patch)
+    mp = MultiPatchWan(trunk, adapter=AdapterSettings(rank=4)).eval()
+    x5, t, e = torch.randn(1, 3, 2, 8, 8), torch.tensor([300.0]), torch.randn(1, 4, 16)
+    grid = (2, 4, 4)
+    with torch.no_grad():
+        ref = pack_video(trunk(x5, t, e, return_dict=False)[0], patch)
+        w = trunk.patch_embedding.weight.permute(0, 2, 3, 4, 1).reshape(trunk.patch_embedding.out_channels, -1)
+        hidden = pack_video(x5, patch) @ w.T + trunk.patch_embedding.bias
+        body = mp._trunk_body(hidden, t, e, grid, 1)
+        got = trunk.proj_out(body)
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
