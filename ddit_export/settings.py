@@ -15,9 +15,7 @@ MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 a
 DEFAULT_WARMUP = 3
 DEFAULT_LORA_RANK = 32
 WINDOWS = ("any", "same-size")
-#: How the rule measures a video patch's std (schedule/ddit.py): across all token frames, or per frame.
-VIDEO_STD = ("clip", "frame")
-DEFAULT_VIDEO_STD = "clip"  # provisional: the default is to be chosen from measurements on wan-mini
+VIDEO_STDS = ("clip", "frame")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
 #: coarse-to-fine family, "probe" the adaptive policy.
 POLICIES = ("ddit", "ladder", "probe")
@@ -39,14 +37,13 @@ class ScheduleSettings:
     # one size, else keep the current size; a coarse step changes the latents' third difference for the next
     # three steps, which with "any" locks the rule into three fine steps per coarse one (see calibration/).
     window: str = "any"
-    # video grids only (ignored for images): "clip" = std of each k x k patch across all token frames, "frame" =
-    # per token frame; the eps-percentile is over those patches
-    video_std: str = DEFAULT_VIDEO_STD
     head: int = 0  # ladder/probe: fine steps first
     n4: int = 0  # ladder/probe: steps at size 4 after the head
     tail: int = 4  # ladder: fine steps at the end; probe: the fewest fine steps at the end
     extra: int = 4  # probe: more fine steps at the end for a prompt whose detail signal exceeds ``detail``
     detail: float = 0.15  # probe: threshold on the predicted clean sample's within-patch std after the head
+    # video (Wan): the rule's per-patch std across all token frames ("clip") or per token frame ("frame")
+    video_std: str = "clip"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -63,8 +60,8 @@ class ScheduleSettings:
                               f"got {self.warmup}")
         if self.window not in WINDOWS:
             raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
-        if self.video_std not in VIDEO_STD:
-            raise ConfigError(f"video_std must be one of {', '.join(VIDEO_STD)}, got {self.video_std!r}")
+        if self.video_std not in VIDEO_STDS:
+            raise ConfigError(f"video_std must be one of {', '.join(VIDEO_STDS)}, got {self.video_std!r}")
 
 
 MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)
@@ -97,7 +94,7 @@ def policy_spec(s: ScheduleSettings) -> str:
     """The short ``NAME:KNOB=VALUE,...`` form of a policy's own knobs (inverse of :func:`parse_policy`)."""
     knobs = {"ddit": ("tau", "eps", "warmup", "window"), "ladder": ("head", "n4", "tail")}.get(s.policy)
     knobs = knobs if knobs is not None else PROBE_KNOBS
-    if s.video_std != DEFAULT_VIDEO_STD and s.policy in ("ddit", "probe"):
+    if s.policy in ("ddit", "probe") and s.video_std != ScheduleSettings.video_std:
         knobs = (*knobs, "video_std")  # named only when not the default: image specs keep their old form
     return f"{s.policy}:" + ",".join(f"{k}={getattr(s, k):g}" if isinstance(getattr(s, k), float)
                                      else f"{k}={getattr(s, k)}" for k in knobs)

@@ -1,5 +1,6 @@
-"""Writing generated clips: :func:`save_video` (GIF through Pillow, MP4 through imageio's ffmpeg plugin) and
-:func:`frames_grid` (one row of frames per clip, for docs). Below runtime/ and the commands, like images.py.
+"""Writing generated clips: :func:`save_video` (GIF through Pillow, MP4 through imageio's ffmpeg plugin),
+:func:`read_video` (for tests and evaluation) and :func:`frames_grid` (one row of frames per clip, for docs).
+Below runtime/ and the commands, like images.py.
 
 A clip is a list of PIL frames or an (F, H, W, 3) uint8 array. MP4 needs the ``video`` extra (imageio and
 imageio-ffmpeg, which ships an ffmpeg binary); GIF needs nothing beyond Pillow.
@@ -21,7 +22,7 @@ def clip_array(frames) -> np.ndarray:
     """A list of PIL frames or an (F, H, W, 3) uint8 array -> (F, H, W, 3) uint8 array."""
     if isinstance(frames, (list, tuple)):
         if not frames:
-            raise ValueError("a clip needs at least one frame")
+            raise ConfigError("a video needs at least one frame")
         frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
     a = np.asarray(frames)
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3 or not len(a):
@@ -33,8 +34,9 @@ def video_suffix(path) -> str:
     """The output type from ``path``'s suffix; anything but .gif / .mp4 is a ConfigError naming those."""
     suffix = Path(path).suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
-        raise ConfigError(f"cannot write a video to {path}: the suffix {suffix or '(none)'!r} is not one of "
-                          f"{', '.join(VIDEO_SUFFIXES)}")
+        what = repr(suffix) if suffix else "a name without a suffix"
+        raise ConfigError(f"cannot write a video to {path}: {what} is not a video type this writes; use "
+                          f"{' or '.join(VIDEO_SUFFIXES)}")
     return suffix
 
 
@@ -72,17 +74,33 @@ def _mp4_writer(a: np.ndarray, fps: float):
         raise ConfigError(f"writing .mp4 needs {e.name or 'imageio'} (imageio and imageio-ffmpeg): "
                           f"pip install 'ddit-export[video]', or write a .gif") from None
 
+    if a.shape[1] % 2 or a.shape[2] % 2:  # H.264 in yuv420p needs even sides: repeat the last row / column
+        a = np.pad(a, ((0, 0), (0, a.shape[1] % 2), (0, a.shape[2] % 2), (0, 0)), mode="edge")
+
     def write(tmp: Path):
-        # H.264 in yuv420p needs even sides: macro_block_size=2 lets imageio pad odd ones instead of failing
         with iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-                            macro_block_size=2, ffmpeg_log_level="error") as w:
+                            macro_block_size=1, ffmpeg_log_level="error") as w:
             for f in a:
                 w.append_data(f)
 
     return write
 
 
-def frames_grid(clips, scale: int = 1, gap: int = 2, background=(255, 255, 255)):
+def read_video(path) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames of a GIF (Pillow) or an MP4 (imageio-ffmpeg) file."""
+    path = Path(path)
+    if video_suffix(path) == ".gif":
+        from PIL import Image, ImageSequence
+
+        with Image.open(path) as im:
+            return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+    import imageio.v2 as iio
+
+    with iio.get_reader(path, format="FFMPEG") as r:
+        return np.stack(list(r.iter_data()))  # not list(r): the reader's len() is inf
+
+
+def frames_grid(clips, scale: int = 1, gap: int = 0, background=(0, 0, 0)):
     """One row per clip, its frames left to right (``gap`` px apart, each frame enlarged ``scale`` times,
     nearest-neighbour) -> PIL image. Clips may differ in frame count, not in frame size."""
     from PIL import Image

@@ -34,7 +34,7 @@ def test_gif_round_trip(tmp_path):
     a = clip()
     out = VI.save_video(a, tmp_path / "clip.gif", fps=8)
     frames, durations, loop = read_gif(out)
-    assert np.array_equal(frames, a)
+    assert np.array_equal(frames, a) and np.array_equal(VI.read_video(out), a)
     assert all(d in (120, 130) for d in durations) and loop == 0
     assert [p.name for p in tmp_path.iterdir()] == ["clip.gif"]  # no temporary file left
 
@@ -51,15 +51,21 @@ def test_mp4_round_trip(tmp_path):
     iio = pytest.importorskip("imageio.v2")
     a = clip()
     VI.save_video(a, tmp_path / "clip.mp4", fps=8)
-    reader = iio.get_reader(tmp_path / "clip.mp4", format="FFMPEG")
-    try:
-        back = np.stack(list(reader.iter_data()))  # not list(reader): its len() is inf
+    with iio.get_reader(tmp_path / "clip.mp4", format="FFMPEG") as reader:
         fps = reader.get_meta_data()["fps"]
-    finally:
-        reader.close()
+    back = VI.read_video(tmp_path / "clip.mp4")
     assert back.shape == a.shape and fps == pytest.approx(8)
     assert np.abs(back.astype(int) - a).mean() < 10  # H.264 is lossy; the moving square must still be there
     assert back[-1, 16, 3 * (FRAMES - 1) + 4].min() > 180 and back[0, 16, 28].max() < 120
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+def test_mp4_odd_sides_are_padded_not_resampled(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    a = clip(side=33)
+    back = VI.read_video(VI.save_video(a, tmp_path / "odd.mp4"))
+    assert back.shape == (FRAMES, 34, 34, 3)
+    assert np.abs(back[:, :33, :33].astype(int) - a).mean() < 10
 
 
 def test_mp4_without_imageio_ffmpeg_names_the_package_and_the_extra(tmp_path, monkeypatch):
@@ -71,7 +77,7 @@ def test_mp4_without_imageio_ffmpeg_names_the_package_and_the_extra(tmp_path, mo
 
 @pytest.mark.parametrize("name", ["clip.avi", "clip", "clip.png"])
 def test_other_suffixes_are_refused_with_the_list(tmp_path, name):
-    with pytest.raises(ConfigError, match=r"not one of \.gif, \.mp4"):
+    with pytest.raises(ConfigError, match=r"is not a video type this writes; use \.gif or \.mp4"):
         VI.save_video(clip(), tmp_path / name)
     assert not any(tmp_path.iterdir())
 
@@ -81,7 +87,7 @@ def test_bad_fps_and_bad_frames(tmp_path):
         VI.save_video(clip(), tmp_path / "c.gif", fps=0)
     with pytest.raises(ValueError, match="uint8"):
         VI.save_video(clip().astype(np.float32), tmp_path / "c.gif")
-    with pytest.raises(ValueError, match="at least one frame"):
+    with pytest.raises(ConfigError, match="at least one frame"):
         VI.save_video([], tmp_path / "c.gif")
 
 
@@ -112,5 +118,6 @@ def test_frames_grid_lays_clips_in_rows():
     assert (g[0:8, 0:8] == [10, 20, 30]).all() and (g[0:8, 9:17] == 200).all()
     assert (g[9:17, 0:8] == 90).all() and (g[9:17, 18:26] == [255, 0, 0]).all()  # row 2 has two frames only
     assert (g[8, :] == [255, 0, 0]).all()  # the gap between rows
+    assert VI.frames_grid([clip(4), clip(3)]).size == (4 * SIDE, 2 * SIDE)  # default: no gap
     with pytest.raises(ValueError, match="frame size"):
         VI.frames_grid([clip(2, 4), clip(2, 8)])

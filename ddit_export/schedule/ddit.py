@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..settings import DEFAULT_VIDEO_STD, VIDEO_STD, ScheduleSettings
+from ..settings import VIDEO_STDS, ScheduleSettings
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def third_difference(history: Sequence[np.ndarray]) -> np.ndarray:
     return z3 - 3.0 * z2 + 3.0 * z1 - z0
 
 
-def patch_std(d: np.ndarray, grid: tuple[int, ...], k: int, video_std: str = DEFAULT_VIDEO_STD) -> np.ndarray:
+def patch_std(d: np.ndarray, grid: tuple[int, ...], k: int, video_std: str = "clip") -> np.ndarray:
     """Std inside each k x k token patch of fine-token array ``d``: image grid (h, w), ``d`` (B, h*w, C) ->
     (B, h/k * w/k); video grid (F, h, w), ``d`` (B, F*h*w, C) -> (B, h/k * w/k) for ``video_std="clip"`` (each
     patch across all frames), (B, F * h/k * w/k) for ``"frame"`` (ordered f, y, x)."""
@@ -58,11 +58,10 @@ def patch_std(d: np.ndarray, grid: tuple[int, ...], k: int, video_std: str = DEF
     if video_std == "clip":
         x = x.transpose(0, 2, 4, 1, 3, 5, 6)  # (b, h/k, w/k, f, k, k, c)
         return x.reshape(b, (h // k) * (w // k), f * k * k * c).std(axis=-1)
-    raise ValueError(f"video_std must be one of {', '.join(VIDEO_STD)}, got {video_std!r}")
+    raise ValueError(f"video_std must be one of {', '.join(VIDEO_STDS)}, got {video_std!r}")
 
 
-def sigma_at(d: np.ndarray, grid: tuple[int, ...], k: int, eps: float,
-             video_std: str = DEFAULT_VIDEO_STD) -> np.ndarray:
+def sigma_at(d: np.ndarray, grid: tuple[int, ...], k: int, eps: float, video_std: str = "clip") -> np.ndarray:
     """ε-percentile over patches of the per-patch std, per sample: (B,)."""
     return np.percentile(patch_std(d, grid, k, video_std), eps * 100.0, axis=-1)
 

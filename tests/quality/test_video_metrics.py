@@ -28,8 +28,8 @@ def test_identical_clips():
     s = V.compare_clips(REF, REF)
     assert s["psnr"] == [100.0] * FRAMES and s["psnr_mean"] == 100.0
     assert s["ssim_mean"] == pytest.approx(1.0)
-    assert s["motion"] == s["ref_motion"] > 0
-    assert s["motion_ratio"] == 1.0 and s["flicker"] == 0.0
+    assert s["change"] == s["ref_change"] > 0
+    assert s["change_ratio"] == 1.0 and s["diff_error"] == 0.0
 
 
 def test_per_frame_values_are_the_image_metrics():
@@ -38,6 +38,10 @@ def test_per_frame_values_are_the_image_metrics():
     assert s["psnr"] == pytest.approx([float(M.psnr(clip[f:f + 1], REF[f:f + 1])[0]) for f in range(FRAMES)])
     assert s["ssim"] == pytest.approx([float(M.ssim(clip[f:f + 1], REF[f:f + 1])[0]) for f in range(FRAMES)])
     assert s["psnr_mean"] == pytest.approx(np.mean(s["psnr"])) and s["ssim_mean"] == pytest.approx(np.mean(s["ssim"]))
+    assert np.array_equal(V.frame_psnr(clip, REF), s["psnr"]) and np.array_equal(V.frame_ssim(clip, REF), s["ssim"])
+    change = V.frame_change(REF)
+    assert change.shape == (FRAMES - 1,)
+    assert change[2] == pytest.approx(np.abs(REF[3] - REF[2]).mean() / 2)  # on [0, 1] pixels
 
 
 def test_a_flickering_clip_scores_worse_than_a_smooth_one_with_the_same_frame_error():
@@ -47,29 +51,29 @@ def test_a_flickering_clip_scores_worse_than_a_smooth_one_with_the_same_frame_er
     # per-frame metrics hardly tell them apart (|error| is the same in every frame; SSIM moves by 1e-4) ...
     assert a["psnr"] == pytest.approx(b["psnr"]) and a["ssim_mean"] == pytest.approx(b["ssim_mean"], abs=1e-3)
     # ... the temporal ones can: the smooth clip changes exactly as the reference does
-    assert a["flicker"] == pytest.approx(0.0, abs=1e-12) and a["motion_ratio"] == pytest.approx(1.0)
-    assert b["flicker"] == pytest.approx(0.1, rel=1e-9)  # |±0.2| on [-1, 1] = 0.1 on [0, 1], every pixel
-    assert b["motion_ratio"] > 2
+    assert a["diff_error"] == pytest.approx(0.0, abs=1e-6)  # float32 clips and a["change_ratio"] == pytest.approx(1.0)
+    assert b["diff_error"] == pytest.approx(0.1, rel=1e-6)  # |±0.2| on [-1, 1] = 0.1 on [0, 1], every pixel
+    assert b["change_ratio"] > 2
 
 
-def test_a_frozen_clip_has_motion_ratio_zero():
+def test_a_frozen_clip_has_change_ratio_zero():
     frozen = np.repeat(REF[:1], FRAMES, axis=0)
     t = V.temporal_consistency(frozen, REF)
-    assert t["motion"] == 0.0 and t["motion_ratio"] == 0.0 and t["flicker"] == pytest.approx(t["ref_motion"])
-    assert V.temporal_consistency(frozen, frozen)["motion_ratio"] == 1.0
-    assert V.temporal_consistency(REF, frozen)["motion_ratio"] == float("inf")
+    assert t["change"] == 0.0 and t["change_ratio"] == 0.0 and t["diff_error"] == pytest.approx(t["ref_change"])
+    assert V.temporal_consistency(frozen, frozen)["change_ratio"] == 1.0
+    assert V.temporal_consistency(REF, frozen)["change_ratio"] == float("inf")
 
 
 def test_clip_forms_agree():
     u8 = ((REF + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
     pil = [Image.fromarray(f) for f in u8]
-    a, b = V.as_clip(u8), V.as_clip(pil)
+    a, b = V.clip_array(u8), V.clip_array(pil)
     assert a.shape == REF.shape and np.array_equal(a, b)
     assert np.abs(a - REF).max() <= 1 / 127.5
     torch = pytest.importorskip("torch")
-    assert np.allclose(V.as_clip(torch.tensor(REF, dtype=torch.float32)), REF, atol=1e-7)
+    assert np.allclose(V.clip_array(torch.tensor(REF, dtype=torch.float32)), REF, atol=1e-7)
     with pytest.raises(ValueError, match=r"\(F, 3, H, W\)"):
-        V.as_clip(REF.transpose(0, 2, 3, 1))
+        V.clip_array(REF.transpose(0, 2, 3, 1))
     with pytest.raises(ValueError, match="differ in shape"):
         V.compare_clips(REF, REF[:4])
 
@@ -78,7 +82,7 @@ def test_mean_scores():
     s = [V.compare_clips(REF + 0.05 * PATTERN, REF), V.compare_clips(REF + 0.1 * PATTERN, REF)]
     m = V.mean_scores(s)
     assert m["psnr_mean"] == pytest.approx((s[0]["psnr_mean"] + s[1]["psnr_mean"]) / 2)
-    assert "psnr" not in m and set(m) >= {"ssim_mean", "motion_ratio", "flicker"}
+    assert "psnr" not in m and set(m) >= {"ssim_mean", "change_ratio", "diff_error"}
 
 
 def test_frechet_over_frames_uses_every_frame():
@@ -90,7 +94,7 @@ def test_frechet_over_frames_uses_every_frame():
         seen.append(x.shape)
         return x.reshape(len(x), 3, 4, 8, 4, 8).mean(axis=(3, 5)).reshape(len(x), -1)  # 3 x 4 x 4 pooled pixels
 
-    fd = V.frechet_frames(clips, other, feats)
+    fd = V.frechet_frames(clips, other, feats)  # a callable as the feature extractor
     assert seen == [(3 * FRAMES, 3, SIDE, SIDE)] * 2
     assert fd == pytest.approx(M.frechet_distance(feats(np.concatenate(clips)), feats(np.concatenate(other))))
     assert V.frechet_frames(clips, clips, feats) == pytest.approx(0.0, abs=1e-6)
