@@ -7,12 +7,14 @@ channels of those tokens), take the standard deviation inside each patch, then t
 
 A batch takes one decision: the largest σ_k over its samples counts (coarse only if every sample allows it).
 
-Video (grid (F, h, w), tokens ordered frame, row, column): a patch is k x k spatial tokens; ``video_std="clip"``
-takes the std inside each patch across all token frames and channels (one value per (h/k, w/k) patch), ``"frame"``
-per token frame (one value per (F, h/k, w/k) patch). The knobs (τ, ε, warm-up, window) are the image rule's.
-
 ``window="same-size"`` (not in the paper) decides only when the last three steps, whose latents make up Δ³, ran
 at one size, and otherwise keeps the size of the last step ("hold").
+
+Video grids are (F, h, w) token frames x rows x cols (fine tokens ordered f, y, x). A size k merges k x k spatial
+tokens inside one token frame, so a patch is spatial; ``video_std`` says over what its std is taken: "clip" = the
+k x k patch across all F token frames (one value per (h/k, w/k) patch: a patch whose Δ³ changes from frame to
+frame counts as rough), "frame" = each frame's k x k patch alone (one value per (F, h/k, w/k) patch). The
+ε-percentile is over those patches either way; with F = 1 both equal the image rule.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..settings import ScheduleSettings
+from ..settings import VIDEO_STDS, ScheduleSettings
 
 
 @dataclass(frozen=True)
@@ -39,38 +41,44 @@ def third_difference(history: Sequence[np.ndarray]) -> np.ndarray:
     return z3 - 3.0 * z2 + 3.0 * z1 - z0
 
 
-def patch_std(d: np.ndarray, grid: tuple, k: int, video_std: str = "clip") -> np.ndarray:
-    """Std inside each k x k token patch of fine-token array ``d`` (B, h*w, C) -> (B, h/k * w/k). A video grid
-    (F, h, w): ``"clip"`` -> (B, h/k * w/k) across frames, ``"frame"`` -> (B, F * h/k * w/k)."""
+def patch_std(d: np.ndarray, grid: tuple[int, ...], k: int, video_std: str = "clip") -> np.ndarray:
+    """Std inside each k x k token patch of fine-token array ``d``: image grid (h, w), ``d`` (B, h*w, C) ->
+    (B, h/k * w/k); video grid (F, h, w), ``d`` (B, F*h*w, C) -> (B, h/k * w/k) for ``video_std="clip"`` (each
+    patch across all frames), (B, F * h/k * w/k) for ``"frame"`` (ordered f, y, x)."""
     b, _, c = d.shape
-    if len(grid) == 3:
-        f, h, w = grid
-        x = d.reshape(b, f, h // k, k, w // k, k, c)
-        if video_std == "frame":
-            x = x.transpose(0, 1, 2, 4, 3, 5, 6)
-            return x.reshape(b, f * (h // k) * (w // k), k * k * c).std(axis=-1)
-        if video_std != "clip":
-            raise ValueError(f"video_std must be 'clip' or 'frame', got {video_std!r}")
-        x = x.transpose(0, 2, 4, 1, 3, 5, 6)
+    if len(grid) == 2:
+        h, w = grid
+        x = d.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, (h // k) * (w // k), k * k * c).std(axis=-1)
+    f, h, w = grid
+    x = d.reshape(b, f, h // k, k, w // k, k, c)
+    if video_std == "frame":
+        x = x.transpose(0, 1, 2, 4, 3, 5, 6)  # (b, f, h/k, w/k, k, k, c)
+        return x.reshape(b, f * (h // k) * (w // k), k * k * c).std(axis=-1)
+    if video_std == "clip":
+        x = x.transpose(0, 2, 4, 1, 3, 5, 6)  # (b, h/k, w/k, f, k, k, c)
         return x.reshape(b, (h // k) * (w // k), f * k * k * c).std(axis=-1)
-    h, w = grid
-    x = d.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // k) * (w // k), k * k * c).std(axis=-1)
+    raise ValueError(f"video_std must be one of {', '.join(VIDEO_STDS)}, got {video_std!r}")
 
 
-def sigma_at(d: np.ndarray, grid: tuple, k: int, eps: float, video_std: str = "clip") -> np.ndarray:
+def sigma_at(d: np.ndarray, grid: tuple[int, ...], k: int, eps: float, video_std: str = "clip") -> np.ndarray:
     """ε-percentile over patches of the per-patch std, per sample: (B,)."""
     return np.percentile(patch_std(d, grid, k, video_std), eps * 100.0, axis=-1)
+
+
+def divides(grid: tuple[int, ...], k: int) -> bool:
+    """Whether size k cuts ``grid``'s spatial (last two) axes into whole k x k patches; frames are never merged."""
+    *_, h, w = grid
+    return h % k == 0 and w % k == 0
 
 
 class DDiTPolicy:
     """Decides the patch size of each step from the latent history."""
 
-    def __init__(self, settings: ScheduleSettings, grid: tuple[int, int], sizes: Sequence[int]):
+    def __init__(self, settings: ScheduleSettings, grid: tuple[int, ...], sizes: Sequence[int]):
         self.settings = settings
-        self.grid = grid
-        h, w = grid[-2:]  # a video's spatial grid: k x k patches never span frames
-        self.sizes = tuple(sorted(k for k in sizes if h % k == 0 and w % k == 0))
+        self.grid = tuple(grid)  # (h, w) or a video's (F, h, w)
+        self.sizes = tuple(sorted(k for k in sizes if divides(grid, k)))
         self.taken: list[int] = []  # sizes this policy chose, step by step (one policy per generation)
 
     def decide(self, step: int, history: Sequence[np.ndarray]) -> Decision:
@@ -85,7 +93,7 @@ class DDiTPolicy:
         if self.settings.window == "same-size" and len(set(last3)) > 1:
             return Decision(last3[-1], {}, "hold")  # the window mixes sizes: its Δ³ says little; keep going
         d3 = third_difference(history)
-        mode = getattr(self.settings, "video_std", "clip")
-        sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps, mode).max()) for k in self.sizes if k > 1}
+        sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps, self.settings.video_std).max())
+                  for k in self.sizes if k > 1}
         passing = [k for k, s in sigmas.items() if s < self.settings.tau]
         return Decision(max(passing, default=1), sigmas, "rule")

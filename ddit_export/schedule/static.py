@@ -6,19 +6,18 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from ..settings import GenerateSettings
-from .ddit import DDiTPolicy, Decision
+from .ddit import DDiTPolicy, Decision, divides
 
 
 class StaticSchedule:
     what = "static schedule"
     needs_history = False  # decides from the step index alone (the loop keeps no latent history for it)
 
-    def __init__(self, sizes: Sequence[int], grid: tuple[int, int], available: Sequence[int]):
-        h, w = grid[-2:]  # the spatial grid (a video's per token frame)
-        bad = sorted({k for k in sizes if k not in available or h % k or w % k})
+    def __init__(self, sizes: Sequence[int], grid: tuple[int, ...], available: Sequence[int]):
+        bad = sorted({k for k in sizes if k not in available or not divides(grid, k)})
         if bad:
-            raise ConfigError(f"{self.what} uses size(s) {bad} not available for grid {grid} "
-                              f"(available: {sorted(k for k in available if not h % k and not w % k)}); "
+            raise ConfigError(f"{self.what} uses size(s) {bad} not available for grid {tuple(grid)} "
+                              f"(available: {sorted(k for k in available if divides(grid, k))}); "
                               f"give a schedule within those sizes (--policy, --schedule) or allow the sizes (--sizes)")
         self.sizes = tuple(int(k) for k in sizes)
 
@@ -46,8 +45,9 @@ class Ladder(StaticSchedule):
         super().__init__(ladder_sizes(steps, head, n4, tail), grid, available)
 
 
-def make_policy(settings: GenerateSettings, grid: tuple[int, int], available: Sequence[int]):
-    """The policy a generation job asks for: a static list, coarse-first, or ``settings.schedule.policy``."""
+def make_policy(settings: GenerateSettings, grid: tuple[int, ...], available: Sequence[int]):
+    """The policy a generation job asks for: a static list, coarse-first, or ``settings.schedule.policy``. ``grid``
+    is an image's (h, w) or a video's (F, h, w) token grid."""
     if settings.static is not None:
         return StaticSchedule(settings.static, grid, available)
     if settings.coarse_first is not None:
