@@ -193,6 +193,7 @@ class GenerateSettings:
     steps: int = 28
     height: int | None = None  # None: the model's default
     width: int | None = None
+    frames: int | None = None  # video models (Wan): frames of the clip (None: the model's default); images: None
     guidance: float = 3.5
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     static: tuple[int, ...] | None = None  # an explicit size per step, instead of the dynamic rule
@@ -220,6 +221,8 @@ class GenerateSettings:
         for name, v in (("height", self.height), ("width", self.width)):
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames} (leave it out for the model's default)")
         if not math.isfinite(self.guidance):
             raise ConfigError(f"guidance must be a finite number, got {self.guidance}")
         if self.sizes is not None:
@@ -257,6 +260,7 @@ class BuildSettings:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     height: int | None = None
     width: int | None = None
+    frames: int | None = None  # video models: the clip length the graphs are built for (None: the model's)
     dtype: str = "fp32"
     out: str | None = None  # default engines/<model>
     text_len: int | None = None  # FLUX.1-dev: T5 length (default 512); pixel models: their encoder's max length
@@ -269,6 +273,8 @@ class BuildSettings:
         for name, v in (("height", self.height), ("width", self.width)):
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames} (leave it out for the model's default)")
         if self.text_len is not None and self.text_len < 1:
             raise ConfigError(f"text length must be >= 1, got {self.text_len}")
 
