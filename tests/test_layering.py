@@ -20,6 +20,7 @@ FORBIDDEN = {
     "bundle.py": ("ddit_export.runtime", "ddit_export.export", "ddit_export.models"),
     "plan.py": ("ddit_export.runtime", "ddit_export.export", "ddit_export.models"),
     "images.py": ("ddit_export.runtime", "ddit_export.export", "ddit_export.models"),
+    "video_io.py": ("ddit_export.runtime", "ddit_export.export", "ddit_export.models"),
 }
 
 
