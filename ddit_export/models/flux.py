@@ -47,6 +47,8 @@ class MultiPatchFlux(nn.Module):
     """diffusers' FluxTransformer2DModel (``self.trunk``, shared) plus one :class:`CoarseStem` and LoRA per size."""
 
     family = "flux"  # the contract this model's forward takes (models/wan.py's MultiPatchWan: "wan")
+    stem_class = CoarseStem  # what one coarse size owns (MultiPatchWan: WanStem)
+    ff_targets = staticmethod(lora_mod.ff_targets)  # the trunk's feed-forward linears that get per-size LoRA
 
     def __init__(self, trunk: nn.Module, sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings()):
         super().__init__()
@@ -54,8 +56,8 @@ class MultiPatchFlux(nn.Module):
         self.sizes = check_sizes(sizes)
         self.adapter_settings = adapter
         coarse = [k for k in self.sizes if k > 1]
-        self.stems = nn.ModuleDict({str(k): CoarseStem(trunk, k, adapter.init) for k in coarse})
-        self.lora_targets = lora_mod.ff_targets(trunk) if adapter.rank > 0 else []
+        self.stems = nn.ModuleDict({str(k): self.stem_class(trunk, k, adapter.init) for k in coarse})
+        self.lora_targets = self.ff_targets(trunk) if adapter.rank > 0 else []
         self.loras = nn.ModuleDict({
             str(k): lora_mod.make_loras(trunk, self.lora_targets, adapter.rank, adapter.lora_alpha) for k in coarse
         })

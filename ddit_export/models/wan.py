@@ -11,15 +11,14 @@ feed-forward layers and 3-D RoPE at the centre of the merged patches, de-embeds 
 from __future__ import annotations
 
 import contextlib
-import json
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
-from ..settings import AdapterSettings, DEFAULT_SIZES, check_sizes
+from ..settings import AdapterSettings, DEFAULT_SIZES
 from . import lora as lora_mod
-from .flux import MultiPatchFlux, compute_dtype
+from .flux import MultiPatchFlux
 from .patching import init_deembed, init_embed, merge_tokens, unmerge_tokens
 
 ROPE_THETA = 10000.0  # WanRotaryPosEmbed's default; diffusers' WanTransformer3DModel never passes another
@@ -112,30 +111,18 @@ class MultiPatchWan(MultiPatchFlux):
     The adapter API (save/load, parameters, ``active``, ``unwrap``) is MultiPatchFlux's."""
 
     family = "wan"
+    stem_class = WanStem
+    ff_targets = staticmethod(lora_mod.wan_ff_targets)
 
     def __init__(self, trunk: nn.Module, sizes=DEFAULT_SIZES, adapter: AdapterSettings = AdapterSettings()):
-        nn.Module.__init__(self)
         if type(trunk).__name__ != "WanTransformer3DModel" and not hasattr(trunk, "patch_embedding"):
             raise WeightsError(f"MultiPatchWan wraps diffusers' WanTransformer3DModel, got {type(trunk).__name__}")
         if trunk.config.get("image_dim") is not None or trunk.config.get("added_kv_proj_dim") is not None:
             raise ConfigError("this Wan transformer takes image embeddings (image-to-video); the DDiT coarse sizes "
                               "support text-to-video only")
-        self.trunk = trunk
-        self.sizes = check_sizes(sizes)
-        self.adapter_settings = adapter
+        super().__init__(trunk, sizes, adapter)  # stems, LoRA and hooks as MultiPatchFlux builds them
         self.patch = tuple(trunk.config.patch_size)
-        coarse = [k for k in self.sizes if k > 1]
-        self.stems = nn.ModuleDict({str(k): WanStem(trunk, k, adapter.init) for k in coarse})
-        self.lora_targets = lora_mod.wan_ff_targets(trunk) if adapter.rank > 0 else []
-        self.loras = nn.ModuleDict({
-            str(k): lora_mod.make_loras(trunk, self.lora_targets, adapter.rank, adapter.lora_alpha) for k in coarse
-        })
-        self._active = lora_mod.ActiveSize()
-        self._hooks = lora_mod.attach(trunk, self.lora_targets, self.loras, self._active)
         self._rope_dtype = torch.float64  # float32 while exporting (float32_rope)
-        dtype, device = compute_dtype(trunk), next(trunk.parameters()).device
-        self.stems.to(dtype=dtype, device=device)
-        self.loras.to(dtype=dtype, device=device)
 
     def adapter_metadata(self) -> dict[str, str]:
         return {**super().adapter_metadata(), "family": "wan"}
