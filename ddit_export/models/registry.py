@@ -219,9 +219,7 @@ def _check_folder(folder: Path, needed: list[str]):
 
 
 def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> LoadedModel:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    from .text import WordTextEncoder
+    from diffusers import FluxTransformer2DModel
 
     _check_folder(folder, [PIXEL_META, "transformer/config.json", "text_encoder/config.json",
                            "scheduler/scheduler_config.json"])
@@ -234,16 +232,7 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
         trained = parse_resolutions(meta.get("trained_resolutions", [[meta["height"], meta["width"]]]))
     except ValueError as e:
         raise WeightsError(f"{folder / PIXEL_META}: {e}") from None
-    try:
-        trunk = FluxTransformer2DModel.from_pretrained(folder / "transformer", local_files_only=True,
-                                                       low_cpu_mem_usage=False)
-        text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
-                                               low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"could not load weights from {folder}: {str(e).splitlines()[0]}") from None
-    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
-    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
-        adapters = folder / "transformer" / ADAPTER_FILE
+    trunk, text, sched, adapters = _folder_parts(folder, FluxTransformer2DModel, adapters, low_cpu_mem_usage=False)
     m = _pixel_model(meta["name"], trunk, text, dict(sched.config), meta["height"], meta["width"],
                      meta.get("steps", 28), adapters, sizes, adapter, dtype, device)
     if "schedule" in meta:
@@ -251,6 +240,25 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
     m.default_prompt = meta.get("prompt", m.default_prompt)
     m.trained_resolutions = trained
     return m
+
+
+def _folder_parts(folder: Path, trunk_cls, adapters, **trunk_kw):
+    """(trunk, word text encoder, scheduler, adapters file) of a pixel model folder (image or video); ``adapters``
+    None: the folder's own file when it has one."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .text import WordTextEncoder
+
+    try:
+        trunk = trunk_cls.from_pretrained(folder / "transformer", local_files_only=True, **trunk_kw)
+        text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
+                                               low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"could not load weights from {folder}: {str(e).splitlines()[0]}") from None
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
+        adapters = folder / "transformer" / ADAPTER_FILE
+    return trunk, text, sched, adapters
 
 
 def _multipatch(trunk, adapters, sizes, adapter) -> MultiPatchFlux:
@@ -363,20 +371,10 @@ def save_video_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
 
 
 def _load_video_folder(folder: Path, meta: dict, adapters, sizes, adapter, dtype, device) -> LoadedModel:
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
 
-    from .text import WordTextEncoder
-
-    try:
-        # (WanTransformer3DModel keeps some modules in fp32, which diffusers allows only with low_cpu_mem_usage)
-        trunk = WanTransformer3DModel.from_pretrained(folder / "transformer", local_files_only=True)
-        text = WordTextEncoder.from_pretrained(folder / "text_encoder", local_files_only=True,
-                                               low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"could not load weights from {folder}: {str(e).splitlines()[0]}") from None
-    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
-    if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
-        adapters = folder / "transformer" / ADAPTER_FILE
+    # (WanTransformer3DModel keeps some modules in fp32, which diffusers allows only with low_cpu_mem_usage)
+    trunk, text, sched, adapters = _folder_parts(folder, WanTransformer3DModel, adapters)
     schedule = ScheduleSettings(**meta["schedule"]) if "schedule" in meta else ScheduleSettings()
     m = _video_model(meta["name"], trunk, text, dict(sched.config), meta["height"], meta["width"], meta["frames"],
                      meta.get("steps", 28), adapters, sizes, adapter, dtype, device, schedule=schedule)
