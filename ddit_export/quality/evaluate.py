@@ -85,6 +85,27 @@ def training_free(loaded):
     return dataclasses.replace(loaded, transformer=tf.eval())
 
 
+def prompt_chunks(n: int, batch: int, batched: bool) -> list[tuple[int, int]]:
+    """(lo, hi) prompt ranges of one variant's runs: ``batch`` at a time when its decisions do not depend on the
+    prompt (fine-only, static ladders), else one prompt at a time (the rule decides once per batch)."""
+    if batched:
+        return [(i, min(i + batch, n)) for i in range(0, n, batch)]
+    return [(i, i + 1) for i in range(n)]
+
+
+def variant_settings(v: dict, common: dict, kw: dict):
+    """GenerateSettings of one evaluation variant (fine-only, a policy spec, or the rule at ``v["tau"]``) for the
+    prompts, seed, steps and size in ``common``; ``kw``: the rule's other knobs."""
+    from ..api import build_settings
+
+    m, steps = v["model"], common["steps"]
+    if v["kind"] == "fine":
+        return build_settings(m, **common, static=(1,) * steps)
+    if v.get("policy"):
+        return build_settings(m, **common, policy=v["policy"])
+    return build_settings(m, **common, tau=v["tau"], **kw)
+
+
 def _images(model, latents, geom) -> np.ndarray:
     """Final latents -> (B, 3, H, W) float32 in [-1, 1]."""
     from ..images import unpack
@@ -168,17 +189,8 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
             m = v["model"]
             t0 = time.perf_counter()
             with TorchBackend(m.transformer) as backend:
-                chunks = ([range(i, min(i + settings.batch, n)) for i in range(0, n, settings.batch)]
-                          if v["kind"] == "fine" else [range(i, i + 1) for i in range(n)])
-                for idx in chunks:
-                    lo, hi = idx[0], idx[-1] + 1
-                    common = dict(prompts=captions[lo:hi], seed=seed, steps=steps, **hw)
-                    if v["kind"] == "fine":
-                        gs = build_settings(m, **common, static=(1,) * steps)
-                    elif v.get("policy"):
-                        gs = build_settings(m, **common, policy=v["policy"])
-                    else:
-                        gs = build_settings(m, **common, tau=v["tau"], **kw)
+                for lo, hi in prompt_chunks(n, settings.batch, batched=v["kind"] == "fine"):
+                    gs = variant_settings(v, dict(prompts=captions[lo:hi], seed=seed, steps=steps, **hw), kw)
                     r = generate(m, backend, gs, progress=False, decode=False, latents=noise[lo:hi])
                     v["images"].append(_images(m, r.latents, geom))
                     v["coarse"] += [r.trace.coarse_fraction] * (hi - lo)

@@ -72,7 +72,7 @@ def evaluate_video(settings: EvalSettings = EvalSettings(), *, progress: bool = 
     from ..runtime.generate import generate, initial_noise
     from ..zoo import clips as C
     from .detector import load_probe
-    from .evaluate import folder_adapters, training_free
+    from .evaluate import folder_adapters, prompt_chunks, training_free, variant_settings
     from .metrics import frechet_distance
     from .motion import adherence, aggregate
     from .video import clip_array, frame_features, frame_psnr, frame_ssim, temporal_consistency
@@ -110,18 +110,9 @@ def evaluate_video(settings: EvalSettings = EvalSettings(), *, progress: bool = 
             m = v["model"]
             t0 = time.perf_counter()
             batched = v["kind"] == "fine" or v.get("policy", "").startswith("ladder")
-            chunks = ([range(i, min(i + settings.batch, n)) for i in range(0, n, settings.batch)] if batched
-                      else [range(i, i + 1) for i in range(n)])
             with TorchBackend(m.transformer) as backend:
-                for idx in chunks:
-                    lo, hi = idx[0], idx[-1] + 1
-                    common = dict(prompts=captions[lo:hi], seed=seed, steps=steps, **hw)
-                    if v["kind"] == "fine":
-                        gs = build_settings(m, **common, static=(1,) * steps)
-                    elif v.get("policy"):
-                        gs = build_settings(m, **common, policy=v["policy"])
-                    else:
-                        gs = build_settings(m, **common, tau=v["tau"], **kw)
+                for lo, hi in prompt_chunks(n, settings.batch, batched):
+                    gs = variant_settings(v, dict(prompts=captions[lo:hi], seed=seed, steps=steps, **hw), kw)
                     r = generate(m, backend, gs, progress=False, latents=noise[lo:hi])
                     v["clips"] += [clip_array(c) for c in r.images]
                     v["coarse"] += [r.trace.coarse_fraction] * (hi - lo)
