@@ -223,11 +223,16 @@ def image_path(out) -> Path:
     return out
 
 
+def numbered_paths(out: Path, n: int) -> list[Path]:
+    """``out`` for one output; NAME_0.SUF, NAME_1.SUF, ... for a batch of ``n``."""
+    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
+
 def save_images(images, out) -> list[Path]:
     """Write the images (NAME_0.png, NAME_1.png, ... for a batch); each goes to a temporary file first and is
     renamed into place, so a full disk or read-only folder leaves no empty image, only an OutputError."""
     out = image_path(out)
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
+    paths = numbered_paths(out, len(images))
     fmt = IMAGE_FORMATS[out.suffix.lower()]
     for im, p in zip(images, paths):
         write_file_atomic(p, lambda tmp, im=im: im.save(tmp, format=fmt))
@@ -251,6 +256,5 @@ def save_videos(clips, out, fps: int = 8) -> list[Path]:
     """Write one clip (a list of PIL frames) per prompt (NAME_0.gif, NAME_1.gif, ... for a batch), atomically."""
     from .video_io import save_video
 
-    out = video_path(out)
-    paths = [out] if len(clips) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(clips))]
+    paths = numbered_paths(video_path(out), len(clips))
     return [save_video(frames, p, fps=fps) for frames, p in zip(clips, paths)]
