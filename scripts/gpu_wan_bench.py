@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from gpu_bench import Clock  # noqa: E402  (synchronised wall-clock timing, shared with the FLUX benchmark)
+
 WAN_13B = dict(heads=12, head_dim=128, ffn=8960, layers=30, text_dim=4096, freq=256, channels=16, patch=(1, 2, 2),
                frames=81, height=480, width=832, vae_scale=8, vae_temporal=4, text_len=512, rank=32, steps=50)
 SMOKE = dict(heads=2, head_dim=12, ffn=48, layers=1, text_dim=16, freq=32, channels=4, patch=(1, 2, 2),
@@ -92,20 +94,6 @@ def build_model(cfg: dict, device: str, dtype):
                         default_frames=cfg["frames"])
     model.geometry = lambda height=None, width=None, frames=None: geom  # the one clip this benchmark runs
     return model, geom
-
-
-class Clock:
-    def __init__(self, cuda: bool):
-        import torch
-
-        self.sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    def __call__(self, fn) -> float:
-        self.sync()
-        t0 = time.perf_counter()
-        fn()
-        self.sync()
-        return time.perf_counter() - t0
 
 
 def step_times(backend, model, geom, clock, reps: int) -> dict:

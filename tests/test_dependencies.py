@@ -29,6 +29,8 @@ def third_party_imports() -> dict:
     """top-level module -> first file importing it, over every import statement (lazy ones too)."""
     files = [ROOT / "cli.py", *sorted((ROOT / "ddit_export").rglob("*.py")), *sorted((ROOT / "tests").rglob("*.py")),
              *sorted((ROOT / "scripts").rglob("*.py"))]
+    # the package, the tests, and the scripts themselves (a script may import another one beside it)
+    first_party = {"ddit_export", "tests"} | {f.stem for f in (ROOT / "scripts").glob("*.py")}
     found = {}
     for f in files:
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
@@ -40,7 +42,7 @@ def third_party_imports() -> dict:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("ddit_export", "tests"):
+                if top not in sys.stdlib_module_names and top not in first_party:
                     found.setdefault(top, str(f.relative_to(ROOT)))
     return found
 
