@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shutil
 import signal
 import sys
@@ -32,6 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from . import clips as C
+from .train import lr_at  # flux-mini's schedule: warm-up, constant, cosine decay; same config fields)
 
 VIDEO_FORMAT = "ddit-pixel-video/1"
 
@@ -123,15 +123,6 @@ def ema_decay(cfg: WanTrainConfig, step: int) -> float:
     """zoo/train.py's EMA warm-up: (1 + step) / (10 + step) up to ``cfg.ema``, so that an early export is not
     mostly the random init (0.998 ** 641 = 28% of it at step 641 without the warm-up)."""
     return min(cfg.ema, (1 + step) / (10 + step))
-
-
-def lr_at(cfg: WanTrainConfig, step: int, progress: float) -> float:
-    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    start = 1 - cfg.decay_frac
-    if progress <= start:
-        return cfg.lr * warm
-    t = min(1.0, (progress - start) / cfg.decay_frac)
-    return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 @torch.no_grad()
