@@ -31,7 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from . import clips as C
-from .train import lr_at  # flux-mini's schedule: warm-up, constant, cosine decay; same config fields)
+from .train import lr_at  # flux-mini's schedule: warm-up, constant, cosine decay; same config fields
 
 VIDEO_FORMAT = "ddit-pixel-video/1"
 
