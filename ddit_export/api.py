@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .fsutil import write_file_atomic
-from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, check_sizes, parse_policy
+from .settings import DEFAULT_MODEL, DEFAULT_SIZES, CacheSettings, GenerateSettings, check_sizes, parse_policy
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -117,7 +117,7 @@ def check_family(model: str | None, bundle) -> str:
     return family
 
 
-def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=None, prompts=None, out=None,
+def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=None, prompts=None, out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
                     warn=None, memory="shared", fps: int = 8, **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images (or, for a video model, one GIF or
@@ -131,7 +131,7 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     if bundle is not None:
         family = check_family(model, bundle)
     else:
-        model = model or "flux-mini"
+        model = model or DEFAULT_MODEL
         family = model_family(model, weights)
     if family != "wan" and settings_kw.get("frames") is not None:
         raise ConfigError(f"--frames applies to video models (wan-mini, wan); {model or 'this bundle'} makes images")
@@ -159,6 +159,7 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     settings = build_settings(loaded, prompts=prompts, sizes=sizes, **settings_kw)
     _check_sizes(settings, loaded, have, what, warn or _stderr)
     _check_resolution(settings, loaded, warn or _stderr)
+    _check_profile_resolution(settings, loaded, warn or _stderr)
     with backend:
         result = generate(loaded, backend, settings)
     if not out:
@@ -209,6 +210,23 @@ def _check_resolution(settings: GenerateSettings, loaded, warn):
     line = resolution_warning(loaded.name, getattr(loaded, "trained_resolutions", None), geom.height, geom.width)
     if line:
         warn(line)
+
+
+def _check_profile_resolution(settings: GenerateSettings, loaded, warn):
+    """The model's calibrated schedule profile used at another size than it was calibrated at: one warning line
+    naming both (the profile's quality/speed trade-off was measured only there)."""
+    from .runtime.generate import model_geometry
+    from .settings import policy_spec
+
+    calibrated = getattr(loaded, "schedule_resolution", None)
+    if (calibrated is None or settings.static is not None or settings.coarse_first is not None
+            or settings.schedule != loaded.schedule_defaults):
+        return
+    geom = model_geometry(loaded, settings)
+    if (geom.height, geom.width) != tuple(calibrated):
+        warn(f"warning: {loaded.name}'s schedule profile ({policy_spec(settings.schedule)}) was calibrated at "
+             f"{calibrated[0]}x{calibrated[1]}; this run is {geom.height}x{geom.width}, where its quality is not "
+             f"measured (ddit-export calibrate --height {geom.height} --width {geom.width} measures it there)")
 
 
 def image_path(out) -> Path:

@@ -124,6 +124,12 @@ class Manifest:
         without it: the resolution the bundle was built for."""
         return parse_resolutions(self.model.get("trained_resolutions", [[self.model["height"], self.model["width"]]]))
 
+    @property
+    def schedule_resolution(self) -> tuple[int, int] | None:
+        """The (h, w) the schedule profile was calibrated at (optional ``model.schedule_resolution``), else None."""
+        r = self.model.get("schedule_resolution")
+        return None if r is None else parse_resolutions([r])[0]
+
     def to_json(self) -> str:
         d = {"format": FORMAT, "format_version": self.format_version, "model": self.model, "dtype": self.dtype,
              "schedule": self.schedule, "variants": [_variant_dict(v) for v in self.variants],
@@ -200,6 +206,11 @@ def _check_manifest(folder: Path, m: Manifest):
             parse_resolutions(m.model["trained_resolutions"])
         except ValueError as e:
             raise BundleError(f"{path}: field 'model': {e}") from None
+    if "schedule_resolution" in m.model:
+        try:
+            m.schedule_resolution
+        except ValueError as e:
+            raise BundleError(f"{path}: field 'model.schedule_resolution': {e}") from None
     if m.dtype not in BUNDLE_DTYPES:
         raise BundleError(f"{path}: field 'dtype' is {m.dtype!r}, expected one of {', '.join(BUNDLE_DTYPES)}")
     if is_video(m) and not (isinstance(m.model.get("frames"), int) and m.format_version >= 2):

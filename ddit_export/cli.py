@@ -11,6 +11,7 @@ import click
 
 from .cli_options import cache_dict, cache_options
 from .errors import ConfigError, DDiTError
+from .settings import DEFAULT_MODEL
 
 
 class _Group(click.Group):
@@ -38,10 +39,11 @@ def main():
 
 
 def model_options(f):
-    f = click.option("--model", default="flux-mini", show_default=True,
-                     help="flux-mini (trained, shipped; 32x32), flux-mini-64 (trained at 32x32 and 64x64), tiny "
-                          "(random weights, for tests), flux (needs --weights); video: wan-mini (trained, shipped; "
-                          "8 frames 32x32), tiny-wan (random), wan (needs --weights); or a model folder.")(f)
+    f = click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                     help="flux-mini-64 (trained, shipped; 64x64, also trained at 32x32), flux-mini (trained, "
+                          "shipped; 32x32), tiny (random weights, for tests), flux (needs --weights); video: "
+                          "wan-mini (trained, shipped; 8 frames 32x32), tiny-wan (random), wan (needs --weights); "
+                          "or a model folder.")(f)
     f = click.option("--weights", type=click.Path(), help="Local diffusers folder: FLUX.1-dev for --model flux, "
                                                           "Wan 2.1 for --model wan.")(f)
     f = click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
+from .settings import ScheduleSettings, parse_policy, policy_spec
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,27 @@ LADDER_44 = ladder((2, 1), (6, 4), (16, 2), (4, 1))
 
 
 DEFAULT_LADDER_POLICY = "ladder:head=0,n4=10,tail=9"  # flux-mini's calibrated profile (calibration/flux-mini.json)
-LADDER_POLICY_SWEEP = ((10, 9), (8, 9), (12, 9), (14, 9), (10, 8), (10, 10))
+LADDER_POLICY_SWEEP = ((0, 0), (-2, 0), (2, 0), (4, 0), (0, -1), (0, 1))  # (n4, tail) around the profile's
 PROBE_POLICY = "probe:head=0,n4=10,tail=8,extra=2,detail=0.35"
+# The step cache alone past its default floor (warm-up 3 + tail 1 + one step per interval): warm-up 2, no fine
+# tail, order 1 and 2 - the best the cache alone can do, not its default.
+CACHE_PAST_FLOOR = ((16, 1, 2, 0), (24, 1, 2, 0), (12, 2, 2, 0), (16, 2, 2, 0), (24, 2, 2, 0))  # N, order, w, tail
 
 
-def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cache_dit: bool = False) -> list:
-    """The rows of the issue-8 chart for a ``steps``-step model whose calibrated τ is ``tau``."""
+def profile_ladder(profile: str | None) -> tuple[int, int, int]:
+    """(head, n4, tail) of a ladder policy spec (None or a non-ladder policy: flux-mini's DEFAULT_LADDER_POLICY)."""
+    s = parse_policy(profile or DEFAULT_LADDER_POLICY, ScheduleSettings())
+    if s.policy != "ladder":
+        s = parse_policy(DEFAULT_LADDER_POLICY, ScheduleSettings())
+    return s.head, s.n4, s.tail
+
+
+def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cache_dit: bool = False,
+                    profile: str | None = None) -> list:
+    """The rows of the issue-8 chart for a ``steps``-step model whose calibrated τ is ``tau`` and whose
+    calibrated ladder is ``profile`` (a ladder policy spec; default flux-mini's)."""
+    head, n4_, tail_ = profile_ladder(profile)
+    default = f"ladder:head={head},n4={n4_},tail={tail_}"
     fine = {"static": (1,) * steps}
     rows = [Method("fine-only", "fine-only", fine)]
     rows += [Method(f"ddit tau={t:g}", "ddit rule", {"tau": t}) for t in sorted({tau / 2, tau, tau * 1.5})]
@@ -73,6 +89,9 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
     for n in (3, 5, 8, 12):
         rows.append(Method(f"taylor N={n}", "step cache (ours)", fine, {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method("taylor N=8 o2", "step cache (ours)", fine, {"mode": "taylor", "interval": 8, "order": 2}))
+    for n, order, w, t in CACHE_PAST_FLOOR:
+        rows.append(Method(f"taylor N={n} o{order} w{w} t{t}", "step cache (ours)", fine,
+                           {"mode": "taylor", "interval": n, "order": order, "warmup": w, "tail": t}))
     for thr in (0.05, 0.15):
         rows.append(Method(f"taylor thr={thr:g}", "step cache (ours)", fine,
                            {"mode": "taylor", "interval": 10, "order": 1, "threshold": thr}))
@@ -86,13 +105,14 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
             rows.append(Method(f"coarse-first {k}:2 + taylor N={n}", "coarse-first + cache", {"coarse_first": (k, 2)},
                                {"mode": "taylor", "interval": n, "order": 1}))
     if steps == 28:  # the calibrated ladder policy over its knob, the adaptive probe, and the ladder stacked
-        for n4, tail in LADDER_POLICY_SWEEP:
-            rows.append(Method(f"ladder policy n4={n4} tail={tail}", "ladder policy (default n4=10 tail=9)",
-                               {"policy": f"ladder:head=0,n4={n4},tail={tail}"}))
+        sweep = dict.fromkeys((n4_ + a, tail_ + b) for a, b in LADDER_POLICY_SWEEP)
+        for n4, tail in (p for p in sweep if p[0] >= 0 and p[1] >= 0 and head + p[0] + p[1] <= steps):
+            rows.append(Method(f"ladder policy n4={n4} tail={tail}", f"ladder policy (default n4={n4_} tail={tail_})",
+                               {"policy": f"ladder:head={head},n4={n4},tail={tail}"}))
         rows.append(Method("probe detail=0.35", "probe (adaptive)", {"policy": PROBE_POLICY}))
-        for n in (3, 5, 8):
+        for n in (3, 4, 5, 6, 8):
             rows.append(Method(f"ladder policy default + taylor N={n}", "ladder policy + cache",
-                               {"policy": DEFAULT_LADDER_POLICY}, {"mode": "taylor", "interval": n, "order": 1}))
+                               {"policy": default}, {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method(f"ddit tau={tau:g} + taylor N=5", "ddit rule + cache", {"tau": tau},
                        {"mode": "taylor", "interval": 5, "order": 1}))
     if peers:
@@ -191,7 +211,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
     model = load_model(settings.model, settings.weights, adapters=settings.adapters)
     steps = settings.steps or model.default_steps
     methods = settings.methods or default_methods(steps, model.schedule_defaults.tau, peers=settings.peers,
-                                                  cache_dit=settings.cache_dit)
+                                                  cache_dit=settings.cache_dit,
+                                                  profile=policy_spec(model.schedule_defaults))
     if methods[0].generate.get("static") != (1,) * steps or methods[0].cache or methods[0].peer:
         raise ConfigError("the first method row must be fine-only (static all-1, no cache, no peer): the reference")
     enc = model.extras.get("text_encoder")

@@ -9,6 +9,9 @@ from .errors import ConfigError
 
 #: Patch sizes in units of the model's own (fine) token. 1 = the untouched model.
 DEFAULT_SIZES: tuple[int, ...] = (1, 2, 4)
+#: the embedded default model: flux-mini-64 at 64x64 (1024 fine tokens), where a coarse step saves most (README);
+#: flux-mini (32x32) stays a preset
+DEFAULT_MODEL = "flux-mini-64"
 DEFAULT_TAU = 0.001
 DEFAULT_EPS = 0.4
 MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 always run fine
@@ -247,6 +250,10 @@ class GenerateSettings:
 
 
 DTYPES = ("fp32", "fp16", "bf16")
+#: how ``adapt`` draws the schedules of its coarse-step trajectories: ``random`` (fine warm-up, then a random coarse
+#: size on half the steps), ``ladders`` (the deployed family: ladders over the n4/tail range that ``calibrate``
+#: sweeps, half of them with the step cache's extrapolated steps), ``both`` (a third random, two thirds ladders)
+ADAPT_SCHEDULES = ("random", "ladders", "both")
 PARITY_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}  # max abs diff ONNX vs torch on random inputs
 
 
@@ -254,7 +261,7 @@ PARITY_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}  # max abs diff ONNX vs 
 class BuildSettings:
     """One ``ddit-export build``: which model, which sizes, at which resolution and precision, where to."""
 
-    model: str = "flux-mini"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     adapters: str | None = None
     sizes: tuple[int, ...] = DEFAULT_SIZES
@@ -293,7 +300,7 @@ class BuildSettings:
 class AdaptSettings:
     """One ``ddit-export adapt``: self-distil the coarse-size adapters from the model's own fine size."""
 
-    model: str = "flux-mini"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     sizes: tuple[int, ...] = DEFAULT_SIZES
     rank: int = DEFAULT_LORA_RANK
@@ -312,8 +319,12 @@ class AdaptSettings:
     height: int | None = None
     width: int | None = None
     guidance: float = 3.5
-    coarse_mix: float = 0.0  # fraction of trajectories that take random coarse steps
+    coarse_mix: float = 0.0  # fraction of trajectories that take coarse steps (drawn as ``schedules`` says)
+    schedules: str = "random"  # one of ADAPT_SCHEDULES
+    init_adapters: str | None = None  # start from this adapters file (same sizes and rank) instead of fresh adapters
     ckpt_minutes: float = 3.0
+    quality_minutes: float | None = None  # held-out PSNR vs fine-only every this many training minutes (quality.csv)
+    patience: int | None = None  # stop (and write the adapters) after this many quality checks without a gain
     eval_images: int = 16  # prompts for the PSNR-vs-fine-only report before/after (0: skip)
     grad_clip: float = 1.0
     device: str = "cpu"
@@ -334,13 +345,21 @@ class AdaptSettings:
                   ("eval images", self.eval_images >= 0), ("grad clip", self.grad_clip > 0),
                   ("number of prompts", self.num_prompts is None or self.num_prompts >= 1),
                   ("sample steps", self.sample_steps is None or self.sample_steps >= 4),
-                  ("threads", self.threads is None or self.threads >= 1)]
+                  ("threads", self.threads is None or self.threads >= 1),
+                  ("quality minutes", self.quality_minutes is None or self.quality_minutes > 0),
+                  ("patience", self.patience is None or self.patience >= 1)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ConfigError(f"adapt: invalid {', '.join(bad)} "
                               f"(lr > 0, batch >= 1, coarse mix in [0, 1], sample steps >= 4, ...)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.schedules not in ADAPT_SCHEDULES:
+            raise ConfigError(f"schedules must be one of {', '.join(ADAPT_SCHEDULES)}, got {self.schedules!r}")
+        if self.patience is not None and self.quality_minutes is None:
+            raise ConfigError("--patience counts quality checks: give --quality-minutes too")
+        if self.patience is not None and not self.eval_images:
+            raise ConfigError("--patience needs held-out images to score (--eval-images >= 1)")
 
     @property
     def torch_dtype(self):
@@ -382,7 +401,7 @@ class EvalSettings:
     at every τ in ``taus``. ``adapted=None``: evaluate the adapted variant when the model has adapters (or
     ``adapters`` is given); ``True`` makes a model without adapters an error."""
 
-    model: str = "flux-mini"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     adapters: str | None = None  # None: the model folder's own adapters, if any
     taus: tuple[float, ...] = ()
@@ -437,7 +456,7 @@ class ResolutionSettings:
     profile when it is not the rule) against fine-only (:func:`ddit_export.quality.evaluate.evaluate` at that side),
     and the per-step wall-clock at every patch size on PyTorch and ONNX Runtime."""
 
-    model: str = "flux-mini"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     adapters: str | None = None
     resolutions: tuple[int, ...] = (32, 64)
@@ -471,7 +490,7 @@ class ResolutionSettings:
 class ParetoSettings:
     """One ``ddit-export bench --pareto``: every method row on the same held-out captions and noise (pareto.py)."""
 
-    model: str = "flux-mini"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     adapters: str | None = None
     n_prompts: int = 64  # quality: held-out captions
@@ -512,7 +531,7 @@ class CalibrateSettings:
 
     prompts: str  # a calibration prompt file (one scene caption a line)
     sweep: tuple  # (knob, (value, ...))
-    model: str = "flux-mini"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     adapters: str | None = None
     bundle: str | None = None
@@ -528,6 +547,8 @@ class CalibrateSettings:
     write: bool = True
     oracle: float | None = None  # also search the per-prompt oracle at this FLOP budget (quality/policies.py)
     cache: "CacheSettings | None" = None  # the step cache every setting of the sweep runs with (None: off)
+    height: int | None = None  # the resolution the sweep generates at (None: the model's; recorded in the profile)
+    width: int | None = None
 
     def __post_init__(self):
         knob, values = self.sweep

@@ -137,3 +137,41 @@ def test_oracle_rows_bound_the_single_ladder_and_are_not_replayed(tmp_path):
     assert "oracle" not in {p["family"] for p in plans} and any("oracle" in n for n in notes)
     with pytest.raises(ConfigError, match="oracle"):
         ParetoSettings(oracle=1.5)
+
+
+def test_rows_follow_the_models_profile_and_the_cache_goes_past_its_floor(tiny_model):
+    """The ladder rows and the stacks use the calibrated profile they are given; the cache-alone rows include
+    settings below its default floor of computed steps (warm-up 2, no fine tail)."""
+    from ddit_export.runtime.cache import StepCache
+    from ddit_export.settings import CacheSettings
+
+    rows = default_methods(28, 0.002, profile="ladder:head=0,n4=12,tail=6")
+    ladders = [m.generate["policy"] for m in rows if m.family.startswith("ladder policy (")]
+    assert ladders[0] == "ladder:head=0,n4=12,tail=6" and "ladder:head=0,n4=16,tail=6" in ladders
+    stacks = [m for m in rows if m.family == "ladder policy + cache"]
+    assert {m.generate["policy"] for m in stacks} == {"ladder:head=0,n4=12,tail=6"}
+    assert {m.cache["interval"] for m in stacks} == {3, 4, 5, 6, 8}
+
+    def computed(cache):
+        c = StepCache(CacheSettings(**cache), 28)
+        n = 0
+        for i in range(28):
+            if c.should_compute(i, 1 - i / 28):
+                c.update(i, 1 - i / 28, __import__("torch").zeros(1))
+                n += 1
+        return n
+
+    floor = min(computed(m.cache) for m in rows if m.family == "step cache (ours)" and "w2" not in m.name)
+    past = [computed(m.cache) for m in rows if m.family == "step cache (ours)" and "w2" in m.name]
+    assert past and min(past) < floor
+    r = _Runner(tiny_model, 28, [])
+    for m in rows:
+        r.settings(m, ["a red circle"])
+    # no profile, or a rule profile: flux-mini's ladder
+    def ladder_rows(rows):
+        return [m.generate for m in rows if m.family.startswith("ladder policy")]
+
+    from ddit_export.pareto import DEFAULT_LADDER_POLICY
+
+    assert ladder_rows(default_methods(28, 0.002, profile="ddit:tau=0.002")) == ladder_rows(default_methods(28, 0.002))
+    assert ladder_rows(default_methods(28, 0.002))[0] == {"policy": DEFAULT_LADDER_POLICY}

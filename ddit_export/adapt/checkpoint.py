@@ -16,11 +16,20 @@ RUN_FORMAT = "ddit-adapt-run/1"
 CKPT, STATE = "ckpt", "state.json"
 #: settings that define a run; a resume with different values is refused (budgets and logging may change)
 RUN_FIELDS = ("model", "weights", "sizes", "rank", "init", "lr", "lr_warmup", "batch", "seed", "prompts_file",
-              "num_prompts", "sample_steps", "height", "width", "guidance", "coarse_mix", "dtype")
+              "num_prompts", "sample_steps", "height", "width", "guidance", "coarse_mix", "dtype", "schedules",
+              "init_adapters")
+#: what a run field added later meant in runs whose checkpoint predates it
+LEGACY_FIELDS = {"schedules": "random", "init_adapters": None}
 
 
 def named_adapter_params(mp) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in mp.named_parameters() if n.startswith(("stems.", "loras."))]
+
+
+def changed_run_fields(saved: dict, s: AdaptSettings) -> list[str]:
+    """The run fields of ``s`` that differ from a checkpoint's ``saved`` settings."""
+    now = run_settings(s)
+    return [k for k in RUN_FIELDS if saved.get(k, LEGACY_FIELDS.get(k)) != now[k]]
 
 
 def run_settings(s: AdaptSettings) -> dict:

@@ -10,13 +10,22 @@ import numpy as np
 import torch
 
 
-def quality_schedules(steps: int, sizes, windows=("any",)) -> dict[str, dict]:
-    """Schedules the run reports: static alternation (~45% coarse) per coarse size, and the rule at 2 taus."""
+def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: bool = True) -> dict[str, dict]:
+    """Schedules the run reports: static alternation (~45% coarse) per coarse size, the model's default ladder
+    (``ladder`` = its ScheduleSettings, when its policy is a ladder of these sizes) and the rule at 2 taus."""
+    from ..schedule.static import ladder_sizes
+
     out = {}
     for k in sizes:
         if k > 1:
             out[f"static-alt-k{k}"] = {"static": tuple(k if i >= 3 and i % 2 and i < steps - 1 else 1
                                                        for i in range(steps))}
+    if ladder is not None and getattr(ladder, "policy", None) == "ladder" and ladder.n4 + ladder.tail <= steps:
+        sizes_ = ladder_sizes(steps, ladder.head, ladder.n4, ladder.tail)
+        if set(sizes_) <= set(sizes):
+            out[f"ladder-{ladder.head}-{ladder.n4}-{ladder.tail}"] = {"static": sizes_}
+    if not rules:
+        return out
     for window in windows:
         for tau in (0.005, 0.01):
             out[f"rule-tau{tau:g}" + ("" if window == "any" else f"-{window}")] = {"tau": tau, "window": window}
@@ -25,17 +34,17 @@ def quality_schedules(steps: int, sizes, windows=("any",)) -> dict[str, dict]:
 
 @torch.no_grad()
 def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0, height=None, width=None,
-                    guidance: float = 3.5, amp=None) -> dict[str, dict]:
+                    guidance: float = 3.5, amp=None, rules: bool = True) -> dict[str, dict]:
     """Mean PSNR (dB, 8-bit images) of DDiT generations against fine-only from the same noise (prompt i: seed
-    + i), and the coarse fraction. Static schedules run batched; the rule runs one prompt at a time (its
-    decisions are per prompt)."""
+    + i), and the coarse fraction. Static schedules run batched; the rule (``rules``) runs one prompt at a time
+    (its decisions are per prompt)."""
     from ..runtime.backends.torch import TorchBackend
     from ..runtime.generate import generate
     from ..settings import GenerateSettings
 
     base = loaded.schedule_defaults
     windows = ("any", "same-size") if hasattr(base, "window") else ("any",)
-    scheds = quality_schedules(steps, sizes, windows)
+    scheds = quality_schedules(steps, sizes, windows, ladder=base, rules=rules)
     res = {name: {"psnr": [], "coarse": []} for name in scheds}
     from ..runtime.generate import initial_noise
 
@@ -80,3 +89,9 @@ def log_quality(work: Path, step: int, label: str, q: dict, log):
             f.write(f"{step},{label},{name},{v['psnr']:.2f},{v['coarse']:.3f}\n")
     log(f"PSNR vs fine-only ({label} adapters, step {step}): " +
         ", ".join(f"{n} {v['psnr']:.2f} dB @ {v['coarse']:.0%} coarse" for n, v in q.items()))
+
+
+def plateau_score(q: dict) -> float:
+    """What a run's plateau check follows: the mean PSNR of the static alternating schedules (one per size)."""
+    vals = [v["psnr"] for n, v in q.items() if n.startswith("static-alt-")]
+    return float(np.mean(vals))

@@ -61,7 +61,8 @@ def fingerprint(s: AdaptSettings) -> str:
 
 
 def load_student(s: AdaptSettings, device=None):
-    """The model with *fresh* adapters of ``s`` (an adapters file already in the folder is ignored)."""
+    """The model with *fresh* adapters of ``s`` (an adapters file already in the folder is ignored), or those of
+    ``s.init_adapters`` (same sizes and rank) to continue from."""
     from ..models.registry import load_model
 
     device = device or s.device
@@ -72,6 +73,8 @@ def load_student(s: AdaptSettings, device=None):
         hnd.remove()
     torch.manual_seed(s.seed)
     mp = type(old)(old.trunk, sizes=s.sizes, adapter=adapter).to(device=device)  # MultiPatchFlux or MultiPatchWan
+    if s.init_adapters:
+        load_init_adapters(mp, s.init_adapters)
     if s.dtype != "fp32":  # fp32 master weights for what trains; the trunk stays in s.dtype (autocast)
         mp.stems.float()
         mp.loras.float()
@@ -83,6 +86,30 @@ def load_student(s: AdaptSettings, device=None):
     if text is not None:
         text.requires_grad_(False)
     return loaded
+
+
+def load_init_adapters(mp, path):
+    """Load an adapters file into ``mp``'s fresh adapters; its sizes and rank must be the run's."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..errors import WeightsError
+
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"--init-adapters: file not found: {p}")
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(p))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise WeightsError(f"--init-adapters: {p} is corrupt: {e}") from None
+    want = mp.adapter_metadata()
+    got = {k: meta.get(k) for k in ("sizes", "rank", "init")}
+    if got != {k: want[k] for k in got}:
+        raise WeightsError(f"--init-adapters: {p} has sizes {got['sizes']}, rank {got['rank']}, init {got['init']}; "
+                           f"this run has sizes {want['sizes']}, rank {want['rank']}, init {want['init']}")
+    mp.load_adapter_state_dict(state, source=str(p))
 
 
 def no_cudnn_attention(device):

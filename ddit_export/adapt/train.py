@@ -13,12 +13,12 @@ import torch
 
 from ..errors import ConfigError, WeightsError
 from ..settings import AdaptSettings
-from .checkpoint import (CKPT, RUN_FIELDS, RUN_FORMAT, load_checkpoint, named_adapter_params,
-                         read_checkpoint_state, run_settings, save_checkpoint, write_adapters)
+from .checkpoint import (CKPT, LEGACY_FIELDS, RUN_FORMAT, changed_run_fields, load_checkpoint,
+                         named_adapter_params, read_checkpoint_state, run_settings, save_checkpoint, write_adapters)
 from .logs import log_eval, truncate_log
 from .losses import batch_indices, distill_losses, eval_losses, lr_at
 from .prompts import PromptBank, training_prompts
-from .report import compare_to_fine, log_quality
+from .report import compare_to_fine, log_quality, plateau_score
 from .student import autocast_for, default_out, default_work, fingerprint, load_student
 from .trajectories import TRAJ, build_trajectories, held_out
 
@@ -82,9 +82,10 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     fp = fingerprint(s)
     if prior is not None:
         saved = prior.get("settings", {})
-        diff = [k for k in RUN_FIELDS if saved.get(k) != run_settings(s)[k]]
+        diff = changed_run_fields(saved, s)
         if diff:
-            shown = ", ".join(f"{k} {saved.get(k)!r} -> {run_settings(s)[k]!r}" for k in diff[:4])
+            shown = ", ".join(f"{k} {saved.get(k, LEGACY_FIELDS.get(k))!r} -> {run_settings(s)[k]!r}"
+                              for k in diff[:4])
             raise ConfigError(f"{work} holds a run with other settings ({shown}); use another --work or the "
                               f"same settings to resume")
         if prior.get("fingerprint") != fp:
@@ -115,8 +116,12 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     key = {"fingerprint": fp, "steps": steps_per_traj, "grid": list(geom.grid), "seed": s.seed,
            "guidance": guidance, "prompts": hashlib.sha256("\n".join(train_prompts + eval_prompts).encode())
            .hexdigest()[:16], "mix": s.coarse_mix}
-    if s.coarse_mix > 0:  # mixed trajectories take coarse steps with the fresh adapters
+    if s.coarse_mix > 0:  # mixed trajectories take coarse steps with the run's starting adapters
         key.update(sizes=list(s.sizes), init=s.init, rank=s.rank)
+        if s.schedules != "random":
+            key.update(schedules=s.schedules)
+        if s.init_adapters:
+            key.update(init_adapters=hashlib.sha256(Path(s.init_adapters).read_bytes()).hexdigest()[:16])
     folder = work / TRAJ
     held = None
     try:
@@ -147,12 +152,16 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000,
                             s.height, s.width, s.guidance, amp)
         log_quality(work, 0, "init", q, log)
+        state["plateau"] = {"best": plateau_score(q), "best_step": 0, "since": 0}
     if prior is None:
         log_eval(work, 0, 0.0, eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp), log)
 
     loss_path = work / "loss.csv"
     truncate_log(loss_path, step)
     truncate_log(work / "eval.csv", step)
+    truncate_log(work / "quality.csv", step)
+    plateau = dict(state.get("plateau") or {})  # held-out PSNR of the quality checks: best, its step, checks since
+    last_quality = float(state.get("quality_elapsed_s", state["elapsed_s"] if prior is not None else 0.0))
     loss_log = open(loss_path, "a")
     if loss_log.tell() == 0:
         loss_log.write("step," + ",".join(f"loss_{k}" for k in coarse) + ",lr,elapsed_s,s_per_step,threads\n")
@@ -171,12 +180,35 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     def checkpoint():
         st = {"format": RUN_FORMAT, "step": step, "elapsed_s": elapsed(), "settings": run_settings(s),
               "fingerprint": fp, "losses": {str(k): v for k, v in last.items()},
-              "rng": {"batches": "torch.Generator().manual_seed(seed * 1000003 + step)", "seed": s.seed}}
+              "rng": {"batches": "torch.Generator().manual_seed(seed * 1000003 + step)", "seed": s.seed},
+              "plateau": plateau, "quality_elapsed_s": last_quality}
         save_checkpoint(work, mp, opt, st)
         return st
 
+    def plateaued():
+        return s.patience is not None and plateau.get("since", 0) >= s.patience
+
     def done():
-        return (s.steps is not None and step >= s.steps) or (budget is not None and elapsed() >= budget)
+        return ((s.steps is not None and step >= s.steps) or (budget is not None and elapsed() >= budget)
+                or plateaued())
+
+    def quality_check():
+        """Held-out PSNR of the static schedules (no rule runs: cheap enough to repeat), logged; plateau kept."""
+        nonlocal last_quality
+        mp.eval()
+        q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000, s.height,
+                            s.width, s.guidance, amp, rules=False)
+        mp.train()
+        log_quality(work, step, "training", q, log)
+        score = plateau_score(q)
+        if not plateau or score >= plateau["best"] + 0.1:
+            plateau.update(best=score, best_step=step, since=0)
+        else:
+            plateau["since"] = plateau.get("since", 0) + 1
+        last_quality = elapsed()
+        if plateaued():
+            log(f"held-out PSNR has not improved by 0.1 dB in {s.patience} checks (best {plateau['best']:.2f} dB "
+                f"at step {plateau['best_step']}): stopping")
 
     mp.train()
     bar = tqdm(total=s.steps, initial=step, disable=not progress, mininterval=5.0, dynamic_ncols=True,
@@ -214,6 +246,10 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                     loss_log.flush()
                 if callback is not None and callback(step, last):
                     stop["flag"] = True
+                if (s.quality_minutes is not None and s.eval_images and not stop["flag"]
+                        and elapsed() - last_quality >= s.quality_minutes * 60):
+                    loss_log.flush()
+                    quality_check()
                 if time.time() - last_ckpt > s.ckpt_minutes * 60 and not stop["flag"] and not done():
                     loss_log.flush()
                     st = checkpoint()

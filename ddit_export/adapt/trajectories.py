@@ -46,11 +46,71 @@ def mixed_schedule(steps: int, coarse_sizes: list[int], rng: np.random.Generator
             for i in range(steps)]
 
 
+# The deployed policy family at 28 steps (scaled to other step counts): the ranges `calibrate` sweeps for the
+# ladder (head 0, n4 steps at size 4, size 2 up to a fine tail) and the step cache settings the README recommends
+# and the Pareto chart measures (interval, warm-up, tail).
+LADDER_N4 = (6, 14)  # inclusive range, at 28 steps
+LADDER_TAIL = (5, 11)
+CACHE_INTERVALS = (3, 4, 5, 6, 8)
+CACHE_WARMUPS = (2, 3)
+CACHE_TAILS = (0, 1, 2)
+
+
+def cache_plan(steps: int, interval: int, warmup: int, tail: int) -> list[int]:
+    """1 = computed, 0 = extrapolated: the step cache's ``taylor`` decisions without a threshold
+    (:meth:`ddit_export.runtime.cache.StepCache.should_compute`)."""
+    plan, last = [], -steps
+    for i in range(steps):
+        c = i < warmup or i >= steps - tail or i - last >= interval
+        plan.append(int(c))
+        last = i if c else last
+    return plan
+
+
+def policy_schedule(steps: int, coarse_sizes: list[int], rng: np.random.Generator,
+                    with_cache: bool) -> tuple[list[int], list[int] | None]:
+    """A schedule of the deployed family: a ladder over the calibrate range (sizes this grid lacks run fine)
+    and, ``with_cache``, a step-cache plan over the recommended intervals."""
+    from ..schedule.static import ladder_sizes
+
+    scale = steps / 28
+    n4 = int(round(rng.integers(LADDER_N4[0], LADDER_N4[1] + 1) * scale))
+    tail = max(1, int(round(rng.integers(LADDER_TAIL[0], LADDER_TAIL[1] + 1) * scale)))
+    n4 = min(n4, steps - tail)
+    sizes = [k if k in coarse_sizes else 1 for k in ladder_sizes(steps, 0, n4, tail)]
+    if not with_cache:
+        return sizes, None
+    plan = cache_plan(steps, int(rng.choice(CACHE_INTERVALS)), int(rng.choice(CACHE_WARMUPS)),
+                      int(rng.choice(CACHE_TAILS)))
+    return sizes, plan
+
+
+def draw_plans(kind: str, n: int, mix: float, steps: int, coarse_sizes: list[int],
+               rng: np.random.Generator) -> list[tuple[list[int], list[int] | None]]:
+    """(sizes, cache plan or None) for ``n`` chunks: fine-only with probability 1 - ``mix``, else a schedule drawn
+    as ``kind`` (settings.ADAPT_SCHEDULES) says."""
+    out = []
+    for _ in range(n):
+        if not rng.random() < mix:
+            out.append(([1] * steps, None))
+            continue
+        pick = kind if kind != "both" else ("random" if rng.random() < 1 / 3 else "ladders")
+        if pick == "random":
+            out.append((mixed_schedule(steps, coarse_sizes, rng), None))
+        else:
+            out.append(policy_schedule(steps, coarse_sizes, rng, with_cache=bool(rng.random() < 0.5)))
+    return out
+
+
 @torch.no_grad()
 def sample_chunk(loaded, bank: PromptBank, prompt_idx: list[int], noise_seed: int, steps: int, geom, guidance,
-                 schedule: list[int], amp) -> dict:
-    """Run the sampler on ``prompt_idx`` (fine-only, or ``schedule``); every step's state and teacher velocity."""
+                 schedule: list[int], amp, cache: list[int] | None = None) -> dict:
+    """Run the sampler on ``prompt_idx`` (fine-only, or ``schedule``; with ``cache``, a step-cache plan: its 0
+    steps move on the velocity extrapolated from the last computed ones); every step's state and teacher
+    velocity."""
+    from ..runtime.cache import StepCache
     from ..runtime.generate import initial_noise, model_timesteps
+    from ..settings import CacheSettings
 
     mp = loaded.transformer
     device = mp.device
@@ -60,16 +120,23 @@ def sample_chunk(loaded, bank: PromptBank, prompt_idx: list[int], noise_seed: in
     g = None if guidance is None else torch.full((b,), guidance, device=device, dtype=mp.dtype)
     ids = position_ids(geom, mp.dtype, device)
     sched = model_timesteps(loaded.scheduler_config, steps, geom.tokens(1))
+    sc = None if cache is None else StepCache(CacheSettings(mode="plan", plan=tuple(cache)), steps)
     lat, vel, ts = [], [], []
     for i, t in enumerate(sched.timesteps):
         tt = (t / 1000).expand(b).to(device=device, dtype=mp.dtype)
+        sigma = float(sched.sigmas[i])
 
         def run(k):
             with amp:
                 return velocity(mp, x, cond, tt, ids, g, k, geom.grid)
 
         v_teacher = run(1)
-        v = v_teacher if schedule[i] == 1 else run(schedule[i])
+        if sc is not None and not sc.should_compute(i, sigma):
+            v = sc.predict(sigma)
+        else:
+            v = v_teacher if schedule[i] == 1 else run(schedule[i])
+            if sc is not None:
+                sc.update(i, sigma, v)
         lat.append(x.cpu())
         vel.append(v_teacher.to(x.dtype).cpu())
         ts.append(float(t / 1000))
@@ -80,7 +147,8 @@ def sample_chunk(loaded, bank: PromptBank, prompt_idx: list[int], noise_seed: in
             "timestep": torch.tensor(ts, dtype=torch.float32).repeat_interleave(b),
             "prompt": torch.tensor(prompt_idx, dtype=torch.int64).repeat(n),
             "step": torch.arange(n, dtype=torch.int64).repeat_interleave(b),
-            "coarse": torch.full((n * b,), any(k > 1 for k in schedule), dtype=torch.bool)}
+            "coarse": torch.full((n * b,), any(k > 1 for k in schedule) or bool(cache and 0 in cache),
+                                 dtype=torch.bool)}
 
 
 def build_trajectories(loaded, s: AdaptSettings, bank: PromptBank, n_prompts: int, folder: Path, key: dict,
@@ -99,13 +167,17 @@ def build_trajectories(loaded, s: AdaptSettings, bank: PromptBank, n_prompts: in
     meta = json.dumps(key, sort_keys=True)
     rng = np.random.default_rng([s.seed, 0x7A, len(tag)])
     chunks = [list(range(i, min(i + CHUNK, n_prompts))) for i in range(0, n_prompts, CHUNK)]
-    plans = [mixed_schedule(steps, coarse_sizes, rng) if rng.random() < mix else [1] * steps for _ in chunks]
+    if s.schedules == "random":  # the draws of the runs before ADAPT_SCHEDULES: their cached shards stay valid
+        plans = [(mixed_schedule(steps, coarse_sizes, rng) if rng.random() < mix else [1] * steps, None)
+                 for _ in chunks]
+    else:
+        plans = draw_plans(s.schedules, len(chunks), mix, steps, coarse_sizes, rng)
     parts, todo = [], 0
     amp = autocast_for(s, loaded.transformer.device)
     bar = tqdm(total=len(chunks), desc=f"sampling {tag} trajectories", disable=not progress, leave=False,
                file=sys.stderr, mininterval=5.0)
     try:
-        for c, (idx, plan) in enumerate(zip(chunks, plans)):
+        for c, (idx, (plan, cache)) in enumerate(zip(chunks, plans)):
             path = folder / f"{tag}_{c:05d}.safetensors"
             part = None
             if path.is_file():
@@ -122,9 +194,10 @@ def build_trajectories(loaded, s: AdaptSettings, bank: PromptBank, n_prompts: in
                     return None
                 todo += 1
                 part = sample_chunk(loaded, bank, idx, s.seed * 1_000_003 + c + (0 if tag == "train" else 1 << 20),
-                                    steps, geom, guidance, plan, amp)
+                                    steps, geom, guidance, plan, amp, cache)
                 tmp = path.with_suffix(".tmp")
-                save_file(part, str(tmp), metadata={"format": TRAJ_FORMAT, "key": meta,
+                extra = {} if cache is None else {"cache": ",".join(map(str, cache))}
+                save_file(part, str(tmp), metadata={"format": TRAJ_FORMAT, "key": meta, **extra,
                                                     "schedule": ",".join(map(str, plan))})
                 tmp.replace(path)
             parts.append(part)

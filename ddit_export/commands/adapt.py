@@ -1,10 +1,12 @@
 """``ddit-export adapt``: self-distil the coarse-size adapters from the model's own fine size."""
 import click
 
+from ..settings import DEFAULT_MODEL
+
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True,
-              help="flux-mini, tiny, flux (with --weights), or a pixel-model folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="flux-mini-64, flux-mini, tiny, flux (with --weights), or a pixel-model folder.")
 @click.option("--weights", type=click.Path(), help="Local diffusers FLUX.1-dev folder for --model flux.")
 @click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes; every coarse one (> 1) trains.")
 @click.option("--rank", default=32, show_default=True, type=int, help="LoRA rank on the feed-forward layers.")
@@ -28,8 +30,17 @@ import click
 @click.option("--width", type=int)
 @click.option("--guidance", default=3.5, show_default=True, type=float, help="Guidance (guidance-distilled models).")
 @click.option("--coarse-mix", default=0.0, show_default=True, type=float,
-              help="Fraction of trajectories that take random coarse steps (off-trajectory states).")
+              help="Fraction of trajectories that take coarse steps (off-trajectory states), drawn as --schedules says.")
+@click.option("--schedules", type=click.Choice(["random", "ladders", "both"]), default="random", show_default=True,
+              help="The coarse trajectories' schedules: random sizes on half the steps, the deployed family (ladders "
+                   "over the calibrate range, half with the step cache's extrapolated steps), or both.")
+@click.option("--init-adapters", type=click.Path(), help="Start from this adapters file (same sizes and rank).")
 @click.option("--ckpt-minutes", default=3.0, show_default=True, type=float)
+@click.option("--quality-minutes", type=float,
+              help="Every this many training minutes: held-out PSNR vs fine-only (--eval-images prompts) into "
+                   "WORK/quality.csv.")
+@click.option("--patience", type=int, help="Stop after this many quality checks without a 0.1 dB gain (a plateau) "
+                                           "and write the adapters.")
 @click.option("--eval-images", default=16, show_default=True, type=int,
               help="Prompts of the before/after PSNR-vs-fine-only report (0: skip).")
 @click.option("--device", default="cpu", show_default=True)
@@ -39,8 +50,8 @@ import click
                                 "a shared CPU). Default: torch's.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minutes, seed, work, out, prompts_file,
-            num_prompts, sample_steps, height, width, guidance, coarse_mix, ckpt_minutes, eval_images, device, dtype,
-            threads, quiet):
+            num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, init_adapters, ckpt_minutes,
+            quality_minutes, patience, eval_images, device, dtype, threads, quiet):
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
     from ..adapt import adapt
     from ..cli import _ints
@@ -58,7 +69,9 @@ def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minu
                              lr=lr, lr_warmup=lr_warmup, batch=batch, steps=steps, minutes=minutes, seed=seed,
                              work=work, out=out, prompts_file=prompts_file, num_prompts=num_prompts,
                              sample_steps=sample_steps, height=height, width=width, guidance=guidance,
-                             coarse_mix=coarse_mix, ckpt_minutes=ckpt_minutes, eval_images=eval_images,
+                             coarse_mix=coarse_mix, schedules=schedules, init_adapters=init_adapters,
+                             ckpt_minutes=ckpt_minutes, quality_minutes=quality_minutes, patience=patience,
+                             eval_images=eval_images,
                              device=device, dtype=dtype, threads=None if auto else threads)
     result = adapt(settings, progress=not quiet, log=lambda m: click.echo(m, err=True), auto_threads=auto)
     st = result.state

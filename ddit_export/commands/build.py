@@ -1,10 +1,12 @@
 """``ddit-export build``: export every patch-size variant of the transformer into one bundle."""
 import click
 
+from ..settings import DEFAULT_MODEL
+
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True,
-              help="flux-mini, flux-mini-64, tiny, random-20m, flux (with --weights); video: wan-mini, tiny-wan, "
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="flux-mini-64, flux-mini, tiny, random-20m, flux (with --weights); video: wan-mini, tiny-wan, "
                    "wan (with --weights); or a model folder.")
 @click.option("--weights", type=click.Path(), help="Local diffusers folder: FLUX.1-dev for --model flux, Wan 2.1 "
                                                    "for --model wan.")

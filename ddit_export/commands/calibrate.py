@@ -5,10 +5,11 @@ import click
 from click.core import ParameterSource
 
 from ..cli_options import cache_dict, cache_options
+from ..settings import DEFAULT_MODEL
 
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True, help="flux-mini, flux-mini-64, tiny, or a pixel-model folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="flux-mini-64, flux-mini, tiny, or a pixel-model folder.")
 @click.option("--weights", type=click.Path(), help="Weights folder (for --model flux, or a FLUX bundle).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--bundle", type=click.Path(), help="Calibrate a built bundle (its own runtime) and write the chosen "
@@ -25,6 +26,8 @@ from ..cli_options import cache_dict, cache_options
 @click.option("--min-psnr", default=30.0, show_default=True, type=float, help="Quality bar: PSNR vs fine-only, dB.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--steps", type=int, help="Denoising steps (default: the model's).")
+@click.option("--height", type=int, help="Image height of the sweep (default: the model's; the profile records it).")
+@click.option("--width", type=int, help="Image width of the sweep (default: the model's).")
 @click.option("--work", type=click.Path(), help="Sweep folder, resumed if present (default runs/calibrate-<model>).")
 @click.option("--profile", type=click.Path(), help="Profile JSON (default calibration/<model>.json).")
 @click.option("--oracle", type=float, help="Also search the per-prompt oracle (best ladder per prompt by PSNR) at "
@@ -35,7 +38,7 @@ from ..cli_options import cache_dict, cache_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, policy, sweep, target_speedup,
-            max_quality_drop, min_psnr, seed, steps, work, profile, oracle, cache, cache_interval, cache_order,
+            max_quality_drop, min_psnr, seed, steps, height, width, work, profile, oracle, cache, cache_interval, cache_order,
             cache_warmup, cache_tail, cache_threshold, dry_run, threads, quiet):
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
@@ -57,7 +60,8 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
         torch.set_num_threads(threads)
     settings = CalibrateSettings(prompts=prompts_file, sweep=(knob.strip(), tuple(v for v in values.split(",") if v)),
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
-                                 n_prompts=n_prompts, seed=seed, steps=steps, target_speedup=target_speedup,
+                                 n_prompts=n_prompts, seed=seed, steps=steps, height=height, width=width,
+                                 target_speedup=target_speedup,
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
                                  write=not dry_run, oracle=oracle, cache=_cache(cache_settings, cache_dict(
                                      cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold)))

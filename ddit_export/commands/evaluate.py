@@ -1,6 +1,8 @@
 """``ddit-export evaluate``: fine-only baseline vs DDiT (adapted, training-free) on held-out scene captions."""
 import click
 
+from ..settings import DEFAULT_MODEL
+
 
 def _seeds(text):
     from ..errors import ConfigError
@@ -12,8 +14,8 @@ def _seeds(text):
 
 
 @click.command()
-@click.option("--model", default="flux-mini", show_default=True,
-              help="flux-mini, flux-mini-64, tiny, wan-mini (video: clips and the motion probe), tiny-wan, or a "
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="flux-mini-64, flux-mini, tiny, wan-mini (video: clips and the motion probe), tiny-wan, or a "
                    "model folder.")
 @click.option("--weights", type=click.Path(), help="Weights folder (for --model flux).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")

@@ -206,6 +206,9 @@ def _model_entry(model, geom, text_len, cfg) -> dict:
     trained = getattr(model, "trained_resolutions", None)
     if trained:  # optional: readers without it take height x width
         entry["trained_resolutions"] = [list(r) for r in trained]
+    calibrated = getattr(model, "schedule_resolution", None)
+    if calibrated:  # optional: the size the schedule profile was calibrated at (generate warns at another)
+        entry["schedule_resolution"] = list(calibrated)
     return entry
 
 

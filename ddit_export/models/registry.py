@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
-from ..settings import AdapterSettings, DEFAULT_SIZES, ScheduleSettings
+from ..settings import DEFAULT_MODEL, AdapterSettings, DEFAULT_SIZES, ScheduleSettings
 from ..shapes import TokenGeometry, parse_resolutions
 from .flux import ADAPTER_FILE, MultiPatchFlux
 
@@ -35,7 +35,6 @@ RANDOM_PRESETS = {
     "tiny": (64, 2, (1, 1), 32),  # for tests: 256 fine tokens
     "random-20m": (384, 6, (2, 4), 64),  # for benchmarks: 20.6 M parameters, 1024 fine tokens
 }
-DEFAULT_MODEL = "flux-mini"
 FLUX_FOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 # The random tiny model's Δ³ is ~0.002-0.05 (see `ddit-export schedule` on its trace): the paper's 0.001 would
@@ -79,6 +78,9 @@ class LoadedModel:
     #: (height, width) pairs the weights were trained at (``generate`` warns outside them); None: not known or not
     #: one list (random presets, FLUX.1-dev with its many aspect ratios), no warning
     trained_resolutions: tuple[tuple[int, int], ...] | None = None
+    #: (height, width) its schedule profile was calibrated at (``generate`` warns when the profile runs at another
+    #: size); None: not recorded (profiles older than the field), no warning
+    schedule_resolution: tuple[int, int] | None = None
     family: str = "flux"  # "wan": a video model (MultiPatchWan; geometry takes frames)
     default_frames: int | None = None  # video: the clip length by default
     vae_temporal: int = 1  # video: the VAE's temporal factor (Wan 2.1: 4; pixel space: 1)
@@ -239,6 +241,11 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
         m.schedule_defaults = ScheduleSettings(**meta["schedule"])
     m.default_prompt = meta.get("prompt", m.default_prompt)
     m.trained_resolutions = trained
+    if "schedule_resolution" in meta:
+        try:
+            m.schedule_resolution = parse_resolutions([meta["schedule_resolution"]])[0]
+        except ValueError as e:
+            raise WeightsError(f"{folder / PIXEL_META}: schedule_resolution: {e}") from None
     return m
 
 

@@ -85,6 +85,8 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     header = dict(model=model.name, prompts=[s.caption for s in scenes_], seed=settings.seed,
                   steps=settings.steps or model.default_steps,
                   cache=None if settings.cache is None else settings.cache.to_dict())
+    if settings.height or settings.width:  # sweeps at the model's own size keep the header they always had
+        header["resolution"] = list(profile_resolution(model, settings))
     hp = work / "sweep.json"
     if hp.is_file() and json.loads(hp.read_text()) != header:
         raise ConfigError(f"{work} holds a sweep of another model, prompt set, seed or step count: give another "
@@ -92,7 +94,8 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     hp.write_text(json.dumps(header, indent=1))
     rows_path = work / "rows.jsonl"
     done = _load_rows(rows_path)
-    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps, cache=settings.cache)
+    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps, cache=settings.cache,
+                          height=settings.height, width=settings.width)
     fine_npz = work / "fine.npz"
     if "fine" in done and fine_npz.is_file():
         runner.fine_images = np.load(fine_npz)["images"]
@@ -146,8 +149,15 @@ def write_json_atomic(path: Path, data: dict):
     write_file_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def profile_resolution(model, settings: CalibrateSettings) -> tuple[int, int]:
+    """(height, width) the sweep generates at: ``settings``' or the model's (a bundle's) own."""
+    geom = model.geometry(settings.height, settings.width)
+    return geom.height, geom.width
+
+
 def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict, cache: dict | None = None):
-    """Put ``schedule`` (a ScheduleSettings dict) into a bundle's manifest, keeping every other field."""
+    """Put ``schedule`` (a ScheduleSettings dict) into a bundle's manifest, keeping every other field; the
+    resolution it was calibrated at (``calibration['resolution']``) goes to ``model.schedule_resolution``."""
     from ..bundle import MANIFEST, read_manifest
 
     read_manifest(bundle)  # a clear error if it is not a bundle
@@ -155,6 +165,8 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict,
     d = json.loads(path.read_text())
     d["schedule"] = schedule
     d["calibration"] = calibration
+    if calibration.get("resolution"):
+        d["model"]["schedule_resolution"] = list(calibration["resolution"])
     if cache is not None:  # the step cache the chosen setting was measured with becomes the bundle's default
         d["cache"] = cache
     write_json_atomic(path, d)
@@ -189,7 +201,7 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
     chosen = choose(rows, settings)
     cache = None if settings.cache is None else settings.cache.to_dict()
     profile = dict(format=PROFILE_FORMAT, model=model.name, policy=chosen["key"], schedule=chosen["schedule"],
-                   cache=cache,
+                   cache=cache, resolution=list(profile_resolution(model, settings)),
                    measured={k: v for k, v in chosen.items() if k not in ("sizes", "schedule")},
                    fine={k: fine[k] for k in ("seconds", "adherence")},
                    rule=dict(min_psnr=settings.min_psnr, max_quality_drop=settings.max_quality_drop,
@@ -204,7 +216,8 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
         profile["written"] = [str(path)]
         if settings.bundle is not None:
             write_bundle_schedule(settings.bundle, chosen["schedule"],
-                                  {k: profile[k] for k in ("policy", "measured", "command", "date")}, cache)
+                                  {k: profile[k] for k in ("policy", "measured", "command", "date", "resolution")},
+                                  cache)
             profile["written"].append(str(Path(settings.bundle) / "manifest.json"))
     return profile
 
@@ -216,7 +229,8 @@ def _oracle(settings, model, backend, scenes_, work: Path, progress: bool) -> di
     path = work / f"oracle-{settings.oracle:g}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps)
+    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps,
+                          height=settings.height, width=settings.width)
     runner.fine_images = np.load(work / "fine.npz")["images"]
     res = search_oracle(runner, settings.oracle, progress=progress)
     write_json_atomic(path, res)

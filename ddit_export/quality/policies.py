@@ -30,13 +30,15 @@ def read_prompts(path: str | Path) -> list[S.Scene]:
 class PolicyRunner:
     """Generates ``scenes`` with a model + backend under any schedule; scores images against fine-only."""
 
-    def __init__(self, model, backend, scenes_, *, seed: int = 0, steps: int | None = None, cache=None):
+    def __init__(self, model, backend, scenes_, *, seed: int = 0, steps: int | None = None, cache=None,
+                 height: int | None = None, width: int | None = None):
         from ..runtime.generate import initial_noise
         from .detector import load_probe
 
         self.model, self.backend, self.scenes, self.seed = model, backend, list(scenes_), seed
         self.steps = steps or model.default_steps
-        self.geom = model.geometry()
+        self.geom = model.geometry(height, width)
+        self.height, self.width = height, width
         self.noise = initial_noise(self.geom, len(self.scenes), seed)
         self.detector = load_probe()
         self.fine_images = None
@@ -56,7 +58,7 @@ class PolicyRunner:
         for idx in chunks:
             lo, hi = idx[0], idx[-1] + 1
             gs = build_settings(self.model, prompts=caps[lo:hi], seed=self.seed, steps=self.steps,
-                                schedule=schedule, static=static,
+                                height=self.height, width=self.width, schedule=schedule, static=static,
                                 cache=self.cache if cache and self.cache is not None else {"mode": "off"})
             t0 = time.perf_counter()
             r = generate(self.model, self.backend, gs, progress=False, decode=False, latents=self.noise[lo:hi])

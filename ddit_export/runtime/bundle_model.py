@@ -32,6 +32,7 @@ class BundleModel:
         self.vae_scale = m["vae_scale"]
         self.latent_channels = m["latent_channels"]
         self.trained_resolutions = self.manifest.trained_resolutions
+        self.schedule_resolution = self.manifest.schedule_resolution
         self.family = "wan" if is_video(self.manifest) else "flux"
         self.default_frames = m.get("frames")
         self.extras = self.pipeline_model.extras if self.pipeline_model is not None else {}
