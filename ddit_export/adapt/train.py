@@ -210,6 +210,12 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
             log(f"held-out PSNR has not improved by 0.1 dB in {s.patience} checks (best {plateau['best']:.2f} dB "
                 f"at step {plateau['best_step']}): stopping")
 
+    def quality_due():
+        return (s.quality_minutes is not None and s.eval_images > 0
+                and elapsed() - last_quality >= s.quality_minutes * 60)
+
+    if prior is not None and quality_due():  # the check that was due when the run stopped: as it resumes
+        quality_check()
     mp.train()
     bar = tqdm(total=s.steps, initial=step, disable=not progress, mininterval=5.0, dynamic_ncols=True,
                file=sys.stderr, desc="adapt")
@@ -246,8 +252,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                     loss_log.flush()
                 if callback is not None and callback(step, last):
                     stop["flag"] = True
-                if (s.quality_minutes is not None and s.eval_images and not stop["flag"]
-                        and elapsed() - last_quality >= s.quality_minutes * 60):
+                if not stop["flag"] and quality_due():
                     loss_log.flush()
                     quality_check()
                 if time.time() - last_ckpt > s.ckpt_minutes * 60 and not stop["flag"] and not done():

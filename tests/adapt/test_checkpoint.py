@@ -10,11 +10,15 @@ from ddit_export.errors import ConfigError, WeightsError
 from tests.adapt.common import copy_model, quiet, settings
 
 
-def test_interrupt_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("kw", [{}, {"coarse_mix": 1.0, "schedules": "both", "eval_images": 1, "quality_minutes": 1e-9,
+                                      "patience": 100, "sample_steps": 6}], ids=["fine", "policy-family+quality"])
+def test_interrupt_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_path, kw):
+    """Also with the deployed family's trajectories (ladders, step-cache plans) and the quality checks the plateau
+    stop reads: their state is checkpointed, so the resumed run replays the same batches and logs."""
     model_dir = copy_model(tiny_model_dir, tmp_path / "model")
-    whole = adapt(settings(model_dir, tmp_path / "a", out=str(tmp_path / "a.safetensors")), progress=False,
+    whole = adapt(settings(model_dir, tmp_path / "a", out=str(tmp_path / "a.safetensors"), **kw), progress=False,
                   log=quiet)
-    s = settings(model_dir, tmp_path / "b", out=str(tmp_path / "b.safetensors"))
+    s = settings(model_dir, tmp_path / "b", out=str(tmp_path / "b.safetensors"), **kw)
 
     first = adapt(s, progress=False, log=quiet, callback=lambda step, losses: step == 5)
     assert first.state["stopped_by_signal"] and first.state["step"] == 5
@@ -34,6 +38,9 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_pat
     la, lb = read_loss_csv(tmp_path / "a" / "loss.csv"), read_loss_csv(tmp_path / "b" / "loss.csv")
     assert [r["step"] for r in lb] == list(range(1, 13))
     assert [(r["loss_2"], r["loss_4"]) for r in la] == [(r["loss_2"], r["loss_4"]) for r in lb]
+    if kw:  # one quality check per step in both runs, the same numbers (each from the same adapters)
+        qa, qb = ((tmp_path / w / "quality.csv").read_text().splitlines() for w in ("a", "b"))
+        assert qa == qb and sum(",training," in ln for ln in qa) == 2 * 12
 
     with pytest.raises(ConfigError, match="other settings"):  # resuming with other settings is refused
         adapt(settings(model_dir, tmp_path / "b", lr=1e-2), progress=False, log=quiet)
