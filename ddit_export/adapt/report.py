@@ -95,3 +95,37 @@ def plateau_score(q: dict) -> float:
     """What a run's plateau check follows: the mean PSNR of the static alternating schedules (one per size)."""
     vals = [v["psnr"] for n, v in q.items() if n.startswith("static-alt-")]
     return float(np.mean(vals))
+
+
+def plot_quality(work: Path) -> Path | None:
+    """``WORK/quality.png``: held-out PSNR vs fine-only of every schedule the run checked, over training steps
+    (the curve a plateau stop reads). None when ``quality.csv`` has fewer than two steps."""
+    import csv
+
+    path = work / "quality.csv"
+    if not path.is_file():
+        return None
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in csv.DictReader(open(path)):
+        if not row["schedule"].startswith("rule"):
+            curves.setdefault(row["schedule"], []).append((int(row["step"]), float(row["psnr_db"])))
+    if not curves or max(len(v) for v in curves.values()) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, pts in sorted(curves.items()):
+        ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+    ax.set_xlabel("adapter training step")
+    ax.set_ylabel("PSNR vs fine-only (dB)")
+    ax.set_title(f"held-out PSNR during training ({work.name})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = work / "quality.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

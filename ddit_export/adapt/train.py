@@ -18,7 +18,7 @@ from .checkpoint import (CKPT, LEGACY_FIELDS, RUN_FORMAT, changed_run_fields, lo
 from .logs import log_eval, truncate_log
 from .losses import batch_indices, distill_losses, eval_losses, lr_at
 from .prompts import PromptBank, training_prompts
-from .report import compare_to_fine, log_quality, plateau_score
+from .report import compare_to_fine, log_quality, plateau_score, plot_quality
 from .student import autocast_for, default_out, default_work, fingerprint, load_student
 from .trajectories import TRAJ, build_trajectories, held_out
 
@@ -200,6 +200,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                             s.width, s.guidance, amp, rules=False)
         mp.train()
         log_quality(work, step, "training", q, log)
+        plot_quality(work)
         score = plateau_score(q)
         if not plateau or score >= plateau["best"] + 0.1:
             plateau.update(best=score, best_step=step, since=0)

@@ -112,3 +112,4 @@ def test_quality_checks_and_plateau_stop(tiny_model_dir, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "w" / "quality.csv")))
     assert [row["step"] for row in rows if row["adapters"] == "training"] == ["1", "1", "2", "2"]
     assert {row["schedule"] for row in rows if row["adapters"] == "training"} == {"static-alt-k2", "static-alt-k4"}
+    assert (tmp_path / "w" / "quality.png").stat().st_size > 1000  # the curve the plateau stop read
