@@ -142,16 +142,20 @@ def _coarse(text):
 
 @main.command()
 @click.argument("trace_path", metavar="TRACE", type=click.Path())
-@click.option("--plot", type=click.Path(), help="PNG path (default: TRACE with .png).")
-def schedule(trace_path, plot):
-    """Show a trace: a table of size, tokens, FLOPs and σ per step, and a PNG plot."""
+@click.option("--plot", type=click.Path(), help="PNG path (default: TRACE.schedule.png, e.g. out/x.json -> "
+                                                 "out/x.schedule.png); its folder must exist.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plot file (without it: an error).")
+def schedule(trace_path, plot, overwrite):
+    """Show a trace: a table of size, tokens, FLOPs and σ per step, and a PNG plot (TRACE.schedule.png)."""
+    from .fsutil import check_writable, write_file_atomic
     from .schedule.plot import plot as plot_trace
-    from .schedule.plot import table
+    from .schedule.plot import plot_path, table
     from .schedule.trace import Trace
 
     t = Trace.load(trace_path)
+    png = check_writable(plot or plot_path(trace_path), overwrite=overwrite, make_folders=False)
     click.echo(table(t))
-    png = plot_trace(t, plot or Path(trace_path).with_suffix(".png"))
+    write_file_atomic(png, lambda tmp: plot_trace(t, tmp, fmt=png.suffix[1:] or "png"))
     click.echo(f"wrote {png}")
 
 

@@ -29,6 +29,28 @@ def write_failure(path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason}")
 
 
+def check_writable(path, *, overwrite: bool = True, make_folders: bool = True, flag: str = "--overwrite") -> Path:
+    """Before any work, refuse (OutputError, one line) an output file that cannot be written: ``path`` is a folder,
+    exists while ``overwrite`` is false (``flag`` names the option that allows it), or lies in a folder that is
+    missing (with ``make_folders`` false) or cannot be made or written. Creates nothing; returns ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputError(f"{path} exists; it is left untouched: choose another path, or give {flag} to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        if not make_folders:
+            raise OutputError(f"cannot write {path}: folder {folder} does not exist")
+        while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+            folder = folder.parent  # the nearest existing ancestor: the missing folders are made inside it
+        if not folder.is_dir():
+            raise OutputError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: permission denied")
+    return path
+
+
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
