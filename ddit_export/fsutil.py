@@ -166,3 +166,40 @@ def write_file_atomic(path: Path, write):
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_files_atomic(writes) -> list[Path]:
+    """All or nothing: ``writes`` is a sequence of ``(path, write)``; each ``write(tmp_path)`` fills a temporary
+    sibling of its ``path`` first, and only when every one succeeded are they renamed into place. A failed write
+    removes every temporary file and touches no ``path``; a failed rename (rare: same folder) removes the paths
+    this call had already put in place. OSError -> OutputError. Returns the paths."""
+    staged = []  # (tmp, path)
+    try:
+        for path, write in writes:
+            path = Path(path)
+            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{len(staged)}{path.suffix}")
+            staged.append((tmp, path))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(tmp)
+            except OSError as e:
+                raise write_failure(path, e) from None
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    done = []
+    try:
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise write_failure(path, e) from None
+            done.append(path)
+    except BaseException:
+        for p in done + [tmp for tmp, _ in staged]:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+    return [path for _, path in staged]
