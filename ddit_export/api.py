@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .fsutil import check_writable, write_files_atomic
-from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, check_sizes, parse_policy
+from .settings import DEFAULT_SIZES, CacheSettings, GenerateSettings, check_shape, check_sizes, parse_policy
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -128,6 +128,7 @@ def generate_images(*, model="flux-mini", weights=None, adapters=None, sizes=Non
     from .runtime.generate import generate
 
     sizes = None if sizes is None else check_sizes(sizes)
+    check_shape(**{k: settings_kw.get(k) for k in ("steps", "height", "width", "frames")})  # before any load
     if bundle is not None:
         family = check_family(model, bundle)
     else:
