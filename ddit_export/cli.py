@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import cache_dict, cache_options
+from .cli_options import cache_dict, cache_options, threads_at_least_1
 from .errors import ConfigError, DDiTError
 
 
@@ -85,7 +85,8 @@ def model_options(f):
                                       "package (build --backend aoti).")
 @click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
                                                    "why) when TensorRT cannot run the bundle here.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
+@click.option("--threads", type=int, callback=threads_at_least_1,
+              help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--memory", type=click.Choice(["shared", "fast"]), default="shared", show_default=True,
               help="With --bundle on ONNX Runtime: shared = the weights held once for all sizes; fast = each size's "
                    "session pre-packs its own copy (standalone speed, more memory; README has both numbers).")
@@ -166,7 +167,8 @@ def schedule(trace_path, plot, overwrite):
 @click.option("--replay", "replay_from", type=click.Path(), help="Replay mode: time the schedules and cache decisions "
               "recorded in a pareto.json on --model (e.g. random-20m): measured vs FLOP-bound speed-up.")
 @click.option("--repeats", type=int, help="Timed runs per size (default 7) / interleaved rounds (pareto, replay: 3).")
-@click.option("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's; pareto: 1).")
+@click.option("--threads", type=int, callback=threads_at_least_1,
+              help="torch (and ONNX Runtime) intra-op threads (default: torch's; pareto: 1).")
 @click.option("--height", type=int)
 @click.option("--width", type=int)
 @click.option("--n-prompts", type=int, default=64, show_default=True, help="Pareto: held-out captions for quality.")

@@ -544,9 +544,19 @@ class CalibrateSettings:
             raise ConfigError(f"--sweep: unknown knob {knob!r}")
         if not values:
             raise ConfigError("--sweep needs at least one value")
+        typ = type(getattr(ScheduleSettings(), knob))  # what quality.calibrate.sweep_settings converts them to
+        for v in values:
+            try:
+                typ(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--sweep {knob}: {v!r} is not {'an' if typ is int else 'a'} {typ.__name__}") \
+                    from None
         if self.target_speedup is not None and not self.target_speedup > 0:
             raise ConfigError(f"target speed-up must be > 0, got {self.target_speedup}")
-        if self.max_quality_drop < 0:
-            raise ConfigError(f"max quality drop must be >= 0, got {self.max_quality_drop}")
+        if not (self.max_quality_drop >= 0 and math.isfinite(self.max_quality_drop)):
+            raise ConfigError(f"max quality drop must be >= 0 and finite, got {self.max_quality_drop}")
+        if not math.isfinite(self.min_psnr):
+            raise ConfigError(f"min PSNR must be a finite number of dB, got {self.min_psnr}")
+        check_shape(steps=self.steps)
         if self.n_prompts is not None and self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
