@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
-from .fsutil import write_file_atomic
-from .settings import DEFAULT_MODEL, DEFAULT_SIZES, CacheSettings, GenerateSettings, check_sizes, parse_policy
+from .fsutil import check_writable, write_files_atomic
+from .settings import (DEFAULT_MODEL, DEFAULT_SIZES, CacheSettings, GenerateSettings, check_shape, check_sizes,
+                       parse_policy)
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -128,6 +129,7 @@ def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=N
     from .runtime.generate import generate
 
     sizes = None if sizes is None else check_sizes(sizes)
+    check_shape(**{k: settings_kw.get(k) for k in ("steps", "height", "width", "frames")})  # before any load
     if bundle is not None:
         family = check_family(model, bundle)
     else:
@@ -137,6 +139,7 @@ def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=N
         raise ConfigError(f"--frames applies to video models (wan-mini, wan); {model or 'this bundle'} makes images")
     # before any work: an unknown suffix, or an image suffix for a video model and the reverse, is an error
     out = (video_path(out) if family == "wan" else image_path(out)) if out else None
+    _check_outputs(out, trace_path, prompts)  # and every output writable, before any model loads
     if bundle is not None:
         from .runtime.bundle_model import open_bundle
 
@@ -162,15 +165,27 @@ def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=N
     _check_profile_resolution(settings, loaded, warn or _stderr)
     with backend:
         result = generate(loaded, backend, settings)
-    if not out:
-        paths = []
-    elif family == "wan":
-        paths = save_videos(result.images, out, fps=fps)
-    else:
-        paths = save_images(result.images, out)
+    writes = [] if not out else video_writes(result.images, out, fps) if family == "wan" else \
+        image_writes(result.images, out)
+    paths = [p for p, _ in writes]
     if trace_path:
-        write_file_atomic(Path(trace_path), result.trace.save)
+        writes.append((Path(trace_path), result.trace.save))
+    write_files_atomic(writes)  # the images and the trace together, or none of them
     return result, paths
+
+
+def _check_outputs(out: Path | None, trace_path, prompts):
+    """Before any work: every file this generation will write (each image or clip of the batch, the trace) can be
+    written, and no two are the same file."""
+    n = 1 if prompts is None or isinstance(prompts, str) else max(len(tuple(prompts)), 1)
+    paths = (numbered_paths(out, n) if out else []) + ([Path(trace_path)] if trace_path else [])
+    seen = {}
+    for p in paths:
+        check_writable(p)
+        key = p.resolve()
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {p} are the same file: give --out and --trace different paths")
+        seen[key] = p
 
 
 def _stderr(line: str):
@@ -247,14 +262,18 @@ def numbered_paths(out: Path, n: int) -> list[Path]:
 
 
 def save_images(images, out) -> list[Path]:
-    """Write the images (NAME_0.png, NAME_1.png, ... for a batch); each goes to a temporary file first and is
-    renamed into place, so a full disk or read-only folder leaves no empty image, only an OutputError."""
+    """Write the images (NAME_0.png, NAME_1.png, ... for a batch), all or none: each goes to a temporary file first
+    and they are renamed into place together, so a full disk or read-only folder leaves no empty image and no part
+    of a batch, only an OutputError."""
+    return write_files_atomic(image_writes(images, out))
+
+
+def image_writes(images, out) -> list[tuple]:
+    """(path, write) of each image for fsutil.write_files_atomic."""
     out = image_path(out)
-    paths = numbered_paths(out, len(images))
     fmt = IMAGE_FORMATS[out.suffix.lower()]
-    for im, p in zip(images, paths):
-        write_file_atomic(p, lambda tmp, im=im: im.save(tmp, format=fmt))
-    return paths
+    paths = numbered_paths(out, len(images))
+    return [(p, lambda tmp, im=im: im.save(tmp, format=fmt)) for im, p in zip(images, paths)]
 
 
 
@@ -271,8 +290,13 @@ def video_path(out) -> Path:
 
 
 def save_videos(clips, out, fps: int = 8) -> list[Path]:
-    """Write one clip (a list of PIL frames) per prompt (NAME_0.gif, NAME_1.gif, ... for a batch), atomically."""
-    from .video_io import save_video
+    """Write one clip (a list of PIL frames) per prompt (NAME_0.gif, NAME_1.gif, ... for a batch), all or none."""
+    return write_files_atomic(video_writes(clips, out, fps))
+
+
+def video_writes(clips, out, fps: int = 8) -> list[tuple]:
+    """(path, write) of each clip for fsutil.write_files_atomic."""
+    from .video_io import video_writer
 
     paths = numbered_paths(video_path(out), len(clips))
-    return [save_video(frames, p, fps=fps) for frames, p in zip(clips, paths)]
+    return [(p, video_writer(frames, p, fps)) for frames, p in zip(clips, paths)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import cache_dict, cache_options
+from .cli_options import cache_dict, cache_options, threads_at_least_1
 from .errors import ConfigError, DDiTError
 from .settings import DEFAULT_MODEL
 
@@ -87,7 +87,8 @@ def model_options(f):
                                       "package (build --backend aoti).")
 @click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
                                                    "why) when TensorRT cannot run the bundle here.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (with --bundle).")
+@click.option("--threads", type=int, callback=threads_at_least_1,
+              help="ONNX Runtime intra-op threads (with --bundle).")
 @click.option("--memory", type=click.Choice(["shared", "fast"]), default="shared", show_default=True,
               help="With --bundle on ONNX Runtime: shared = the weights held once for all sizes; fast = each size's "
                    "session pre-packs its own copy (standalone speed, more memory; README has both numbers).")
@@ -144,16 +145,20 @@ def _coarse(text):
 
 @main.command()
 @click.argument("trace_path", metavar="TRACE", type=click.Path())
-@click.option("--plot", type=click.Path(), help="PNG path (default: TRACE with .png).")
-def schedule(trace_path, plot):
-    """Show a trace: a table of size, tokens, FLOPs and σ per step, and a PNG plot."""
+@click.option("--plot", type=click.Path(), help="PNG path (default: TRACE.schedule.png, e.g. out/x.json -> "
+                                                 "out/x.schedule.png); its folder must exist.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plot file (without it: an error).")
+def schedule(trace_path, plot, overwrite):
+    """Show a trace: a table of size, tokens, FLOPs and σ per step, and a PNG plot (TRACE.schedule.png)."""
+    from .fsutil import check_writable, write_file_atomic
     from .schedule.plot import plot as plot_trace
-    from .schedule.plot import table
+    from .schedule.plot import plot_path, table
     from .schedule.trace import Trace
 
     t = Trace.load(trace_path)
+    png = check_writable(plot or plot_path(trace_path), overwrite=overwrite, make_folders=False)
     click.echo(table(t))
-    png = plot_trace(t, plot or Path(trace_path).with_suffix(".png"))
+    write_file_atomic(png, lambda tmp: plot_trace(t, tmp, fmt=png.suffix[1:] or "png"))
     click.echo(f"wrote {png}")
 
 
@@ -164,7 +169,8 @@ def schedule(trace_path, plot):
 @click.option("--replay", "replay_from", type=click.Path(), help="Replay mode: time the schedules and cache decisions "
               "recorded in a pareto.json on --model (e.g. random-20m): measured vs FLOP-bound speed-up.")
 @click.option("--repeats", type=int, help="Timed runs per size (default 7) / interleaved rounds (pareto, replay: 3).")
-@click.option("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's; pareto: 1).")
+@click.option("--threads", type=int, callback=threads_at_least_1,
+              help="torch (and ONNX Runtime) intra-op threads (default: torch's; pareto: 1).")
 @click.option("--height", type=int)
 @click.option("--width", type=int)
 @click.option("--n-prompts", type=int, default=64, show_default=True, help="Pareto: held-out captions for quality.")

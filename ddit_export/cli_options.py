@@ -1,6 +1,24 @@
 """Option groups shared by several commands (``cli.py`` and ``commands/``)."""
 import click
 
+from .errors import ConfigError
+
+
+def int_range(low: int, high: int | None = None):
+    """A click callback: an int option outside [low, high] is a ConfigError (the CLI's one ``error:`` line and exit
+    code 2, unlike click.IntRange's usage block); None (not given) passes."""
+    def check(ctx, param, value):
+        if value is not None and (value < low or (high is not None and value > high)):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{max(param.opts, key=len)} must be {bound}, got {value}")
+        return value
+
+    return check
+
+
+#: --threads of every command: intra-op threads, at least 1
+threads_at_least_1 = int_range(1)
+
 
 def cache_options(f):
     """--cache ...: the output-level step cache (runtime/cache.py); unset options keep the model's profile."""

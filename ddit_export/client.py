@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from .errors import DDiTError
+from .errors import ConfigError, DDiTError
 
 
 class ServiceError(DDiTError):
@@ -52,6 +53,9 @@ class GenerationResponse:
 class Client:
     def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 300.0, retries: int = 2,
                  max_retry_wait: float = 30.0):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--url {url!r} is not an http(s) URL of the service, e.g. http://127.0.0.1:8000")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retries = retries

@@ -29,6 +29,28 @@ def write_failure(path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason}")
 
 
+def check_writable(path, *, overwrite: bool = True, make_folders: bool = True, flag: str = "--overwrite") -> Path:
+    """Before any work, refuse (OutputError, one line) an output file that cannot be written: ``path`` is a folder,
+    exists while ``overwrite`` is false (``flag`` names the option that allows it), or lies in a folder that is
+    missing (with ``make_folders`` false) or cannot be made or written. Creates nothing; returns ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputError(f"{path} exists; it is left untouched: choose another path, or give {flag} to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        if not make_folders:
+            raise OutputError(f"cannot write {path}: folder {folder} does not exist")
+        while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+            folder = folder.parent  # the nearest existing ancestor: the missing folders are made inside it
+        if not folder.is_dir():
+            raise OutputError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: permission denied")
+    return path
+
+
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -144,3 +166,40 @@ def write_file_atomic(path: Path, write):
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_files_atomic(writes) -> list[Path]:
+    """All or nothing: ``writes`` is a sequence of ``(path, write)``; each ``write(tmp_path)`` fills a temporary
+    sibling of its ``path`` first, and only when every one succeeded are they renamed into place. A failed write
+    removes every temporary file and touches no ``path``; a failed rename (rare: same folder) removes the paths
+    this call had already put in place. OSError -> OutputError. Returns the paths."""
+    staged = []  # (tmp, path)
+    try:
+        for path, write in writes:
+            path = Path(path)
+            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{len(staged)}{path.suffix}")
+            staged.append((tmp, path))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(tmp)
+            except OSError as e:
+                raise write_failure(path, e) from None
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    done = []
+    try:
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise write_failure(path, e) from None
+            done.append(path)
+    except BaseException:
+        for p in done + [tmp for tmp, _ in staged]:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+    return [path for _, path in staged]

@@ -204,6 +204,10 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
     from .runtime.backends.torch import TorchBackend
     from .runtime.generate import initial_noise
 
+    from .fsutil import check_writable
+
+    for name in ("pareto.json", "pareto.md", "pareto.png"):  # before any work: OUT is a folder, or can be made one
+        check_writable(Path(settings.out) / name)
     t_start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     random.seed(0)

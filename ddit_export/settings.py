@@ -68,6 +68,28 @@ class ScheduleSettings:
 
 
 MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)
+# Upper bounds every path shares (CLI, Python API, service, build, evaluate), checked before any work: beyond them
+# a run takes hours or the scheduler's resolution shift overflows (FLUX's μ grows with the token count; shapes.py
+# bounds the tokens too).
+MAX_STEPS = 1000
+MAX_SIDE = 8192  # pixels per side (FLUX.1: up to 2048)
+MAX_FRAMES = 1025  # video frames (Wan 2.1: 81)
+
+
+def check_shape(*, steps=None, height=None, width=None, frames=None, side=None):
+    """Refuse (ConfigError) steps, sides or frames below 1 or above MAX_STEPS / MAX_SIDE / MAX_FRAMES. None means
+    "the model's default" and is not checked."""
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps must be >= 1, got {steps}" if steps < 1 else
+                          f"steps must be <= {MAX_STEPS}, got {steps}")
+    for name, v in (("height", height), ("width", width), ("side", side)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
+        if v is not None and v > MAX_SIDE:
+            raise ConfigError(f"{name} must be <= {MAX_SIDE} pixels, got {v}")
+    if frames is not None and not 1 <= frames <= MAX_FRAMES:
+        raise ConfigError(f"frames must be >= 1, got {frames} (leave it out for the model's default)" if frames < 1
+                          else f"frames must be <= {MAX_FRAMES}, got {frames}")
 
 
 def parse_policy(spec: str, base: ScheduleSettings | None = None) -> ScheduleSettings:
@@ -219,13 +241,7 @@ class GenerateSettings:
         if seed is None or isinstance(self.seed, bool) or not 0 <= seed <= MAX_SEED:
             raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
         object.__setattr__(self, "seed", seed)
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        for name, v in (("height", self.height), ("width", self.width)):
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
-        if self.frames is not None and self.frames < 1:
-            raise ConfigError(f"frames must be >= 1, got {self.frames} (leave it out for the model's default)")
+        check_shape(steps=self.steps, height=self.height, width=self.width, frames=self.frames)
         if not math.isfinite(self.guidance):
             raise ConfigError(f"guidance must be a finite number, got {self.guidance}")
         if self.sizes is not None:
@@ -277,11 +293,7 @@ class BuildSettings:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
-        for name, v in (("height", self.height), ("width", self.width)):
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be >= 1 pixel, got {v} (leave it out for the model's default)")
-        if self.frames is not None and self.frames < 1:
-            raise ConfigError(f"frames must be >= 1, got {self.frames} (leave it out for the model's default)")
+        check_shape(height=self.height, width=self.width, frames=self.frames)
         if self.text_len is not None and self.text_len < 1:
             raise ConfigError(f"text length must be >= 1, got {self.text_len}")
 
@@ -424,8 +436,7 @@ class EvalSettings:
     def __post_init__(self):
         for p in self.policies:
             parse_policy(p)
-        if self.side is not None and self.side < 1:
-            raise ConfigError(f"side must be >= 1 pixel, got {self.side} (leave it out for the model's default)")
+        check_shape(side=self.side, steps=self.steps)
         if self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
         if not self.seeds:
@@ -437,8 +448,6 @@ class EvalSettings:
             raise ConfigError(f"tau must be > 0 and finite, got {bad}")
         if self.split not in EVAL_SPLITS:
             raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {self.split!r}")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.batch < 1:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
         if self.adapted is False and self.adapters is not None:
@@ -556,9 +565,19 @@ class CalibrateSettings:
             raise ConfigError(f"--sweep: unknown knob {knob!r}")
         if not values:
             raise ConfigError("--sweep needs at least one value")
+        typ = type(getattr(ScheduleSettings(), knob))  # what quality.calibrate.sweep_settings converts them to
+        for v in values:
+            try:
+                typ(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--sweep {knob}: {v!r} is not {'an' if typ is int else 'a'} {typ.__name__}") \
+                    from None
         if self.target_speedup is not None and not self.target_speedup > 0:
             raise ConfigError(f"target speed-up must be > 0, got {self.target_speedup}")
-        if self.max_quality_drop < 0:
-            raise ConfigError(f"max quality drop must be >= 0, got {self.max_quality_drop}")
+        if not (self.max_quality_drop >= 0 and math.isfinite(self.max_quality_drop)):
+            raise ConfigError(f"max quality drop must be >= 0 and finite, got {self.max_quality_drop}")
+        if not math.isfinite(self.min_psnr):
+            raise ConfigError(f"min PSNR must be a finite number of dB, got {self.min_psnr}")
+        check_shape(steps=self.steps)
         if self.n_prompts is not None and self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 PACK = 2  # FLUX packs 2x2 latent pixels into one token; that token is patch size 1 here
+# Fine tokens of one generation (all frames of a clip), checked on every path (a model's or a bundle's geometry):
+# FLUX.1 at 2048x2048 has 16384, Wan 2.1 at 720p 75600. Far beyond, attention is out of reach and the scheduler's
+# resolution shift (μ grows linearly with the token count) overflows.
+MAX_TOKENS = 2**18
+
+
+def check_tokens(tokens: int, what: str):
+    if tokens > MAX_TOKENS:
+        raise ConfigError(f"{what} makes {tokens} fine tokens, more than the {MAX_TOKENS} this runs; choose a "
+                          f"smaller size")
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class TokenGeometry:
             if v <= 0 or v % unit:
                 raise ConfigError(f"{name} {v} must be a positive multiple of {unit} "
                                   f"(VAE factor {self.vae_scale} x token packing {PACK})")
+        check_tokens(self.grid[0] * self.grid[1], f"{self.height}x{self.width}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -101,6 +112,8 @@ class VideoGeometry:
             if v <= 0 or v % unit:
                 raise ConfigError(f"{name} {v} must be a positive multiple of {unit} "
                                   f"(VAE factor {self.vae_scale} x patch {p})")
+        f, h, w = self.grid
+        check_tokens(f * h * w, f"{self.frames} frames of {self.height}x{self.width}")
 
     @property
     def latent_frames(self) -> int:

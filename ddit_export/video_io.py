@@ -44,13 +44,18 @@ def save_video(frames, path, fps: float = DEFAULT_FPS) -> Path:
     """Write a clip to ``path`` (.gif or .mp4, from the suffix), atomically: a temporary sibling renamed into place,
     so a failed write leaves ``path`` as it was. Returns the path."""
     path = Path(path)
+    write_file_atomic(path, video_writer(frames, path, fps))
+    return path
+
+
+def video_writer(frames, path, fps: float = DEFAULT_FPS):
+    """The function ``write(tmp_path)`` that writes the clip in ``path``'s type (.gif or .mp4) to ``tmp_path``
+    (for fsutil's atomic writers; save_video is the one-file case)."""
     suffix = video_suffix(path)
     if not fps > 0:
         raise ConfigError(f"fps must be > 0, got {fps}")
     a = clip_array(frames)
-    write = _mp4_writer(a, fps) if suffix == ".mp4" else _gif_writer(a, fps)
-    write_file_atomic(path, write)
-    return path
+    return _mp4_writer(a, fps) if suffix == ".mp4" else _gif_writer(a, fps)
 
 
 def _gif_writer(a: np.ndarray, fps: float):

@@ -41,7 +41,45 @@ def test_generate_tiny_writes_image_and_trace_with_changing_sizes(tmp_path):
     assert f"sizes per step: {','.join(map(str, sizes))}" in r.output
     r2 = invoke("schedule", trace)
     assert r2.exit_code == 0 and "coarse steps" in r2.output
-    assert trace.with_suffix(".png").is_file()
+    assert trace.with_name("trace.schedule.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_schedule_after_the_readme_commands_keeps_the_image(tmp_path, monkeypatch):
+    """Issue 20: README's `generate --out out/flux-mini.png --trace out/flux-mini.json`, then `schedule
+    out/flux-mini.json`, wrote the plot over the image. The plot goes to TRACE.schedule.png; nothing existing is
+    replaced without --overwrite."""
+    monkeypatch.chdir(tmp_path)
+    r = invoke("generate", "--model", "tiny", "--steps", 6, "--out", "out/flux-mini.png", "--trace",
+               "out/flux-mini.json")
+    assert r.exit_code == 0, r.output
+    image = (tmp_path / "out/flux-mini.png").read_bytes()
+    r = invoke("schedule", "out/flux-mini.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out/flux-mini.png").read_bytes() == image
+    plot = tmp_path / "out/flux-mini.schedule.png"
+    assert plot.read_bytes()[:4] == b"\x89PNG" and "wrote out/flux-mini.schedule.png" in r.output
+    # a second run refuses to replace the plot, and --plot onto the image is refused too
+    plot.write_bytes(b"earlier plot")
+    for args in ([], ["--plot", "out/flux-mini.png"]):
+        r = CliRunner().invoke(main, ["schedule", "out/flux-mini.json", *args])
+        assert r.exit_code == 2 and r.output.startswith("error: ") and "--overwrite" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert plot.read_bytes() == b"earlier plot" and (tmp_path / "out/flux-mini.png").read_bytes() == image
+    r = invoke("schedule", "out/flux-mini.json", "--overwrite")
+    assert r.exit_code == 0 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flux-mini.json", "flux-mini.png",
+                                                                    "flux-mini.schedule.png"]
+
+
+def test_schedule_plot_into_a_missing_folder_is_one_line(tmp_path):
+    trace = tmp_path / "t.json"
+    assert invoke("generate", "--model", "tiny", "--steps", 6, "--out", tmp_path / "i.png", "--trace",
+                  trace).exit_code == 0
+    for plot in (tmp_path / "missing" / "p.png", tmp_path / "t.json" / "p.png", tmp_path):
+        r = CliRunner().invoke(main, ["schedule", str(trace), "--plot", str(plot)])
+        assert r.exit_code == 2 and r.output.startswith("error: cannot write"), r.output
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
 
 
 def test_generate_batch_and_static_schedule(tmp_path):

@@ -4,7 +4,7 @@ import shlex
 import click
 from click.core import ParameterSource
 
-from ..cli_options import cache_dict, cache_options
+from ..cli_options import cache_dict, cache_options, threads_at_least_1
 from ..settings import DEFAULT_MODEL
 
 
@@ -34,7 +34,7 @@ from ..settings import DEFAULT_MODEL
                                           "this FLOP budget, e.g. 0.5; kept in the work folder.")
 @cache_options
 @click.option("--dry-run", is_flag=True, help="Measure and choose, write nothing.")
-@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--threads", type=int, callback=threads_at_least_1, help="torch intra-op threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, policy, sweep, target_speedup,

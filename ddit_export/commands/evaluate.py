@@ -1,6 +1,7 @@
 """``ddit-export evaluate``: fine-only baseline vs DDiT (adapted, training-free) on held-out scene captions."""
 import click
 
+from ..cli_options import threads_at_least_1
 from ..settings import DEFAULT_MODEL
 
 
@@ -37,7 +38,7 @@ def _seeds(text):
 @click.option("--batch", default=16, show_default=True, type=int, help="Prompts per batched fine-only run.")
 @click.option("--side", type=int, help="Image height = width in pixels (default: the model's); the scene probe "
               "reads every image at 32x32.")
-@click.option("--threads", type=int, help="torch intra-op threads (default: torch's).")
+@click.option("--threads", type=int, callback=threads_at_least_1, help="torch intra-op threads (default: torch's).")
 @click.option("--out", type=click.Path(), default="runs/eval", show_default=True,
               help="Folder for eval.json, eval.md and grid.png.")
 def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, training_free, adapted, split, sizes,

@@ -32,15 +32,17 @@ def command(url, prompt, n, seed, steps, size, guidance, policy, schedule, coars
     import json
     from pathlib import Path
 
-    from ..api import image_path, save_images
+    from ..api import image_path, image_writes, numbered_paths
     from ..client import Client
-    from ..fsutil import write_file_atomic
+    from ..fsutil import check_writable, write_files_atomic
 
     client = Client(url, retries=retries)
     if info:
         click.echo(json.dumps({"healthz": client.healthz(), "models": client.models()}, indent=1))
         return
-    out = image_path(out)  # before the request: an unknown suffix is an error
+    out = image_path(out)  # before the request: an unknown suffix or an output that cannot be written is an error
+    for p in numbered_paths(out, max(n or 1, 1)) + ([Path(trace_path)] if trace_path else []):
+        check_writable(p)
     res = client.generate(prompt, n=n, seed=seed, steps=steps, size=size, guidance=guidance, policy=policy,
                           schedule=schedule, coarse_first=coarse_first, tau=tau, eps=eps, warmup=warmup,
                           window=window, sizes=sizes, cache=cache, cache_interval=cache_interval, timeout=timeout,
@@ -54,8 +56,8 @@ def command(url, prompt, n, seed, steps, size, guidance, policy, schedule, coars
     t = res.timings
     click.echo(f"server: {t.get('total_s', 0):.3f} s (queued {t.get('queue_s', 0):.3f} s, batch of "
                f"{t.get('batch_jobs', 1)} request(s)){'' if res.attempts == 1 else f', {res.attempts} attempts'}")
-    for p in save_images(res.images, out):
-        click.echo(f"wrote {p}")
+    writes = image_writes(res.images, out)
     if trace_path:
-        write_file_atomic(Path(trace_path), lambda tmp: Path(tmp).write_text(json.dumps(res.trace, indent=1)))
-        click.echo(f"wrote {trace_path}")
+        writes.append((Path(trace_path), lambda tmp: Path(tmp).write_text(json.dumps(res.trace, indent=1))))
+    for p in write_files_atomic(writes):  # the images and the trace together, or none of them
+        click.echo(f"wrote {p}")

@@ -1,6 +1,8 @@
 """``ddit-export serve``: a bundle as an HTTP service on Ray Serve (ddit_export/serve/, issue 13)."""
 import click
 
+from ..cli_options import int_range, threads_at_least_1
+
 
 def _ray_serve():
     import importlib.util
@@ -14,7 +16,7 @@ def _ray_serve():
 @click.command()
 @click.argument("bundle", type=click.Path(), required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0: every interface).")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=int, callback=int_range(1, 65535))
 @click.option("--address", help="Join this Ray cluster (e.g. auto, or ray://HEAD:10001) instead of a local Ray.")
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray (default: all).")
 @click.option("--num-replicas", default=1, show_default=True, type=int, help="Generator replicas (weights once each).")
@@ -33,7 +35,8 @@ def _ray_serve():
 @click.option("--timeout", default=120.0, show_default=True, type=float,
               help="Default per-request deadline in seconds (queue + generation); a request may ask for less.")
 @click.option("--max-n", default=4, show_default=True, type=int, help="Most images per request.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per replica (default: ORT's).")
+@click.option("--threads", type=int, callback=threads_at_least_1,
+              help="ONNX Runtime intra-op threads per replica (default: ORT's).")
 @click.option("--replica-cpus", default=1.0, show_default=True, type=float, help="Ray CPUs reserved per replica.")
 @click.option("--config", "config_file", type=click.Path(), help="Run a Ray Serve config file (as written by "
               "--write-config; `serve run FILE` accepts it too) instead of the options above.")

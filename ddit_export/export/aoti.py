@@ -242,12 +242,13 @@ def _undo(folder: Path, weights_size: int):
 
 
 def build_with_aoti(settings, *, device: str = "cpu", log=print) -> Path:
-    """The whole ``build --backend aoti``: the ONNX bundle, then the AOTInductor package in it."""
+    """The whole ``build --backend aoti``: the ONNX bundle, then the AOTInductor package in it, both in the build's
+    temporary folder: an existing bundle at the output is replaced only once both are complete."""
     from ..models.registry import load_model
-    from .build import build_bundle
+    from .build import build_bundle, check_out, default_out
 
     require_compiler()
+    check_out(Path(settings.out) if settings.out else default_out(settings))  # before the model loads
     model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
-    path = build_bundle(settings, log=log, model=model)
-    prepare_aoti(path, settings, model=model, device=device, log=log)
-    return path
+    return build_bundle(settings, log=log, model=model,
+                        finish=lambda folder: prepare_aoti(folder, settings, model=model, device=device, log=log))

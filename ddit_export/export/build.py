@@ -44,9 +44,11 @@ def check_out(out: Path):
     check_replaceable(Path(out), is_bundle, "ddit bundle")
 
 
-def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, model=None) -> Path:
+def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, model=None, finish=None) -> Path:
     """Export, check, and write the bundle; returns its folder. ``model``: the model of ``settings``, already
-    loaded (``build --backend trt`` loads it once for both steps)."""
+    loaded (``build --backend trt`` loads it once for both steps). ``finish(folder)``: more parts of the bundle
+    (AOTInductor package, TensorRT engines), added to the complete ONNX bundle in the temporary folder before it
+    replaces ``out``: an old bundle at ``out`` is replaced only by a bundle with every part."""
     out = Path(settings.out) if settings.out else default_out(settings)
     check_out(out)
     with sigterm_as_exit():  # SIGTERM cleans up like Ctrl-C; SIGKILL's leftovers go at the next build
@@ -57,7 +59,7 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, m
         except OSError as e:
             raise write_failure(out, e) from None
         try:
-            _build_into(tmp, out, settings, progress, log, model)
+            _build_into(tmp, out, settings, progress, log, model, finish)
         except DDiTError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -70,7 +72,7 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, m
     return out
 
 
-def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log, model):
+def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log, model, finish=None):
     from ..models.registry import load_model
 
     if model is None:
@@ -87,6 +89,8 @@ def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, l
                           f"grid of {geom.height}x{geom.width}; choose other --sizes or another resolution")
     manifest = _write_bundle(tmp, model, geom, settings, progress, log)
     (tmp / MANIFEST).write_text(manifest.to_json())
+    if finish is not None:
+        finish(tmp)
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private

@@ -439,17 +439,16 @@ def _device_memory(engine, profile: int) -> int:
 
 
 def build_with_tensorrt(settings, trt_settings=None, *, log=print) -> Path:
-    """The whole ``build --backend trt``: ONNX bundle, split graphs + plan, engines. TensorRT is checked first."""
+    """The whole ``build --backend trt``: ONNX bundle, split graphs + plan, engines. TensorRT is checked first. All
+    of it is built in the build's temporary folder: an existing bundle is replaced only by a complete one."""
     from ..models.registry import load_model
     from .build import build_bundle
 
     require_tensorrt()
     model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
-    path = build_bundle(settings, log=log, model=model)  # loaded once, for the bundle and the split graphs
-    try:
-        prepare_tensorrt(path, settings, trt_settings, log=log, model=model)
-        build_engines(path, log=log)
-    except BaseException:
-        shutil.rmtree(path / trt_plan.ENGINE_DIR, ignore_errors=True)
-        raise
-    return path
+
+    def finish(folder):
+        prepare_tensorrt(folder, settings, trt_settings, log=log, model=model)
+        build_engines(folder, log=log)
+
+    return build_bundle(settings, log=log, model=model, finish=finish)  # loaded once, for both steps

@@ -175,9 +175,12 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict,
 def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool = True, log=print) -> dict:
     """Run the sweep, choose, write the profile. Returns the profile; raises :class:`Unreachable` (after the sweep,
     with every row kept in the work folder) when no setting meets the target."""
+    from ..fsutil import check_writable
     from .policies import read_prompts
 
     scenes_ = read_prompts(settings.prompts)[:settings.n_prompts]
+    if settings.work:  # before any model loads: a file at --work, or a folder that cannot be made
+        check_writable(Path(settings.work) / "sweep.json")
     if settings.bundle is not None:
         from ..runtime.bundle_model import open_bundle
 
@@ -189,6 +192,7 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
         model = load_model(settings.model, settings.weights, adapters=settings.adapters)
         backend = TorchBackend(model.transformer)
     work = Path(settings.work or f"runs/calibrate-{model.name}")
+    check_writable(work / "sweep.json")
     t0 = time.perf_counter()
     with backend:
         fine, rows = run_sweep(settings, model, backend, scenes_, work=work, progress=progress, log=log)

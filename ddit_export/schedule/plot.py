@@ -18,7 +18,13 @@ def table(trace: Trace) -> str:
     return "\n".join(rows)
 
 
-def plot(trace: Trace, path: str | Path) -> Path:
+def plot_path(trace_path: str | Path) -> Path:
+    """Where ``schedule TRACE`` puts its plot by default: TRACE.schedule.png (out/x.json -> out/x.schedule.png),
+    never TRACE with .png, which is where ``generate --out`` usually put the image of that trace."""
+    return Path(trace_path).with_suffix(".schedule.png")
+
+
+def plot(trace: Trace, path: str | Path, fmt: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,6 +41,6 @@ def plot(trace: Trace, path: str | Path) -> Path:
     a1.set_title(f"{trace.model}: {trace.coarse_fraction:.0%} coarse, FLOPs x{trace.flops_ratio:.2f} of fine-only")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format=fmt)  # fmt None: from the suffix
     plt.close(fig)
     return path

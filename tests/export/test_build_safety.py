@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ddit_export.bundle import FORMAT, Manifest
+from ddit_export.bundle import FORMAT, MANIFEST, Manifest
 from ddit_export.cli import main
 from ddit_export.errors import DDiTError
 from ddit_export.export import build as build_mod
@@ -193,3 +193,99 @@ def test_training_checkpoints_and_model_folders_keep_the_same_rule(tmp_path):
     with pytest.raises(OutputError, match="left untouched"):
         replace_dir(tmp, dest, owned=lambda d: (d / "state.json").is_file())
     assert (dest / "mine.txt").read_text() == "x" and tmp.is_dir()
+
+
+# ---- issue 20, point 3: build --backend aoti/trt replaces a bundle only by a complete one (ONNX + its other parts)
+def _old_bundle(out: Path):
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"format": FORMAT}))
+    (out / "payload").write_text("old")
+    (out / "aoti").mkdir()
+    (out / "aoti" / "transformer.pt2").write_bytes(b"old package")
+    return out
+
+
+def _second_step(backend, monkeypatch, step):
+    """Run ``step(folder)`` as the step after the ONNX export of ``build --backend BACKEND`` (the AOTInductor
+    compile, or TensorRT's split graphs and engines), with the tool checks passed."""
+    if backend == "aoti":
+        from ddit_export.export import aoti
+
+        monkeypatch.setattr(aoti, "require_compiler", lambda: None)
+        monkeypatch.setattr(aoti, "prepare_aoti", lambda folder, *a, **k: step(folder))
+        return lambda s: aoti.build_with_aoti(s, log=lambda *a: None)
+    from ddit_export.export import trt_build
+
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_build, "prepare_tensorrt", lambda folder, *a, **k: step(folder))
+    monkeypatch.setattr(trt_build, "build_engines", lambda folder, **k: None)
+    return lambda s: trt_build.build_with_tensorrt(s, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("backend", ["aoti", "trt"])
+@pytest.mark.parametrize("stop", [DDiTError("compile failed"), SystemExit(128 + signal.SIGTERM)])
+def test_a_failed_second_step_keeps_the_whole_old_bundle(tmp_path, monkeypatch, fake_export, backend, stop):
+    out = _old_bundle(tmp_path / "b")
+    seen = []
+
+    def fail(folder):
+        seen.append((Path(folder), (folder / "payload").read_text(), (out / "payload").read_text()))
+        raise stop
+
+    build = _second_step(backend, monkeypatch, fail)
+    with pytest.raises(type(stop)):
+        build(BuildSettings(model="tiny", sizes=(1,), out=str(out)))
+    # the step ran on the new ONNX bundle in the temporary folder, while the old bundle was still whole at out
+    assert len(seen) == 1 and seen[0][0] != out and seen[0][1:] == ("new", "old")
+    assert (out / "payload").read_text() == "old" and (out / "aoti" / "transformer.pt2").read_bytes() == b"old package"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize("backend", ["aoti", "trt"])
+def test_the_second_step_lands_with_the_new_bundle(tmp_path, monkeypatch, fake_export, backend):
+    out = _old_bundle(tmp_path / "b")
+
+    def package(folder):
+        (folder / "aoti").mkdir()
+        (folder / "aoti" / "transformer.pt2").write_bytes(b"new package")
+
+    _second_step(backend, monkeypatch, package)(BuildSettings(model="tiny", sizes=(1,), out=str(out)))
+    assert (out / "payload").read_text() == "new" and (out / "aoti" / "transformer.pt2").read_bytes() == b"new package"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+SLOW_AOTI = textwrap.dedent("""
+    import sys, time
+    from ddit_export.bundle import Manifest
+    from ddit_export.export import aoti, build as b
+    from ddit_export.settings import BuildSettings
+
+    def export(folder, *a, **k):
+        (folder / "payload").write_text("new")
+        return Manifest(model={}, variants=[], schedule={}, dtype="fp32", tensors={})
+
+    def slow_compile(folder, *a, **k):
+        print("compiling", flush=True)
+        time.sleep(120)
+
+    b._write_bundle = export
+    aoti.require_compiler = lambda: None
+    aoti.prepare_aoti = slow_compile
+    aoti.build_with_aoti(BuildSettings(model="tiny", sizes=(1,), out=sys.argv[1]))
+""")
+
+
+def test_sigterm_during_the_aoti_compile_keeps_the_old_package(tmp_path):
+    out = _old_bundle(tmp_path / "b")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-c", SLOW_AOTI, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "compiling", p.stderr.read()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+    assert (out / "payload").read_text() == "old" and (out / "aoti" / "transformer.pt2").read_bytes() == b"old package"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["b"]

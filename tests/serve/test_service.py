@@ -111,7 +111,8 @@ def test_concurrent_requests_equal_single_process_generate(service, flux_mini_ru
         assert res.sizes == ref.trace.sizes, body
         assert res.trace["steps"][0]["size"] == ref.trace.sizes[0] and len(res.trace["steps"]) == len(ref.trace.steps)
         assert _matches(res.images, ref.images), body
-    assert max(r.timings["batch_jobs"] for r in results) >= 2  # the requests were batched
+    # whether these requests shared a batch depends on when they arrived (not asserted here, it is not
+    # deterministic); test_batching.py::test_concurrent_requests_held_together_run_as_one_batch checks the batching
 
 
 @pytest.mark.parametrize("body", [{"steps": 0}, {"prompt": "a zebra"}, {"seed": -1}, {"schedule": "4,4"},
