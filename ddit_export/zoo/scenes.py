@@ -314,7 +314,9 @@ def _coverage(spec: ShapeSpec, side: int, yy: np.ndarray, xx: np.ndarray) -> np.
     return np.clip(0.5 - sdf, 0.0, 1.0)
 
 
-def _background(name: str, side: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _background(name: str, side: int, yy: np.ndarray, xx: np.ndarray | None = None) -> np.ndarray:
+    """(3, side, side) float32 in [0, 1]; ``yy``/``xx`` pixel-centre grids (``xx`` defaults to ``yy`` transposed)."""
+    xx = yy.T if xx is None else xx
     if name in FLAT_BACKGROUNDS:
         return np.broadcast_to(np.asarray(FLAT_BACKGROUNDS[name], np.float32)[:, None, None], (3, side, side))
     if name == "gradient":  # dark at the top, light at the bottom
