@@ -403,7 +403,8 @@ class TrtSettings:
             raise ConfigError(f"workspace_gib must be > 0, got {self.workspace_gib}")
 
 
-EVAL_SPLITS = ("train", "heldout")
+EVAL_SPLITS = ("train", "heldout", "graded")  # graded: zoo/scenes.graded_scenes, held-out triples
+DETAIL_GRADES = (1, 2, 3, 4)  # zoo/scenes.GRADES
 
 
 @dataclass(frozen=True)
@@ -432,8 +433,12 @@ class EvalSettings:
     min_base_adherence: float = 0.9
     policies: tuple[str, ...] = ()  # schedule policies to evaluate besides the rule, NAME[:KNOB=VALUE,...] each
     side: int | None = None  # image height = width in pixels (scenes are square); None: the model's default
+    grades: tuple[int, ...] = DETAIL_GRADES  # split="graded": the detail grades drawn, in turn
 
     def __post_init__(self):
+        object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
+        if not self.grades or not set(self.grades) <= set(DETAIL_GRADES) or len(set(self.grades)) < len(self.grades):
+            raise ConfigError(f"grades must be distinct values of {DETAIL_GRADES}, got {self.grades}")
         for p in self.policies:
             parse_policy(p)
         check_shape(side=self.side, steps=self.steps)
@@ -558,8 +563,14 @@ class CalibrateSettings:
     cache: "CacheSettings | None" = None  # the step cache every setting of the sweep runs with (None: off)
     height: int | None = None  # the resolution the sweep generates at (None: the model's; recorded in the profile)
     width: int | None = None
+    grades: tuple[int, ...] | None = None  # only the prompts of these detail grades (zoo/scenes.py Scene.grade)
+    readable_only: bool = False  # drop the prompts the model cannot read (unknown words, too long), say how many
 
     def __post_init__(self):
+        if self.grades is not None:
+            object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
+            if not self.grades or not set(self.grades) <= set(DETAIL_GRADES):
+                raise ConfigError(f"grades must be values of {DETAIL_GRADES}, got {self.grades}")
         knob, values = self.sweep
         if knob == "policy" or knob not in {f.name for f in ScheduleSettings.__dataclass_fields__.values()}:
             raise ConfigError(f"--sweep: unknown knob {knob!r}")

@@ -17,6 +17,10 @@ from ..settings import DEFAULT_MODEL
 @click.option("--prompts", "prompts_file", default="calibration/prompts-flux-mini.txt", show_default=True,
               type=click.Path(), help="Calibration captions, one a line (not the evaluation captions).")
 @click.option("--n-prompts", type=int, help="Use the first N prompts of the file (default: all).")
+@click.option("--grades", help="Only the prompts of these detail grades, e.g. 1,2,3 (calibration/prompts-graded.txt "
+                               "holds grades 1-4; grade 4 needs a model continued on the graded grammar).")
+@click.option("--readable-only", is_flag=True, help="Drop the prompts the model cannot read (unknown words, too "
+                                                    "many words) instead of stopping with an error.")
 @click.option("--policy", help="Policy the sweep starts from, NAME[:KNOB=VALUE,...] (default: the model's profile).")
 @click.option("--sweep", required=True, help="KNOB=V1,V2,... e.g. tail=4,6,8 (ladder/probe) or tau=0.001,0.002.")
 @click.option("--target-speedup", type=float, help="Best PSNR among settings at least this fast by FLOP ratio "
@@ -37,13 +41,14 @@ from ..settings import DEFAULT_MODEL
 @click.option("--threads", type=int, callback=threads_at_least_1, help="torch intra-op threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, policy, sweep, target_speedup,
+def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grades, readable_only, policy, sweep, target_speedup,
             max_quality_drop, min_psnr, seed, steps, height, width, work, profile, oracle, cache, cache_interval, cache_order,
             cache_warmup, cache_tail, cache_threshold, dry_run, threads, quiet):
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
 
     from ..api import cache_settings, model_family
+    from ..cli import _ints
     from ..errors import ConfigError
     from ..quality.calibrate import Unreachable, calibrate
     from ..settings import CalibrateSettings
@@ -61,6 +66,7 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, poli
     settings = CalibrateSettings(prompts=prompts_file, sweep=(knob.strip(), tuple(v for v in values.split(",") if v)),
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
                                  n_prompts=n_prompts, seed=seed, steps=steps, height=height, width=width,
+                                 grades=_ints(grades, "--grades"), readable_only=readable_only,
                                  target_speedup=target_speedup,
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
                                  write=not dry_run, oracle=oracle, cache=_cache(cache_settings, cache_dict(

@@ -33,7 +33,11 @@ def _seeds(text):
 @click.option("--adapted/--no-adapted", default=None,
               help="Evaluate DDiT with the trained adapters [default: when the model has them; --adapted on a "
                    "model without adapters is an error].")
-@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
+@click.option("--split", type=click.Choice(["heldout", "train", "graded"]), default="heldout", show_default=True,
+              help="Caption split; graded: detail grades 1-4 of the graded scene grammar, in turn.")
+@click.option("--graded", is_flag=True, help="Short for --split graded.")
+@click.option("--grades", default="1,2,3,4", show_default=True,
+              help="With --graded: the detail grades drawn (a model not continued on the graded grammar reads 1,2,3).")
 @click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes in fine tokens.")
 @click.option("--batch", default=16, show_default=True, type=int, help="Prompts per batched fine-only run.")
 @click.option("--side", type=int, help="Image height = width in pixels (default: the model's); the scene probe "
@@ -41,8 +45,8 @@ def _seeds(text):
 @click.option("--threads", type=int, callback=threads_at_least_1, help="torch intra-op threads (default: torch's).")
 @click.option("--out", type=click.Path(), default="runs/eval", show_default=True,
               help="Folder for eval.json, eval.md and grid.png.")
-def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, training_free, adapted, split, sizes,
-            batch, side, threads, out):
+def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, training_free, adapted, split, graded,
+            grades, sizes, batch, side, threads, out):
     """Measure prompt adherence, Fréchet distance, PSNR/SSIM vs fine-only, coarse fraction and FLOPs per variant."""
     import torch
 
@@ -54,7 +58,8 @@ def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, t
         torch.set_num_threads(threads)
     settings = EvalSettings(model=model, weights=weights, adapters=adapters, taus=taus, n_prompts=n_prompts,
                             seeds=_seeds(seeds), steps=steps, adapted=adapted, training_free=training_free,
-                            split=split, sizes=_ints(sizes, "--sizes"), batch=batch, out=out,
+                            split="graded" if graded else split, grades=_ints(grades, "--grades"),
+                            sizes=_ints(sizes, "--sizes"), batch=batch, out=out,
                             policies=policies, side=side)
     from ..api import model_family
 

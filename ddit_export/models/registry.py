@@ -20,6 +20,7 @@ import torch
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
 from ..settings import DEFAULT_MODEL, AdapterSettings, DEFAULT_SIZES, ScheduleSettings
 from ..shapes import TokenGeometry, parse_resolutions
+from ..zoo.scenes import TINY_VOCAB  # the scene grammar's words, defined with the grammar (re-exported here)
 from .flux import ADAPTER_FILE, MultiPatchFlux
 
 PIXEL_FORMAT = "ddit-pixel-model/1"
@@ -40,12 +41,6 @@ FLUX_FOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokeniz
 # The random tiny model's Δ³ is ~0.002-0.05 (see `ddit-export schedule` on its trace): the paper's 0.001 would
 # keep it all-fine, so the preset carries a threshold at which its schedule visibly switches sizes.
 TINY_SCHEDULE = ScheduleSettings(tau=0.01)
-
-# Words of the procedural scene grammar (zoo/scenes.py builds captions from these).
-TINY_VOCAB = ["a", "an", "and", "at", "the", "on", "of", "in", "with", "small", "medium", "large", "red",
-              "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle",
-              "top", "bottom", "left", "right", "center", "middle", "background", "gradient", "striped",
-              "dark", "light", "gray"]
 
 
 @dataclass

@@ -59,10 +59,12 @@ def _append(path: Path, row: dict):
 
 
 def _row(key: str, sched: ScheduleSettings | None, run: dict, scores: dict | None, fine: dict | None,
-         adherence: float) -> dict:
+         adherence: float, by_grade: dict | None = None) -> dict:
     row = dict(key=key, schedule=None if sched is None else dataclasses.asdict(sched),
                coarse_fraction=float(np.mean(run["coarse"])), flops_ratio=float(np.mean(run["flops"])),
                seconds=run["seconds"], sizes=run["sizes"], adherence=adherence)
+    if by_grade is not None:
+        row["by_grade"] = by_grade
     if scores is not None:
         row.update(psnr=float(scores["psnr"].mean()), ssim=float(scores["ssim"].mean()),
                    speedup_measured=fine["seconds"] / run["seconds"], speedup_flops=1.0 / row["flops_ratio"])
@@ -103,7 +105,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     else:
         r = runner.fine()
         np.savez(fine_npz, images=r["images"])
-        fine = _row("fine", None, r, None, None, runner.adherence(r["images"]))
+        fine = _row("fine", None, r, None, None, runner.adherence(r["images"]), _by_grade(runner, r))
         _append(rows_path, fine)
     todo = [s for s in grid if policy_spec(s) not in done]
     if len(todo) < len(grid):
@@ -114,12 +116,31 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
         key = policy_spec(s)
         bar.set_postfix_str(key)
         r = runner.generate(s)
-        row = _row(key, s, r, runner.score(r["images"]), fine, runner.adherence(r["images"]))
+        scores = runner.score(r["images"])
+        row = _row(key, s, r, scores, fine, runner.adherence(r["images"]), _by_grade(runner, r, scores))
         _append(rows_path, row)
         done[key] = row
         bar.update(1)
     bar.close()
     return fine, [done[policy_spec(s)] for s in grid]
+
+
+def _by_grade(runner, run: dict, scores: dict | None = None) -> dict:
+    """Per detail grade of the prompts (zoo/scenes.py ``Scene.grade``): prompts, coarse fraction, FLOPs ratio,
+    adherence (prompted objects found right) and, against fine-only, PSNR."""
+    from .metrics import adherence
+
+    grades = np.array([s.grade for s in runner.scenes])
+    adh = adherence(runner.detector.detect(run["images"]), runner.scenes)
+    out = {}
+    for g in sorted(set(grades.tolist())):
+        idx = np.flatnonzero(grades == g)
+        d = dict(prompts=len(idx), coarse_fraction=float(np.mean(np.asarray(run["coarse"])[idx])),
+                 flops_ratio=float(np.mean(np.asarray(run["flops"])[idx])), adherence=adh.summary(idx)["accuracy"])
+        if scores is not None:
+            d["psnr"] = float(scores["psnr"][idx].mean())
+        out[str(g)] = d
+    return out
 
 
 def choose(rows: list[dict], settings: CalibrateSettings) -> dict:
@@ -178,7 +199,9 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
     from ..fsutil import check_writable
     from .policies import read_prompts
 
-    scenes_ = read_prompts(settings.prompts)[:settings.n_prompts]
+    scenes_ = [s for s in read_prompts(settings.prompts) if settings.grades is None or s.grade in settings.grades]
+    if not scenes_:
+        raise ConfigError(f"{settings.prompts} has no prompts of detail grade {settings.grades}")
     if settings.work:  # before any model loads: a file at --work, or a folder that cannot be made
         check_writable(Path(settings.work) / "sweep.json")
     if settings.bundle is not None:
@@ -191,6 +214,7 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
 
         model = load_model(settings.model, settings.weights, adapters=settings.adapters)
         backend = TorchBackend(model.transformer)
+    scenes_ = readable(model, scenes_, settings.readable_only, log)[:settings.n_prompts]
     work = Path(settings.work or f"runs/calibrate-{model.name}")
     check_writable(work / "sweep.json")
     t0 = time.perf_counter()
@@ -202,6 +226,8 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
             log(f"oracle at FLOP budget {settings.oracle:g}: {oracle['oracle']['psnr']:.2f} dB; best static "
                 f"{oracle['best_static']['sizes']}: {oracle['best_static']['psnr']:.2f} dB")
     log(table(fine, rows))
+    if len(fine.get("by_grade") or {}) > 1:
+        log(grade_table(fine, rows))
     chosen = choose(rows, settings)
     cache = None if settings.cache is None else settings.cache.to_dict()
     profile = dict(format=PROFILE_FORMAT, model=model.name, policy=chosen["key"], schedule=chosen["schedule"],
@@ -239,6 +265,47 @@ def _oracle(settings, model, backend, scenes_, work: Path, progress: bool) -> di
     res = search_oracle(runner, settings.oracle, progress=progress)
     write_json_atomic(path, res)
     return res
+
+
+def readable(model, scenes_, drop: bool, log=print) -> list:
+    """``scenes_`` whose captions the model reads; an unreadable one is a VocabularyError naming the words (one
+    ``error:`` line) unless ``drop``, which drops them and says how many of each detail grade."""
+    from ..errors import VocabularyError
+
+    keep, dropped = [], {}
+    for s in scenes_:
+        try:
+            model.encode([s.caption])
+        except VocabularyError as e:
+            if not drop:
+                hint = " (--readable-only drops such prompts)" if any(x.grade == 4 for x in scenes_) else ""
+                raise VocabularyError(f"{e}{hint}") from None
+            dropped[s.grade] = dropped.get(s.grade, 0) + 1
+            continue
+        keep.append(s)
+    if dropped:
+        log(f"dropped {sum(dropped.values())} prompts the model cannot read (by grade: "
+            f"{', '.join(f'{g}: {n}' for g, n in sorted(dropped.items()))})")
+    if not keep:
+        raise ConfigError("the model reads none of the calibration prompts")
+    return keep
+
+
+def grade_table(fine: dict, rows: list[dict]) -> str:
+    """Per detail grade: coarse fraction, FLOPs ratio, PSNR and adherence of each setting (fine-only first)."""
+    gs = list(fine["by_grade"])
+
+    def cells(r, k, fmt):
+        b = r.get("by_grade") or {}
+        return "/".join("–" if k not in b.get(g, {}) else format(b[g][k], fmt) for g in gs)
+
+    lines = [f"Per detail grade {'/'.join(gs)} ({'/'.join(str(fine['by_grade'][g]['prompts']) for g in gs)} "
+             "prompts):", "", "| setting | coarse | FLOP ratio | PSNR dB | adherence |", "|---|---|---|---|---|",
+             f"| fine-only | – | – | – | {cells(fine, 'adherence', '.0%')} |"]
+    for r in rows:
+        lines.append(f"| {r['key']} | {cells(r, 'coarse_fraction', '.0%')} | {cells(r, 'flops_ratio', '.3f')} | "
+                     f"{cells(r, 'psnr', '.1f')} | {cells(r, 'adherence', '.0%')} |")
+    return "\n".join(lines)
 
 
 def table(fine: dict, rows: list[dict]) -> str:

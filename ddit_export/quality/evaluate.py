@@ -1,7 +1,9 @@
 """``ddit-export evaluate``: how much quality DDiT's coarse steps cost, measured on scene captions.
 
 For ``n_prompts`` captions of the held-out split (deterministic; balanced over the complexity buckets simple /
-medium / complex, in turn) x ``seeds``, it runs
+medium / complex, in turn; or, with ``split="graded"``, over the detail grades 1-4 of the graded grammar,
+:func:`ddit_export.zoo.scenes.graded_scenes`, restricted to the words and caption length the model reads) x
+``seeds``, it runs
 
 - ``fine``: the fine-only baseline (static all-1 schedule), batched;
 - ``adapted``: DDiT with the model's trained adapters, at the model's default τ and at every τ asked for;
@@ -10,7 +12,8 @@ medium / complex, in turn) x ``seeds``, it runs
 and reports for each: prompt adherence (scene probe, :func:`.metrics.adherence`), overall and per bucket; the
 Fréchet distance of probe features to rendered scenes of the same split and bucket mix (and to the fine images);
 PSNR/SSIM against the fine image of the same prompt and seed; coarse-step fraction overall and per bucket; FLOPs
-ratio; seconds per image. A ``real`` row scores the rendered ground-truth scenes themselves: the metric's ceiling
+ratio; seconds per image; and per detail grade (``Scene.grade``, any split) coarse fraction, FLOPs ratio, PSNR and
+adherence. A ``real`` row scores the rendered ground-truth scenes themselves: the metric's ceiling
 for adherence and floor for the Fréchet distance at this sample size.
 
 Every (prompt, seed) starts from the same noise in every variant: the seed's noise for the whole prompt list as one
@@ -39,9 +42,19 @@ REFERENCE_SEED_OFFSET = 1_000_003  # reference scenes come from prompt_seed + th
 GRID_PROMPTS = 8  # prompts shown per variant in grid.png
 
 
-def eval_scenes(n: int, split: str = "heldout", seed: int = 2026, max_words: int | None = None) -> list[S.Scene]:
+def eval_scenes(n: int, split: str = "heldout", seed: int = 2026, max_words: int | None = None, grades=S.GRADES,
+                words=None) -> list[S.Scene]:
     """``n`` scenes of ``split``, complexity buckets in turn (simple, medium, complex, simple, ...); with
-    ``max_words``, scenes whose caption is longer are drawn again (small text encoders read few words)."""
+    ``max_words``, scenes whose caption is longer are drawn again (small text encoders read few words).
+    ``split="graded"``: held-out-triple scenes of the graded grammar, ``grades`` in turn, only captions of
+    ``words`` (a model's vocabulary) and ``max_words``; a grade the model cannot read is a ConfigError."""
+    if split == "graded":
+        try:
+            return S.graded_scenes(n, "heldout", seed, tuple(grades), words, max_words)
+        except ValueError as e:
+            raise ConfigError(f"{e}: this model cannot read every grade of the graded split; continue it on the "
+                              f"graded grammar (python -m ddit_export.zoo.train --init MODEL --graded-frac F) or "
+                              f"leave the grade out (--grades)") from None
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -171,11 +184,18 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
 
     enc = loaded.extras.get("text_encoder")
     max_words = getattr(getattr(enc, "config", None), "max_length", None)
-    scenes_ = eval_scenes(settings.n_prompts, settings.split, settings.prompt_seed, max_words)
+    vocab = getattr(getattr(enc, "config", None), "vocab", None)
+    vocab = None if vocab is None else tuple(vocab)
+    scenes_ = eval_scenes(settings.n_prompts, settings.split, settings.prompt_seed, max_words, settings.grades, vocab)
+    if settings.split == "graded" and ((max_words or S.GRADED_MAX_WORDS) < S.GRADED_MAX_WORDS
+                                       or not S.caption_words(True) <= set(vocab or S.GRADED_VOCAB)):
+        notes.append(f"graded captions restricted to the model's vocabulary and {max_words} words (a model continued "
+                     f"on the graded grammar reads all of them)")
     captions = [s.caption for s in scenes_]
     n, seeds = len(scenes_), settings.seeds
     all_scenes = scenes_ * len(seeds)  # image index = seed_index * n + prompt_index
     buckets = np.array([s.complexity for s in all_scenes])
+    grades = np.array([s.grade for s in all_scenes])
     kw = dict(eps=settings.eps, warmup=settings.warmup)
     build_settings(loaded, prompts=captions[:1], steps=steps, **hw, **kw)  # validate steps/eps/warmup first
 
@@ -203,7 +223,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     # ---- metrics ----
     side = geom.height
     ref_seed = settings.prompt_seed + REFERENCE_SEED_OFFSET
-    ref_stats = reference_stats(reference_n, settings.split, ref_seed, max_words, side)
+    ref_stats = reference_stats(reference_n, settings.split, ref_seed, max_words, side, settings.grades, vocab)
     real = np.stack([s.render(side) for s in all_scenes])
 
     def fd(feats, other=ref_stats):
@@ -213,13 +233,23 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
         values = np.asarray(values, float)
         return {b: float(values[buckets == b].mean()) for b in S.COMPLEXITIES if (buckets == b).any()}
 
+    def by_grade(adh, coarse=None, flops=None, p=None):
+        """Per detail grade: adherence (and coarse fraction, FLOPs ratio, PSNR where given)."""
+        out = {"adherence": {str(g): adh.summary(np.flatnonzero(grades == g))["accuracy"] for g in S.GRADES
+                             if (grades == g).any()}}
+        for k, vals in (("coarse_fraction", coarse), ("flops_ratio", flops), ("psnr", p)):
+            if vals is not None:
+                vals = np.asarray(vals, float)
+                out[k] = {str(g): float(vals[grades == g].mean()) for g in S.GRADES if (grades == g).any()}
+        return out
+
     rows = []
     real_det = detector.detect(real)
     real_adh = adherence(real_det, all_scenes)
     rows.append(dict(key="real", kind="real", tau=None, default_tau=False, adherence=real_adh.summary(),
                      adherence_by_complexity=_by_bucket(real_adh, buckets), fd=fd(real_det.features),
                      fd_vs_fine=None, psnr=None, ssim=None, coarse_fraction=None, coarse_by_complexity=None,
-                     flops_ratio=None, seconds_per_image=None))
+                     flops_ratio=None, seconds_per_image=None, by_grade=by_grade(real_adh)))
     fine_imgs = fine_feats = None
     per_image = {}
     for v in variants:
@@ -237,7 +267,8 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
                          psnr_by_complexity=None if p is None else bucket_means(p),
                          coarse_fraction=float(np.mean(v["coarse"])), coarse_by_complexity=bucket_means(v["coarse"]),
                          size_fractions=_size_fractions(v["sizes"]),
-                         flops_ratio=float(np.mean(v["flops"])), seconds_per_image=v["seconds"] / len(imgs)))
+                         flops_ratio=float(np.mean(v["flops"])), seconds_per_image=v["seconds"] / len(imgs),
+                         by_grade=by_grade(adh, v["coarse"], v["flops"], p)))
         obj = np.zeros(len(imgs))
         np.add.at(obj, adh.image_of_object, adh.object_ok)
         counts = np.bincount(adh.image_of_object, minlength=len(imgs))
@@ -255,11 +286,12 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
         "default_tau": default_tau, "taus": list(taus), "seeds": list(seeds), "n_prompts": n,
         "split": settings.split, "images_per_variant": n * len(seeds),
         "complexity_counts": {b: int((buckets == b).sum()) for b in S.COMPLEXITIES},
+        "grade_counts": {str(g): int((grades == g).sum()) for g in S.GRADES if (grades == g).any()},
         "reference": {"scenes": reference_n, "seed": ref_seed},
         "base_adherence": fine_acc, "base_meets_target": meets, "notes": notes,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()},
         "variants": rows,
-        "prompts": [{"caption": s.caption, "complexity": s.complexity} for s in scenes_],
+        "prompts": [{"caption": s.caption, "complexity": s.complexity, "grade": s.grade} for s in scenes_],
         "per_image": per_image,
         "seconds": time.perf_counter() - t_start,
     }
@@ -280,12 +312,12 @@ def _size_fractions(schedules) -> dict:
 
 
 @lru_cache(maxsize=8)
-def reference_stats(n: int, split: str, seed: int, max_words: int | None, side: int):
+def reference_stats(n: int, split: str, seed: int, max_words: int | None, side: int, grades=S.GRADES, words=None):
     """(mean, cov) of probe features of ``n`` rendered scenes drawn like the prompts (cached per process)."""
     from .detector import load_probe
     from .metrics import feature_stats
 
-    scenes_ = eval_scenes(n, split, seed, max_words)
+    scenes_ = eval_scenes(n, split, seed, max_words, grades, words)
     return feature_stats(load_probe().features(np.stack([s.render(side) for s in scenes_])))
 
 
@@ -339,9 +371,30 @@ def markdown(report: dict) -> str:
                      f"{_f(r['fd'], '.2f')} | {_f(r['fd_vs_fine'], '.2f')} | {_f(r['psnr'], '.1f')} | "
                      f"{_f(r['ssim'], '.3f')} | {_f(r['coarse_fraction'], '.0%')} | {k24} | {cbc} | "
                      f"{_f(r['flops_ratio'], '.3f')} | {_f(r['seconds_per_image'], '.2f')} |")
+    lines += grade_table(report)
     if report["notes"]:
         lines += [""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def grade_table(report: dict) -> list[str]:
+    """Markdown lines: per detail grade (zoo/scenes.py ``Scene.grade``) adherence, coarse fraction, FLOPs, PSNR."""
+    counts = report.get("grade_counts") or {}
+    if not counts:
+        return []
+    gs = list(counts)
+
+    def cells(d, fmt):
+        return "/".join(_f((d or {}).get(g), fmt) for g in gs)
+
+    lines = ["", f"Per detail grade {'/'.join(gs)} ({'/'.join(str(counts[g]) for g in gs)} images; grade 1 = one "
+             "large shape on a flat background ... 4 = 6-8 small shapes or a fine texture):", "",
+             "| variant | adherence | coarse | FLOPs | PSNR dB |", "|---|---|---|---|---|"]
+    for r in report["variants"]:
+        b = r.get("by_grade") or {}
+        lines.append(f"| {r['key']} | {cells(b.get('adherence'), '.0%')} | {cells(b.get('coarse_fraction'), '.0%')} "
+                     f"| {cells(b.get('flops_ratio'), '.2f')} | {cells(b.get('psnr'), '.1f')} |")
+    return lines
 
 
 def _grid(image_sets, labels, path, n=GRID_PROMPTS, scale=3):

@@ -21,6 +21,18 @@ training, so the held-out split measures compositional generalisation, not unkno
 
 Complexity buckets: ``simple`` = one shape on a flat background; ``complex`` = 3+ shapes, or 2+ shapes on a
 textured (gradient/striped) background; ``medium`` = the rest.
+
+Detail grades (issue 19: prompts whose detail differs the way real prompts do). :attr:`Scene.grade` reads any
+scene's detail: ``4`` = 6-8 shapes or a *fine* texture (``pinstriped``: 1 px stripes at 32x32; ``checkered``: 2 px
+checks); ``3`` = 4-5 shapes, or 2+ shapes on stripes; ``1`` = one medium or large shape on a flat background;
+``2`` = the rest. :func:`sample_graded` draws a scene of one grade from the *graded grammar*: up to
+:data:`GRADED_MAX_SHAPES` shapes (all small from 6 on) and the backgrounds :data:`GRADED_BACKGROUNDS`. The graded
+grammar's words are :data:`GRADED_VOCAB` (``TINY_VOCAB`` + the two fine textures, appended so old word ids keep
+their rows); its longest caption (8 shapes, 4 of them at corners) has 71 words, so a text encoder that reads it
+needs ``max_length`` >= :data:`GRADED_MAX_WORDS`. Nothing here changes today's grammar: without ``grade=`` every
+scene, caption and seed-determined batch is what it always was. :func:`graded_scenes` is the graded held-out /
+calibration split: grades in turn, deterministic from a seed, optionally restricted to a model's words and caption
+length.
 """
 from __future__ import annotations
 
@@ -29,8 +41,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models.registry import TINY_VOCAB
-
+# Words of the procedural scene grammar (models/registry.py re-exports this list: it is the tiny preset's vocabulary
+# and, in this order, the first rows of every scene model's text encoder).
+TINY_VOCAB = ["a", "an", "and", "at", "the", "on", "of", "in", "with", "small", "medium", "large", "red",
+              "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle",
+              "top", "bottom", "left", "right", "center", "middle", "background", "gradient", "striped",
+              "dark", "light", "gray"]
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {  # sRGB in [0, 1]
     "red": (0.90, 0.10, 0.10), "green": (0.10, 0.75, 0.20), "blue": (0.15, 0.30, 0.95),
@@ -46,6 +62,12 @@ POSITIONS = {  # name -> (row, col) on the 3x3 grid
 FLAT_BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0)}
 TEXTURES = ("gradient", "striped")
 BACKGROUNDS = tuple(FLAT_BACKGROUNDS) + TEXTURES
+FINE_TEXTURES = ("pinstriped", "checkered")  # graded grammar only (see the module docstring)
+GRADED_BACKGROUNDS = BACKGROUNDS + FINE_TEXTURES
+GRADED_VOCAB = TINY_VOCAB + list(FINE_TEXTURES)  # appended: a grown text encoder keeps the old ids
+GRADES = (1, 2, 3, 4)
+GRADED_MAX_SHAPES = 8
+GRADED_MAX_WORDS = 72  # the longest graded caption has 71 words (8 shapes, 4 at corners; tested)
 COMPLEXITIES = ("simple", "medium", "complex")
 MAX_SHAPES = 4
 SHAPE_COUNT_P = (0.4, 0.3, 0.2, 0.1)  # P(n shapes = 1, 2, 3, 4) for an unconstrained scene
@@ -86,11 +108,11 @@ class ShapeSpec:
 @dataclass(frozen=True)
 class Scene:
     shapes: tuple[ShapeSpec, ...]
-    background: str  # one of BACKGROUNDS: a flat colour name, "gradient" or "striped"
+    background: str  # one of BACKGROUNDS: a flat colour name, "gradient" or "striped" (graded: GRADED_BACKGROUNDS)
 
     @property
     def background_kind(self) -> str:
-        return self.background if self.background in TEXTURES else "flat"
+        return self.background if self.background in TEXTURES + FINE_TEXTURES else "flat"
 
     @property
     def caption(self) -> str:
@@ -111,6 +133,19 @@ class Scene:
         return "medium"
 
     @property
+    def grade(self) -> int:
+        """Detail grade 1..4 (module docstring): 4 = 6+ shapes or a fine texture; 3 = 4-5 shapes, or 2+ on stripes;
+        1 = at most one shape, not small, on a flat background; 2 = the rest."""
+        n, bg = len(self.shapes), self.background
+        if n >= 6 or bg in FINE_TEXTURES:
+            return 4
+        if n >= 4 or (n >= 2 and bg == "striped"):
+            return 3
+        if n <= 1 and bg in FLAT_BACKGROUNDS and all(s.size != "small" for s in self.shapes):
+            return 1
+        return 2
+
+    @property
     def split(self) -> str:
         held = any((s.colour, s.shape, s.position) in HELDOUT_TRIPLES for s in self.shapes)
         return "heldout" if held else "train"
@@ -126,7 +161,7 @@ def _overlaps(a: ShapeSpec, b: ShapeSpec, side: int = 32) -> bool:
     return abs(ay - by) < ar + br and abs(ax - bx) < ar + br
 
 
-def _sample_once(rng: np.random.Generator, split: str, n: int, background: str) -> Scene:
+def _sample_once(rng: np.random.Generator, split: str, n: int, background: str, sizes=None) -> Scene:
     forced = int(rng.integers(n)) if split == "heldout" else -1
     shapes: list[ShapeSpec] = []
     for i in range(n):
@@ -137,7 +172,8 @@ def _sample_once(rng: np.random.Generator, split: str, n: int, background: str) 
         for j in rng.permutation(len(free)):  # uniform over free cells, then over triples at that cell
             here = [t for t in pool if t[2] == free[j]]
             colour, shape, pos = here[int(rng.integers(len(here)))]
-            spec = _fit(ShapeSpec(shape, colour, list(SIZES)[int(rng.integers(len(SIZES)))], pos), shapes)
+            names = sizes or list(SIZES)
+            spec = _fit(ShapeSpec(shape, colour, names[int(rng.integers(len(names)))], pos), shapes)
             if spec is not None:
                 shapes.append(spec)
                 break
@@ -157,8 +193,13 @@ def _fit(spec: ShapeSpec, placed: list[ShapeSpec]) -> ShapeSpec | None:
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", complexity: str | None = None,
-                 n_shapes: int | None = None, background: str | None = None) -> Scene:
-    """One random scene of ``split``; optionally constrained to a complexity bucket, shape count or background."""
+                 n_shapes: int | None = None, background: str | None = None, grade: int | None = None) -> Scene:
+    """One random scene of ``split``; optionally constrained to a complexity bucket, shape count or background, or
+    drawn from the graded grammar at detail ``grade`` (:func:`sample_graded`; not combined with the others)."""
+    if grade is not None:
+        if complexity is not None or n_shapes is not None or background is not None:
+            raise ValueError("grade= is not combined with complexity=, n_shapes= or background=")
+        return sample_graded(rng, grade, split)
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if complexity is not None and complexity not in COMPLEXITIES:
@@ -170,6 +211,89 @@ def sample_scene(rng: np.random.Generator, split: str = "train", complexity: str
         if (complexity is None or scene.complexity == complexity) and len(scene.shapes) == n:
             return scene
     raise ValueError(f"no {split} scene with complexity={complexity}, n_shapes={n_shapes}, background={background}")
+
+
+# ---- detail grades -----------------------------------------------------------------------------------------
+GRADED_EVAL_SEED = 2026  # `evaluate --graded` draws graded_scenes(n, "heldout", this seed) (evaluate's prompt_seed)
+GRADED_CALIBRATION_SEED = 7  # calibration/prompts-graded.txt: graded_calibration_scenes()
+
+
+def _graded_draw(rng: np.random.Generator, grade: int) -> tuple[int, str, list | None]:
+    """(shape count, background, sizes to draw from or None for all) of one draw at ``grade``."""
+    flat = tuple(FLAT_BACKGROUNDS)
+    if grade == 1:  # one medium or large shape on a flat background
+        return 1, flat[int(rng.integers(len(flat)))], ["medium", "large"]
+    if grade == 2:  # 2-3 shapes on a flat or smooth background
+        bgs = flat + ("gradient",)
+        return int(rng.integers(2, 4)), bgs[int(rng.integers(len(bgs)))], None
+    if grade == 3:  # 2-3 shapes on stripes, or 4-5 shapes on any of today's backgrounds
+        n = int(rng.integers(2, 6))
+        return n, "striped" if n < 4 else BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], None
+    if rng.random() < 0.5:  # grade 4: 6-8 small shapes on any background ...
+        bg = GRADED_BACKGROUNDS[int(rng.integers(len(GRADED_BACKGROUNDS)))]
+        return int(rng.integers(6, GRADED_MAX_SHAPES + 1)), bg, ["small"]
+    return int(rng.integers(1, 6)), FINE_TEXTURES[int(rng.integers(len(FINE_TEXTURES)))], None  # ... or fine texture
+
+
+def sample_graded(rng: np.random.Generator, grade: int, split: str = "train", words=None,
+                  max_words: int | None = None) -> Scene:
+    """One scene of detail ``grade`` (1..4) from the graded grammar. ``words`` / ``max_words``: only captions a
+    text encoder with that vocabulary / ``max_length`` reads (ValueError when the grade has none, e.g. grade 4 for
+    40 words and today's vocabulary: 6 shapes take 51 words)."""
+    if grade not in GRADES:
+        raise ValueError(f"grade must be one of {GRADES}, got {grade!r}")
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    words = None if words is None else set(words)
+    for _ in range(400):
+        n, bg, sizes = _graded_draw(rng, grade)
+        if words is not None and bg not in words:
+            continue
+        scene = _sample_once(rng, split, n, bg, sizes)
+        if len(scene.shapes) != n or scene.grade != grade:
+            continue
+        cap = scene.caption.split()
+        if (words is None or set(cap) <= words) and (max_words is None or len(cap) <= max_words):
+            return scene
+    need = []
+    if words is not None and not caption_words(True) <= words:
+        need.append(f"words {', '.join(sorted(caption_words(True) - words))}")
+    if max_words is not None:
+        need.append(f"captions of up to {max_caption_words(grade)} words (the encoder reads {max_words})")
+    raise ValueError(f"no {split} scene of detail grade {grade}" + (f" without {' and '.join(need)}" if need else ""))
+
+
+def max_caption_words(grade: int | None = None) -> int:
+    """Words of the longest caption of ``grade`` (None: of today's grammar): the corners' phrases are the longest
+    ("a small red circle at the top left", 8 words; every other cell 7), joined by "and", + "on a X background"."""
+    n = {None: MAX_SHAPES, 1: 1, 2: 3, 3: 5, 4: GRADED_MAX_SHAPES}[grade]
+    corners = min(n, 4)
+    return 8 * corners + 7 * (n - corners) + (n - 1) + 4
+
+
+def graded_scenes(n: int, split: str = "heldout", seed: int = GRADED_EVAL_SEED, grades=GRADES, words=None,
+                  max_words: int | None = None, exclude=()) -> list[Scene]:
+    """``n`` scenes of ``split``, detail grades in turn (1, 2, 3, 4, 1, ...), deterministic from ``seed``;
+    ``words``/``max_words`` restrict them to what a text encoder reads, captions in ``exclude`` are drawn again."""
+    rng = np.random.default_rng(seed)
+    grades, exclude = tuple(grades), set(exclude)
+    out = []
+    for i in range(n):
+        for _ in range(1000):
+            sc = sample_graded(rng, grades[i % len(grades)], split, words, max_words)
+            if sc.caption not in exclude:
+                break
+        else:
+            raise ValueError(f"no {split} scene of grade {grades[i % len(grades)]} outside the excluded captions")
+        out.append(sc)
+    return out
+
+
+def graded_calibration_scenes(n: int = 32, eval_n: int = 256) -> list[Scene]:
+    """The graded calibration split (calibration/prompts-graded.txt): ``n`` held-out-split scenes, grades in turn,
+    seed :data:`GRADED_CALIBRATION_SEED`, none of them among the first ``eval_n`` captions of ``evaluate --graded``."""
+    held = {s.caption for s in graded_scenes(eval_n, "heldout", GRADED_EVAL_SEED)}
+    return graded_scenes(n, "heldout", GRADED_CALIBRATION_SEED, exclude=held)
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------
@@ -190,11 +314,19 @@ def _coverage(spec: ShapeSpec, side: int, yy: np.ndarray, xx: np.ndarray) -> np.
     return np.clip(0.5 - sdf, 0.0, 1.0)
 
 
-def _background(name: str, side: int, yy: np.ndarray) -> np.ndarray:
+def _background(name: str, side: int, yy: np.ndarray, xx: np.ndarray | None = None) -> np.ndarray:
+    """(3, side, side) float32 in [0, 1]; ``yy``/``xx`` pixel-centre grids (``xx`` defaults to ``yy`` transposed)."""
+    xx = yy.T if xx is None else xx
     if name in FLAT_BACKGROUNDS:
         return np.broadcast_to(np.asarray(FLAT_BACKGROUNDS[name], np.float32)[:, None, None], (3, side, side))
     if name == "gradient":  # dark at the top, light at the bottom
         g = 0.1 + 0.65 * (yy / (side - 1))
+    elif name == "pinstriped":  # horizontal stripes, period side/16 (1 px stripes at 32)
+        period = max(2, side // 16)
+        g = np.where((np.floor(yy) % period) < period / 2, 0.3, 0.6)
+    elif name == "checkered":  # checks of side/16 (2 px at 32)
+        c = max(1, side // 16)
+        g = np.where((np.floor(yy / c) + np.floor(xx / c)) % 2 == 0, 0.3, 0.6)
     else:  # horizontal stripes, period side/8 (4 px at 32)
         period = max(4, side // 8)
         g = np.where((np.floor(yy) % period) < period / 2, 0.3, 0.6)
@@ -204,7 +336,7 @@ def _background(name: str, side: int, yy: np.ndarray) -> np.ndarray:
 def render(scene: Scene, side: int = 32) -> np.ndarray:
     """RGB float32 in [-1, 1], shape (3, side, side)."""
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) + 0.5
-    img = _background(scene.background, side, yy).copy()
+    img = _background(scene.background, side, yy, xx).copy()
     for spec in scene.shapes:
         a = _coverage(spec, side, yy, xx)[None]
         img = img * (1 - a) + np.asarray(COLOURS[spec.colour], np.float32)[:, None, None] * a
@@ -219,14 +351,14 @@ def make_batch(seed_or_rng, n: int, split: str = "train", side: int = 32, **cons
     return images, [s.caption for s in scenes], scenes
 
 
-def caption_words() -> set[str]:
-    """Every word the grammar can produce (all must be in TINY_VOCAB)."""
+def caption_words(graded: bool = False) -> set[str]:
+    """Every word the grammar (``graded``: the graded grammar) can produce (all in TINY_VOCAB / GRADED_VOCAB)."""
     words = {"a", "and", "at", "in", "the", "on", "background"}
-    words |= set(SIZES) | set(COLOURS) | set(SHAPES) | set(BACKGROUNDS)
+    words |= set(SIZES) | set(COLOURS) | set(SHAPES) | set(GRADED_BACKGROUNDS if graded else BACKGROUNDS)
     for p in POSITIONS:
         words |= set(p.split())
     return words
 
 
-_missing = caption_words() - set(TINY_VOCAB)
-assert not _missing, f"scene grammar uses words missing from TINY_VOCAB: {_missing}"
+_missing = (caption_words() - set(TINY_VOCAB)) | (caption_words(True) - set(GRADED_VOCAB))
+assert not _missing, f"scene grammar uses words missing from its vocabulary: {_missing}"

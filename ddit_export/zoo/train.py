@@ -37,7 +37,8 @@ from ..adapt.student import no_cudnn_attention
 from ..images import pack
 from ..shapes import TokenGeometry
 from ..fsutil import check_replaceable, replace_dir, temp_dir_for
-from . import scenes
+from . import grow, scenes
+from .grow import init_from  # noqa: F401 (train.init_from: --init's loader)
 
 CKPT = "ckpt"
 STATE = "state.json"
@@ -72,6 +73,7 @@ class TrainConfig:
     mix: tuple[int, ...] = ()  # training resolutions, cycled step by step (e.g. (32, 64)); empty: (side,)
     name: str = "flux-mini"  # the exported model's name
     init: str | None = None  # a pixel-model folder to start from (progressive training), else a fresh init
+    graded_frac: float = 0.0  # batches from the graded grammar (zoo/grow.py; GRADED_VOCAB); 0: today's scenes only
     # optimisation
     batch: int = 32
     lr: float = 1e-3
@@ -126,7 +128,10 @@ def build(cfg: TrainConfig):
                                    num_attention_heads=cfg.heads, joint_attention_dim=cfg.width,
                                    pooled_projection_dim=cfg.width, guidance_embeds=False,
                                    axes_dims_rope=tuple(cfg.axes_dims_rope))
-    text = WordTextEncoder(vocab=list(TINY_VOCAB), max_length=cfg.max_words, dim=cfg.text_dim,
+    if cfg.graded_frac > 0 and cfg.max_words < scenes.GRADED_MAX_WORDS:
+        raise ValueError(f"graded batches need max_words >= {scenes.GRADED_MAX_WORDS}, got {cfg.max_words}")
+    vocab = scenes.GRADED_VOCAB if cfg.graded_frac > 0 else TINY_VOCAB
+    text = WordTextEncoder(vocab=list(vocab), max_length=cfg.max_words, dim=cfg.text_dim,
                            joint_attention_dim=cfg.width, pooled_projection_dim=cfg.width,
                            num_heads=cfg.text_heads, num_layers=cfg.text_layers)
     sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=cfg.base_shift,
@@ -152,12 +157,15 @@ class Pair(torch.nn.Module):
 
 
 # ---- data and objective ------------------------------------------------------------------------------------
-def batch_at(cfg: TrainConfig, step: int, split: str = "train", n: int | None = None, side: int | None = None):
+def batch_at(cfg: TrainConfig, step: int, split: str = "train", n: int | None = None, side: int | None = None,
+             graded: bool | None = None):
     """The batch of ``step``: packed clean tokens, captions. A function of (seed, step) only; the resolution is
-    ``cfg.side_at(step)`` unless ``side`` is given."""
+    ``cfg.side_at(step)`` unless ``side`` is given; graded-grammar scenes on a ``cfg.graded_frac`` of the steps
+    (or as ``graded`` says)."""
     side = side or cfg.side_at(step)
-    images, captions, _ = scenes.make_batch(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split,
-                                            side=side)
+    graded = grow.is_graded_step(cfg.seed, step, cfg.graded_frac) if graded is None else graded
+    make = grow.graded_batch if graded else scenes.make_batch
+    images, captions, _ = make(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split, side=side)
     geom = TokenGeometry(side, side, 1, 3)
     return torch.from_numpy(pack(images, geom)), captions, geom.grid
 
@@ -333,26 +341,6 @@ def _config_from_work(work: Path, cfg: TrainConfig) -> TrainConfig:
     return TrainConfig(**saved)
 
 
-def init_from(model: Pair, folder: str | Path):
-    """Load a pixel-model folder's trunk and text encoder into ``model`` (progressive training starts here)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    files = {"trunk": folder / "transformer" / "diffusion_pytorch_model.safetensors",
-             "text": folder / "text_encoder" / "diffusion_pytorch_model.safetensors"}
-    state = {}
-    for prefix, f in files.items():
-        if not f.is_file():
-            raise FileNotFoundError(f"--init {folder}: no {f.relative_to(folder)} (not a pixel-model folder)")
-        state.update({f"{prefix}.{k}": v for k, v in load_file(f).items()})
-    own = model.state_dict()
-    bad = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
-    if bad:
-        raise ValueError(f"--init {folder}: its architecture differs from this run's config "
-                         f"({len(bad)} tensors missing or of another shape, e.g. {bad[0]})")
-    model.load_state_dict({k: state[k] for k in own})
-
-
 @torch.no_grad()
 def evaluate(model: Pair, cfg: TrainConfig, n: int = 64) -> dict:
     """Flow loss on fixed train/held-out batches at fixed sigmas: comparable across checkpoints."""
@@ -361,8 +349,9 @@ def evaluate(model: Pair, cfg: TrainConfig, n: int = 64) -> dict:
     dev = next(model.parameters()).device
     for side in sorted(set(cfg.sides)):
         tag = "" if len(set(cfg.sides)) == 1 else f"_{side}"
-        for split in ("train", "heldout"):
-            x0, caps, grid = batch_at(cfg, 2**31, split, n, side=side)
+        for split in ("train", "heldout") + (("graded",) if cfg.graded_frac > 0 else ()):
+            x0, caps, grid = batch_at(cfg, 2**31, "heldout" if split == "graded" else split, n, side=side,
+                                      graded=split == "graded")
             out[split + tag] = float(flow_loss(model, cfg, x0.to(dev), caps, grid,
                                                torch.Generator().manual_seed(1), s))
     return out
@@ -440,7 +429,8 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
         if samples:
             sampler = _ema_model(cfg, ema)
             for side in sorted(set(cfg.sides)):
-                imgs = generate(sampler, sched, SAMPLE_PROMPTS, side, cfg.sample_steps)
+                prompts = SAMPLE_PROMPTS + (grow.GRADED_SAMPLE_PROMPTS if cfg.graded_frac > 0 else [])
+                imgs = generate(sampler, sched, prompts, side, cfg.sample_steps)
                 tag = "" if len(set(cfg.sides)) == 1 else f"_{side}"
                 save_grid(imgs, work / f"samples{tag}_{step:06d}.png")
         return st
@@ -556,7 +546,11 @@ def main(argv=None):
     ap.add_argument("--side", type=int, default=None, help="the exported model's resolution (default 32)")
     ap.add_argument("--mix", default=None, help="training resolutions cycled per step, e.g. 32,64 (default: --side)")
     ap.add_argument("--name", default=None, help="the exported model's name (default flux-mini)")
-    ap.add_argument("--init", default=None, help="a pixel-model folder to start from (same architecture)")
+    ap.add_argument("--init", default=None, help="a pixel-model folder to start from (same architecture; its text "
+                    "encoder grows to this run's vocabulary and --max-words)")
+    ap.add_argument("--graded-frac", type=float, default=None, help="fraction of batches from the graded grammar "
+                    "(detail grades 1-4; default 0); > 0 uses GRADED_VOCAB and --max-words 72")
+    ap.add_argument("--max-words", type=int, default=None, help="text positions (default 40; 72 with --graded-frac)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU path; fp32 master weights)")
     ap.add_argument("--workers", type=int, default=0, help="data worker processes (0: inline)")
@@ -575,6 +569,10 @@ def main(argv=None):
         over["name"] = a.name
     if a.init:
         over["init"] = str(a.init)
+    if a.graded_frac:
+        over.update(graded_frac=a.graded_frac, max_words=scenes.GRADED_MAX_WORDS)
+    if a.max_words is not None:
+        over["max_words"] = a.max_words
     cfg = dataclasses.replace(d, **over)
     if a.minutes is None and a.steps is None:
         ap.error("give --minutes and/or --steps")
