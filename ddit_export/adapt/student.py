@@ -89,21 +89,14 @@ def load_student(s: AdaptSettings, device=None):
 
 
 def load_init_adapters(mp, path):
-    """Load an adapters file into ``mp``'s fresh adapters; its sizes and rank must be the run's."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    """Load an adapters file into ``mp``'s fresh adapters; its sizes, rank and init must be the run's."""
     from ..errors import WeightsError
+    from ..models.flux import read_adapters
 
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"--init-adapters: file not found: {p}")
     try:
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(p))
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise WeightsError(f"--init-adapters: {p} is corrupt: {e}") from None
+        p, meta, state = read_adapters(path)
+    except WeightsError as e:
+        raise WeightsError(f"--init-adapters: {e}") from None
     want = mp.adapter_metadata()
     got = {k: meta.get(k) for k in ("sizes", "rank", "init")}
     if got != {k: want[k] for k in got}:

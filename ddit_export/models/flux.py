@@ -195,22 +195,7 @@ class MultiPatchFlux(nn.Module):
     @classmethod
     def from_trunk_and_adapters(cls, trunk: nn.Module, path: str | Path) -> "MultiPatchFlux":
         """Rebuild the sizes and LoRA rank recorded in an adapters file and load its weights."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / ADAPTER_FILE
-        if not path.is_file():
-            raise WeightsError(f"adapter file not found: {path}")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises several types for a damaged file
-            raise WeightsError(f"adapter file {path} is corrupt: {e}") from None
-        if meta.get("format") != "ddit-adapters/1":
-            raise WeightsError(f"{path} is not a ddit adapters file (format {meta.get('format')!r})")
+        path, meta, state = read_adapters(path)
         adapter = AdapterSettings(rank=int(meta["rank"]), init=meta["init"], lora_alpha=json.loads(meta["lora_alpha"]))
         model = cls(trunk, sizes=json.loads(meta["sizes"]), adapter=adapter)
         model.load_adapter_state_dict(state, source=str(path))
@@ -241,6 +226,28 @@ class MultiPatchFlux(nn.Module):
     @property
     def device(self):
         return next(self.trunk.parameters()).device
+
+
+def read_adapters(path: str | Path) -> tuple[Path, dict, dict[str, torch.Tensor]]:
+    """(path, metadata, tensors) of an adapters file (a folder: its ``ddit_adapters.safetensors``); a missing,
+    damaged or foreign file is a WeightsError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ADAPTER_FILE
+    if not path.is_file():
+        raise WeightsError(f"adapter file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise WeightsError(f"adapter file {path} is corrupt: {e}") from None
+    if meta.get("format") != "ddit-adapters/1":
+        raise WeightsError(f"{path} is not a ddit adapters file (format {meta.get('format')!r})")
+    return path, meta, state
 
 
 def compute_dtype(trunk: nn.Module) -> torch.dtype:
