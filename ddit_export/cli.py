@@ -73,7 +73,8 @@ def model_options(f):
               help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
 @click.option("--policy", help="Schedule policy and knobs, NAME[:KNOB=VALUE,...]: ddit (the paper's rule; knobs "
                                 "tau, eps, warmup, window), ladder (static: head fine, n4 at size 4, size 2, tail "
-                                "fine), probe (adaptive). Default: the model's calibrated profile.")
+                                "fine), probe (adaptive), fine (every step at size 1: fine-only). Default: the "
+                                "model's calibrated profile.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
 @cache_options

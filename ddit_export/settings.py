@@ -20,8 +20,8 @@ DEFAULT_LORA_RANK = 32
 WINDOWS = ("any", "same-size")
 VIDEO_STDS = ("clip", "frame")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
-#: coarse-to-fine family, "probe" the adaptive policy.
-POLICIES = ("ddit", "ladder", "probe")
+#: coarse-to-fine family, "probe" the adaptive policy, "fine" every step at size 1 (fine-only, no knobs).
+POLICIES = ("ddit", "ladder", "probe", "fine")
 PROBE_KNOBS = ("head", "n4", "tail", "extra", "detail")
 
 
@@ -117,6 +117,8 @@ def parse_policy(spec: str, base: ScheduleSettings | None = None) -> ScheduleSet
 
 def policy_spec(s: ScheduleSettings) -> str:
     """The short ``NAME:KNOB=VALUE,...`` form of a policy's own knobs (inverse of :func:`parse_policy`)."""
+    if s.policy == "fine":
+        return "fine"
     knobs = {"ddit": ("tau", "eps", "warmup", "window"), "ladder": ("head", "n4", "tail")}.get(s.policy)
     knobs = knobs if knobs is not None else PROBE_KNOBS
     if s.policy in ("ddit", "probe") and s.video_std != ScheduleSettings.video_std:
@@ -252,7 +254,7 @@ class GenerateSettings:
                               f"for the dynamic schedule to decide anything")
         sc = self.schedule
         longest = sc.tail + (sc.extra if sc.policy == "probe" else 0)
-        if dynamic and sc.policy != "ddit" and sc.head + sc.n4 + longest > self.steps:
+        if dynamic and sc.policy in ("ladder", "probe") and sc.head + sc.n4 + longest > self.steps:
             raise ConfigError(f"{sc.policy} schedule: head {sc.head} + n4 {sc.n4} + tail {longest} exceed the "
                               f"{self.steps} steps")
         if self.static is not None and self.coarse_first is not None:
