@@ -6,7 +6,9 @@ generator deployment (the bundle on ONNX Runtime, weights once per replica, requ
 (``ddit_export.serve.app:app_builder``), with ``args`` the :class:`ServeOptions` fields; ``ddit-export serve``
 writes that YAML (``--write-config``) and runs it (``--config``).
 
-Errors: a bad request is 400 with the CLI's message; a full queue 503 with ``Retry-After`` (Ray Serve's own
+Errors (every one the JSON ``{"error": {"message", "type", "code"}}``, 404 and 405 included): a bad request is 400
+with the CLI's message (a body nested too deeply too); a body over ``max_body_bytes`` 413; a Content-Type that is
+not JSON 415; a full queue 503 with ``Retry-After`` (Ray Serve's own
 back-pressure: ``max_queued_requests`` at the caller, ``backpressure_config.retry_after_s``); a request past its
 deadline 504; a replica that dies while holding a request: the front end re-sends it (generation is a pure
 function of the request, so a retry returns the same image) up to ``retries`` times, then 503 saying so; anything
@@ -25,7 +27,8 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from ..errors import ConfigError, DDiTError
-from .schemas import Job, Limits, error_body, parse_request, response_body
+from .schemas import (MAX_BODY_BYTES, Job, Limits, error_body, is_json_content_type, parse_json_body, parse_request,
+                      response_body)
 
 APP_NAME = "ddit"
 IMPORT_PATH = "ddit_export.serve.app:app_builder"
@@ -51,6 +54,7 @@ class ServeOptions:
     retries: int = 2  # front end re-sends when the replica holding a request dies
     threads: int | None = None  # ONNX Runtime intra-op threads per replica (None: ORT's default)
     replica_cpus: float = 1.0  # Ray CPUs reserved per generator replica
+    max_body_bytes: int = MAX_BODY_BYTES  # a longer request body gets 413
 
     def __post_init__(self):
         if not Path(self.bundle).is_dir():
@@ -63,7 +67,7 @@ class ServeOptions:
                   ("retry_after_s >= 0", self.retry_after_s >= 0), ("timeout_s > 0", self.timeout_s > 0),
                   ("max_n >= 1", self.max_n >= 1), ("max_steps >= 1", self.max_steps >= 1),
                   ("retries >= 0", self.retries >= 0), ("threads >= 1", self.threads is None or self.threads >= 1),
-                  ("replica_cpus >= 0", self.replica_cpus >= 0),
+                  ("replica_cpus >= 0", self.replica_cpus >= 0), ("max_body_bytes >= 1", self.max_body_bytes >= 1),
                   ("target_ongoing_requests > 0", self.target_ongoing_requests > 0)]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -214,6 +218,38 @@ def _json(body: dict, status: int, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+
+
+@api.exception_handler(404)
+@api.exception_handler(405)
+async def _http_error(request: Request, exc):
+    """FastAPI's own errors (no such path, wrong method) in the service's error shape, not {"detail": ...}."""
+    from starlette.exceptions import HTTPException
+
+    code = exc.status_code if isinstance(exc, HTTPException) else 404
+    detail = exc.detail if isinstance(exc, HTTPException) and isinstance(exc.detail, str) else ""
+    message = (f"no such endpoint: {request.method} {request.url.path}; the service has POST "
+               f"/v1/images/generations, GET /healthz, GET /v1/models, GET /v1/stats") if code == 404 else \
+        f"method {request.method} is not allowed on {request.url.path}" if code == 405 else detail
+    headers = getattr(exc, "headers", None)
+    return _json(error_body(message, _HTTP_KINDS.get(code, "invalid_request_error"), code), code, headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is longer than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @serve.deployment(name="Frontend", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(api)
 class Frontend:
@@ -225,18 +261,42 @@ class Frontend:
         self.generator = generator
         manifest = load(self.options.bundle, hashes=False)  # the replicas verify the hashes
         self.model = BundleModel(manifest.model["name"], manifest, None)
+        self.in_flight = 0  # accepted generation requests not answered yet
+        self.draining = False
+
+    async def drain(self, grace_s: float) -> int:
+        """Shutdown: refuse new requests (503), wait up to ``grace_s`` for the accepted ones to be answered;
+        returns how many were still in flight."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_flight
 
     @api.post("/v1/images/generations")
     async def generations(self, request: Request):
+        if self.draining:
+            return _json(error_body("the service is shutting down; retry on another instance", "shutting_down",
+                                    503), 503, {"Retry-After": str(max(1, round(self.options.retry_after_s)))})
+        self.in_flight += 1
+        try:
+            return await self._generations(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _generations(self, request: Request):
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+        if not is_json_content_type(request.headers.get("content-type")):
+            return _json(error_body(f"Content-Type {request.headers.get('content-type')!r} is not JSON; send the "
+                                    f"body as application/json", "unsupported_media_type", 415), 415)
+        raw = await _read_body(request, self.options.max_body_bytes)
+        if raw is None:
+            return _json(error_body(f"the request body is larger than {self.options.max_body_bytes} bytes (the "
+                                    f"server's --max-body-bytes)", "request_too_large", 413), 413)
         try:
-            body = await request.json()
-        except ValueError:
-            return _json(error_body("the request body is not valid JSON"), 400)
-        try:
-            job = parse_request(body, self.model, self.options.limits)
+            job = parse_request(parse_json_body(raw), self.model, self.options.limits)
         except DDiTError as e:
             return _json(error_body(str(e)), 400)
         died = 0
@@ -383,6 +443,23 @@ def describe(options: ServeOptions) -> str:
             else f"{options.num_replicas} replica(s)")
     return (f"{reps}, batches of up to {options.max_batch_size}, {options.max_ongoing_requests} requests per "
             f"replica + {options.max_queued_requests} queued, timeout {options.timeout_s:g} s")
+
+
+def drain(grace_s: float, log=print) -> int:
+    """Before :func:`stop`: the front end answers new requests 503 and waits up to ``grace_s`` seconds for the
+    accepted ones; returns how many were still in flight (-1: the front end did not answer)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    try:
+        left = serve.get_app_handle(APP_NAME).drain.remote(grace_s).result(timeout_s=grace_s + 30)
+    except Exception as e:  # noqa: BLE001 - shutting down anyway
+        log(f"drain: the front end did not answer ({type(e).__name__}); stopping")
+        return -1
+    if left:
+        log(f"drain: {left} request(s) still running after {grace_s:g} s; stopping anyway")
+    return left
 
 
 def stop():
