@@ -10,7 +10,7 @@ from ddit_export.models import registry
 from ddit_export.runtime import bundle_model
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = str(ROOT / "calibration" / "prompts-flux-mini.txt")
+PROMPTS = str(ROOT / "ddit_export" / "calibration" / "prompts-flux-mini.txt")
 CALIBRATE = ["calibrate", "--model", "tiny", "--prompts", PROMPTS, "--dry-run"]
 
 
@@ -65,3 +65,28 @@ def test_valid_values_still_pass_the_checks():
     assert Client("https://example.org:8443/").url == "https://example.org:8443"
     s = CalibrateSettings(prompts=PROMPTS, sweep=("tau", ("0.001", "2")), min_psnr=-5.0, steps=1)
     assert s.steps == 1
+
+
+def test_calibrate_default_prompts_are_package_data(monkeypatch, tmp_path):
+    """Without --prompts, calibrate reads the captions shipped in the package, from any working directory; the file
+    is in pyproject's package-data, so a wheel has it too."""
+    import fnmatch
+    import tomllib
+
+    from ddit_export.quality import calibrate
+    from ddit_export.quality.policies import default_prompts_path, read_prompts
+
+    seen = {}
+
+    def stop(settings, *a, **k):
+        seen["prompts"] = settings.prompts
+        raise AssertionError("stop here")
+
+    monkeypatch.setattr(calibrate, "calibrate", stop)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["calibrate", "--model", "tiny", "--sweep", "n4=1", "--dry-run"])
+    assert isinstance(r.exception, AssertionError) and seen["prompts"] == str(default_prompts_path()), r.output
+    assert len(read_prompts(seen["prompts"])) == 24
+    pkg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ddit_export"]
+    rel = default_prompts_path().relative_to(ROOT / "ddit_export").as_posix()
+    assert any(fnmatch.fnmatch(rel, pattern) for pattern in pkg)
