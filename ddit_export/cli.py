@@ -63,7 +63,8 @@ def model_options(f):
 @click.option("--height", type=int, help="Image height in pixels (default: the model's).")
 @click.option("--width", type=int, help="Image width in pixels (default: the model's).")
 @click.option("--frames", type=int, help="Video models: frames of the clip (default: the model's; Wan 2.1: 4n+1).")
-@click.option("--fps", type=int, default=8, show_default=True, help="Video models: frames per second of the file.")
+@click.option("--fps", type=int, default=8, show_default=True, help="Video models: frames per second of the file "
+                                                                     "(1..120).")
 @click.option("--guidance", type=float, help="Guidance: FLUX's distilled guidance (default 3.5); Wan 2.1's "
                                              "classifier-free guidance scale (default 5; 1 turns CFG off).")
 @click.option("--tau", type=float, help="DDiT threshold τ (default: the model's calibrated value).")
@@ -108,8 +109,6 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
         model = None  # the bundle says what it holds; only a --model given explicitly is checked against it
     if out is None:
         out = "out/video.gif" if model_family(model, weights, bundle) == "wan" else "out/image.png"
-    if fps < 1:
-        raise ConfigError(f"--fps must be >= 1, got {fps}")
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, frames=frames, guidance=guidance,
                        tau=tau, eps=eps,
                        warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),

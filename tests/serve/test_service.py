@@ -173,10 +173,12 @@ def test_request_size_limit_is_413_and_messages_are_capped(service):
     url, _ = service
     status, body, _ = _http(url, "/v1/images/generations", b'{"prompt": "%s"}' % (b"a" * MAX_BODY_BYTES))
     assert status == 413 and _is_error(body, 413, "request_too_large")
-    word = "zebra" * 180_000  # a 900 kB one-word prompt: under the limit, not in the vocabulary
-    status, body, size = _http(url, "/v1/images/generations", ('{"prompt": "%s"}' % word).encode())
-    assert status == 400 and "not in the model's vocabulary" in body["error"]["message"]
+    word = "zebra" * 180_000  # 900 kB: under the limit; the messages that would echo it are cut
+    status, body, size = _http(url, "/v1/images/generations", ('{"seed": "%s"}' % word).encode())
+    assert status == 400 and "field 'seed' must be an integer" in body["error"]["message"]
     assert size < 2000 and "more characters" in body["error"]["message"]
+    status, body, size = _http(url, "/v1/images/generations", ('{"prompt": "%s"}' % word).encode())
+    assert status == 400 and "prompt has 900000 characters" in body["error"]["message"] and size < 2000
 
 
 def test_every_error_has_the_documented_shape(service):
