@@ -1,6 +1,7 @@
 """The ``ddit-export`` command line. Thin: each command builds a settings object and calls one function.
 
-Every :class:`~ddit_export.errors.DDiTError` becomes a one-line ``error: ...`` and exit code 2.
+Every :class:`~ddit_export.errors.DDiTError`, and every usage error click itself finds (a bad value for a typed
+option, an unknown option or command, a missing argument), becomes a one-line ``error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
@@ -14,13 +15,30 @@ from .errors import ConfigError, DDiTError
 from .settings import DEFAULT_MODEL
 
 
+def _usage_error(e: click.UsageError):
+    """click's usage error (its own "Usage: ... Error: ..." block) as the CLI's one ``error:`` line, exit code 2."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    command = e.ctx.command_path if e.ctx is not None else "ddit-export"
+    click.echo(f"error: {message} (see {command} --help)", err=True)
+    raise click.exceptions.Exit(2)
+
+
 class _Group(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the group's own options (e.g. ddit-export --bogus)
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except DDiTError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except click.UsageError as e:  # a command's options and arguments, an unknown command
+            _usage_error(e)
 
 
 def _ints(text: str | None, what: str):

@@ -59,6 +59,14 @@ def no_work(monkeypatch):
     ([*CALIBRATE, "--sweep", "n4=1", "--oracle", "1.5"], "--oracle is a FLOP budget in (0, 1], got 1.5"),
     (["generate", "--model", "tiny", "--prompt", " ".join(["red"] * 1_000_000)],
      "prompt has 3999999 characters; at most 20000"),
+    # click's own usage errors, reworded through the CLI's handler
+    (["generate", "--seed", "x"], "error: invalid value for '--seed': 'x' is not a valid integer"),
+    (["generate", "--cache", "bogus"], "error: invalid value for '--cache': 'bogus' is not one of 'off', 'taylor'"),
+    (["generate", "--cache-interval", "1.5"], "error: invalid value for '--cache-interval'"),
+    (["build", "--dtype", "fp8"], "error: invalid value for '--dtype': 'fp8' is not one of"),
+    (["generate", "--bogus"], "error: no such option '--bogus'"),
+    (["bogus"], "error: no such command 'bogus'"),
+    (["schedule"], "error: missing argument 'TRACE'"),
 ])
 def test_bad_option_is_one_line_before_any_work(args, message, tmp_path, monkeypatch, no_work):
     monkeypatch.chdir(tmp_path)
