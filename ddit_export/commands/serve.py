@@ -24,9 +24,11 @@ def _ray_serve():
 @click.option("--max-replicas", type=int, help="Autoscaling: most replicas (with --min-replicas).")
 @click.option("--target-ongoing", default=8.0, show_default=True, type=float,
               help="Autoscaling: target requests in flight per replica.")
-@click.option("--max-batch-size", default=4, show_default=True, type=int, help="Requests per batch (1: no batching).")
+@click.option("--max-batch-size", default=4, show_default=True, type=int,
+              help="Requests a replica's step loop runs at once; a request joins at the next step (1: no batching).")
 @click.option("--batch-wait-ms", default=10.0, show_default=True, type=float,
-              help="How long a batch waits to fill once its first request arrived.")
+              help="How long an idle replica waits after a first request before stepping, so that requests "
+                   "arriving together start together.")
 @click.option("--max-ongoing", default=16, show_default=True, type=int,
               help="Requests one replica holds (batching + running).")
 @click.option("--max-queued", default=32, show_default=True, type=int,

@@ -1,6 +1,6 @@
 """The Ray Serve application: a front end (FastAPI ingress: HTTP, validation, retries, error mapping) and a
-generator deployment (the bundle on ONNX Runtime, weights once per replica, requests batched by
-:func:`ddit_export.serve.batching.run_jobs`).
+generator deployment (the bundle on ONNX Runtime, weights once per replica, requests batched continuously at step
+granularity by :class:`ddit_export.serve.batching.StepLoop`: a request joins the running loop at the next step).
 
 ``app_builder(args)`` is the import path Ray Serve's own ``serve run`` / ``serve deploy`` take
 (``ddit_export.serve.app:app_builder``), with ``args`` the :class:`ServeOptions` fields; ``ddit-export serve``
@@ -119,6 +119,10 @@ class _Pending:
 
 @serve.deployment(name="Generator", graceful_shutdown_timeout_s=5, health_check_period_s=5)
 class Generator:
+    """A replica: the bundle on ONNX Runtime and one :class:`~ddit_export.serve.batching.StepLoop` (continuous
+    batching at step granularity) driven by a thread; a request joins the running loop at the next step boundary,
+    up to ``max_batch_size`` requests running at once (the rest wait in the loop's queue)."""
+
     def __init__(self, options: dict):
         import ddit_export
         from ..runtime.bundle_model import open_bundle
@@ -126,12 +130,11 @@ class Generator:
 
         self.options = ServeOptions.from_dict(options)
         self.model, self.backend = open_bundle(self.options.bundle, threads=self.options.threads)
-        self._batched.set_max_batch_size(self.options.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.options.batch_wait_s)
         self.metrics = ServeMetrics()
         self.package = str(Path(ddit_export.__file__).parent)
         self.pid = __import__("os").getpid()
         self._warm_up()
+        self._start_loop()
 
     def _warm_up(self):
         """One 1-step generation per size before the first request: the lazy imports (text encoder, scheduler)
@@ -142,12 +145,55 @@ class Generator:
         for k in self.model.geometry().available_sizes(tuple(self.model.manifest.sizes)):
             run_jobs(self.model, self.backend, [build_settings(self.model, steps=1, static=(k,))])
 
+    def _start_loop(self, thread: bool = True):
+        from .batching import StepLoop
+
+        self.loop = StepLoop(self.model, self.backend, max_jobs=self.options.max_batch_size)
+        self._wake = threading.Event()
+        if thread:
+            threading.Thread(target=self._drive, name="ddit-step-loop", daemon=True).start()
+
+    def _drive(self):
+        """The loop thread: steps while the loop holds jobs; when it goes from idle to busy, waits
+        ``batch_wait_s`` first so that requests arriving together start together."""
+        while True:
+            if self.loop.idle:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                if not self.loop.idle and self.options.batch_wait_s:
+                    time.sleep(self.options.batch_wait_s)
+                continue
+            self.step_once()
+
+    def step_once(self) -> list:
+        """One step of the loop (its thread, or a test driving it), its metrics recorded."""
+        from .batching import BatchStats
+
+        stats = self.loop.stats = BatchStats()
+        try:
+            done = self.loop.step()
+        except Exception as e:  # noqa: BLE001 - a failure of the loop itself: its jobs end, none waits forever
+            done = self.loop.fail_all(e)
+        stats.jobs = self.loop.last_jobs
+        if stats.jobs:
+            self.metrics.batch_done(stats, 0.0)
+        return done
+
     async def generate(self, job: Job) -> dict:
-        """One request -> {"status": HTTP status, "body": JSON}; cancelled (client gone) -> the batch drops it."""
+        """One request -> {"status": HTTP status, "body": JSON}; cancelled (client gone) -> it leaves the loop at
+        the next step boundary."""
         pending = _Pending(job)
+        aloop = asyncio.get_running_loop()
+        fut = aloop.create_future()
+
+        def on_done(result, info):  # on the loop's thread
+            aloop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result((result, info)))
+
+        self.loop.submit(job.settings, pending.cancel.is_set, on_done)
+        self._wake.set()
         remaining = job.timeout_s - (time.time() - job.accepted_at)
         try:
-            return await asyncio.wait_for(self._batched(pending), max(remaining, 0.001))
+            result, info = await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.001))
         except asyncio.TimeoutError:
             pending.cancel.set()
             self.metrics.request("timeout")
@@ -158,46 +204,30 @@ class Generator:
             pending.cancel.set()
             self.metrics.request("cancelled")
             raise
+        return self._respond(job, result, info)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list) -> list:
-        return await asyncio.get_running_loop().run_in_executor(None, self._run, items)
+    def _respond(self, job: Job, r, info: dict) -> dict:
+        from .batching import Cancelled
 
-    def _run(self, items: list) -> list:
-        from .batching import BatchStats, Cancelled, run_jobs
-
-        start = time.time()
-        for p in items:
-            p.started = start
-        stats = BatchStats()
-        results = run_jobs(self.model, self.backend, [p.job.settings for p in items],
-                           cancelled=[p.cancel.is_set for p in items], stats=stats)
-        out, png_s = [], 0.0
-        for p, r in zip(items, results):
-            job = p.job
-            if isinstance(r, Cancelled):
-                out.append({"status": 499, "body": error_body("request cancelled", "cancelled", 499)})
-                continue
-            if isinstance(r, DDiTError):
-                self.metrics.request("bad_request")
-                out.append({"status": 400, "body": error_body(str(r))})
-                continue
-            if isinstance(r, BaseException):
-                self.metrics.request("error")
-                out.append({"status": 500, "body": error_body(
-                    f"generation failed: {type(r).__name__}: {str(r).splitlines()[0] if str(r) else ''}",
-                    "server_error", 500)})
-                continue
-            t0 = time.time()
-            timings = {"queue_s": start - job.accepted_at, "batch_jobs": stats.jobs,
-                       "batch": stats.to_dict(), "replica_pid": self.pid}
-            body = response_body(job, r, self.model.name, timings)
-            png_s += time.time() - t0
-            body["timings"]["total_s"] = time.time() - job.accepted_at
-            self.metrics.request("ok", time.time() - job.accepted_at, start - job.accepted_at, r.trace)
-            out.append({"status": 200, "body": body})
-        self.metrics.batch_done(stats, png_s)
-        return out
+        if isinstance(r, Cancelled):
+            return {"status": 499, "body": error_body("request cancelled", "cancelled", 499)}
+        if isinstance(r, DDiTError):
+            self.metrics.request("bad_request")
+            return {"status": 400, "body": error_body(str(r))}
+        if isinstance(r, BaseException):
+            self.metrics.request("error")
+            return {"status": 500, "body": error_body(
+                f"generation failed: {type(r).__name__}: {str(r).splitlines()[0] if str(r) else ''}",
+                "server_error", 500)}
+        start = info["admitted_at"] or job.accepted_at
+        timings = {"queue_s": start - job.accepted_at, "batch_jobs": info["peak_jobs"],
+                   "joined_at_step": info["joined_at_step"],
+                   "batch": {"calls": info["calls"], "transformer_s": info["transformer_s"]},
+                   "replica_pid": self.pid}
+        body = response_body(job, r, self.model.name, timings)
+        body["timings"]["total_s"] = time.time() - job.accepted_at
+        self.metrics.request("ok", time.time() - job.accepted_at, start - job.accepted_at, r.trace)
+        return {"status": 200, "body": body}
 
     async def info(self) -> dict:
         """This replica's view: process, package path, totals since start."""
