@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .fsutil import check_writable, write_files_atomic
-from .settings import (DEFAULT_MODEL, DEFAULT_SIZES, CacheSettings, GenerateSettings, check_shape, check_sizes,
-                       parse_policy)
+from .settings import (DEFAULT_MODEL, DEFAULT_SIZES, MAX_FPS, CacheSettings, GenerateSettings, check_prompts,
+                       check_shape, check_sizes, parse_policy)
 
 #: Image types ``save_images`` writes, by suffix (PIL format names).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -130,6 +130,14 @@ def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=N
 
     sizes = None if sizes is None else check_sizes(sizes)
     check_shape(**{k: settings_kw.get(k) for k in ("steps", "height", "width", "frames")})  # before any load
+    check_prompts(prompts)
+    if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
+        raise ConfigError(f"--fps must be an integer in [1, {MAX_FPS}], got {fps!r}")
+    if memory not in ("shared", "fast"):
+        raise ConfigError(f"--memory must be shared or fast, got {memory!r}")
+    if memory != "shared" and bundle is None:
+        raise ConfigError(f"--memory {memory} applies to a bundle on ONNX Runtime: give --bundle DIR (the PyTorch "
+                          f"path holds the weights once)")
     if bundle is not None:
         family = check_family(model, bundle)
     else:

@@ -1,6 +1,7 @@
 """The ``ddit-export`` command line. Thin: each command builds a settings object and calls one function.
 
-Every :class:`~ddit_export.errors.DDiTError` becomes a one-line ``error: ...`` and exit code 2.
+Every :class:`~ddit_export.errors.DDiTError`, and every usage error click itself finds (a bad value for a typed
+option, an unknown option or command, a missing argument), becomes a one-line ``error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
@@ -14,13 +15,30 @@ from .errors import ConfigError, DDiTError
 from .settings import DEFAULT_MODEL
 
 
+def _usage_error(e: click.UsageError):
+    """click's usage error (its own "Usage: ... Error: ..." block) as the CLI's one ``error:`` line, exit code 2."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    command = e.ctx.command_path if e.ctx is not None else "ddit-export"
+    click.echo(f"error: {message} (see {command} --help)", err=True)
+    raise click.exceptions.Exit(2)
+
+
 class _Group(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the group's own options (e.g. ddit-export --bogus)
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except DDiTError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except click.UsageError as e:  # a command's options and arguments, an unknown command
+            _usage_error(e)
 
 
 def _ints(text: str | None, what: str):
@@ -63,7 +81,8 @@ def model_options(f):
 @click.option("--height", type=int, help="Image height in pixels (default: the model's).")
 @click.option("--width", type=int, help="Image width in pixels (default: the model's).")
 @click.option("--frames", type=int, help="Video models: frames of the clip (default: the model's; Wan 2.1: 4n+1).")
-@click.option("--fps", type=int, default=8, show_default=True, help="Video models: frames per second of the file.")
+@click.option("--fps", type=int, default=8, show_default=True, help="Video models: frames per second of the file "
+                                                                     "(1..120).")
 @click.option("--guidance", type=float, help="Guidance: FLUX's distilled guidance (default 3.5); Wan 2.1's "
                                              "classifier-free guidance scale (default 5; 1 turns CFG off).")
 @click.option("--tau", type=float, help="DDiT threshold τ (default: the model's calibrated value).")
@@ -73,7 +92,8 @@ def model_options(f):
               help="any: decide every step (the paper). same-size: decide only after three steps of one size.")
 @click.option("--policy", help="Schedule policy and knobs, NAME[:KNOB=VALUE,...]: ddit (the paper's rule; knobs "
                                 "tau, eps, warmup, window), ladder (static: head fine, n4 at size 4, size 2, tail "
-                                "fine), probe (adaptive). Default: the model's calibrated profile.")
+                                "fine), probe (adaptive), fine (every step at size 1: fine-only). Default: the "
+                                "model's calibrated profile.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
 @cache_options
@@ -107,8 +127,6 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
         model = None  # the bundle says what it holds; only a --model given explicitly is checked against it
     if out is None:
         out = "out/video.gif" if model_family(model, weights, bundle) == "wan" else "out/image.png"
-    if fps < 1:
-        raise ConfigError(f"--fps must be >= 1, got {fps}")
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, frames=frames, guidance=guidance,
                        tau=tau, eps=eps,
                        warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),

@@ -20,9 +20,12 @@ DEFAULT_LORA_RANK = 32
 WINDOWS = ("any", "same-size")
 VIDEO_STDS = ("clip", "frame")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
-#: coarse-to-fine family, "probe" the adaptive policy.
-POLICIES = ("ddit", "ladder", "probe")
+#: coarse-to-fine family, "probe" the adaptive policy, "fine" every step at size 1 (fine-only, no knobs).
+POLICIES = ("ddit", "ladder", "probe", "fine")
 PROBE_KNOBS = ("head", "n4", "tail", "extra", "detail")
+#: The knobs each policy reads (the others in ScheduleSettings are kept but ignored by it).
+POLICY_KNOBS = {"ddit": ("tau", "eps", "warmup", "window", "video_std"), "ladder": ("head", "n4", "tail"),
+                "probe": (*PROBE_KNOBS, "video_std"), "fine": ()}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,19 @@ MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSO
 MAX_STEPS = 1000
 MAX_SIDE = 8192  # pixels per side (FLUX.1: up to 2048)
 MAX_FRAMES = 1025  # video frames (Wan 2.1: 81)
+MAX_FPS = 120  # frames per second of a written clip
+#: Longest prompt in characters, checked before any model loads: the longest text any model here reads is FLUX's T5
+#: at 512 tokens (about 2000 characters of English), so a longer prompt can only fail later, after the load.
+MAX_PROMPT_CHARS = 20_000
+
+
+def check_prompts(prompts):
+    """Refuse (ConfigError) a prompt longer than MAX_PROMPT_CHARS characters, cheaply (no tokenizer, no model);
+    ``prompts``: None, one str, or a sequence of str (others are left to the settings' own checks)."""
+    for p in [prompts] if isinstance(prompts, str) else (prompts or ()):
+        if isinstance(p, str) and len(p) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"prompt has {len(p)} characters; at most {MAX_PROMPT_CHARS} (the longest text any "
+                              f"model here reads is 512 tokens)")
 
 
 def check_shape(*, steps=None, height=None, width=None, frames=None, side=None):
@@ -115,8 +131,19 @@ def parse_policy(spec: str, base: ScheduleSettings | None = None) -> ScheduleSet
     return dataclasses.replace(base, policy=name, **knobs)
 
 
+def check_sweep_knob(policy: str, knob: str):
+    """A sweep of ``knob`` under ``policy`` must change something: refuse a knob the policy ignores (every row would
+    be the same schedule)."""
+    if knob not in POLICY_KNOBS[policy]:
+        reads = ", ".join(POLICY_KNOBS[policy]) or "no knobs"
+        raise ConfigError(f"--sweep {knob}: policy {policy} ignores {knob} (it reads {reads}), so every setting "
+                          f"would be the same schedule; sweep one of its knobs or pick a policy with --policy")
+
+
 def policy_spec(s: ScheduleSettings) -> str:
     """The short ``NAME:KNOB=VALUE,...`` form of a policy's own knobs (inverse of :func:`parse_policy`)."""
+    if s.policy == "fine":
+        return "fine"
     knobs = {"ddit": ("tau", "eps", "warmup", "window"), "ladder": ("head", "n4", "tail")}.get(s.policy)
     knobs = knobs if knobs is not None else PROBE_KNOBS
     if s.policy in ("ddit", "probe") and s.video_std != ScheduleSettings.video_std:
@@ -234,6 +261,7 @@ class GenerateSettings:
         bad = [p for p in self.prompts if not isinstance(p, str)]
         if bad:
             raise ConfigError(f"prompts must be strings, got {bad[0]!r}")
+        check_prompts(self.prompts)
         try:
             seed = operator.index(self.seed)
         except TypeError:
@@ -252,7 +280,7 @@ class GenerateSettings:
                               f"for the dynamic schedule to decide anything")
         sc = self.schedule
         longest = sc.tail + (sc.extra if sc.policy == "probe" else 0)
-        if dynamic and sc.policy != "ddit" and sc.head + sc.n4 + longest > self.steps:
+        if dynamic and sc.policy in ("ladder", "probe") and sc.head + sc.n4 + longest > self.steps:
             raise ConfigError(f"{sc.policy} schedule: head {sc.head} + n4 {sc.n4} + tail {longest} exceed the "
                               f"{self.steps} steps")
         if self.static is not None and self.coarse_first is not None:
@@ -530,6 +558,8 @@ class ParetoSettings:
                                      ("calib_prompts >= 1", self.calib_prompts >= 1)] if not ok]
         if bad:
             raise ConfigError(f"bench --pareto: invalid {', '.join(bad)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds repeat: {','.join(map(str, self.seeds))} (each seed once)")
         if self.oracle is not None and not 0 < self.oracle <= 1:
             raise ConfigError(f"--oracle is a FLOP budget in (0, 1], got {self.oracle}")
         if self.wall_prompts > self.n_prompts:
@@ -592,3 +622,7 @@ class CalibrateSettings:
         check_shape(steps=self.steps)
         if self.n_prompts is not None and self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
+        if self.oracle is not None and not 0 < self.oracle <= 1:
+            raise ConfigError(f"--oracle is a FLOP budget in (0, 1], got {self.oracle}")
+        if self.policy is not None:
+            check_sweep_knob(parse_policy(self.policy).policy, knob)

@@ -32,6 +32,13 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, text_
     from ..export.build import build_bundle
     from ..settings import BuildSettings
 
+    if device != "cpu":  # a build runs on the CPU unless AOTInductor compiles for the GPU: never a silent fall-back
+        from ..api import check_device
+
+        check_device(device)
+        if backend != "aoti":
+            raise ConfigError(f"--device {device} applies to --backend aoti (the device AOTInductor compiles "
+                              f"for); --backend {backend} exports on the CPU: leave --device out")
     if backend != "onnx" and model_family(model, weights) == "wan":
         raise ConfigError(f"--backend {backend} is not built for video (Wan) models yet: build the ONNX bundle "
                           f"(--backend onnx) and check its graphs and TensorRT plan with `ddit-export trt-check "

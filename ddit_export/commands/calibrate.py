@@ -14,8 +14,9 @@ from ..settings import DEFAULT_MODEL
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--bundle", type=click.Path(), help="Calibrate a built bundle (its own runtime) and write the chosen "
                                                   "profile into its manifest.")
-@click.option("--prompts", "prompts_file", default="calibration/prompts-flux-mini.txt", show_default=True,
-              type=click.Path(), help="Calibration captions, one a line (not the evaluation captions).")
+@click.option("--prompts", "prompts_file", type=click.Path(),
+              help="Calibration captions, one a line (not the evaluation captions). Default: the 24 flux-mini "
+                   "captions shipped in the package (ddit_export/calibration/prompts-flux-mini.txt).")
 @click.option("--n-prompts", type=int, help="Use the first N prompts of the file (default: all).")
 @click.option("--grades", help="Only the prompts of these detail grades, e.g. 1,2,3 (calibration/prompts-graded.txt "
                                "holds grades 1-4; grade 4 needs a model continued on the graded grammar).")
@@ -63,6 +64,10 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
         raise ConfigError(f"--sweep takes KNOB=V1,V2,..., got {sweep!r}")
     if threads:
         torch.set_num_threads(threads)
+    if prompts_file is None:
+        from ..quality.policies import default_prompts_path
+
+        prompts_file = str(default_prompts_path())
     settings = CalibrateSettings(prompts=prompts_file, sweep=(knob.strip(), tuple(v for v in values.split(",") if v)),
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
                                  n_prompts=n_prompts, seed=seed, steps=steps, height=height, width=width,

@@ -24,9 +24,11 @@ def _ray_serve():
 @click.option("--max-replicas", type=int, help="Autoscaling: most replicas (with --min-replicas).")
 @click.option("--target-ongoing", default=8.0, show_default=True, type=float,
               help="Autoscaling: target requests in flight per replica.")
-@click.option("--max-batch-size", default=4, show_default=True, type=int, help="Requests per batch (1: no batching).")
+@click.option("--max-batch-size", default=4, show_default=True, type=int,
+              help="Requests a replica's step loop runs at once; a request joins at the next step (1: no batching).")
 @click.option("--batch-wait-ms", default=10.0, show_default=True, type=float,
-              help="How long a batch waits to fill once its first request arrived.")
+              help="How long an idle replica waits after a first request before stepping, so that requests "
+                   "arriving together start together.")
 @click.option("--max-ongoing", default=16, show_default=True, type=int,
               help="Requests one replica holds (batching + running).")
 @click.option("--max-queued", default=32, show_default=True, type=int,
@@ -38,17 +40,31 @@ def _ray_serve():
 @click.option("--threads", type=int, callback=threads_at_least_1,
               help="ONNX Runtime intra-op threads per replica (default: ORT's).")
 @click.option("--replica-cpus", default=1.0, show_default=True, type=float, help="Ray CPUs reserved per replica.")
+@click.option("--retries", default=2, show_default=True, type=int,
+              help="Re-sends of an accepted request whose replica died (then HTTP 503 replica_died).")
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=int,
+              help="Largest request body; a longer one gets HTTP 413.")
+@click.option("--grace-period", default=20.0, show_default=True, type=float,
+              help="On SIGTERM or Ctrl-C: seconds the accepted requests get to finish (new ones get 503) before "
+                   "Ray stops.")
 @click.option("--config", "config_file", type=click.Path(), help="Run a Ray Serve config file (as written by "
               "--write-config; `serve run FILE` accepts it too) instead of the options above.")
 @click.option("--write-config", type=click.Path(), help="Write the Ray Serve config file of these options and exit.")
 @click.option("--for-seconds", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
 def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, max_replicas, target_ongoing,
             max_batch_size, batch_wait_ms, max_ongoing, max_queued, retry_after, timeout, max_n, threads,
-            replica_cpus, config_file, write_config, for_seconds):
-    """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images/generations, GET /healthz, GET /v1/models."""
+            replica_cpus, retries, max_body_bytes, grace_period, config_file, write_config, for_seconds):
+    """Serve BUNDLE over HTTP on Ray Serve: POST /v1/images/generations, GET /healthz, GET /v1/models.
+
+    SIGTERM (systemd, Docker, Kubernetes) stops it as Ctrl-C does: new requests get 503, the accepted ones get
+    --grace-period seconds to finish, then Ray shuts down (nothing left running) and the exit code is 0."""
+    import math
     import time
 
     from ..errors import ConfigError
+
+    if not (grace_period >= 0 and math.isfinite(grace_period)):
+        raise ConfigError(f"--grace-period must be a number of seconds >= 0, got {grace_period}")
 
     if config_file:
         if bundle:
@@ -75,7 +91,7 @@ def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, m
                                max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
                                max_ongoing_requests=max_ongoing, max_queued_requests=max_queued,
                                retry_after_s=retry_after, timeout_s=timeout, max_n=max_n, threads=threads,
-                               replica_cpus=replica_cpus)
+                               replica_cpus=replica_cpus, retries=retries, max_body_bytes=max_body_bytes)
     from ..bundle import is_video, read_manifest
 
     if is_video(read_manifest(options.bundle)):  # before Ray starts: a one-line error, not a replica crash
@@ -95,14 +111,41 @@ def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, m
         click.echo(f"wrote {write_config} (run it with: ddit-export serve --config {write_config}, or serve run "
                    f"{write_config})")
         return
-    app.start(options, host=host, port=port, address=address, num_cpus=num_cpus, log=click.echo)
-    click.echo("Ctrl-C stops the service")
+    import signal
+    import threading
+
+    stopping = []
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+
+    def on_sigterm(signum, frame):  # Ray's driver handler would exit mid-flight (SIGABRT, agents left running)
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+
+    started = False
     try:
+        app.start(options, host=host, port=port, address=address, num_cpus=num_cpus, log=click.echo)
+        started = True
+        if main_thread:
+            signal.signal(signal.SIGTERM, on_sigterm)  # after ray.init, which installs its own
+        click.echo("Ctrl-C or SIGTERM stops the service")
         deadline = None if for_seconds is None else time.monotonic() + for_seconds
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        stopping.append(signal.SIGINT)
     finally:
-        app.stop()
-        click.echo("stopped")
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the drain short
+        try:
+            if started:
+                if stopping:
+                    click.echo(f"{'SIGTERM' if stopping[0] == signal.SIGTERM else 'Ctrl-C'}: draining (up to "
+                               f"{grace_period:g} s)")
+                app.drain(grace_period, log=click.echo)
+        finally:
+            app.stop()
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            click.echo("stopped")

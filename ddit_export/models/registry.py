@@ -90,13 +90,33 @@ class LoadedModel:
     def lora_rank(self) -> int:
         return self.transformer.adapter_settings.rank
 
+    def _check_rope(self, geom):
+        """Wan's rotary position table covers ``rope_max_seq_len`` tokens per axis: a longer clip (or a larger side)
+        is one error line here, not a reshape RuntimeError inside the transformer."""
+        rope = self.transformer_config.get("rope_max_seq_len")
+        if not rope:
+            return
+        p_t, p_h, p_w = geom.patch
+        f, h, w = geom.grid
+        if f > rope:
+            latent = rope * p_t
+            most = (latent - 1) * geom.vae_temporal + 1 if geom.vae_temporal > 1 else latent
+            raise ConfigError(f"frames {geom.frames} make {f} token frames; {self.name} supports at most {rope} "
+                              f"(rope_max_seq_len): at most {most} frames")
+        for name, n, p, side in (("height", h, p_h, geom.height), ("width", w, p_w, geom.width)):
+            if n > rope:
+                raise ConfigError(f"{name} {side} makes {n} tokens; {self.name} supports at most {rope} "
+                                  f"(rope_max_seq_len): at most {rope * p * geom.vae_scale} pixels")
+
     def geometry(self, height: int | None = None, width: int | None = None, frames: int | None = None):
         if self.family == "wan":
             from ..shapes import VideoGeometry
 
-            return VideoGeometry(frames or self.default_frames, height or self.default_height,
+            geom = VideoGeometry(frames or self.default_frames, height or self.default_height,
                                  width or self.default_width, self.vae_scale, self.vae_temporal,
                                  tuple(self.transformer_config["patch_size"]), self.latent_channels)
+            self._check_rope(geom)
+            return geom
         if frames is not None:
             raise ConfigError(f"--frames applies to video models; {self.name} makes images")
         return TokenGeometry(height or self.default_height, width or self.default_width, self.vae_scale,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..settings import CalibrateSettings, ScheduleSettings, parse_policy, policy_spec
+from ..settings import CalibrateSettings, ScheduleSettings, check_sweep_knob, parse_policy, policy_spec
 
 PROFILE_FORMAT = "ddit-schedule-profile/1"
 
@@ -82,6 +82,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
 
     base = parse_policy(settings.policy, model.schedule_defaults) if settings.policy else model.schedule_defaults
     knob, values = settings.sweep
+    check_sweep_knob(base.policy, knob)  # the profile's policy (no --policy): before any generation
     grid = sweep_settings(base, knob, values)
     work.mkdir(parents=True, exist_ok=True)
     header = dict(model=model.name, prompts=[s.caption for s in scenes_], seed=settings.seed,
@@ -217,6 +218,14 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
     scenes_ = readable(model, scenes_, settings.readable_only, log)[:settings.n_prompts]
     work = Path(settings.work or f"runs/calibrate-{model.name}")
     check_writable(work / "sweep.json")
+    if settings.oracle is not None:  # a budget no ladder spends fails now, not after the sweep
+        from ..schedule.oracle import ladder_family
+        from .policies import step_costs
+
+        if not ladder_family(settings.steps or model.default_steps, step_costs(model), settings.oracle):
+            raise ConfigError(f"--oracle {settings.oracle:g}: no ladder schedule of "
+                              f"{settings.steps or model.default_steps} steps spends that FLOP budget on "
+                              f"{model.name} (the oracle searches ladders); give a larger budget")
     t0 = time.perf_counter()
     with backend:
         fine, rows = run_sweep(settings, model, backend, scenes_, work=work, progress=progress, log=log)

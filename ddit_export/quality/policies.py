@@ -13,6 +13,12 @@ from ..settings import ScheduleSettings
 from ..zoo import scenes as S
 
 
+def default_prompts_path() -> Path:
+    """The calibration captions shipped with the package (ddit_export/calibration/prompts-flux-mini.txt): what
+    ``calibrate`` reads without ``--prompts``, from any working directory."""
+    return Path(__file__).resolve().parents[1] / "calibration" / "prompts-flux-mini.txt"
+
+
 def read_prompts(path: str | Path) -> list[S.Scene]:
     """A calibration prompt file: one scene caption a line (``#`` comments and blank lines skipped)."""
     from .metrics import parse_caption

@@ -39,6 +39,16 @@ def ladder_sizes(steps: int, head: int, n4: int, tail: int) -> tuple[int, ...]:
     return (1,) * head + (4,) * n4 + (2,) * n2 + (1,) * tail
 
 
+class FineOnly(StaticSchedule):
+    """Policy ``fine``: every step at size 1 (the untouched model; the reference every other policy is measured
+    against)."""
+
+    what = "fine policy"
+
+    def __init__(self, steps: int, grid, available):
+        super().__init__([1] * steps, grid, available)
+
+
 class Ladder(StaticSchedule):
     def __init__(self, steps: int, head: int, n4: int, tail: int, grid, available):
         self.what = f"ladder policy (head {head}, n4 {n4}, tail {tail})"
@@ -54,6 +64,8 @@ def make_policy(settings: GenerateSettings, grid: tuple[int, ...], available: Se
         k, size = settings.coarse_first
         return CoarseFirst(settings.steps, k, size, grid, available)
     sc = settings.schedule
+    if sc.policy == "fine":
+        return FineOnly(settings.steps, grid, available)
     if sc.policy == "ladder":
         return Ladder(settings.steps, sc.head, sc.n4, sc.tail, grid, available)
     if sc.policy == "probe":

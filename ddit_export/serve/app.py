@@ -1,12 +1,14 @@
 """The Ray Serve application: a front end (FastAPI ingress: HTTP, validation, retries, error mapping) and a
-generator deployment (the bundle on ONNX Runtime, weights once per replica, requests batched by
-:func:`ddit_export.serve.batching.run_jobs`).
+generator deployment (the bundle on ONNX Runtime, weights once per replica, requests batched continuously at step
+granularity by :class:`ddit_export.serve.batching.StepLoop`: a request joins the running loop at the next step).
 
 ``app_builder(args)`` is the import path Ray Serve's own ``serve run`` / ``serve deploy`` take
 (``ddit_export.serve.app:app_builder``), with ``args`` the :class:`ServeOptions` fields; ``ddit-export serve``
 writes that YAML (``--write-config``) and runs it (``--config``).
 
-Errors: a bad request is 400 with the CLI's message; a full queue 503 with ``Retry-After`` (Ray Serve's own
+Errors (every one the JSON ``{"error": {"message", "type", "code"}}``, 404 and 405 included): a bad request is 400
+with the CLI's message (a body nested too deeply too); a body over ``max_body_bytes`` 413; a Content-Type that is
+not JSON 415; a full queue 503 with ``Retry-After`` (Ray Serve's own
 back-pressure: ``max_queued_requests`` at the caller, ``backpressure_config.retry_after_s``); a request past its
 deadline 504; a replica that dies while holding a request: the front end re-sends it (generation is a pure
 function of the request, so a retry returns the same image) up to ``retries`` times, then 503 saying so; anything
@@ -25,7 +27,8 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from ..errors import ConfigError, DDiTError
-from .schemas import Job, Limits, error_body, parse_request, response_body
+from .schemas import (MAX_BODY_BYTES, Job, Limits, error_body, is_json_content_type, parse_json_body, parse_request,
+                      response_body)
 
 APP_NAME = "ddit"
 IMPORT_PATH = "ddit_export.serve.app:app_builder"
@@ -51,6 +54,7 @@ class ServeOptions:
     retries: int = 2  # front end re-sends when the replica holding a request dies
     threads: int | None = None  # ONNX Runtime intra-op threads per replica (None: ORT's default)
     replica_cpus: float = 1.0  # Ray CPUs reserved per generator replica
+    max_body_bytes: int = MAX_BODY_BYTES  # a longer request body gets 413
 
     def __post_init__(self):
         if not Path(self.bundle).is_dir():
@@ -63,7 +67,7 @@ class ServeOptions:
                   ("retry_after_s >= 0", self.retry_after_s >= 0), ("timeout_s > 0", self.timeout_s > 0),
                   ("max_n >= 1", self.max_n >= 1), ("max_steps >= 1", self.max_steps >= 1),
                   ("retries >= 0", self.retries >= 0), ("threads >= 1", self.threads is None or self.threads >= 1),
-                  ("replica_cpus >= 0", self.replica_cpus >= 0),
+                  ("replica_cpus >= 0", self.replica_cpus >= 0), ("max_body_bytes >= 1", self.max_body_bytes >= 1),
                   ("target_ongoing_requests > 0", self.target_ongoing_requests > 0)]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -115,6 +119,10 @@ class _Pending:
 
 @serve.deployment(name="Generator", graceful_shutdown_timeout_s=5, health_check_period_s=5)
 class Generator:
+    """A replica: the bundle on ONNX Runtime and one :class:`~ddit_export.serve.batching.StepLoop` (continuous
+    batching at step granularity) driven by a thread; a request joins the running loop at the next step boundary,
+    up to ``max_batch_size`` requests running at once (the rest wait in the loop's queue)."""
+
     def __init__(self, options: dict):
         import ddit_export
         from ..runtime.bundle_model import open_bundle
@@ -122,12 +130,11 @@ class Generator:
 
         self.options = ServeOptions.from_dict(options)
         self.model, self.backend = open_bundle(self.options.bundle, threads=self.options.threads)
-        self._batched.set_max_batch_size(self.options.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.options.batch_wait_s)
         self.metrics = ServeMetrics()
         self.package = str(Path(ddit_export.__file__).parent)
         self.pid = __import__("os").getpid()
         self._warm_up()
+        self._start_loop()
 
     def _warm_up(self):
         """One 1-step generation per size before the first request: the lazy imports (text encoder, scheduler)
@@ -138,12 +145,55 @@ class Generator:
         for k in self.model.geometry().available_sizes(tuple(self.model.manifest.sizes)):
             run_jobs(self.model, self.backend, [build_settings(self.model, steps=1, static=(k,))])
 
+    def _start_loop(self, thread: bool = True):
+        from .batching import StepLoop
+
+        self.loop = StepLoop(self.model, self.backend, max_jobs=self.options.max_batch_size)
+        self._wake = threading.Event()
+        if thread:
+            threading.Thread(target=self._drive, name="ddit-step-loop", daemon=True).start()
+
+    def _drive(self):
+        """The loop thread: steps while the loop holds jobs; when it goes from idle to busy, waits
+        ``batch_wait_s`` first so that requests arriving together start together."""
+        while True:
+            if self.loop.idle:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                if not self.loop.idle and self.options.batch_wait_s:
+                    time.sleep(self.options.batch_wait_s)
+                continue
+            self.step_once()
+
+    def step_once(self) -> list:
+        """One step of the loop (its thread, or a test driving it), its metrics recorded."""
+        from .batching import BatchStats
+
+        stats = self.loop.stats = BatchStats()
+        try:
+            done = self.loop.step()
+        except Exception as e:  # noqa: BLE001 - a failure of the loop itself: its jobs end, none waits forever
+            done = self.loop.fail_all(e)
+        stats.jobs = self.loop.last_jobs
+        if stats.jobs:
+            self.metrics.batch_done(stats, 0.0)
+        return done
+
     async def generate(self, job: Job) -> dict:
-        """One request -> {"status": HTTP status, "body": JSON}; cancelled (client gone) -> the batch drops it."""
+        """One request -> {"status": HTTP status, "body": JSON}; cancelled (client gone) -> it leaves the loop at
+        the next step boundary."""
         pending = _Pending(job)
+        aloop = asyncio.get_running_loop()
+        fut = aloop.create_future()
+
+        def on_done(result, info):  # on the loop's thread
+            aloop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result((result, info)))
+
+        self.loop.submit(job.settings, pending.cancel.is_set, on_done)
+        self._wake.set()
         remaining = job.timeout_s - (time.time() - job.accepted_at)
         try:
-            return await asyncio.wait_for(self._batched(pending), max(remaining, 0.001))
+            result, info = await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.001))
         except asyncio.TimeoutError:
             pending.cancel.set()
             self.metrics.request("timeout")
@@ -154,46 +204,30 @@ class Generator:
             pending.cancel.set()
             self.metrics.request("cancelled")
             raise
+        return self._respond(job, result, info)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list) -> list:
-        return await asyncio.get_running_loop().run_in_executor(None, self._run, items)
+    def _respond(self, job: Job, r, info: dict) -> dict:
+        from .batching import Cancelled
 
-    def _run(self, items: list) -> list:
-        from .batching import BatchStats, Cancelled, run_jobs
-
-        start = time.time()
-        for p in items:
-            p.started = start
-        stats = BatchStats()
-        results = run_jobs(self.model, self.backend, [p.job.settings for p in items],
-                           cancelled=[p.cancel.is_set for p in items], stats=stats)
-        out, png_s = [], 0.0
-        for p, r in zip(items, results):
-            job = p.job
-            if isinstance(r, Cancelled):
-                out.append({"status": 499, "body": error_body("request cancelled", "cancelled", 499)})
-                continue
-            if isinstance(r, DDiTError):
-                self.metrics.request("bad_request")
-                out.append({"status": 400, "body": error_body(str(r))})
-                continue
-            if isinstance(r, BaseException):
-                self.metrics.request("error")
-                out.append({"status": 500, "body": error_body(
-                    f"generation failed: {type(r).__name__}: {str(r).splitlines()[0] if str(r) else ''}",
-                    "server_error", 500)})
-                continue
-            t0 = time.time()
-            timings = {"queue_s": start - job.accepted_at, "batch_jobs": stats.jobs,
-                       "batch": stats.to_dict(), "replica_pid": self.pid}
-            body = response_body(job, r, self.model.name, timings)
-            png_s += time.time() - t0
-            body["timings"]["total_s"] = time.time() - job.accepted_at
-            self.metrics.request("ok", time.time() - job.accepted_at, start - job.accepted_at, r.trace)
-            out.append({"status": 200, "body": body})
-        self.metrics.batch_done(stats, png_s)
-        return out
+        if isinstance(r, Cancelled):
+            return {"status": 499, "body": error_body("request cancelled", "cancelled", 499)}
+        if isinstance(r, DDiTError):
+            self.metrics.request("bad_request")
+            return {"status": 400, "body": error_body(str(r))}
+        if isinstance(r, BaseException):
+            self.metrics.request("error")
+            return {"status": 500, "body": error_body(
+                f"generation failed: {type(r).__name__}: {str(r).splitlines()[0] if str(r) else ''}",
+                "server_error", 500)}
+        start = info["admitted_at"] or job.accepted_at
+        timings = {"queue_s": start - job.accepted_at, "batch_jobs": info["peak_jobs"],
+                   "joined_at_step": info["joined_at_step"],
+                   "batch": {"calls": info["calls"], "transformer_s": info["transformer_s"]},
+                   "replica_pid": self.pid}
+        body = response_body(job, r, self.model.name, timings)
+        body["timings"]["total_s"] = time.time() - job.accepted_at
+        self.metrics.request("ok", time.time() - job.accepted_at, start - job.accepted_at, r.trace)
+        return {"status": 200, "body": body}
 
     async def info(self) -> dict:
         """This replica's view: process, package path, totals since start."""
@@ -214,6 +248,38 @@ def _json(body: dict, status: int, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+
+
+@api.exception_handler(404)
+@api.exception_handler(405)
+async def _http_error(request: Request, exc):
+    """FastAPI's own errors (no such path, wrong method) in the service's error shape, not {"detail": ...}."""
+    from starlette.exceptions import HTTPException
+
+    code = exc.status_code if isinstance(exc, HTTPException) else 404
+    detail = exc.detail if isinstance(exc, HTTPException) and isinstance(exc.detail, str) else ""
+    message = (f"no such endpoint: {request.method} {request.url.path}; the service has POST "
+               f"/v1/images/generations, GET /healthz, GET /v1/models, GET /v1/stats") if code == 404 else \
+        f"method {request.method} is not allowed on {request.url.path}" if code == 405 else detail
+    headers = getattr(exc, "headers", None)
+    return _json(error_body(message, _HTTP_KINDS.get(code, "invalid_request_error"), code), code, headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is longer than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @serve.deployment(name="Frontend", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(api)
 class Frontend:
@@ -225,18 +291,42 @@ class Frontend:
         self.generator = generator
         manifest = load(self.options.bundle, hashes=False)  # the replicas verify the hashes
         self.model = BundleModel(manifest.model["name"], manifest, None)
+        self.in_flight = 0  # accepted generation requests not answered yet
+        self.draining = False
+
+    async def drain(self, grace_s: float) -> int:
+        """Shutdown: refuse new requests (503), wait up to ``grace_s`` for the accepted ones to be answered;
+        returns how many were still in flight."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_flight
 
     @api.post("/v1/images/generations")
     async def generations(self, request: Request):
+        if self.draining:
+            return _json(error_body("the service is shutting down; retry on another instance", "shutting_down",
+                                    503), 503, {"Retry-After": str(max(1, round(self.options.retry_after_s)))})
+        self.in_flight += 1
+        try:
+            return await self._generations(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _generations(self, request: Request):
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+        if not is_json_content_type(request.headers.get("content-type")):
+            return _json(error_body(f"Content-Type {request.headers.get('content-type')!r} is not JSON; send the "
+                                    f"body as application/json", "unsupported_media_type", 415), 415)
+        raw = await _read_body(request, self.options.max_body_bytes)
+        if raw is None:
+            return _json(error_body(f"the request body is larger than {self.options.max_body_bytes} bytes (the "
+                                    f"server's --max-body-bytes)", "request_too_large", 413), 413)
         try:
-            body = await request.json()
-        except ValueError:
-            return _json(error_body("the request body is not valid JSON"), 400)
-        try:
-            job = parse_request(body, self.model, self.options.limits)
+            job = parse_request(parse_json_body(raw), self.model, self.options.limits)
         except DDiTError as e:
             return _json(error_body(str(e)), 400)
         died = 0
@@ -383,6 +473,23 @@ def describe(options: ServeOptions) -> str:
             else f"{options.num_replicas} replica(s)")
     return (f"{reps}, batches of up to {options.max_batch_size}, {options.max_ongoing_requests} requests per "
             f"replica + {options.max_queued_requests} queued, timeout {options.timeout_s:g} s")
+
+
+def drain(grace_s: float, log=print) -> int:
+    """Before :func:`stop`: the front end answers new requests 503 and waits up to ``grace_s`` seconds for the
+    accepted ones; returns how many were still in flight (-1: the front end did not answer)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    try:
+        left = serve.get_app_handle(APP_NAME).drain.remote(grace_s).result(timeout_s=grace_s + 30)
+    except Exception as e:  # noqa: BLE001 - shutting down anyway
+        log(f"drain: the front end did not answer ({type(e).__name__}); stopping")
+        return -1
+    if left:
+        log(f"drain: {left} request(s) still running after {grace_s:g} s; stopping anyway")
+    return left
 
 
 def stop():

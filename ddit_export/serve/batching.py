@@ -37,7 +37,9 @@ class _State:
     index: int
     settings: GenerateSettings
     cancelled: object  # () -> bool
+    on_done: object = None  # (result) -> None, called once when the job leaves the loop
     b: int = 0
+    geom: object = None
     cond: object = None
     x: torch.Tensor | None = None
     guidance: torch.Tensor | None = None
@@ -50,6 +52,17 @@ class _State:
     v: torch.Tensor | None = None
     kind: str = "model"
     error: BaseException | None = None
+    step: int = 0  # the job's own step index: the next step it runs
+    joined_at: int = 0  # the loop's step count when the job joined
+    peak_jobs: int = 0  # the most jobs that stepped together with this one (itself included)
+    admitted_at: float | None = None  # time.time() when it joined
+    calls: dict = field(default_factory=dict)  # size -> backend calls this job's rows took part in
+    transformer_s: float = 0.0  # seconds of those calls
+
+    def info(self) -> dict:
+        """What a response reports of the job's life in the loop."""
+        return {"joined_at_step": self.joined_at, "admitted_at": self.admitted_at, "peak_jobs": self.peak_jobs,
+                "calls": {str(k): v for k, v in sorted(self.calls.items())}, "transformer_s": self.transformer_s}
 
 
 @dataclass
@@ -71,49 +84,134 @@ class BatchStats:
                 "samples": {str(k): v for k, v in sorted(self.samples.items())}}
 
 
+class StepLoop:
+    """Continuous batching at step granularity: jobs join the running lockstep loop at the next step boundary, each
+    with its own step index, timesteps, schedule and step cache, and leave (decoded) after their own last step.
+
+    Every :meth:`step` is one boundary then one step: queued jobs are admitted (encoded, noised, their policy built)
+    up to ``max_jobs`` running at once, cancelled jobs leave, then every running job runs its own next step; the
+    jobs that chose the same size run as one backend call (their rows concatenated, each row with its own
+    timestep). A job's result is the single-process ``generate`` output for its settings, whatever joined or left
+    around it. Thread-safe :meth:`submit`; :meth:`step` runs on one thread (the replica's loop thread, or a test)."""
+
+    def __init__(self, model, backend, *, max_jobs: int | None = None, decode: bool = True,
+                 stats: BatchStats | None = None):
+        import threading
+
+        if max_jobs is not None and max_jobs < 1:
+            raise DDiTError(f"max_jobs must be >= 1, got {max_jobs}")
+        self.model, self.backend, self.max_jobs, self.decode = model, backend, max_jobs, decode
+        self.stats = stats if stats is not None else BatchStats()
+        self.queued: deque = deque()
+        self.running: list[_State] = []
+        self.steps = 0  # steps the loop ran (boundaries passed)
+        self.last_jobs = 0  # jobs that ran the last step
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def submit(self, settings: GenerateSettings, cancelled=None, on_done=None) -> int:
+        """Queue a job (it joins at the next step boundary); returns its id. ``cancelled``: ``() -> bool``, polled
+        at every boundary; ``on_done(result)``: called on the loop's thread with a GenerationResult or the exception
+        the job ended with (DDiTError for bad input, :class:`Cancelled`, a backend failure), and a dict of its life
+        in the loop (:meth:`_State.info`)."""
+        with self._lock:
+            st = _State(self._next, settings, cancelled or (lambda: False), on_done)
+            self._next += 1
+            self.queued.append(st)
+        return st.index
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self.queued and not self.running
+
+    def _finish(self, st: _State, result, done: list):
+        done.append((st.index, result))
+        if st.on_done is not None:
+            st.on_done(result, st.info())
+
+    def fail_all(self, error: BaseException) -> list[tuple[int, object]]:
+        """Every running and queued job ends with ``error`` (the loop itself failed: no job waits forever)."""
+        done: list[tuple[int, object]] = []
+        with self._lock:
+            jobs, self.running, self.queued = self.running + list(self.queued), [], deque()
+        for st in jobs:
+            self._finish(st, error, done)
+        return done
+
+    def step(self) -> list[tuple[int, object]]:
+        """One boundary and one step; returns the (job id, result) pairs of the jobs that left at it."""
+        done: list[tuple[int, object]] = []
+        running = []
+        for st in self.running:  # cancelled jobs leave first: their places go to queued jobs at this boundary
+            if st.cancelled():
+                self._finish(st, Cancelled("cancelled"), done)
+            else:
+                running.append(st)
+        self.running = running
+        with self._lock:
+            room = len(self.queued) if self.max_jobs is None else max(0, self.max_jobs - len(self.running))
+            admitted = [self.queued.popleft() for _ in range(min(room, len(self.queued)))]
+        t0 = time.perf_counter()
+        for st in admitted:
+            self.stats.jobs += 1
+            if st.cancelled():
+                self._finish(st, Cancelled("cancelled"), done)
+                continue
+            try:
+                _setup(self.model, self.backend, st)
+            except Exception as e:  # noqa: BLE001 - one job's bad input must not fail the others
+                self._finish(st, e, done)
+                continue
+            st.joined_at, st.admitted_at = self.steps, time.time()
+            self.running.append(st)
+        self.stats.encode_s += time.perf_counter() - t0
+        live = self.running
+        self.last_jobs = len(live)
+        if live:
+            _step(self.model, self.backend, live, self.stats)
+            self.steps += 1
+        still = []
+        for st in self.running:
+            if st.error is not None:
+                self._finish(st, st.error, done)
+            elif st.step == len(st.sched.timesteps):
+                t0 = time.perf_counter()
+                try:
+                    images = self.model.decode(st.x, st.geom) if self.decode else None
+                    result = GenerationResult(st.x, st.trace, images)
+                except Exception as e:  # noqa: BLE001
+                    result = e
+                self.stats.decode_s += time.perf_counter() - t0
+                self._finish(st, result, done)
+            else:
+                still.append(st)
+        self.running = still
+        return done
+
+
 def run_jobs(model, backend, jobs: list[GenerateSettings], cancelled=None, decode: bool = True,
              stats: BatchStats | None = None) -> list:
-    """Run ``jobs`` together on ``backend``; returns one entry per job, in order: a GenerationResult, or the
-    exception that job ended with (a DDiTError for bad input, :class:`Cancelled`, or a backend failure) so that
-    one job's failure never fails the others. ``cancelled``: one ``() -> bool`` per job, polled every step."""
+    """Run ``jobs`` together on ``backend`` (all joining at the first boundary of a :class:`StepLoop`); returns one
+    entry per job, in order: a GenerationResult, or the exception that job ended with (a DDiTError for bad input,
+    :class:`Cancelled`, or a backend failure) so that one job's failure never fails the others. ``cancelled``: one
+    ``() -> bool`` per job, polled every step."""
     t_start = time.perf_counter()
-    stats = stats if stats is not None else BatchStats()
-    stats.jobs += len(jobs)
+    loop = StepLoop(model, backend, decode=decode, stats=stats)
     cancelled = cancelled or [lambda: False] * len(jobs)
-    states = [_State(i, s, c) for i, (s, c) in enumerate(zip(jobs, cancelled))]
-    t0 = time.perf_counter()
-    for st in states:
-        try:
-            _setup(model, backend, st)
-        except Exception as e:  # noqa: BLE001 - one job's bad input must not fail the batch
-            st.error = e
-    stats.encode_s += time.perf_counter() - t0
-    groups: dict[int, list[_State]] = {}
-    for st in states:
-        if st.error is None:
-            groups.setdefault(st.settings.steps, []).append(st)
-    for group in groups.values():
-        _lockstep(model, backend, group, stats)
-    t0 = time.perf_counter()
-    out = []
-    for st in states:
-        if st.error is None:
-            try:
-                images = model.decode(st.x, model.geometry(st.settings.height, st.settings.width)) if decode else None
-                out.append(GenerationResult(st.x, st.trace, images))
-            except Exception as e:  # noqa: BLE001
-                out.append(e)
-        else:
-            out.append(st.error)
-    stats.decode_s += time.perf_counter() - t0
-    stats.other_s = max(0.0, time.perf_counter() - t_start - stats.encode_s - stats.transformer_s - stats.decode_s)
-    return out
+    ids = [loop.submit(s, c) for s, c in zip(jobs, cancelled)]
+    results: dict[int, object] = {}
+    while not loop.idle:
+        results.update(loop.step())
+    s = loop.stats
+    s.other_s = max(0.0, time.perf_counter() - t_start - s.encode_s - s.transformer_s - s.decode_s)
+    return [results[i] for i in ids]
 
 
 def _setup(model, backend, st: _State):
     """What ``generate`` does before its loop, for one job."""
     s = st.settings
-    geom = model.geometry(s.height, s.width)
+    geom = st.geom = model.geometry(s.height, s.width)
     st.cond = model.encode(list(s.prompts))
     st.b = len(s.prompts)
     sizes = _sizes(s, geom, tuple(backend.sizes))
@@ -129,79 +227,78 @@ def _setup(model, backend, st: _State):
     st.cache = make_cache(s.cache, s.steps)
 
 
-def _lockstep(model, backend, group: list[_State], stats: BatchStats):
-    """The loop of ``generate`` over jobs with one number of steps: same step order, per-job decisions, one
-    backend call per size per step."""
-    geom = model.geometry(group[0].settings.height, group[0].settings.width)
+def _step(model, backend, live: list[_State], stats: BatchStats):
+    """One step of ``generate``'s loop for every job in ``live``, each at its own step index: per-job decisions,
+    one backend call per (size, token grid) for the jobs that compute this step."""
     cfg, rank = model.transformer_config, model.lora_rank
-    timesteps = group[0].sched.timesteps
-    for i, t in enumerate(timesteps):
-        live = []
-        for st in group:
-            if st.error is not None:
-                continue
-            if st.cancelled():
-                st.error = Cancelled("cancelled")
-                continue
-            live.append(st)
-        if not live:
-            return
-        sigma = float(t / 1000)
-        by_size: dict[int, list[_State]] = {}
-        for st in live:
-            if getattr(st.policy, "needs_history", True):
-                st.history.append(st.x.detach().float().cpu().numpy())
-            st.decision = st.policy.decide(i, st.history)
-            if st.cache is None or st.cache.should_compute(i, sigma):
-                st.kind = "model"
-                by_size.setdefault(st.decision.size, []).append(st)
-            else:
-                st.kind, st.v = "cached", st.cache.predict(sigma)
-        seconds = {}
-        for k, members in by_size.items():
-            t0 = time.perf_counter()
-            try:
-                _run_size(backend, k, members, t, geom)
-            except Exception as e:  # noqa: BLE001 - the jobs of this call fail, the others go on
-                for st in members:
-                    st.error = e
-            dt = time.perf_counter() - t0
-            stats.transformer_s += dt
-            stats.calls[k] = stats.calls.get(k, 0) + 1
-            stats.samples[k] = stats.samples.get(k, 0) + sum(st.b for st in members)
+    groups: dict[tuple, list[_State]] = {}
+    for st in live:
+        i = st.step
+        st.peak_jobs = max(st.peak_jobs, len(live))
+        sigma = float(st.sched.timesteps[i] / 1000)
+        if getattr(st.policy, "needs_history", True):
+            st.history.append(st.x.detach().float().cpu().numpy())
+        st.decision = st.policy.decide(i, st.history)
+        if st.cache is None or st.cache.should_compute(i, sigma):
+            st.kind = "model"
+            groups.setdefault((st.decision.size, tuple(st.geom.grid)), []).append(st)
+        else:
+            st.kind, st.v = "cached", st.cache.predict(sigma)
+    seconds = {}
+    for (k, _), members in groups.items():
+        t0 = time.perf_counter()
+        try:
+            _run_size(backend, k, members)
+        except Exception as e:  # noqa: BLE001 - the jobs of this call fail, the others go on
             for st in members:
-                seconds[st.index] = dt
-        for st in live:
-            if st.error is not None:
-                continue
-            k = st.decision.size
-            if st.kind == "model" and st.cache is not None:
-                st.cache.update(i, sigma, st.v)
-            observe = getattr(st.policy, "observe", None)
-            if observe is not None:
-                observe(i, st.x, st.v, float(st.sched.sigmas[i]), float(st.sched.sigmas[i + 1]))
-            st.x = st.sched.step(st.v.to(st.x.dtype), t, st.x, return_dict=False)[0]
-            text_tokens = st.cond.states.shape[1]
-            flops = float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, st.b)) if st.kind == "model" else 0.0
-            st.trace.steps.append(StepRecord(i, sigma, k, st.decision.reason, geom.tokens(k), flops,
-                                             st.decision.sigmas, seconds.get(st.index, 0.0), st.kind))
-            st.v = None
+                st.error = e
+        dt = time.perf_counter() - t0
+        stats.transformer_s += dt
+        stats.calls[k] = stats.calls.get(k, 0) + 1
+        stats.samples[k] = stats.samples.get(k, 0) + sum(st.b for st in members)
+        for st in members:
+            seconds[st.index] = dt
+            st.calls[k] = st.calls.get(k, 0) + 1
+            st.transformer_s += dt
+    for st in live:
+        if st.error is not None:
+            continue
+        i, k, geom = st.step, st.decision.size, st.geom
+        t = st.sched.timesteps[i]
+        sigma = float(t / 1000)
+        if st.kind == "model" and st.cache is not None:
+            st.cache.update(i, sigma, st.v)
+        observe = getattr(st.policy, "observe", None)
+        if observe is not None:
+            observe(i, st.x, st.v, float(st.sched.sigmas[i]), float(st.sched.sigmas[i + 1]))
+        st.x = st.sched.step(st.v.to(st.x.dtype), t, st.x, return_dict=False)[0]
+        text_tokens = st.cond.states.shape[1]
+        flops = float(step_flops(cfg, geom.tokens(1), text_tokens, k, rank, st.b)) if st.kind == "model" else 0.0
+        st.trace.steps.append(StepRecord(i, sigma, k, st.decision.reason, geom.tokens(k), flops,
+                                         st.decision.sigmas, seconds.get(st.index, 0.0), st.kind))
+        st.v = None
+        st.step += 1
 
 
-def _run_size(backend, k: int, members: list[_State], t, geom):
-    """One backend call at size ``k`` for ``members``, their rows concatenated; each gets its slice of v."""
+def _run_size(backend, k: int, members: list[_State]):
+    """One backend call at size ``k`` for ``members`` (one token grid), their rows concatenated, each row with its
+    own job's timestep; each job gets its slice of v."""
     from ..models.registry import Conditioning
 
+    def timestep(st):
+        t = st.sched.timesteps[st.step]
+        return (t / 1000).expand(st.b).to(st.x.device)
+
+    grid = members[0].geom.grid
     if len(members) == 1:
         st = members[0]
-        st.v = backend.run(k, st.x, st.cond, (t / 1000).expand(st.b).to(st.x.device), st.guidance, geom.grid)
+        st.v = backend.run(k, st.x, st.cond, timestep(st), st.guidance, grid)
         return
     x = torch.cat([st.x for st in members])
     cond = Conditioning(torch.cat([st.cond.states for st in members]), torch.cat([st.cond.pooled for st in members]),
                         members[0].cond.txt_ids)
-    b = x.shape[0]
     guidance = None if members[0].guidance is None else torch.cat([st.guidance for st in members])
-    v = backend.run(k, x, cond, (t / 1000).expand(b).to(x.device), guidance, geom.grid)
+    v = backend.run(k, x, cond, torch.cat([timestep(st) for st in members]), guidance, grid)
     start = 0
     for st in members:
         st.v = v[start:start + st.b]

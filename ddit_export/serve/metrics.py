@@ -8,7 +8,7 @@ exports them with its own metrics (the ``ray_`` prefix, scraped from each node's
 - ``ddit_serve_queue_s`` (histogram: accepted -> its batch starts)
 - ``ddit_serve_coarse_fraction`` (histogram over finished requests)
 - ``ddit_serve_steps`` (counter, tags ``size`` and ``kind``: model / cached)
-- ``ddit_serve_batch_jobs`` (histogram: requests per batch)
+- ``ddit_serve_batch_jobs`` (histogram: requests per step of the replica's loop)
 - ``ddit_serve_backend_calls`` (counter, tag ``size``: transformer calls, one per size per step of a batch)
 """
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ FIELDS = {
     "user": str,
 }
 RESPONSE_FORMATS = ("b64_json",)
+#: A request body nested deeper than this is refused (a valid request is at most 2 levels: an object of lists).
+MAX_JSON_DEPTH = 16
+#: Default request-size limit (``serve --max-body-bytes``): a request is a prompt and a few options.
+MAX_BODY_BYTES = 1_000_000
+#: Longest error message (characters) an error body carries: anything echoing the input is cut there.
+MAX_MESSAGE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -172,9 +179,53 @@ def _check_schedule(settings: GenerateSettings, model):
     make_policy(settings, geom.grid, _sizes(settings, geom, tuple(model.manifest.sizes)))
 
 
+def is_json_content_type(content_type: str | None) -> bool:
+    """A request's Content-Type is JSON: application/json or application/*+json (parameters such as charset
+    allowed); no header at all is taken as JSON."""
+    if not content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON (a scalar 0, {} or [] 1), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH):
+    """The request's bytes -> parsed JSON, or ConfigError: not valid JSON (or not UTF-8), or nested deeper than
+    ``max_depth`` (json's own recursion limit included: never a RecursionError)."""
+    too_deep = f"the request body is nested too deeply (at most {max_depth} levels of objects and lists)"
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ConfigError(too_deep) from None
+    except ValueError:
+        raise ConfigError("the request body is not valid JSON") from None
+    if _depth(body) > max_depth:
+        raise ConfigError(too_deep)
+    return body
+
+
+def clip_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """The first line of ``message``, cut to ``limit`` characters (saying how much was left out)."""
+    line = message.splitlines()[0] if message else ""
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit]}... ({len(line) - limit} more characters)"
+
+
 def error_body(message: str, kind: str = "invalid_request_error", code: int = 400) -> dict:
-    """OpenAI's error shape: {"error": {"message", "type", "code"}}; the message is one line, no traceback."""
-    return {"error": {"message": message.splitlines()[0] if message else kind, "type": kind, "code": code}}
+    """OpenAI's error shape: {"error": {"message", "type", "code"}}; the message is one line of at most
+    MAX_MESSAGE_CHARS characters (an echoed input is cut), no traceback."""
+    return {"error": {"message": clip_message(message) if message else kind, "type": kind, "code": code}}
 
 
 def png_b64(image) -> str:

@@ -73,3 +73,29 @@ def test_png_round_trip():
 
     im = Image.new("RGB", (4, 3), (10, 20, 30))
     assert list(decode_png(png_b64(im)).getdata()) == list(im.getdata())
+
+
+def test_body_parsing_depth_and_message_cap():
+    from ddit_export.errors import ConfigError
+    from ddit_export.serve.schemas import (MAX_JSON_DEPTH, MAX_MESSAGE_CHARS, error_body, is_json_content_type,
+                                           parse_json_body)
+
+    assert parse_json_body(b'{"schedule": [1, 2]}') == {"schedule": [1, 2]}
+    for depth in (MAX_JSON_DEPTH + 1, 100_000):  # past json's own recursion limit: no RecursionError
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            parse_json_body(b"[" * depth + b"]" * depth)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_json_body(b"\xff{")
+    msg = error_body("words not in the model's vocabulary: " + "z" * 1_000_000)["error"]["message"]
+    assert len(msg) < MAX_MESSAGE_CHARS + 100 and msg.endswith("more characters)")
+    assert is_json_content_type(None) and is_json_content_type("application/json; charset=utf-8")
+    assert is_json_content_type("application/merge-patch+json")
+    assert not is_json_content_type("text/plain") and not is_json_content_type("application/x-www-form-urlencoded")
+
+
+def test_policy_fine_in_a_request(manifest_model):
+    from ddit_export.serve.schemas import _check_schedule
+
+    job = parse_request({"policy": "fine", "steps": 6}, manifest_model)
+    assert job.settings.schedule.policy == "fine"
+    _check_schedule(job.settings, manifest_model)

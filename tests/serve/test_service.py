@@ -131,11 +131,67 @@ def test_bad_request_is_400_with_the_cli_message(service, flux_mini_runtime, bod
 
 def test_malformed_json_is_400_without_traceback(service):
     url, _ = service
-    req = urllib.request.Request(url + "/v1/images/generations", data=b"{not json", method="POST")
+    req = urllib.request.Request(url + "/v1/images/generations", data=b"{not json", method="POST",
+                                 headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30)
     body = e.value.read().decode()
     assert e.value.code == 400 and "not valid JSON" in body and "Traceback" not in body
+
+
+def _http(url, path, data=None, method="POST", content_type="application/json"):
+    """(status, parsed JSON body, raw body length) of one request, error statuses included."""
+    import json
+
+    headers = {"Content-Type": content_type} if content_type else {}
+    req = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return r.status, json.loads(raw), len(raw)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw), len(raw)
+
+
+def _is_error(body, code, kind):
+    return set(body) == {"error"} and body["error"]["code"] == code and body["error"]["type"] == kind
+
+
+@pytest.mark.parametrize("depth", [1000, 20])
+def test_deeply_nested_body_is_400(service, depth):
+    url, _ = service
+    data = b'{"schedule": ' + b"[" * depth + b"]" * depth + b"}"
+    status, body, _ = _http(url, "/v1/images/generations", data)
+    assert status == 400 and _is_error(body, 400, "invalid_request_error")
+    assert "nested too deeply" in body["error"]["message"]
+
+
+def test_request_size_limit_is_413_and_messages_are_capped(service):
+    from ddit_export.serve.schemas import MAX_BODY_BYTES
+
+    url, _ = service
+    status, body, _ = _http(url, "/v1/images/generations", b'{"prompt": "%s"}' % (b"a" * MAX_BODY_BYTES))
+    assert status == 413 and _is_error(body, 413, "request_too_large")
+    word = "zebra" * 180_000  # 900 kB: under the limit; the messages that would echo it are cut
+    status, body, size = _http(url, "/v1/images/generations", ('{"seed": "%s"}' % word).encode())
+    assert status == 400 and "field 'seed' must be an integer" in body["error"]["message"]
+    assert size < 2000 and "more characters" in body["error"]["message"]
+    status, body, size = _http(url, "/v1/images/generations", ('{"prompt": "%s"}' % word).encode())
+    assert status == 400 and "prompt has 900000 characters" in body["error"]["message"] and size < 2000
+
+
+def test_every_error_has_the_documented_shape(service):
+    url, _ = service
+    status, body, _ = _http(url, "/no/such/path", method="GET")
+    assert status == 404 and _is_error(body, 404, "not_found")
+    status, body, _ = _http(url, "/v1/images/generations", method="GET")
+    assert status == 405 and _is_error(body, 405, "method_not_allowed")
+    status, body, _ = _http(url, "/v1/images/generations", b'{"prompt": "a red circle"}', content_type="text/plain")
+    assert status == 415 and _is_error(body, 415, "unsupported_media_type")
+    status, body, _ = _http(url, "/v1/images/generations", b"prompt=x",
+                            content_type="application/x-www-form-urlencoded")
+    assert status == 415 and _is_error(body, 415, "unsupported_media_type")
 
 
 def test_overfull_queue_is_503_with_retry_after(service):
@@ -281,3 +337,23 @@ def test_config_file_round_trip(flux_mini_bundle, tmp_path):
         ServeOptions(bundle=str(tmp_path / "missing"))
     bad = CliRunner().invoke(main, ["serve", str(flux_mini_bundle), "--min-replicas", "1"])
     assert bad.exit_code == 2 and "both --min-replicas and --max-replicas" in bad.output
+
+
+def test_serve_options_retries_body_limit_grace(flux_mini_bundle, tmp_path):
+    """--retries (documented: re-sends after a replica death) and --max-body-bytes reach the service's options;
+    out-of-range values are one error line before Ray starts."""
+    import yaml
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+
+    path = tmp_path / "serve.yaml"
+    r = CliRunner().invoke(main, ["serve", str(flux_mini_bundle), "--retries", "5", "--max-body-bytes", "4096",
+                                  "--write-config", str(path)])
+    assert r.exit_code == 0, r.output
+    args = yaml.safe_load(path.read_text())["applications"][0]["args"]
+    assert (args["retries"], args["max_body_bytes"]) == (5, 4096)
+    for flag, value, message in [("--retries", "-1", "retries >= 0"), ("--max-body-bytes", "0", "max_body_bytes >= 1"),
+                                 ("--grace-period", "-1", "--grace-period must be")]:
+        bad = CliRunner().invoke(main, ["serve", str(flux_mini_bundle), flag, value, "--write-config", str(path)])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
