@@ -152,14 +152,14 @@ def choose(rows: list[dict], settings: CalibrateSettings) -> dict:
         if not good:
             best = max(rows, key=lambda r: (-r["adherence_drop"], r["psnr"]))
             raise Unreachable(f"no setting keeps {bar}; best reachable: {best['key']} at {best['psnr']:.1f} dB, "
-                              f"adherence -{best['adherence_drop']:.1f} points", best)
+                              f"adherence {-best['adherence_drop']:+.1f} points", best)
         return min(good, key=lambda r: (r["flops_ratio"], -r["psnr"]))
     fast = [r for r in good if r["speedup_flops"] >= settings.target_speedup]
     if not fast:
         best = max(good or rows, key=lambda r: r["speedup_flops"])
         raise Unreachable(f"no setting reaches a {settings.target_speedup:g}x FLOP-ratio speed-up with {bar}; best "
                           f"reachable: {best['key']} at {best['speedup_flops']:.2f}x ({best['psnr']:.1f} dB, "
-                          f"adherence -{best['adherence_drop']:.1f} points)", best)
+                          f"adherence {-best['adherence_drop']:+.1f} points)", best)
     return max(fast, key=lambda r: r["psnr"])
 
 
