@@ -48,3 +48,18 @@ def bundle_copy(tiny_bundle, tmp_path):
     import shutil
 
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Loading a model or a bundle, or generating, is a test failure: the checks under test must come first."""
+    from ddit_export.models import registry
+    from ddit_export.runtime import bundle_model
+    from ddit_export.runtime import generate as generate_mod
+
+    def fail(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(registry, "load_model", fail)
+    monkeypatch.setattr(bundle_model, "open_bundle", fail)
+    monkeypatch.setattr(generate_mod, "generate", fail)

@@ -1,4 +1,5 @@
-"""Tiny models for tests: a random FLUX pixel model and a complete tiny FluxPipeline folder on disk."""
+"""Tiny models for tests: a random FLUX pixel model and a complete tiny FluxPipeline folder on disk; the CLI
+invocation and its one-line-error check that the command tests share."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,22 @@ from pathlib import Path
 import torch
 
 WORDS = ["a", "red", "circle", "blue", "square", "cat"]
+
+
+def invoke(*args):
+    """``ddit-export ARGS`` in-process (click's runner); arguments may be paths or numbers."""
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(r, text):
+    """Exit code 2 and exactly one ``error:`` line (after any progress bar) that contains ``text``."""
+    out = r.output.split("\r")[-1]
+    assert r.exit_code == 2, r.output
+    assert out.startswith("error: ") and len(out.strip().splitlines()) == 1 and text in out, r.output
 
 
 def tiny_trunk(in_channels=12, guidance=False, layers=(1, 1), seed=0):

@@ -7,25 +7,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from ddit_export.api import build_settings, generate_images, image_path, save_images
-from ddit_export.cli import main
 from ddit_export.errors import ConfigError, VocabularyError
 from ddit_export.models.registry import load_model
 from ddit_export.runtime.backends.torch import TorchBackend
 from ddit_export.runtime.generate import generate, initial_noise
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(r, text):
-    out = r.output.split("\r")[-1]  # after any progress bar
-    assert r.exit_code == 2, r.output
-    assert out.startswith("error: ") and len(out.strip().splitlines()) == 1 and text in out, r.output
+from tests.helpers import invoke, one_line_error
 
 
 # ---- point 3: --sizes ------------------------------------------------------------------------------------------

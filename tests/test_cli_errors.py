@@ -6,21 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from ddit_export.cli import main
-from ddit_export.models import registry
-from ddit_export.runtime import bundle_model
+from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = str(ROOT / "ddit_export" / "calibration" / "prompts-flux-mini.txt")
 CALIBRATE = ["calibrate", "--model", "tiny", "--prompts", PROMPTS, "--dry-run"]
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("work started")
-
-    monkeypatch.setattr(registry, "load_model", fail)
-    monkeypatch.setattr(bundle_model, "open_bundle", fail)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -71,10 +61,7 @@ def no_work(monkeypatch):
 def test_bad_option_is_one_line_before_any_work(args, message, tmp_path, monkeypatch, no_work):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code == 2, r.output
-    assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1 and message in r.output, \
-        r.output
+    one_line_error(CliRunner().invoke(main, args), message)
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
 

@@ -4,31 +4,10 @@ import errno
 import os
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from ddit_export.cli import main
-from ddit_export.models import registry
 from ddit_export.schedule.trace import Trace
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(r, text):
-    out = r.output.split("\r")[-1]  # after any progress bar
-    assert r.exit_code == 2, r.output
-    assert out.startswith("error: ") and len(out.strip().splitlines()) == 1 and text in out, r.output
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Loading a model is a test failure: the output checks must come first."""
-    def fail(*a, **k):
-        raise AssertionError("model loading started")
-
-    monkeypatch.setattr(registry, "load_model", fail)
+from tests.helpers import invoke, one_line_error
 
 
 def _files(folder):

@@ -5,27 +5,10 @@ from click.testing import CliRunner
 
 from ddit_export.cli import main
 from ddit_export.errors import ConfigError
-from ddit_export.models import registry
-from ddit_export.runtime import bundle_model
 from ddit_export.runtime import generate as generate_mod
 from ddit_export.settings import MAX_SIDE, MAX_STEPS, BuildSettings, GenerateSettings
 from ddit_export.shapes import MAX_TOKENS, TokenGeometry
-
-
-def one_line_error(r, text):
-    assert r.exit_code == 2, r.output
-    assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1 and text in r.output, r.output
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Loading a model or a bundle, or generating, is a test failure: the bounds are checked first."""
-    def fail(*a, **k):
-        raise AssertionError("work started")
-
-    monkeypatch.setattr(registry, "load_model", fail)
-    monkeypatch.setattr(bundle_model, "open_bundle", fail)
-    monkeypatch.setattr(generate_mod, "generate", fail)
+from tests.helpers import one_line_error
 
 
 @pytest.mark.parametrize("args, message", [
