@@ -285,6 +285,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000,
                             s.height, s.width, s.guidance, amp)
         log_quality(work, step, "adapted", q, log)
+        plot_quality(work)
         state["quality"] = q
     extra = {"steps": step, "elapsed_s": round(state["elapsed_s"], 1), "fingerprint": fp,
              "eval_loss": {str(k): round(v, 6) for k, v in ev.items()}, "prompts": len(train_prompts),
