@@ -12,8 +12,10 @@ median round is reported; the DDiT/fine throughput ratio is taken within each ro
 loop: ``c`` client threads each send their next request as soon as the last one returned.
 
 Where the time goes, per request (medians): client latency; the server's total (acceptance -> response ready);
-its queue wait (acceptance -> batch start); transformer seconds of its batch divided by the batch's requests; the
-rest of the client latency is HTTP + Ray (proxy, front end, handle) + PNG/base64 + JSON.
+its queue wait (acceptance -> batch start); transformer seconds per request (the step loop's own count; the older
+lockstep batches': the batch's divided by its requests); batched = share of requests that ran a step together with
+another (``batch_jobs`` >= 2); the rest of the client latency is HTTP + Ray (proxy, front end, handle) +
+PNG/base64 + JSON.
 """
 from __future__ import annotations
 
@@ -77,8 +79,11 @@ def run_cell(client, schedule: str, steps: int, concurrency: int, n_requests: in
             b = t["batch"]
             with lock:
                 lat.append(dt)
+                # the step loop reports this request's own transformer seconds; the older lockstep batches
+                # reported the batch's, with its job count
+                share = b["transformer_s"] / max(b["jobs"], 1) if "jobs" in b else b["transformer_s"]
                 server.append({"total": t["total_s"], "queue": t["queue_s"], "jobs": t["batch_jobs"],
-                               "transformer_share": b["transformer_s"] / max(b["jobs"], 1),
+                               "transformer_share": share,
                                "coarse": out["schedule"]["coarse_fraction"],
                                "calls_per_step": sum(b["calls"].values()) / steps})
 
@@ -94,6 +99,7 @@ def run_cell(client, schedule: str, steps: int, concurrency: int, n_requests: in
             "errors": len(errors), "error_sample": errors[:2], "wall_s": wall, "rps": len(lat) / wall,
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95), "p99_s": pct(lat, 99),
             "server_total_s": med("total"), "queue_s": med("queue"), "batch_jobs": med("jobs"),
+            "batched_share": sum(x["jobs"] >= 2 for x in server) / len(server) if server else float("nan"),
             "transformer_per_request_s": med("transformer_share"), "coarse_fraction": med("coarse"),
             "calls_per_step": med("calls_per_step")}
 
@@ -159,11 +165,11 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     md = ["| replicas | clients | schedule | req/s | p50 s | p95 s | p99 s | server s | queue s | batch | "
-          "transformer s/req | calls/step | coarse |", "|" + "---|" * 13]
+          "batched (>= 2) | transformer s/req | calls/step | coarse |", "|" + "---|" * 14]
     for r in rows:
         md.append(f"| {r['replicas']} | {r['concurrency']} | {r['schedule']} | {r['rps']:.2f} | {r['p50_s']:.3f} | "
                   f"{r['p95_s']:.3f} | {r['p99_s']:.3f} | {r['server_total_s']:.3f} | {r['queue_s']:.3f} | "
-                  f"{r['batch_jobs']:g} | {r['transformer_per_request_s']:.4f} | {r['calls_per_step']:.2f} | "
+                  f"{r['batch_jobs']:g} | {r['batched_share']:.0%} | {r['transformer_per_request_s']:.4f} | {r['calls_per_step']:.2f} | "
                   f"{r['coarse_fraction']:.2f} |")
     md.append("")
     md += [f"- throughput {k}: x{v:.2f} (median of per-round ratios)" for k, v in ratios.items()]
