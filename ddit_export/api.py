@@ -240,16 +240,16 @@ def _check_profile_resolution(settings: GenerateSettings, loaded, warn):
     naming both (the profile's quality/speed trade-off was measured only there)."""
     from .runtime.generate import model_geometry
     from .settings import policy_spec
+    from .shapes import profile_warning
 
-    calibrated = getattr(loaded, "schedule_resolution", None)
-    if (calibrated is None or settings.static is not None or settings.coarse_first is not None
-            or settings.schedule != loaded.schedule_defaults):
-        return
+    own = settings.static is not None or settings.coarse_first is not None
+    if own or settings.schedule != loaded.schedule_defaults:
+        return  # the user's own schedule, not the profile
     geom = model_geometry(loaded, settings)
-    if (geom.height, geom.width) != tuple(calibrated):
-        warn(f"warning: {loaded.name}'s schedule profile ({policy_spec(settings.schedule)}) was calibrated at "
-             f"{calibrated[0]}x{calibrated[1]}; this run is {geom.height}x{geom.width}, where its quality is not "
-             f"measured (ddit-export calibrate --height {geom.height} --width {geom.width} measures it there)")
+    line = profile_warning(loaded.name, policy_spec(settings.schedule), getattr(loaded, "schedule_resolution", None),
+                           geom.height, geom.width)
+    if line:
+        warn(line)
 
 
 def image_path(out) -> Path:

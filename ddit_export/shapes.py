@@ -190,3 +190,13 @@ def resolution_warning(name: str, trained, height: int, width: int) -> str | Non
     shown = ", ".join(f"{h}x{w}" for h, w in trained)
     return (f"warning: {name} was trained at {shown}; {height}x{width} is outside that (allowed: RoPE "
             f"extrapolates, but expect lower quality)")
+
+
+def profile_warning(name: str, policy: str, calibrated, height: int, width: int) -> str | None:
+    """One warning line when a schedule profile calibrated at ``calibrated`` (h, w) runs at another size; None when
+    it runs where it was measured or its resolution is not recorded."""
+    if calibrated is None or (height, width) == tuple(calibrated):
+        return None
+    return (f"warning: {name}'s schedule profile ({policy}) was calibrated at {calibrated[0]}x{calibrated[1]}; this "
+            f"run is {height}x{width}, where its quality is not measured (ddit-export calibrate --height {height} "
+            f"--width {width} measures it there)")

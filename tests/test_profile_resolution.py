@@ -92,3 +92,15 @@ def test_build_writes_the_models_profile_resolution():
         rank=4)), latent_channels=3, default_steps=8, guidance_embeds=False, scheduler_config={},
         default_prompt="p", trained_resolutions=None, schedule_resolution=(64, 64))
     assert _model_entry(model, SimpleNamespace(height=32, width=32), 8, {})["schedule_resolution"] == [64, 64]
+
+
+def test_evaluate_at_another_side_warns_and_notes_it(tiny_model_dir, tmp_path):
+    from ddit_export.quality.evaluate import evaluate
+    from ddit_export.settings import EvalSettings
+
+    folder = with_meta(tiny_model_dir, tmp_path, schedule_resolution=[32, 32])
+    lines = []
+    rep = evaluate(EvalSettings(model=str(folder), n_prompts=3, steps=4, side=48, training_free=False,
+                                out=str(tmp_path / "ev")), progress=False, log=lines.append, reference_n=8)
+    assert len(profile_lines(lines)) == 1 and "calibrated at 32x32; this run is 48x48" in profile_lines(lines)[0]
+    assert any("calibrated at 32x32" in n for n in rep["notes"])

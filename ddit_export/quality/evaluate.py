@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..settings import AdapterSettings, EvalSettings, parse_policy, policy_spec
+from ..shapes import profile_warning
 from ..zoo import scenes as S
 
 REFERENCE_N = 1000  # rendered scenes for the Fréchet reference statistics
@@ -161,6 +162,11 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
     adapters_src = str(settings.adapters or own) if have_adapters else None
 
     geom = loaded.geometry(settings.side, settings.side)  # a bad side is an error before any work
+    line = profile_warning(loaded.name, policy_spec(loaded.schedule_defaults),
+                           getattr(loaded, "schedule_resolution", None), geom.height, geom.width)
+    if line:  # the default profile's row is then measured where it was not calibrated
+        log(line)
+        notes.append(line[len("warning: "):])
     hw = dict(height=geom.height, width=geom.width)
     steps = settings.steps or loaded.default_steps
     default_tau = loaded.schedule_defaults.tau  # the rule's calibrated τ (whatever policy the profile names)
