@@ -86,7 +86,7 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
                  Method("ladder 0.551", "static", {"static": LADDER_551}),
                  Method("ladder 0.503", "static", {"static": LADDER_503}),
                  Method("ladder 2/6x4/16x2/4", "static", {"static": LADDER_44})]
-    for n in (3, 5, 8, 12):
+    for n in (3, 5, 8, 12, 16, 20):  # N >= 16: the default knobs' floor, 5 computed steps (warm-up 3, tail 1)
         rows.append(Method(f"taylor N={n}", "step cache (ours)", fine, {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method("taylor N=8 o2", "step cache (ours)", fine, {"mode": "taylor", "interval": 8, "order": 2}))
     for n, order, w, t in CACHE_PAST_FLOOR:
