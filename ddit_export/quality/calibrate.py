@@ -215,9 +215,6 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
 
         model = load_model(settings.model, settings.weights, adapters=settings.adapters)
         backend = TorchBackend(model.transformer)
-    scenes_ = readable(model, scenes_, settings.readable_only, log)[:settings.n_prompts]
-    work = Path(settings.work or f"runs/calibrate-{model.name}")
-    check_writable(work / "sweep.json")
     if settings.oracle is not None:  # a budget no ladder spends fails now, not after the sweep
         from ..schedule.oracle import ladder_family
         from .policies import step_costs
@@ -226,6 +223,9 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
             raise ConfigError(f"--oracle {settings.oracle:g}: no ladder schedule of "
                               f"{settings.steps or model.default_steps} steps spends that FLOP budget on "
                               f"{model.name} (the oracle searches ladders); give a larger budget")
+    scenes_ = readable(model, scenes_, settings.readable_only, log)[:settings.n_prompts]
+    work = Path(settings.work or f"runs/calibrate-{model.name}")
+    check_writable(work / "sweep.json")
     t0 = time.perf_counter()
     with backend:
         fine, rows = run_sweep(settings, model, backend, scenes_, work=work, progress=progress, log=log)
