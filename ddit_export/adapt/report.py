@@ -20,7 +20,8 @@ def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: b
         if k > 1:
             out[f"static-alt-k{k}"] = {"static": tuple(k if i >= 3 and i % 2 and i < steps - 1 else 1
                                                        for i in range(steps))}
-    if ladder is not None and getattr(ladder, "policy", None) == "ladder" and ladder.n4 + ladder.tail <= steps:
+    if (ladder is not None and getattr(ladder, "policy", None) == "ladder"
+            and ladder.head + ladder.n4 + ladder.tail <= steps):  # a profile longer than these steps: left out
         sizes_ = ladder_sizes(steps, ladder.head, ladder.n4, ladder.tail)
         if set(sizes_) <= set(sizes):
             out[f"ladder-{ladder.head}-{ladder.n4}-{ladder.tail}"] = {"static": sizes_}

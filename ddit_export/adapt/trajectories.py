@@ -57,13 +57,17 @@ CACHE_TAILS = (0, 1, 2)
 
 
 def cache_plan(steps: int, interval: int, warmup: int, tail: int) -> list[int]:
-    """1 = computed, 0 = extrapolated: the step cache's ``taylor`` decisions without a threshold
-    (:meth:`ddit_export.runtime.cache.StepCache.should_compute`)."""
-    plan, last = [], -steps
+    """1 = computed, 0 = extrapolated: the runtime step cache's own ``taylor`` decisions (no threshold, so they
+    depend on the step index alone), read off :class:`ddit_export.runtime.cache.StepCache`."""
+    from ..runtime.cache import StepCache
+    from ..settings import CacheSettings
+
+    cache = StepCache(CacheSettings(mode="taylor", interval=interval, order=0, warmup=warmup, tail=tail), steps)
+    plan = []
     for i in range(steps):
-        c = i < warmup or i >= steps - tail or i - last >= interval
-        plan.append(int(c))
-        last = i if c else last
+        plan.append(int(cache.should_compute(i, 0.0)))
+        if plan[-1]:
+            cache.update(i, 0.0, torch.zeros(1))
     return plan
 
 
