@@ -19,20 +19,32 @@ class Info(C.Structure):
     _fields_ = [(n, C.c_int) for n in ("height", "width", "grid_h", "grid_w", "tokens", "channels", "text_len",
                                        "joint_dim", "pooled_dim", "guidance_embeds", "default_steps",
                                        "latent_channels", "n_sizes")] + [
-        ("sizes", C.c_int * MAX_SIZES), ("device", C.c_char * 16)]
+        ("sizes", C.c_int * MAX_SIZES), ("device", C.c_char * 16)] + [
+        (n, C.c_int) for n in ("has_text_encoder", "has_decoder", "max_words", "threads", "verified")]
+
+
+class Cache(C.Structure):
+    _fields_ = [("mode", C.c_char * 8), ("interval", C.c_int), ("order", C.c_int), ("warmup", C.c_int),
+                ("tail", C.c_int), ("threshold", C.c_double), ("plan", C.POINTER(C.c_int)), ("n_plan", C.c_int)]
+
+
+class OpenOptions(C.Structure):
+    _fields_ = [("sizes", C.POINTER(C.c_int)), ("n_sizes", C.c_int), ("threads", C.c_int), ("verify", C.c_int)]
 
 
 class Request(C.Structure):
     _fields_ = [("batch", C.c_int), ("states", C.POINTER(C.c_float)), ("states_len", C.c_size_t),
                 ("pooled", C.POINTER(C.c_float)), ("pooled_len", C.c_size_t), ("steps", C.c_int),
                 ("guidance", C.c_float), ("seed", C.c_int64), ("init_latents", C.POINTER(C.c_float)),
-                ("init_len", C.c_size_t), ("schedule", C.POINTER(Schedule))]
+                ("init_len", C.c_size_t), ("schedule", C.POINTER(Schedule)), ("cache", C.POINTER(Cache)),
+                ("prompts", C.POINTER(C.c_char_p))]
 
 
 class Step(C.Structure):
     _fields_ = [("step", C.c_int), ("sigma", C.c_double), ("size", C.c_int), ("reason", C.c_char * 8),
                 ("tokens", C.c_int), ("n_sigmas", C.c_int), ("sigma_sizes", C.c_int * MAX_SIZES),
-                ("sigma_values", C.c_double * MAX_SIZES), ("seconds", C.c_double)]
+                ("sigma_values", C.c_double * MAX_SIZES), ("seconds", C.c_double), ("kind", C.c_char * 8),
+                ("flops", C.c_double)]
 
     def sigmas(self) -> dict:
         return {self.sigma_sizes[j]: self.sigma_values[j] for j in range(self.n_sigmas)}

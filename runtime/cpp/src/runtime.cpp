@@ -10,19 +10,18 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "backend.h"
-#include "error.h"
+#include "runtime.h"
 #include "scheduler.h"
 
 using ddit::Error;
 using ddit::argument_error;
+using ddit::guarded;
+using ddit::need;
 
-struct ddit_runtime {
-  ddit::Bundle bundle;
-  std::unique_ptr<ddit::Backend> backend;
-  std::vector<ddit_step> trace;
-  at::Tensor img_ids, txt_ids;
-};
+std::string& ddit::last_error() {
+  thread_local std::string message;
+  return message;
+}
 
 struct ddit_scheduler {
   std::unique_ptr<ddit::Scheduler> impl;
@@ -30,36 +29,6 @@ struct ddit_scheduler {
 };
 
 namespace {
-
-thread_local std::string g_last_error;
-
-template <class F>
-int guarded(F&& f) {
-  try {
-    f();
-    g_last_error.clear();
-    return DDIT_OK;
-  } catch (const Error& e) {
-    g_last_error = e.what();
-    return e.code;
-  } catch (const c10::Error& e) {
-    g_last_error = std::string("torch: ") + e.what_without_backtrace();
-    return DDIT_ERR_RUNTIME;
-  } catch (const std::bad_alloc&) {
-    g_last_error = "out of memory";
-    return DDIT_ERR_RUNTIME;
-  } catch (const std::exception& e) {
-    g_last_error = e.what();
-    return DDIT_ERR_RUNTIME;
-  } catch (...) {
-    g_last_error = "unknown error";
-    return DDIT_ERR_RUNTIME;
-  }
-}
-
-void need(const void* p, const char* what) {
-  if (!p) throw argument_error(std::string(what) + " is NULL");
-}
 
 ddit::ScheduleSettings to_settings(const ddit_schedule& s) {
   ddit::ScheduleSettings o;
@@ -202,8 +171,8 @@ std::string trace_json(const ddit_runtime* rt) {
 
 extern "C" {
 
-const char* ddit_last_error(void) { return g_last_error.c_str(); }
-const char* ddit_version(void) { return "ddit-cpp 0.1.0 (C API 1)"; }
+const char* ddit_last_error(void) { return ddit::last_error().c_str(); }
+const char* ddit_version(void) { return "ddit-cpp 0.2.0 (C API 2)"; }
 
 int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_runtime** out) {
   return guarded([&] {

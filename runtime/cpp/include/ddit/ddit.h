@@ -15,7 +15,7 @@
 extern "C" {
 #endif
 
-#define DDIT_API_VERSION 1
+#define DDIT_API_VERSION 2
 #define DDIT_MAX_SIZES 8
 
 typedef enum {
@@ -54,7 +54,32 @@ typedef struct {
   int n_sizes;                 /* the sizes loaded (ddit_open_sizes) */
   int sizes[DDIT_MAX_SIZES];
   char device[16];
+  int has_text_encoder;        /* 1: ddit_encode / request.prompts work (the bundle's word encoder is in the package) */
+  int has_decoder;             /* 1: ddit_decode / ddit_generate return pixels (pixel models; a compiled VAE decoder) */
+  int max_words;               /* the word tokenizer's max_length (0 without a text encoder) */
+  int threads;                 /* intra-op threads the model runs use (ddit_open_options.threads) */
+  int verified;                /* 1: every file this runtime reads matched the manifest's sha256 at open */
 } ddit_info;
+
+/* The step cache (ddit_export/runtime/cache.py, ported): TaylorSeer on the model's output. mode "off", "taylor"
+ * (warm-up computed steps, then one computed step every `interval`, the last `tail` computed; `order` 0/1/2 Newton
+ * extrapolation in sigma; threshold > 0 adds the error indicator, 0 = none) or "plan" (plan[i] = 1 computed,
+ * 0 cached; n_plan == steps). ddit_cache_defaults() fills it with the bundle manifest's cache profile. */
+typedef struct {
+  char mode[8];
+  int interval, order, warmup, tail;
+  double threshold;
+  const int* plan;
+  int n_plan;
+} ddit_cache;
+
+/* How to open a bundle. ddit_open_options_init() fills the defaults: every size, threads 1, verify 1. */
+typedef struct {
+  const int* sizes; int n_sizes;  /* NULL / 0: every size of the package */
+  int threads;                    /* intra-op (OpenMP and ATen) threads of the model runs, set by the library; >= 1 */
+  int verify;                     /* 1: sha256 of every file the runtime reads, checked against the manifest;
+                                     0: skipped, and every trace says "verified": false */
+} ddit_open_options;
 
 typedef struct {
   int batch;
@@ -65,6 +90,9 @@ typedef struct {
   int64_t seed;                             /* initial noise as FluxPipeline draws it (torch CPU generator) */
   const float* init_latents; size_t init_len; /* or these initial latents (batch * tokens * channels), not NULL */
   const ddit_schedule* schedule;            /* NULL: the bundle's defaults */
+  const ddit_cache* cache;                  /* NULL: the bundle's cache profile (off when it has none) */
+  const char* const* prompts;               /* or `batch` prompts, encoded by the bundle's text encoder
+                                               (states/pooled NULL then; needs info.has_text_encoder) */
 } ddit_request;
 
 typedef struct {
@@ -76,7 +104,9 @@ typedef struct {
   int n_sigmas;          /* rule steps: sigma_k of each candidate size k > 1 */
   int sigma_sizes[DDIT_MAX_SIZES];
   double sigma_values[DDIT_MAX_SIZES];
-  double seconds;        /* wall time of the model call */
+  double seconds;        /* wall time of the step (model call or extrapolation), device synchronised */
+  char kind[8];          /* "model": the transformer ran; "cached": the step cache extrapolated */
+  double flops;          /* the step's transformer FLOPs as ddit_export/flops.py counts them (0 when cached) */
 } ddit_step;
 
 const char* ddit_last_error(void);
@@ -85,16 +115,31 @@ const char* ddit_version(void);
 /* Open a bundle with every size of its AOTInductor package (sizes NULL / n 0) or only the given ones. */
 int ddit_open(const char* bundle_dir, ddit_runtime** out);
 int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_runtime** out);
+void ddit_open_options_init(ddit_open_options* opts);
+int ddit_open_ex(const char* bundle_dir, const ddit_open_options* opts, ddit_runtime** out);
+int ddit_cache_defaults(const ddit_runtime* rt, ddit_cache* out);
 void ddit_close(ddit_runtime* rt);
 int ddit_get_info(const ddit_runtime* rt, ddit_info* out);
 int ddit_schedule_defaults(const ddit_runtime* rt, ddit_schedule* out);
 
 /* Denoise; writes the final latents (batch * tokens * channels floats) into out_latents. */
 int ddit_denoise(ddit_runtime* rt, const ddit_request* req, float* out_latents, size_t out_len);
-/* The trace of the last ddit_denoise. */
+/* Prompts -> text embeddings with the bundle's word encoder (states: n * text_len * joint_dim floats, pooled:
+ * n * pooled_dim). Unknown words, characters other than letters/spaces/punctuation, empty or too long prompts are
+ * DDIT_ERR_ARGUMENT naming the word, as the Python tokenizer does. */
+int ddit_encode(ddit_runtime* rt, const char* const* prompts, int n, float* states, size_t states_len,
+                float* pooled, size_t pooled_len);
+/* Final latents (batch * tokens * channels) -> RGB pixels, uint8 (batch, height, width, 3), exactly as the Python
+ * runtime decodes them (images.pixels_to_pil for pixel models; the compiled VAE decoder for FLUX bundles). */
+int ddit_decode(ddit_runtime* rt, const float* latents, size_t latents_len, int batch, uint8_t* pixels,
+                size_t pixels_len);
+/* ddit_denoise then ddit_decode: prompts (or embeddings) in, pixels out. */
+int ddit_generate(ddit_runtime* rt, const ddit_request* req, uint8_t* pixels, size_t pixels_len);
+/* The trace of the last ddit_denoise / ddit_generate. */
 int ddit_trace_length(const ddit_runtime* rt, int* n);
 int ddit_trace_step(const ddit_runtime* rt, int i, ddit_step* out);
-/* The trace as JSON; *needed is the byte count with the final NUL (call with cap 0 to ask). */
+/* The trace as JSON in Python's format ("format": "ddit-trace/1", schedule/trace.py), which `ddit-export schedule`
+ * reads; *needed is the byte count with the final NUL (call with cap 0 to ask). */
 int ddit_trace_json(const ddit_runtime* rt, char* buf, size_t cap, size_t* needed);
 
 /* One model call of variant `size` (the per-step dispatch, for benchmarks): latents (batch * tokens * channels),
