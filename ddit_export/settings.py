@@ -17,14 +17,18 @@ DEFAULT_EPS = 0.4
 MIN_WARMUP = 3  # the third-order difference needs four latents, so steps 0..2 always run fine
 DEFAULT_WARMUP = 3
 DEFAULT_LORA_RANK = 32
-WINDOWS = ("any", "same-size")
+WINDOWS = ("any", "same-size", "fine")
+#: what the rule takes the third difference of: the noisy latents (the paper) or the predicted clean sample x̂0
+SIGNALS = ("latent", "x0")
 VIDEO_STDS = ("clip", "frame")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
 #: coarse-to-fine family, "probe" the adaptive policy, "fine" every step at size 1 (fine-only, no knobs).
 POLICIES = ("ddit", "ladder", "probe", "fine")
 PROBE_KNOBS = ("head", "n4", "tail", "extra", "detail")
+#: the rule's variants beyond the paper (issue 19); left out of manifests and policy specs at their defaults
+RULE_VARIANT_KNOBS = ("tau4", "signal", "hold")
 #: The knobs each policy reads (the others in ScheduleSettings are kept but ignored by it).
-POLICY_KNOBS = {"ddit": ("tau", "eps", "warmup", "window", "video_std"), "ladder": ("head", "n4", "tail"),
+POLICY_KNOBS = {"ddit": ("tau", "eps", "warmup", "window", "video_std", "tau4", "signal", "hold"), "ladder": ("head", "n4", "tail"),
                 "probe": (*PROBE_KNOBS, "video_std"), "fine": ()}
 
 
@@ -42,7 +46,12 @@ class ScheduleSettings:
     # "any": the paper's rule, decided at every step. "same-size": decide only when the last three steps ran at
     # one size, else keep the current size; a coarse step changes the latents' third difference for the next
     # three steps, which with "any" locks the rule into three fine steps per coarse one (see calibration/).
+    # "fine" (issue 19): decide only on windows of three fine steps; after a coarse decision hold that size for
+    # ``hold`` steps, then run fine probe steps until the window is fine again.
     window: str = "any"
+    tau4: float = 0.0  # ddit: size 4's own threshold (0: tau for every size)
+    signal: str = "latent"  # ddit: Δ³ of the latents (the paper) or of the predicted clean sample x̂0 = x − σ·v
+    hold: int = 4  # ddit with window "fine": coarse steps before the fine probe steps
     head: int = 0  # ladder/probe: fine steps first
     n4: int = 0  # ladder/probe: steps at size 4 after the head
     tail: int = 4  # ladder: fine steps at the end; probe: the fewest fine steps at the end
@@ -64,6 +73,12 @@ class ScheduleSettings:
         if self.warmup < MIN_WARMUP:
             raise ConfigError(f"warmup must be >= {MIN_WARMUP} (the third-order difference needs four latents), "
                               f"got {self.warmup}")
+        if not (self.tau4 >= 0 and math.isfinite(self.tau4)):
+            raise ConfigError(f"tau4 must be >= 0 (0: tau) and finite, got {self.tau4}")
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+        if self.hold < 1:
+            raise ConfigError(f"hold must be >= 1, got {self.hold}")
         if self.window not in WINDOWS:
             raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
         if self.video_std not in VIDEO_STDS:
@@ -148,6 +163,9 @@ def policy_spec(s: ScheduleSettings) -> str:
     knobs = knobs if knobs is not None else PROBE_KNOBS
     if s.policy in ("ddit", "probe") and s.video_std != ScheduleSettings.video_std:
         knobs = (*knobs, "video_std")  # named only when not the default: image specs keep their old form
+    if s.policy == "ddit":  # the issue-19 variants, likewise named only when set
+        knobs = (*knobs, *(k for k in RULE_VARIANT_KNOBS if getattr(s, k) != getattr(ScheduleSettings, k)
+                           and (k != "hold" or s.window == "fine")))
     return f"{s.policy}:" + ",".join(f"{k}={getattr(s, k):g}" if isinstance(getattr(s, k), float)
                                      else f"{k}={getattr(s, k)}" for k in knobs)
 

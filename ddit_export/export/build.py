@@ -156,9 +156,14 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
 def _schedule_entry(schedule, video: bool) -> dict:
     """The manifest's schedule: every knob; an image bundle leaves out the video-only ``video_std`` (so its manifest
     stays version 1 exactly as before, and readers from before video keep reading it)."""
+    from ..settings import RULE_VARIANT_KNOBS, ScheduleSettings
+
     d = dataclasses.asdict(schedule)
     if not video:
         d.pop("video_std", None)
+    for k in RULE_VARIANT_KNOBS:  # the rule's variants only when set: older readers (the C++ runtime) see them
+        if d[k] == getattr(ScheduleSettings, k):
+            d.pop(k)
     return d
 
 

@@ -10,6 +10,14 @@ A batch takes one decision: the largest σ_k over its samples counts (coarse onl
 ``window="same-size"`` (not in the paper) decides only when the last three steps, whose latents make up Δ³, ran
 at one size, and otherwise keeps the size of the last step ("hold").
 
+Issue 19's variants (none is the paper's; measured in docs/rule-variants-flux-mini-64.md):
+- ``tau4 > 0``: size 4 has its own threshold (τ₄ ≠ τ₂); size 2 and larger sizes keep ``tau``.
+- ``signal="x0"``: Δ³ of the predicted clean sample x̂0 = x − σ·v of the last four steps (from ``observe``)
+  instead of the noisy latents.
+- ``window="fine"``: decide only on windows whose three steps ran fine, so a coarse step's own error never feeds
+  the rule; after a coarse decision keep that size for ``hold`` steps ("hold"), then run fine probe steps
+  ("probe") until the window is fine again.
+
 Video grids are (F, h, w) token frames x rows x cols (fine tokens ordered f, y, x). A size k merges k x k spatial
 tokens inside one token frame, so a patch is spatial; ``video_std`` says over what its std is taken: "clip" = the
 k x k patch across all F token frames (one value per (h/k, w/k) patch: a patch whose Δ³ changes from frame to
@@ -18,6 +26,7 @@ frame counts as rough), "frame" = each frame's k x k patch alone (one value per 
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -80,6 +89,19 @@ class DDiTPolicy:
         self.grid = tuple(grid)  # (h, w) or a video's (F, h, w)
         self.sizes = tuple(sorted(k for k in sizes if divides(grid, k)))
         self.taken: list[int] = []  # sizes this policy chose, step by step (one policy per generation)
+        self.x0: list[np.ndarray] = []  # signal "x0": x̂0 of every step so far (observe)
+        if settings.signal == "x0":
+            self.observe = self._observe_x0
+            self.needs_history = False  # reads x̂0 through observe() instead of the latent history
+
+    def _observe_x0(self, step: int, latents, velocity, sigma: float, sigma_next: float):
+        from .probe import _numpy
+
+        self.x0 = (self.x0 + [_numpy(latents) - sigma * _numpy(velocity)])[-4:]
+
+    def threshold(self, k: int) -> float:
+        s = self.settings
+        return s.tau4 if k == 4 and s.tau4 > 0 else s.tau
 
     def decide(self, step: int, history: Sequence[np.ndarray]) -> Decision:
         d = self._decide(step, history)
@@ -87,13 +109,21 @@ class DDiTPolicy:
         return d
 
     def _decide(self, step: int, history: Sequence[np.ndarray]) -> Decision:
-        if step < self.settings.warmup or len(history) < 4:
+        s = self.settings
+        if s.signal == "x0":
+            history = self.x0  # x̂0 of steps step-4 .. step-1
+        if step < s.warmup or len(history) < 4:
             return Decision(1, {}, "warmup")
         last3 = self.taken[-3:]
-        if self.settings.window == "same-size" and len(set(last3)) > 1:
+        if s.window == "same-size" and len(set(last3)) > 1:
             return Decision(last3[-1], {}, "hold")  # the window mixes sizes: its Δ³ says little; keep going
+        if s.window == "fine" and last3 != [1, 1, 1]:
+            run = len(self.taken) - len(list(itertools.takewhile(lambda k: k == self.taken[-1],
+                                                                 reversed(self.taken))))
+            if self.taken[-1] > 1 and len(self.taken) - run < s.hold:
+                return Decision(self.taken[-1], {}, "hold")  # the coarse size the last fine window chose
+            return Decision(1, {}, "probe")  # fine steps until the window is fine again
         d3 = third_difference(history)
-        sigmas = {k: float(sigma_at(d3, self.grid, k, self.settings.eps, self.settings.video_std).max())
-                  for k in self.sizes if k > 1}
-        passing = [k for k, s in sigmas.items() if s < self.settings.tau]
+        sigmas = {k: float(sigma_at(d3, self.grid, k, s.eps, s.video_std).max()) for k in self.sizes if k > 1}
+        passing = [k for k, v in sigmas.items() if v < self.threshold(k)]
         return Decision(max(passing, default=1), sigmas, "rule")

@@ -114,3 +114,59 @@ def test_same_size_window_holds_until_the_window_is_homogeneous():
     assert [d.reason for d in got][3:] == ["rule", "hold", "hold", "rule", "hold", "hold", "rule"]
     with pytest.raises(ConfigError):
         ScheduleSettings(window="sometimes")
+
+
+def test_size_four_can_have_its_own_threshold():
+    d3 = _checker(0.5)  # std 0.5 at sizes 2 and 4
+    both = ScheduleSettings(tau=0.6)
+    strict4 = ScheduleSettings(tau=0.6, tau4=0.4)
+    loose4 = ScheduleSettings(tau=0.4, tau4=0.6)
+    assert DDiTPolicy(both, GRID, (1, 2, 4)).decide(5, _history(d3)).size == 4
+    assert DDiTPolicy(strict4, GRID, (1, 2, 4)).decide(5, _history(d3)).size == 2  # 4 refused, 2 passes
+    assert DDiTPolicy(loose4, GRID, (1, 2, 4)).decide(5, _history(d3)).size == 4  # 2 refused, 4 passes
+    with pytest.raises(ConfigError, match="tau4"):
+        ScheduleSettings(tau4=-1.0)
+
+
+def test_fine_window_decides_on_fine_steps_holds_then_probes():
+    smooth = _history(_checker(0.001))
+    pol = DDiTPolicy(ScheduleSettings(tau=0.01, window="fine", hold=3), GRID, (1, 2, 4))
+    got = [pol.decide(i, smooth) for i in range(14)]
+    # warm-up 3 fine; rule -> 4; held to 3 steps at 4; 3 fine probe steps; rule again on a fine window
+    assert [d.size for d in got] == [1, 1, 1, 4, 4, 4, 1, 1, 1, 4, 4, 4, 1, 1]
+    assert [d.reason for d in got][3:10] == ["rule", "hold", "hold", "probe", "probe", "probe", "rule"]
+    rough = _history(np.random.default_rng(2).normal(size=(1, 64, 12)))
+    fine = DDiTPolicy(ScheduleSettings(tau=0.01, window="fine"), GRID, (1, 2, 4))
+    assert [fine.decide(i, rough).reason for i in range(6)] == ["warmup"] * 3 + ["rule"] * 3  # fine: decide every step
+
+
+def test_x0_signal_takes_the_difference_of_the_predicted_clean_sample():
+    """signal x0: the rule reads x̂0 = x - σ v of the last four steps (observe), not the latents it is given."""
+    rng2 = np.random.default_rng(3)
+    xs = [rng2.normal(size=(1, 64, 12)) for _ in range(6)]
+    vs = [rng2.normal(size=(1, 64, 12)) for _ in range(6)]
+    sig = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    pol = DDiTPolicy(ScheduleSettings(tau=1e9, signal="x0"), GRID, (1, 2, 4))
+    assert not pol.needs_history
+    decided = []
+    for i in range(6):
+        decided.append(pol.decide(i, []))  # the latent history is not read
+        pol.observe(i, xs[i], vs[i], sig[i], 0.0)
+    x0 = [x - s * v for x, s, v in zip(xs, sig, vs)]
+    assert [d.reason for d in decided] == ["warmup"] * 4 + ["rule"] * 2  # four x̂0 exist after step 3
+    want = sigma_at(third_difference(x0[1:5]), GRID, 2, 0.4)[0]
+    assert decided[5].sigmas[2] == pytest.approx(want, rel=1e-12)
+    assert decided[5].size == 4
+
+
+def test_rule_variants_stay_out_of_specs_and_manifests_at_their_defaults():
+    from ddit_export.export.build import _schedule_entry
+    from ddit_export.settings import parse_policy, policy_spec
+
+    plain = ScheduleSettings(tau=0.002)
+    assert policy_spec(plain) == "ddit:tau=0.002,eps=0.4,warmup=3,window=any"
+    assert set(_schedule_entry(plain, video=False)) & {"tau4", "signal", "hold"} == set()
+    var = parse_policy("ddit:tau=0.002,tau4=0.001,signal=x0,window=fine,hold=5")
+    assert (var.tau4, var.signal, var.window, var.hold) == (0.001, "x0", "fine", 5)
+    assert parse_policy(policy_spec(var)) == var
+    assert _schedule_entry(var, video=False)["signal"] == "x0"

@@ -32,7 +32,12 @@ static ScheduleSettings read_schedule(const json& s) {
   out.tau = s.value("tau", out.tau);
   out.eps = s.value("eps", out.eps);
   out.warmup = s.value("warmup", out.warmup);
-  out.same_size_window = s.value("window", std::string("any")) == "same-size";
+  const std::string window = s.value("window", std::string("any"));
+  if (window != "any" && window != "same-size")
+    throw Error(DDIT_ERR_UNSUPPORTED, "schedule window '" + window + "' is not ported to the C++ runtime");
+  if (s.value("signal", std::string("latent")) != "latent" || s.value("tau4", 0.0) != 0.0)
+    throw Error(DDIT_ERR_UNSUPPORTED, "the rule's signal/tau4 variants are not ported to the C++ runtime");
+  out.same_size_window = window == "same-size";
   out.head = s.value("head", 0);
   out.n4 = s.value("n4", 0);
   out.tail = s.value("tail", 4);
