@@ -286,7 +286,7 @@ def test_ddit_run_example(cpp_build, cpp_lib, aoti_bundle, tmp_path):
 CACHES = {
     "taylor-3-o1": dict(mode="taylor", interval=3, order=1),
     "taylor-3-o2": dict(mode="taylor", interval=3, order=2),
-    "threshold": dict(mode="taylor", interval=6, order=1, threshold=0.02),
+    "threshold": dict(mode="taylor", interval=6, order=1, threshold=1.0),  # computes some steps early here
     "plan": dict(mode="plan", plan=(1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1)),
 }
 
@@ -319,6 +319,9 @@ def test_step_cache_equals_python(cpp_lib, aoti_bundle, aoti_python, name, tmp_p
     model, backend = aoti_python
     py = _python_cached(model, backend, CACHES[name], seed=2)
     assert "cached" in py.trace.kinds and "model" in py.trace.kinds
+    if CACHES[name].get("threshold"):  # the error indicator decides some steps (not the interval alone)
+        plain = {k: v for k, v in CACHES[name].items() if k != "threshold"}
+        assert _python_cached(model, backend, plain, seed=2).trace.kinds != py.trace.kinds
     states, pooled = _embeddings(model, PROMPTS[:1])
     rt = cpp_lib.open_ex(aoti_bundle, threads=1)
     try:
@@ -383,7 +386,7 @@ def test_bad_cache_settings(cpp_lib, aoti_bundle, aoti_python):
     states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
     rt = cpp_lib.open_ex(aoti_bundle)
     try:
-        for c, needle in [(mk("sometimes"), "cache mode"), (mk(interval=0), "interval"), (mk(order=3), "order"),
+        for c, needle in [(mk("often"), "cache mode"), (mk(interval=0), "interval"), (mk(order=3), "order"),
                           (mk(warmup=0), "warm-up"), (mk(tail=-1), "tail"), (mk(threshold=-0.1), "threshold"),
                           (mk(threshold=float("nan")), "threshold"), (mk("plan"), "mode 'plan' needs a plan"),
                           (mk("plan", plan=(0,) + (1,) * 11), "starting with 1"),
@@ -508,6 +511,25 @@ def test_threads_setting(cpp_lib, aoti_bundle, aoti_python):
         cpp_lib.close(two)
     np.testing.assert_array_equal(a, c)
     assert _psnr(a, b) >= 60.0  # threads change summation order at most
+
+
+def test_python_aoti_backend_threads(aoti_bundle):
+    """generate --threads with --backend aoti: the Python AOTInductor backend sets torch's threads for its runs."""
+    from ddit_export.errors import ConfigError
+    from ddit_export.runtime.backends.aoti import AotiBackend
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    before = torch.get_num_threads()
+    try:
+        model, backend = open_bundle(aoti_bundle, backend="aoti", threads=2, verify=False)
+        assert backend.threads == 2
+        torch.set_num_threads(1)
+        _python_run(model, backend, static=(1,) * STEPS)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads"):
+        AotiBackend(aoti_bundle, threads=0, verify=False)
 
 
 def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
