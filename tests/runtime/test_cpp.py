@@ -473,11 +473,15 @@ def test_verified_open(cpp_lib, aoti_bundle, aoti_python, tmp_path):
     assert e.value.code == 2 and "no sha256 for aoti/transformer.pt2" in e.value.message
 
 
+@pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("n", [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000, (1 << 20) + 3])
-def test_sha256_equals_hashlib(cpp_lib, aoti_bundle, tmp_path, n):
-    """The C++ SHA-256 over weights.bin of n bytes (every padding case): the manifest holds hashlib's digest, so
-    a correct hash passes verification and the open stops later, at the (too short) weights."""
+def test_sha256_equals_hashlib(cpp_lib, aoti_bundle, tmp_path, monkeypatch, n, portable):
+    """The C++ SHA-256 over weights.bin of n bytes (every padding case), with the x86 SHA extensions where the CPU
+    has them and the portable code: the manifest holds hashlib's digest, so a correct hash passes verification and
+    the open stops later, at the (too short) weights."""
     import hashlib
+
+    monkeypatch.setenv("DDIT_SHA256_PORTABLE", "1" if portable else "0")
 
     folder = tmp_path / "b"
     folder.mkdir()

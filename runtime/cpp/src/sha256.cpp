@@ -7,9 +7,16 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "error.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define DDIT_SHA_NI 1
+#endif
 
 namespace ddit {
 namespace {
@@ -26,11 +33,68 @@ constexpr uint32_t K[64] = {
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+#ifdef DDIT_SHA_NI
+// The x86 SHA extensions (SHA-NI): about 5-8x the portable code, which matters for a 24 GB weights.bin. The round
+// structure is the public-domain one of Intel's white paper (and noloader's SHA-Intrinsics), written as a loop.
+bool have_sha_ni() {
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29)) && __get_cpuid(1, &a, &b, &c, &d) &&
+         (c & (1u << 19));  // SHA, SSE4.1
+}
+
+__attribute__((target("sha,sse4.1"))) void blocks_sha_ni(uint32_t h[8], const uint8_t* data, size_t n) {
+  const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)), 0xB1);  // CDAB
+  __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 4)), 0x1B);  // EFGH
+  __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);  // ABEF
+  s1 = _mm_blend_epi16(s1, tmp, 0xF0);       // CDGH
+  for (; n >= 64; data += 64, n -= 64) {
+    const __m128i abef = s0, cdgh = s1;
+    __m128i m[4];
+#pragma GCC unroll 16
+    for (int g = 0; g < 16; ++g) {  // rounds 4g .. 4g+3
+      if (g < 4) m[g] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(data + 16 * g)), mask);
+      __m128i msg = _mm_add_epi32(m[g % 4], _mm_loadu_si128(reinterpret_cast<const __m128i*>(K + 4 * g)));
+      s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+      if (g >= 3 && g <= 14) {  // the schedule's next four words
+        const int nx = (g + 1) % 4;
+        m[nx] = _mm_sha256msg2_epu32(_mm_add_epi32(m[nx], _mm_alignr_epi8(m[g % 4], m[(g + 3) % 4], 4)), m[g % 4]);
+      }
+      s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(msg, 0x0E));
+      if (g >= 1 && g <= 12) m[(g + 3) % 4] = _mm_sha256msg1_epu32(m[(g + 3) % 4], m[g % 4]);
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(s0, 0x1B);  // FEBA
+  s1 = _mm_shuffle_epi32(s1, 0xB1);   // DCHG
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h), _mm_blend_epi16(tmp, s1, 0xF0));    // DCBA
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 4), _mm_alignr_epi8(s1, tmp, 8));  // HGFE
+}
+
+const bool kShaNi = have_sha_ni();
+#endif
+
+// DDIT_SHA256_PORTABLE=1 forces the portable code, so the tests check both against hashlib on one machine
+bool use_sha_ni() {
+#ifdef DDIT_SHA_NI
+  const char* e = std::getenv("DDIT_SHA256_PORTABLE");
+  return kShaNi && !(e && std::strcmp(e, "1") == 0);
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
-Sha256::Sha256() : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+Sha256::Sha256()
+    : ni_(use_sha_ni()),
+      h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
 
 void Sha256::block(const uint8_t* p) {
+#ifdef DDIT_SHA_NI
+  if (ni_) return blocks_sha_ni(h_, p, 64);
+#endif
   uint32_t w[64];
   for (int i = 0; i < 16; ++i)
     w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 | uint32_t(p[4 * i + 2]) << 8 | p[4 * i + 3];
@@ -74,6 +138,14 @@ void Sha256::update(const uint8_t* data, size_t n) {
     block(buf_);
     fill_ = 0;
   }
+#ifdef DDIT_SHA_NI
+  if (ni_ && n >= 64) {
+    const size_t whole = n & ~size_t(63);
+    blocks_sha_ni(h_, data, whole);
+    data += whole;
+    n -= whole;
+  }
+#endif
   for (; n >= 64; data += 64, n -= 64) block(data);
   std::memcpy(buf_, data, n);
   fill_ = n;

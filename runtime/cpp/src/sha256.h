@@ -15,6 +15,7 @@ class Sha256 {
 
  private:
   void block(const uint8_t* p);
+  bool ni_;  // the x86 SHA extensions (unless DDIT_SHA256_PORTABLE=1)
   uint32_t h_[8];
   uint8_t buf_[64];
   size_t fill_ = 0;
