@@ -3,6 +3,7 @@
 // the fine-token latents from sigma_i to sigma_{i+1}. Every C++ exception stops at the extern "C" functions.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
@@ -88,8 +89,9 @@ std::string settings_json(const ddit_request& q, int steps, const ddit::Schedule
   nlohmann::ordered_json sched = {{"policy", s.policy}, {"tau", s.tau}, {"eps", s.eps}, {"warmup", s.warmup},
                                   {"window", s.same_size_window ? "same-size" : "any"}, {"head", s.head},
                                   {"n4", s.n4}, {"tail", s.tail}};
-  nlohmann::ordered_json g = {{"batch", q.batch}, {"seed", q.init_latents ? nlohmann::ordered_json() : nlohmann::ordered_json(q.seed)},
-                              {"steps", steps}, {"guidance", q.guidance}, {"schedule", sched}};
+  using ojson = nlohmann::ordered_json;
+  ojson g = {{"batch", q.batch}, {"seed", q.init_latents ? ojson() : ojson(q.seed)}, {"steps", steps},
+             {"guidance", q.guidance}, {"schedule", sched}};
   g["static"] = s.policy == "static" ? nlohmann::ordered_json(s.static_sizes) : nlohmann::ordered_json();
   g["coarse_first"] = s.policy == "coarse-first" ? nlohmann::ordered_json({s.coarse_steps, s.coarse_size})
                                                   : nlohmann::ordered_json();
@@ -219,7 +221,8 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
       v = cache->predict(sigma);
     }
     x = x + (sigmas[i + 1] - sigmas[i]) * v;  // FlowMatchEulerDiscreteScheduler.step, float32
-    if (dev.type() == at::kCUDA) x.cpu();  // the step's time includes the device work (a sync)
+    if (dev.type() != at::kCPU)  // the step's time includes the device work
+      at::accelerator::synchronizeDevice(dev.has_index() ? dev.index() : at::accelerator::getDeviceIndex());
     fill_step(trace[i], i, sigma, d, b.tokens() / (d.size * d.size));
     trace[i].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::strncpy(trace[i].kind, computed ? "model" : "cached", sizeof(trace[i].kind) - 1);
