@@ -108,7 +108,7 @@ def model_options(f):
 @click.option("--fallback-ort", is_flag=True, help="With --backend tensorrt: fall back to ONNX Runtime (saying "
                                                    "why) when TensorRT cannot run the bundle here.")
 @click.option("--threads", type=int, callback=threads_at_least_1,
-              help="ONNX Runtime intra-op threads (with --bundle).")
+              help="Intra-op threads with --bundle: ONNX Runtime's, or torch's for --backend aoti.")
 @click.option("--memory", type=click.Choice(["shared", "fast"]), default="shared", show_default=True,
               help="With --bundle on ONNX Runtime: shared = the weights held once for all sizes; fast = each size's "
                    "session pre-packs its own copy (standalone speed, more memory; README has both numbers).")

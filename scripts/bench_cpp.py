@@ -106,13 +106,14 @@ def main():
         fine = ",".join(["1"] * a.steps)
         rss_one = peak_rss(exe, bundle, emb, "1", a.steps, fine)
         rss_all = peak_rss(exe, bundle, emb, sizes, a.steps, fine)
+        # the library sets its own threads (ddit_open_ex): the same count as the Python backends here
         cpp = json.loads(run([exe, bundle, "--states", emb / "states.npy", "--pooled", emb / "pooled.npy",
-                              "--bench-steps", a.repeats]))
+                              "--bench-steps", a.repeats, "--threads", torch.get_num_threads()]))
     try:
         ort = python_steps(OrtBundleBackend(bundle, threads=a.threads), model, cond, a.repeats)
     except ImportError as e:  # the GPU machine has no onnxruntime
         ort = f"not run: {e}"
-    aoti_py = python_steps(AotiBackend(bundle), model, cond, a.repeats)
+    aoti_py = python_steps(AotiBackend(bundle, threads=torch.get_num_threads()), model, cond, a.repeats)
     fine_step = cpp["sizes"]["1"]["step_s"]
     switch = {k: v["after_switch_s"] - v["step_s"] for k, v in cpp["sizes"].items()}
     result = {"bundle": str(bundle), "device": model.manifest.aoti["device"], "torch_threads": torch.get_num_threads(),

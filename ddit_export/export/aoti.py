@@ -28,7 +28,8 @@ PACKAGE = f"{AOTI_DIR}/transformer.pt2"
 ALIGN = 64
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # weights stay out of the .so (they come from weights.bin at load time); one multi-model package for all sizes
-INDUCTOR_CONFIGS = {"aot_inductor.package": True, "aot_inductor.package_constants_in_so": False}
+INDUCTOR_CONFIGS = {"aot_inductor.package": True, "aot_inductor.package_constants_in_so": False,
+                    "cpp.dynamic_threads": True}  # OpenMP threads read at run time (ddit_open_ex threads)
 
 
 def model_name(size: int) -> str:

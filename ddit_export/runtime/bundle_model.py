@@ -110,7 +110,7 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     elif backend == "aoti":
         from .backends.aoti import AotiBackend
 
-        run_backend = AotiBackend(folder, manifest=man)  # the files were hashed just above
+        run_backend = AotiBackend(folder, manifest=man, threads=threads)  # the files were hashed just above
         ort_backend.text_only = True
         run_backend.activate()
     else:

@@ -81,6 +81,28 @@ class Lib:
         self.call("ddit_open_sizes", str(folder).encode(), arr, len(sizes or ()), C.byref(rt))
         return rt
 
+    def open_ex(self, folder, *, threads=1, verify=True, sizes=None):
+        opts = OpenOptions()
+        self.lib.ddit_open_options_init(C.byref(opts))
+        arr = (C.c_int * len(sizes))(*sizes) if sizes else None
+        opts.sizes, opts.n_sizes = (C.cast(arr, C.POINTER(C.c_int)) if arr else None), len(sizes or ())
+        opts.threads, opts.verify = threads, int(verify)
+        rt = C.c_void_p()
+        self.call("ddit_open_ex", str(folder).encode(), C.byref(opts), C.byref(rt))
+        return rt
+
+    def cache_defaults(self, rt) -> Cache:
+        out = Cache()
+        self.call("ddit_cache_defaults", rt, C.byref(out))
+        return out
+
+    def trace_json(self, rt) -> str:
+        need = C.c_size_t()
+        self.call("ddit_trace_json", rt, None, C.c_size_t(0), C.byref(need))
+        buf = C.create_string_buffer(need.value)
+        self.call("ddit_trace_json", rt, buf, C.c_size_t(need.value), C.byref(need))
+        return buf.value.decode()
+
     def info(self, rt) -> Info:
         out = Info()
         self.call("ddit_get_info", rt, C.byref(out))
@@ -91,11 +113,12 @@ class Lib:
         self.call("ddit_schedule_defaults", rt, C.byref(out))
         return out
 
-    def denoise(self, rt, states, pooled, *, steps, seed=0, latents=None, schedule=None, guidance=3.5):
+    def denoise(self, rt, states, pooled, *, steps, seed=0, latents=None, schedule=None, guidance=3.5, cache=None,
+                batch=None):
         info = self.info(rt)
         states = np.ascontiguousarray(states, np.float32)
         pooled = np.ascontiguousarray(pooled, np.float32)
-        b = pooled.shape[0]
+        b = pooled.shape[0] if batch is None else batch
         q = Request(batch=b, states=fptr(states), states_len=states.size, pooled=fptr(pooled),
                     pooled_len=pooled.size, steps=steps, guidance=guidance, seed=seed)
         if latents is not None:
@@ -103,7 +126,9 @@ class Lib:
             q.init_latents, q.init_len = fptr(latents), latents.size
         if schedule is not None:
             q.schedule = C.pointer(schedule)
-        out = np.zeros((b, info.tokens, info.channels), np.float32)
+        if cache is not None:
+            q.cache = C.pointer(cache)
+        out = np.zeros((max(b, 1), info.tokens, info.channels), np.float32)
         self.call("ddit_denoise", rt, C.byref(q), fptr(out), C.c_size_t(out.size))
         return out
 
@@ -117,6 +142,16 @@ class Lib:
 
     def close(self, rt):
         self.lib.ddit_close(rt)
+
+
+def cache(mode="taylor", *, interval=4, order=1, warmup=3, tail=1, threshold=None, plan=None) -> Cache:
+    """A ddit_cache; threshold None is 0 (none), as the C API has it."""
+    c = Cache(mode=mode.encode(), interval=interval, order=order, warmup=warmup, tail=tail,
+              threshold=threshold or 0.0)
+    if plan is not None:
+        c._plan = (C.c_int * len(plan))(*plan)  # kept alive with the struct
+        c.plan, c.n_plan = C.cast(c._plan, C.POINTER(C.c_int)), len(plan)
+    return c
 
 
 def schedule(policy: str, *, tau=0.001, eps=0.4, warmup=3, same_size=False, head=0, n4=0, tail=4,

@@ -231,7 +231,8 @@ def test_bad_inputs_return_error_codes(cpp_lib, aoti_bundle, tiny_bundle, tmp_pa
     truncated = shutil.copytree(aoti_bundle, tmp_path / "truncated")
     with open(truncated / "weights.bin", "r+b") as f:
         f.truncate(1000)
-    fails(2, "truncated", cpp_lib.open, truncated)
+    fails(2, "sha256 mismatch", cpp_lib.open, truncated)  # verified at open (the default)
+    fails(2, "truncated", cpp_lib.open_ex, truncated, verify=False)
 
     rt = cpp_lib.open(aoti_bundle)
     try:
@@ -278,3 +279,285 @@ def test_ddit_run_example(cpp_build, cpp_lib, aoti_bundle, tmp_path):
     bad = subprocess.run(cmd[:2] + ["--states", str(tmp_path / "nope.npy"), "--pooled", "x"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+# --- C API 2: step cache, Python's trace format, verified bundles, strict inputs, threads (issue 21) ---
+
+CACHES = {
+    "taylor-3-o1": dict(mode="taylor", interval=3, order=1),
+    "taylor-3-o2": dict(mode="taylor", interval=3, order=2),
+    "threshold": dict(mode="taylor", interval=6, order=1, threshold=1.0),  # computes some steps early here
+    "plan": dict(mode="plan", plan=(1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1)),
+}
+
+
+@pytest.fixture(scope="module")
+def aoti_python(aoti_bundle):
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    return open_bundle(aoti_bundle, backend="aoti", threads=1)
+
+
+def _python_cached(model, backend, cache, *, seed=0):
+    from ddit_export.api import build_settings
+    from ddit_export.runtime.generate import generate
+    from ddit_export.settings import CacheSettings
+
+    c = CacheSettings(**{k: (tuple(v) if k == "plan" else v) for k, v in cache.items()})
+    gs = build_settings(model, prompts=PROMPTS[:1], steps=STEPS, seed=seed, cache=c)
+    return generate(model, backend, gs, progress=False, decode=False)
+
+
+@pytest.mark.parametrize("name", list(CACHES))
+def test_step_cache_equals_python(cpp_lib, aoti_bundle, aoti_python, name, tmp_path):
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+    from ddit_export.schedule.trace import Trace
+    from tests.runtime.cpp_api import cache as mk_cache
+
+    model, backend = aoti_python
+    py = _python_cached(model, backend, CACHES[name], seed=2)
+    assert "cached" in py.trace.kinds and "model" in py.trace.kinds
+    if CACHES[name].get("threshold"):  # the error indicator decides some steps (not the interval alone)
+        plain = {k: v for k, v in CACHES[name].items() if k != "threshold"}
+        assert _python_cached(model, backend, plain, seed=2).trace.kinds != py.trace.kinds
+    states, pooled = _embeddings(model, PROMPTS[:1])
+    rt = cpp_lib.open_ex(aoti_bundle, threads=1)
+    try:
+        got = cpp_lib.denoise(rt, states, pooled, steps=STEPS, seed=2, cache=mk_cache(**CACHES[name]))
+        trace = cpp_lib.trace(rt)
+        doc = cpp_lib.trace_json(rt)
+    finally:
+        cpp_lib.close(rt)
+    assert [s.kind.decode() for s in trace] == py.trace.kinds
+    assert [s.size for s in trace] == py.trace.sizes
+    assert [s.flops for s in trace] == [s.flops for s in py.trace.steps]  # flops.py's count, ported
+    assert _psnr(got, py.latents.numpy()) >= 40.0
+    # the JSON is Python's ddit-trace/1: Trace.load reads it and `ddit-export schedule` shows it
+    path = tmp_path / "cpp.json"
+    path.write_text(doc)
+    d = json.loads(doc)
+    want = py.trace.to_dict()
+    assert set(want) <= set(d) and {"runtime", "backend", "verified", "threads"} <= set(d)
+    assert (d["runtime"], d["backend"], d["verified"], d["threads"]) == ("ddit-cpp", "aoti", True, 1)
+    assert [list(s) for s in d["steps"]] == [list(s) for s in want["steps"]]  # the same keys, in order
+    for k in ("model", "grid", "fine_flops_per_step", "format", "coarse_fraction", "total_flops",
+              "flops_ratio", "cached_fraction"):
+        assert d[k] == pytest.approx(want[k]), k
+    assert d["settings"]["generate"]["cache"] == want["settings"]["generate"]["cache"]
+    t = Trace.load(path)
+    assert t.kinds == py.trace.kinds and t.sizes == py.trace.sizes and t.flops == py.trace.flops
+    assert [s.timestep for s in t.steps] == pytest.approx([s.timestep for s in py.trace.steps], rel=1e-7)
+    r = CliRunner().invoke(main, ["schedule", str(path), "--plot", str(tmp_path / "cpp.png")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cpp.png").stat().st_size > 0 and "FLOPs vs fine-only" in r.output
+
+
+def test_cache_profile_of_the_manifest(cpp_lib, aoti_bundle, aoti_python, tmp_path):
+    """request.cache NULL = the manifest's cache profile; ddit_cache_defaults reads it; a bad one is refused."""
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    folder = shutil.copytree(aoti_bundle, tmp_path / "profiled")
+    profile = dict(mode="taylor", interval=3, order=2, warmup=2, tail=2, threshold=None, plan=None)
+    _edit_manifest(folder, lambda d: d.update(cache=profile))
+    model, backend = open_bundle(folder, backend="aoti", threads=1)
+    py = _python_cached(model, backend, {k: v for k, v in profile.items() if v is not None})
+    states, pooled = _embeddings(model, PROMPTS[:1])
+    rt = cpp_lib.open_ex(folder, verify=False)
+    try:
+        c = cpp_lib.cache_defaults(rt)
+        assert (c.mode, c.interval, c.order, c.warmup, c.tail, c.threshold, c.n_plan) == (b"taylor", 3, 2, 2, 2, 0, 0)
+        got = cpp_lib.denoise(rt, states, pooled, steps=STEPS, seed=0)  # no request.cache: the profile
+        assert [s.kind.decode() for s in cpp_lib.trace(rt)] == py.trace.kinds
+    finally:
+        cpp_lib.close(rt)
+    assert _psnr(got, py.latents.numpy()) >= 40.0
+    _edit_manifest(folder, lambda d: d.update(cache=dict(profile, order=5)))
+    with pytest.raises(DDiTError) as e:
+        cpp_lib.open_ex(folder, verify=False)
+    assert e.value.code == 2 and "cache order must be 0, 1 or 2" in e.value.message
+
+
+def test_bad_cache_settings(cpp_lib, aoti_bundle, aoti_python):
+    from tests.runtime.cpp_api import cache as mk
+
+    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
+    rt = cpp_lib.open_ex(aoti_bundle)
+    try:
+        for c, needle in [(mk("often"), "cache mode"), (mk(interval=0), "interval"), (mk(order=3), "order"),
+                          (mk(warmup=0), "warm-up"), (mk(tail=-1), "tail"), (mk(threshold=-0.1), "threshold"),
+                          (mk(threshold=float("nan")), "threshold"), (mk("plan"), "mode 'plan' needs a plan"),
+                          (mk("plan", plan=(0,) + (1,) * 11), "starting with 1"),
+                          (mk("plan", plan=(1, 2) + (1,) * 10), "1 (computed) / 0 (cached)"),
+                          (mk("plan", plan=(1, 0, 1)), "3 entries for 12 steps")]:
+            with pytest.raises(DDiTError) as e:
+                cpp_lib.denoise(rt, states, pooled, steps=STEPS, cache=c)
+            assert e.value.code == 1 and needle in e.value.message, (needle, e.value.message)
+    finally:
+        cpp_lib.close(rt)
+
+
+def test_strict_inputs(cpp_lib, aoti_bundle):
+    rt = cpp_lib.open_ex(aoti_bundle)
+    info = cpp_lib.info(rt)
+    states = np.zeros((1, info.text_len, info.joint_dim), np.float32)
+    pooled = np.zeros((1, info.pooled_dim), np.float32)
+
+    def refused(needle, *a, **k):
+        with pytest.raises(DDiTError) as e:
+            cpp_lib.denoise(rt, *a, **k)
+        assert e.value.code == 1 and needle in e.value.message, (needle, e.value.message)
+
+    try:
+        bad = states.copy()
+        bad[0, 1, 2] = np.nan
+        refused("request.states contain NaN", bad, pooled, steps=4)
+        bad[0, 1, 2] = np.inf
+        refused("request.states contain NaN or infinite", bad, pooled, steps=4)
+        badp = pooled.copy()
+        badp[0, -1] = -np.inf
+        refused("request.pooled contain NaN or infinite", states, badp, steps=4)
+        for tau in (0.0, -1.0, float("nan"), float("inf")):
+            refused("schedule.tau", states, pooled, steps=8, schedule=schedule("ddit", tau=tau))
+        for eps in (0.0, 1.0, float("nan")):
+            refused("schedule.eps", states, pooled, steps=8, schedule=schedule("ddit", eps=eps))
+        refused("request.steps must be >= 1", states, pooled, steps=-1)
+        refused("request.batch must be >= 1", states, pooled, steps=4, batch=0)
+        refused("request.pooled", states, np.zeros((1, info.pooled_dim + 1), np.float32), steps=4)
+        refused("request.pooled", np.concatenate([states, states]), pooled, steps=4, batch=2)
+        refused("request.guidance", states, pooled, steps=4, guidance=float("nan"))
+        cpp_lib.denoise(rt, states, pooled, steps=0)  # 0: the bundle's default steps
+        assert len(cpp_lib.trace(rt)) == info.default_steps
+    finally:
+        cpp_lib.close(rt)
+    with pytest.raises(DDiTError) as e:
+        cpp_lib.open_ex(aoti_bundle, threads=0)
+    assert e.value.code == 1 and "threads" in e.value.message
+
+
+def _flip_byte(path, at):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 1]))
+
+
+def test_verified_open(cpp_lib, aoti_bundle, aoti_python, tmp_path):
+    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
+    rt = cpp_lib.open(aoti_bundle)  # ddit_open verifies (the defaults)
+    try:
+        assert cpp_lib.info(rt).verified == 1 and cpp_lib.info(rt).threads == 1
+    finally:
+        cpp_lib.close(rt)
+    for name in ("weights.bin", "aoti/transformer.pt2"):
+        damaged = shutil.copytree(aoti_bundle, tmp_path / name.replace("/", "_"))
+        _flip_byte(damaged / name, (damaged / name).stat().st_size // 2)  # same size, one bit off
+        with pytest.raises(DDiTError) as e:
+            cpp_lib.open_ex(damaged)
+        assert e.value.code == 2 and "sha256 mismatch" in e.value.message and name in e.value.message
+        assert "damaged" in e.value.message
+    rt = cpp_lib.open_ex(tmp_path / "weights.bin", verify=False)  # skipped: it opens, and says so
+    try:
+        assert cpp_lib.info(rt).verified == 0
+        cpp_lib.denoise(rt, states, pooled, steps=4)
+        assert json.loads(cpp_lib.trace_json(rt))["verified"] is False
+    finally:
+        cpp_lib.close(rt)
+    unhashed = shutil.copytree(aoti_bundle, tmp_path / "unhashed")
+    _edit_manifest(unhashed, lambda d: d["files"].pop("aoti/transformer.pt2"))
+    with pytest.raises(DDiTError) as e:
+        cpp_lib.open_ex(unhashed)
+    assert e.value.code == 2 and "no sha256 for aoti/transformer.pt2" in e.value.message
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000, (1 << 20) + 3])
+def test_sha256_equals_hashlib(cpp_lib, aoti_bundle, tmp_path, monkeypatch, n, portable):
+    """The C++ SHA-256 over weights.bin of n bytes (every padding case), with the x86 SHA extensions where the CPU
+    has them and the portable code: the manifest holds hashlib's digest, so a correct hash passes verification and
+    the open stops later, at the (too short) weights."""
+    import hashlib
+
+    monkeypatch.setenv("DDIT_SHA256_PORTABLE", "1" if portable else "0")
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    shutil.copy(aoti_bundle / "manifest.json", folder / "manifest.json")
+    (folder / "aoti").symlink_to(aoti_bundle / "aoti")
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    (folder / "weights.bin").write_bytes(data)
+    _edit_manifest(folder, lambda d: d["files"].update({"weights.bin": hashlib.sha256(data).hexdigest()}))
+    with pytest.raises(DDiTError) as e:
+        cpp_lib.open_ex(folder)
+    assert e.value.code == 2 and "sha256 mismatch" not in e.value.message, e.value.message
+    assert "truncated" in e.value.message or "cannot read" in e.value.message
+    _edit_manifest(folder, lambda d: d["files"].update({"weights.bin": hashlib.sha256(data + b"x").hexdigest()}))
+    with pytest.raises(DDiTError) as e:
+        cpp_lib.open_ex(folder)
+    assert "sha256 mismatch" in e.value.message
+
+
+def test_threads_setting(cpp_lib, aoti_bundle, aoti_python):
+    """Two handles with different thread counts, used alternately: each reports its own, both give the result."""
+    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
+    one, two = cpp_lib.open_ex(aoti_bundle, threads=1), cpp_lib.open_ex(aoti_bundle, threads=2, verify=False)
+    try:
+        assert (cpp_lib.info(one).threads, cpp_lib.info(two).threads) == (1, 2)
+        a = cpp_lib.denoise(one, states, pooled, steps=6, seed=4, schedule=schedule("static", static=(1, 2, 4, 2, 1, 1)))
+        b = cpp_lib.denoise(two, states, pooled, steps=6, seed=4, schedule=schedule("static", static=(1, 2, 4, 2, 1, 1)))
+        c = cpp_lib.denoise(one, states, pooled, steps=6, seed=4, schedule=schedule("static", static=(1, 2, 4, 2, 1, 1)))
+        assert json.loads(cpp_lib.trace_json(two))["threads"] == 2
+    finally:
+        cpp_lib.close(one)
+        cpp_lib.close(two)
+    np.testing.assert_array_equal(a, c)
+    assert _psnr(a, b) >= 60.0  # threads change summation order at most
+
+
+def test_python_aoti_backend_threads(aoti_bundle):
+    """generate --threads with --backend aoti: the Python AOTInductor backend sets torch's threads for its runs."""
+    from ddit_export.errors import ConfigError
+    from ddit_export.runtime.backends.aoti import AotiBackend
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    before = torch.get_num_threads()
+    try:
+        model, backend = open_bundle(aoti_bundle, backend="aoti", threads=2, verify=False)
+        assert backend.threads == 2
+        torch.set_num_threads(1)
+        _python_run(model, backend, static=(1,) * STEPS)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads"):
+        AotiBackend(aoti_bundle, threads=0, verify=False)
+
+
+def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
+    from tests.runtime.cpp_api import cache as mk_cache
+
+    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
+    np.save(tmp_path / "states.npy", states)
+    np.save(tmp_path / "pooled.npy", pooled)
+    cmd = [str(cpp_build / "ddit-run"), str(aoti_bundle), "--states", str(tmp_path / "states.npy"),
+           "--pooled", str(tmp_path / "pooled.npy"), "--steps", "10", "--seed", "1", "--threads", "2",
+           "--no-verify", "--cache", "taylor", "--cache-interval", "3", "--cache-order", "2", "--cache-warmup", "2",
+           "--cache-tail", "2", "--out", str(tmp_path / "latents.npy"), "--trace", str(tmp_path / "trace.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert (trace["threads"], trace["verified"]) == (2, False)
+    kinds = [s["kind"] for s in trace["steps"]]
+    assert kinds == ["model", "model", "cached", "cached", "model", "cached", "cached", "model", "model", "model"]
+    rt = cpp_lib.open_ex(aoti_bundle, threads=2)
+    try:
+        want = cpp_lib.denoise(rt, states, pooled, steps=10, seed=1,
+                               cache=mk_cache(interval=3, order=2, warmup=2, tail=2))
+    finally:
+        cpp_lib.close(rt)
+    np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), want)
+    bad = subprocess.run(cmd[:-4] + ["--cache-order", "7"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "cache order" in bad.stderr

@@ -61,7 +61,10 @@ def load_variant(package: Path, entry: dict, weights: torch.Tensor, *, device: s
 class AotiBackend(BackendBase):
     name = "aoti"
 
-    def __init__(self, folder, *, verify: bool = True, manifest=None):
+    def __init__(self, folder, *, verify: bool = True, manifest=None, threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.threads = threads  # intra-op threads of the runs (None: torch's); the C++ runtime's ddit_open_ex threads
         self.folder = Path(folder)
         self.manifest = manifest if manifest is not None else bundle_mod.load(self.folder, hashes=verify)
         self.section = bundle_mod.aoti_section(self.folder, self.manifest)
@@ -98,6 +101,9 @@ class AotiBackend(BackendBase):
         feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states, "pooled_projections": cond.pooled,
                  "timestep": timestep, "img_ids": image_ids(grid), "txt_ids": cond.txt_ids, "guidance": guidance}
         args = [feeds[n].to(dev, dt).contiguous() for n in self.section["inputs"]]
+        if self.threads and torch.get_num_threads() != self.threads:
+            # the package is compiled with dynamic OpenMP threads: its kernels read this count at run time
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             out = self.models[size](*args)
         out = out[0] if isinstance(out, (list, tuple)) else out

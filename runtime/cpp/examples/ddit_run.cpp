@@ -5,6 +5,8 @@
 //            [--policy ddit|ladder|coarse-first|static] [--tau T] [--eps E] [--schedule 1,1,2,...]
 //            [--coarse-first K:SIZE] [--ladder HEAD,N4,TAIL] [--sizes 1,2,4] [--guidance G]
 //            [--out latents.npy] [--trace trace.json] [--repeat N] [--bench-steps N]
+//            [--threads N] [--no-verify] [--cache taylor|off] [--cache-interval N] [--cache-order N]
+//            [--cache-warmup N] [--cache-tail N] [--cache-threshold X]
 //
 // --bench-steps N: instead of a generation, time N calls of every loaded size (sizes interleaved) and the switch
 // cost (a call of size a right after size b vs after size a); prints JSON. Peak RSS (VmHWM) is printed last.
@@ -97,12 +99,21 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> opt;
   for (int i = 2; i < argc; ++i) {
     std::string k = argv[i];
+    if (k == "--no-verify") {  // the one flag without a value
+      opt["no-verify"] = "1";
+      continue;
+    }
     if (k.rfind("--", 0) != 0 || i + 1 >= argc) return fail("expected --option VALUE, got " + k);
     opt[k.substr(2)] = argv[++i];
   }
   std::vector<int> sizes = opt.count("sizes") ? ints(opt["sizes"]) : std::vector<int>{};
+  ddit_open_options oo;
+  ddit_open_options_init(&oo);
+  oo.sizes = sizes.data(), oo.n_sizes = int(sizes.size());
+  if (opt.count("threads")) oo.threads = std::stoi(opt["threads"]);
+  if (opt.count("no-verify")) oo.verify = 0;
   ddit_runtime* rt = nullptr;
-  if (ddit_open_sizes(argv[1], sizes.data(), int(sizes.size()), &rt) != DDIT_OK) return fail(ddit_last_error());
+  if (ddit_open_ex(argv[1], &oo, &rt) != DDIT_OK) return fail(ddit_last_error());
   ddit_info info;
   ddit_get_info(rt, &info);
   std::vector<float> states, pooled, init;
@@ -168,7 +179,17 @@ int main(int argc, char** argv) {
     std::snprintf(sched.policy, sizeof sched.policy, "ladder");
     sched.head = v[0], sched.n4 = v[1], sched.tail = v[2];
   }
+  ddit_cache cache;  // the bundle's cache profile, overridden by --cache*
+  ddit_cache_defaults(rt, &cache);
+  if (opt.count("cache")) std::snprintf(cache.mode, sizeof cache.mode, "%s", opt["cache"].c_str());
+  if (opt.count("cache-interval")) cache.interval = std::stoi(opt["cache-interval"]);
+  if (opt.count("cache-order")) cache.order = std::stoi(opt["cache-order"]);
+  if (opt.count("cache-warmup")) cache.warmup = std::stoi(opt["cache-warmup"]);
+  if (opt.count("cache-tail")) cache.tail = std::stoi(opt["cache-tail"]);
+  if (opt.count("cache-threshold")) cache.threshold = std::stod(opt["cache-threshold"]);
+  if (opt.count("cache") && opt["cache"] != "plan") cache.plan = nullptr, cache.n_plan = 0;
   ddit_request req{};
+  req.cache = &cache;
   req.batch = batch;
   req.states = states.data(), req.states_len = states.size();
   req.pooled = pooled.data(), req.pooled_len = pooled.size();

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "error.h"
+#include "sha256.h"
 
 namespace ddit {
 using json = nlohmann::json;
@@ -41,6 +42,38 @@ static ScheduleSettings read_schedule(const json& s) {
   out.head = s.value("head", 0);
   out.n4 = s.value("n4", 0);
   out.tail = s.value("tail", 4);
+  return out;
+}
+
+static FluxDims read_dims(const json& c) {
+  FluxDims m;  // flops.FluxDims.from_config: out_channels null -> in_channels
+  m.width = c.at("num_attention_heads").get<int64_t>() * c.at("attention_head_dim").get<int64_t>();
+  m.in_channels = c.at("in_channels").get<int64_t>();
+  m.out_channels = c.contains("out_channels") && !c["out_channels"].is_null() ? c["out_channels"].get<int64_t>()
+                                                                              : m.in_channels;
+  m.joint_dim = c.at("joint_attention_dim").get<int64_t>();
+  m.pooled_dim = c.at("pooled_projection_dim").get<int64_t>();
+  m.double_blocks = c.at("num_layers").get<int64_t>();
+  m.single_blocks = c.at("num_single_layers").get<int64_t>();
+  m.guidance = c.value("guidance_embeds", false);
+  return m;
+}
+
+// The manifest's cache profile, as CacheSettings.to_dict() writes it (threshold / plan null: none).
+static CacheSettings read_cache(const json& c, const std::string& path) {
+  CacheSettings out;
+  out.mode = c.value("mode", out.mode);
+  out.interval = c.value("interval", out.interval);
+  out.order = c.value("order", out.order);
+  out.warmup = c.value("warmup", out.warmup);
+  out.tail = c.value("tail", out.tail);
+  if (c.contains("threshold") && !c["threshold"].is_null()) out.threshold = c["threshold"].get<double>();
+  if (c.contains("plan") && !c["plan"].is_null()) out.plan = c["plan"].get<std::vector<int>>();
+  try {
+    out.check(-1);
+  } catch (const Error& e) {
+    throw bundle_error(path + ": field 'cache': " + e.what());
+  }
   return out;
 }
 
@@ -124,6 +157,11 @@ Bundle read_bundle(const std::string& folder) {
     b.pooled_dim = tc.at("pooled_projection_dim").get<int>();
     b.scheduler = read_scheduler(m.at("scheduler_config"), path);
     b.schedule = read_schedule(d.at("schedule"));
+    b.name = m.value("name", std::string());
+    b.lora_rank = m.value("lora_rank", 0);
+    b.dims = read_dims(tc);
+    b.files = d.at("files").get<std::map<std::string, std::string>>();
+    if (d.contains("cache") && !d["cache"].is_null()) b.cache = read_cache(d["cache"], path);
   } catch (const json::exception& e) {
     throw bundle_error(path + ": missing or malformed field (" + e.what() + ")");
   }
@@ -133,6 +171,21 @@ Bundle read_bundle(const std::string& folder) {
   if (b.grid_h < 1 || b.grid_w < 1 || b.variants.empty()) throw bundle_error(path + ": no token grid or no variants");
   if (b.dtype != "fp32") throw Error(DDIT_ERR_UNSUPPORTED, path + ": the C++ runtime runs fp32 bundles; this is " + b.dtype);
   return b;
+}
+
+std::vector<std::string> runtime_files(const Bundle& b) { return {"weights.bin", b.package}; }
+
+void verify_files(const Bundle& b) {
+  for (const auto& rel : runtime_files(b)) {
+    const std::string p = b.folder + "/" + rel;
+    auto it = b.files.find(rel);
+    if (it == b.files.end())
+      throw bundle_error(b.folder + "/manifest.json: 'files' has no sha256 for " + rel +
+                         ", which the runtime reads; the bundle cannot be verified: rebuild it");
+    if (sha256_file(p) != it->second)
+      throw bundle_error("sha256 mismatch: " + p + " (differs from manifest.json; the file is damaged or was "
+                         "changed after the build)");
+  }
 }
 
 std::vector<float> flux_sigmas(const SchedulerConfig& c, int steps, int image_tokens) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "cache_settings.h"
+#include "flops.h"
 #include "scheduler.h"
 
 namespace ddit {
@@ -44,6 +46,11 @@ struct Bundle {
   std::vector<AotiVariant> variants;
   ScheduleSettings schedule;
   SchedulerConfig scheduler;
+  std::string name;                          // model.name (a trace's "model")
+  FluxDims dims;                             // model.transformer_config, for the FLOPs
+  int lora_rank = 0;
+  CacheSettings cache;                       // the manifest's cache profile ("cache"; absent: off)
+  std::map<std::string, std::string> files;  // relative path -> sha256
 
   int tokens() const { return grid_h * grid_w; }
   int channels() const { return latent_channels * 4; }
@@ -52,6 +59,12 @@ struct Bundle {
 
 // Parse and check manifest.json of `folder`; throws ddit::Error (DDIT_ERR_BUNDLE) naming the file and field.
 Bundle read_bundle(const std::string& folder);
+
+// The files of the bundle this runtime reads (weights.bin, the AOTInductor package): what verify_files hashes.
+std::vector<std::string> runtime_files(const Bundle& b);
+
+// Check each runtime file's sha256 against the manifest's `files`; throws DDIT_ERR_BUNDLE naming the file.
+void verify_files(const Bundle& b);
 
 // FLUX's sigmas for `steps` steps (FluxPipeline: linspace(1, 1/steps) shifted by the resolution's mu), float32 as
 // diffusers computes them, with the final 0 appended (steps + 1 values).

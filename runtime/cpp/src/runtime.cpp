@@ -3,13 +3,19 @@
 // the fine-token latents from sigma_i to sigma_{i+1}. Every C++ exception stops at the extern "C" functions.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/DeviceAccelerator.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cache.h"
+#include "flops.h"
 #include "runtime.h"
 #include "scheduler.h"
 
@@ -21,6 +27,10 @@ using ddit::need;
 std::string& ddit::last_error() {
   thread_local std::string message;
   return message;
+}
+
+void ddit::use_threads(const ddit_runtime* rt) {
+  if (at::get_num_threads() != rt->threads) at::set_num_threads(rt->threads);
 }
 
 struct ddit_scheduler {
@@ -47,6 +57,50 @@ ddit::ScheduleSettings to_settings(const ddit_schedule& s) {
     o.static_sizes.assign(s.static_sizes, s.static_sizes + s.n_static);
   }
   return o;
+}
+
+ddit::CacheSettings to_cache(const ddit_cache& c) {
+  ddit::CacheSettings o;
+  o.mode = std::string(c.mode, strnlen(c.mode, sizeof(c.mode)));
+  o.interval = c.interval;
+  o.order = c.order;
+  o.warmup = c.warmup;
+  o.tail = c.tail;
+  o.threshold = c.threshold;
+  if (c.n_plan < 0) throw argument_error("cache.n_plan must be >= 0");
+  if (c.n_plan > 0) {
+    need(c.plan, "cache.plan");
+    o.plan.assign(c.plan, c.plan + c.n_plan);
+  }
+  return o;
+}
+
+nlohmann::ordered_json cache_dict(const ddit::CacheSettings& c) {  // CacheSettings.to_dict()
+  nlohmann::ordered_json d = {{"mode", c.mode}, {"interval", c.interval}, {"order", c.order}, {"warmup", c.warmup},
+                              {"tail", c.tail}};
+  d["threshold"] = c.threshold > 0 ? nlohmann::ordered_json(c.threshold) : nlohmann::ordered_json();
+  d["plan"] = c.plan.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(c.plan);
+  return d;
+}
+
+// The trace's "settings", shaped as Python's {"generate": GenerateSettings, "sizes": [...]} where they overlap.
+std::string settings_json(const ddit_request& q, int steps, const ddit::ScheduleSettings& s,
+                          const ddit::CacheSettings& c, const std::vector<int>& sizes) {
+  nlohmann::ordered_json sched = {{"policy", s.policy}, {"tau", s.tau}, {"eps", s.eps}, {"warmup", s.warmup},
+                                  {"window", s.same_size_window ? "same-size" : "any"}, {"head", s.head},
+                                  {"n4", s.n4}, {"tail", s.tail}};
+  using ojson = nlohmann::ordered_json;
+  ojson g = {{"batch", q.batch}, {"seed", q.init_latents ? ojson() : ojson(q.seed)}, {"steps", steps},
+             {"guidance", q.guidance}, {"schedule", sched}};
+  g["static"] = s.policy == "static" ? nlohmann::ordered_json(s.static_sizes) : nlohmann::ordered_json();
+  g["coarse_first"] = s.policy == "coarse-first" ? nlohmann::ordered_json({s.coarse_steps, s.coarse_size})
+                                                  : nlohmann::ordered_json();
+  g["cache"] = cache_dict(c);
+  return nlohmann::ordered_json({{"generate", g}, {"sizes", sizes}}).dump();
+}
+
+void check_finite(const at::Tensor& t, const char* what) {
+  if (!at::isfinite(t).all().item<bool>()) throw argument_error(std::string(what) + " contain NaN or infinite values");
 }
 
 void fill_step(ddit_step& st, int i, double sigma, const ddit::Decision& d, int tokens) {
@@ -109,7 +163,10 @@ ddit::StepInputs inputs(ddit_runtime* rt, const at::Tensor& x, const at::Tensor&
 
 void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len) {
   const ddit::Bundle& b = rt->bundle;
-  if (q.batch < 1) throw argument_error("batch must be >= 1");
+  if (q.batch < 1) throw argument_error("request.batch must be >= 1, got " + std::to_string(q.batch));
+  if (q.steps < 0)
+    throw argument_error("request.steps must be >= 1 (0: the bundle's default), got " + std::to_string(q.steps));
+  if (!std::isfinite(q.guidance)) throw argument_error("request.guidance must be a finite number");
   need(q.states, "request.states");
   need(q.pooled, "request.pooled");
   need(out, "out_latents");
@@ -120,6 +177,8 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   const int steps = q.steps > 0 ? q.steps : b.default_steps;
   ddit::ScheduleSettings ss = q.schedule ? to_settings(*q.schedule) : b.schedule;
   ddit::Scheduler sched(ss, b.grid_h, b.grid_w, rt->backend->sizes(), steps);
+  const ddit::CacheSettings cs = q.cache ? to_cache(*q.cache) : b.cache;
+  cs.check(steps);
   at::Tensor x;
   if (q.init_latents) {
     check_len("request.init_latents", q.init_len, B * N * C);
@@ -131,11 +190,20 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   }
   const at::Device dev = rt->backend->device();
   x = x.to(dev);
-  at::Tensor states = wrap(q.states, {q.batch, b.text_len, b.joint_dim}).to(dev).contiguous();
-  at::Tensor pooled = wrap(q.pooled, {q.batch, b.pooled_dim}).to(dev).contiguous();
+  const at::Tensor states_host = wrap(q.states, {q.batch, b.text_len, b.joint_dim});
+  const at::Tensor pooled_host = wrap(q.pooled, {q.batch, b.pooled_dim});
+  check_finite(states_host, "request.states");
+  check_finite(pooled_host, "request.pooled");
+  at::Tensor states = states_host.to(dev).contiguous();
+  at::Tensor pooled = pooled_host.to(dev).contiguous();
   const std::vector<float> sigmas = ddit::flux_sigmas(b.scheduler, steps, b.tokens());
   const float T = float(b.scheduler.num_train_timesteps);
   std::vector<ddit_step> trace(steps);
+  // the policy decides every step, cached ones included (generate.py): static schedules stay aligned to the step
+  // index and the rule's window has no gaps; a cached step records the chosen size with 0 FLOPs
+  std::unique_ptr<ddit::StepCache> cache;
+  if (cs.enabled()) cache = std::make_unique<ddit::StepCache>(cs, steps);
+  ddit::use_threads(rt);
   c10::InferenceMode guard;
   for (int i = 0; i < steps; ++i) {
     const float t = sigmas[i] * T;  // diffusers' timesteps; the model gets t / 1000
@@ -143,27 +211,66 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     if (sched.needs_history()) host = x.to(at::kCPU).contiguous();
     const ddit::Decision d = sched.decide(i, host.defined() ? host.data_ptr<float>() : nullptr, q.batch, int(C));
     const auto t0 = std::chrono::steady_clock::now();
-    at::Tensor v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance));
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    x = x + (sigmas[i + 1] - sigmas[i]) * v.to(at::kFloat);  // FlowMatchEulerDiscreteScheduler.step, float32
-    fill_step(trace[i], i, double(t / 1000.0f), d, b.tokens() / (d.size * d.size));
-    trace[i].seconds = secs;
+    const double sigma = double(t / 1000.0f);  // generate.py: float(t / 1000) of the float32 timestep
+    at::Tensor v;
+    const bool computed = !cache || cache->should_compute(i, sigma);
+    if (computed) {
+      v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance)).to(at::kFloat);
+      if (cache) cache->update(i, sigma, v);
+    } else {
+      v = cache->predict(sigma);
+    }
+    x = x + (sigmas[i + 1] - sigmas[i]) * v;  // FlowMatchEulerDiscreteScheduler.step, float32
+    if (dev.type() != at::kCPU)  // the step's time includes the device work
+      at::accelerator::synchronizeDevice(dev.has_index() ? dev.index() : at::accelerator::getDeviceIndex());
+    fill_step(trace[i], i, sigma, d, b.tokens() / (d.size * d.size));
+    trace[i].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::strncpy(trace[i].kind, computed ? "model" : "cached", sizeof(trace[i].kind) - 1);
+    trace[i].flops = computed ? double(ddit::step_flops(b.dims, b.tokens(), b.text_len, d.size, b.lora_rank, q.batch))
+                              : 0.0;
   }
   x = x.to(at::kCPU).contiguous();
   std::memcpy(out, x.data_ptr<float>(), B * N * C * sizeof(float));
   rt->trace = std::move(trace);
+  rt->fine_flops = ddit::step_flops(b.dims, b.tokens(), b.text_len, 1, 0, q.batch);
+  std::vector<int> usable;  // generate.py's "sizes": the loaded sizes dividing the grid
+  for (int k : rt->backend->sizes())
+    if (b.grid_h % k == 0 && b.grid_w % k == 0) usable.push_back(k);
+  std::sort(usable.begin(), usable.end());
+  rt->trace_settings = settings_json(q, steps, ss, cs, usable);
 }
 
+// schedule/trace.py Trace.to_dict() (format ddit-trace/1, keys in its order), plus where it ran
 std::string trace_json(const ddit_runtime* rt) {
-  nlohmann::json steps = nlohmann::json::array();
+  using ojson = nlohmann::ordered_json;
+  ojson steps = ojson::array();
+  double total = 0.0, coarse = 0.0, cached = 0.0;
   for (const auto& s : rt->trace) {
-    nlohmann::json sig = nlohmann::json::object();
+    ojson sig = ojson::object();
     for (int j = 0; j < s.n_sigmas; ++j) sig[std::to_string(s.sigma_sizes[j])] = s.sigma_values[j];
-    steps.push_back({{"step", s.step}, {"sigma", s.sigma}, {"size", s.size}, {"reason", s.reason},
-                     {"tokens", s.tokens}, {"sigmas", sig}, {"seconds", s.seconds}});
+    steps.push_back({{"step", s.step}, {"timestep", s.sigma}, {"size", s.size}, {"reason", s.reason},
+                     {"tokens", s.tokens}, {"flops", s.flops}, {"sigmas", sig}, {"seconds", s.seconds},
+                     {"kind", s.kind}});
+    total += s.flops;
+    coarse += s.size > 1;
+    cached += std::strcmp(s.kind, "cached") == 0;
   }
-  nlohmann::json d = {{"runtime", "ddit-cpp"}, {"backend", rt->backend->name()},
-                      {"grid", {rt->bundle.grid_h, rt->bundle.grid_w}}, {"steps", steps}};
+  const double n = double(rt->trace.size());
+  ojson d;
+  d["model"] = rt->bundle.name;
+  d["grid"] = {rt->bundle.grid_h, rt->bundle.grid_w};
+  d["settings"] = rt->trace_settings.empty() ? ojson::object() : ojson::parse(rt->trace_settings);
+  d["steps"] = steps;
+  d["fine_flops_per_step"] = rt->fine_flops;
+  d["format"] = "ddit-trace/1";
+  d["coarse_fraction"] = coarse / std::max(n, 1.0);
+  d["total_flops"] = total;
+  d["flops_ratio"] = n > 0 ? total / (double(rt->fine_flops) * n) : 1.0;
+  d["cached_fraction"] = cached / std::max(n, 1.0);
+  d["runtime"] = "ddit-cpp";
+  d["backend"] = rt->backend->name();
+  d["verified"] = rt->verified;
+  d["threads"] = rt->threads;
   return d.dump(1);
 }
 
@@ -174,14 +281,30 @@ extern "C" {
 const char* ddit_last_error(void) { return ddit::last_error().c_str(); }
 const char* ddit_version(void) { return "ddit-cpp 0.2.0 (C API 2)"; }
 
-int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_runtime** out) {
+void ddit_open_options_init(ddit_open_options* opts) {
+  if (!opts) return;
+  std::memset(opts, 0, sizeof *opts);
+  opts->threads = 1;
+  opts->verify = 1;
+}
+
+int ddit_open_ex(const char* bundle_dir, const ddit_open_options* opts, ddit_runtime** out) {
   return guarded([&] {
     need(bundle_dir, "bundle_dir");
+    need(opts, "options");
     need(out, "out");
     *out = nullptr;
+    const int* sizes = opts->sizes;
+    const int n_sizes = opts->n_sizes;
     if (n_sizes < 0 || (n_sizes > 0 && !sizes)) throw argument_error("sizes: NULL with n_sizes > 0");
+    if (opts->threads < 1)
+      throw argument_error("options.threads must be >= 1, got " + std::to_string(opts->threads));
     auto rt = std::make_unique<ddit_runtime>();
     rt->bundle = ddit::read_bundle(bundle_dir);
+    rt->threads = opts->threads;
+    if (opts->verify) ddit::verify_files(rt->bundle);  // before anything is loaded from the files
+    rt->verified = opts->verify != 0;
+    ddit::use_threads(rt.get());
     std::vector<int> want(sizes, sizes + n_sizes);
     if (rt->bundle.device != "cpu" && !at::hasCUDA())
       throw ddit::bundle_error("the AOTInductor package was compiled for " + rt->bundle.device +
@@ -194,7 +317,32 @@ int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_
   });
 }
 
+int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_runtime** out) {
+  ddit_open_options o;
+  ddit_open_options_init(&o);
+  o.sizes = sizes;
+  o.n_sizes = n_sizes;
+  return ddit_open_ex(bundle_dir, &o, out);
+}
+
 int ddit_open(const char* bundle_dir, ddit_runtime** out) { return ddit_open_sizes(bundle_dir, nullptr, 0, out); }
+
+int ddit_cache_defaults(const ddit_runtime* rt, ddit_cache* o) {
+  return guarded([&] {
+    need(rt, "runtime");
+    need(o, "out");
+    const auto& c = rt->bundle.cache;
+    std::memset(o, 0, sizeof *o);
+    std::strncpy(o->mode, c.mode.c_str(), sizeof(o->mode) - 1);
+    o->interval = c.interval;
+    o->order = c.order;
+    o->warmup = c.warmup;
+    o->tail = c.tail;
+    o->threshold = c.threshold;
+    o->plan = c.plan.empty() ? nullptr : c.plan.data();  // lives as long as the handle
+    o->n_plan = int(c.plan.size());
+  });
+}
 
 void ddit_close(ddit_runtime* rt) {
   guarded([&] { delete rt; });
@@ -221,6 +369,8 @@ int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
     for (int k : rt->backend->sizes())
       if (o->n_sizes < DDIT_MAX_SIZES) o->sizes[o->n_sizes++] = k;
     std::strncpy(o->device, b.device.c_str(), sizeof(o->device) - 1);
+    o->threads = rt->threads;
+    o->verified = rt->verified;
   });
 }
 
@@ -293,6 +443,7 @@ int ddit_run_variant(ddit_runtime* rt, int size, int batch, const float* latents
     if (std::find(have.begin(), have.end(), size) == have.end())
       throw ddit::bundle_error("size " + std::to_string(size) + " is not loaded");
     const at::Device dev = rt->backend->device();
+    ddit::use_threads(rt);
     c10::InferenceMode guard;
     at::Tensor x = wrap(latents, {batch, b.tokens(), b.channels()});
     at::Tensor s = wrap(states, {batch, b.text_len, b.joint_dim}).to(dev).contiguous();

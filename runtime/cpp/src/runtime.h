@@ -15,6 +15,10 @@ struct ddit_runtime {
   std::unique_ptr<ddit::Backend> backend;
   std::vector<ddit_step> trace;
   at::Tensor img_ids, txt_ids;
+  int threads = 1;        // intra-op threads of this handle's model runs (set before every run: ATen's is global)
+  bool verified = false;  // the runtime files matched the manifest's sha256 at open
+  std::string trace_settings;  // the last generation's settings, JSON (the trace's "settings")
+  int64_t fine_flops = 0;      // FLOPs of one fine step of the last generation (the trace's fine_flops_per_step)
 };
 
 namespace ddit {
@@ -50,5 +54,9 @@ int guarded(F&& f) {
 inline void need(const void* p, const char* what) {
   if (!p) throw argument_error(std::string(what) + " is NULL");
 }
+
+// Before every model run of a handle: its intra-op thread count. at::set_num_threads is process-wide for ATen and
+// sets OpenMP's count of the calling thread, which the AOTInductor kernels read (compiled with dynamic threads).
+void use_threads(const ddit_runtime* rt);
 
 }  // namespace ddit

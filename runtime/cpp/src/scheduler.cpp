@@ -80,7 +80,16 @@ Scheduler::Scheduler(const ScheduleSettings& s, int gh, int gw, const std::vecto
                                       "coarse-first or static (or the Python runtime for probe)");
   if (s.policy == "ddit") {
     if (s.warmup < 3) throw argument_error("warmup must be >= 3 (the third-order difference needs four latents)");
-    if (!(s.eps > 0 && s.eps < 1)) throw argument_error("eps must be in (0, 1)");
+    if (!(s.tau > 0 && std::isfinite(s.tau))) {
+      std::ostringstream m;
+      m << "schedule.tau must be > 0 and finite, got " << s.tau;
+      throw argument_error(m.str());
+    }
+    if (!(s.eps > 0 && s.eps < 1)) {
+      std::ostringstream m;
+      m << "schedule.eps must be in (0, 1), got " << s.eps;
+      throw argument_error(m.str());
+    }
     if (steps < s.warmup + 1) throw argument_error("steps must exceed the warm-up for the ddit policy");
     return;
   }
