@@ -8,7 +8,10 @@ constant name to its (offset, length, dtype, shape). A runtime maps ``weights.bi
 to every variant as user-managed constants, so the trunk's weights exist once in memory.
 
 The steps are small lazy callables (nothing compiles until called), as the TensorRT build's loaders are:
-``ExportedVariant`` -> ``CompiledVariant`` -> :func:`package_variants`.
+``ExportedVariant`` -> ``CompiledVariant`` -> :func:`package_variants`. A pixel model's word-level text encoder
+(``ExportedTextEncoder``) is compiled into the same package as model ``text_encoder``, its constants in the same
+``weights.bin`` (section ``aoti.text_encoder``), so the C++ runtime takes prompts and the Python ``aoti`` backend
+encodes them with the same kernels.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 # weights stay out of the .so (they come from weights.bin at load time); one multi-model package for all sizes
 INDUCTOR_CONFIGS = {"aot_inductor.package": True, "aot_inductor.package_constants_in_so": False,
                     "cpp.dynamic_threads": True}  # OpenMP threads read at run time (ddit_open_ex threads)
+
+
+TEXT_MODEL = "text_encoder"  # the word encoder's model name inside the package (pixel models)
 
 
 def model_name(size: int) -> str:
@@ -67,6 +73,25 @@ class ExportedVariant:
         dynamic = {n: (None if n in ("img_ids", "txt_ids") else {0: batch}) for n in names}
         with float32_rope(), torch.no_grad():
             return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+
+
+class ExportedTextEncoder:
+    """Lazy: a pixel model's word-level text encoder (ids int64, mask bool; (B, text_len) each) as a
+    ``torch.export`` program with a dynamic batch."""
+
+    def __init__(self, encoder, text_len: int, device: str = "cpu"):
+        self.encoder, self.text_len, self.device = encoder, text_len, device
+
+    def __call__(self):
+        from .onnx import EXPORT_BATCH, TEXT_INPUTS, TextModule
+
+        ids = torch.ones(EXPORT_BATCH, self.text_len, dtype=torch.long, device=self.device)
+        mask = torch.ones(EXPORT_BATCH, self.text_len, dtype=torch.bool, device=self.device)
+        batch = torch.export.Dim("batch", min=1, max=64)
+        module = TextModule(self.encoder.to(self.device)).eval()
+        with torch.no_grad():
+            return torch.export.export(module, (ids, mask), dynamic_shapes={n: {0: batch} for n in TEXT_INPUTS},
+                                       strict=False)
 
 
 class CompiledVariant:
@@ -160,20 +185,16 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
     geom, text_len = model.geometry(settings.height, settings.width), manifest.model["text_len"]
     steps = {model_name(k): CompiledVariant(ExportedVariant(mp, k, geom, text_len, dtype, device))
              for k in manifest.sizes}
+    text = model.extras.get("text_encoder") if manifest.text_encoder else None
+    if text is not None:
+        steps[TEXT_MODEL] = CompiledVariant(ExportedTextEncoder(text.float().eval(), text_len, device))
     writer = ConstantsWriter(folder, manifest.tensors.values())
     try:
         log(f"AOTInductor: compiling sizes {list(manifest.sizes)} for {device} (weights kept out of the code)")
         package_variants(folder / PACKAGE, steps)
-        variants = []
-        for k in manifest.sizes:
-            step = steps[model_name(k)]
-            names = _used_constants(folder / PACKAGE, model_name(k))
-            consts = _constants(step.program)
-            lacking = [n for n in names if n not in consts]
-            if lacking:
-                raise DDiTError(f"AOTInductor variant k={k} needs constants the export did not lift: {lacking[:3]}")
-            variants.append({"size": k, "model": model_name(k),
-                             "constants": [writer.add(n, consts[n]) for n in names]})
+        variants = [{"size": k, **_constant_entry(folder, steps, model_name(k), f"variant k={k}", writer)}
+                    for k in manifest.sizes]
+        text_entry = _constant_entry(folder, steps, TEXT_MODEL, "text encoder", writer) if text else None
         writer.close()
     except BaseException:
         writer.rollback()
@@ -183,7 +204,15 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
                "torch": torch.__version__, "inputs": [s.name for s in manifest.variants[0].inputs],
                "output": "velocity", "variants": variants,
                "weights": {"appended_to_weights_bin": (folder / WEIGHTS).stat().st_size - writer.original_size}}
+    if text_entry is not None:
+        section[TEXT_MODEL] = text_entry
     try:
+        if text_entry is not None:
+            text_entry["parity_max_abs"] = _text_parity(folder, section, text, text_len, manifest.text_encoder,
+                                                        device)
+            if not text_entry["parity_max_abs"] <= settings.tolerance:
+                raise DDiTError(f"AOTInductor text encoder differs from torch by {text_entry['parity_max_abs']:.3g} "
+                                f"(> {settings.tolerance:g}); aoti section not written")
         for v in variants:
             v["parity_max_abs"] = _parity(folder, section, mp, v["size"], geom, text_len, dtype, device)
             if not v["parity_max_abs"] <= settings.tolerance:
@@ -196,7 +225,20 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
     for v in variants:
         log(f"k={v['size']}: AOTInductor vs torch max abs diff {v['parity_max_abs']:.2e}, "
             f"{len(v['constants'])} constants from weights.bin")
+    if text_entry is not None:
+        log(f"text encoder: AOTInductor vs torch max abs diff {text_entry['parity_max_abs']:.2e}, "
+            f"{len(text_entry['constants'])} constants from weights.bin")
     return section
+
+
+def _constant_entry(folder: Path, steps: dict, name: str, what: str, writer: ConstantsWriter) -> dict:
+    """{model, constants} of one compiled model of the package: the constants it reads, appended to weights.bin."""
+    names = _used_constants(folder / PACKAGE, name)
+    consts = _constants(steps[name].program)
+    lacking = [n for n in names if n not in consts]
+    if lacking:
+        raise DDiTError(f"AOTInductor {what} needs constants the export did not lift: {lacking[:3]}")
+    return {"model": name, "constants": [writer.add(n, consts[n]) for n in names]}
 
 
 def _used_constants(package: Path, name: str) -> list[str]:
@@ -222,6 +264,22 @@ def _parity(folder: Path, section: dict, mp, k: int, geom, text_len: int, dtype,
     out = compiled(*args)
     out = out[0] if isinstance(out, (list, tuple)) else out
     return float((out.float() - ref).abs().max())
+
+
+def _text_parity(folder: Path, section: dict, encoder, text_len: int, entry: dict, device: str) -> float:
+    """Max |AOTInductor - torch| of the word encoder's states and pooled on two real prompts of its vocabulary."""
+    from ..models.text import tokenize
+    from ..runtime.backends.aoti import load_variant, map_weights
+
+    vocab = entry["vocab"]
+    prompts = [" ".join(vocab[:3]), " ".join(vocab[-min(len(vocab), text_len):])]
+    ids, mask = (torch.from_numpy(a).to(device) for a in tokenize(vocab, text_len, prompts))
+    with torch.no_grad():
+        ref = encoder.float()(ids, mask)
+    compiled = load_variant(folder / section["package"], section[TEXT_MODEL], map_weights(folder / WEIGHTS),
+                            device=device, cache={})
+    out = compiled(ids, mask)
+    return max(float((o.float() - r.float()).abs().max()) for o, r in zip(out, ref))
 
 
 def _update_manifest(folder: Path, section: dict, files: dict):

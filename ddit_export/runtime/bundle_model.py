@@ -83,7 +83,8 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
 
     ``backend="auto"`` runs TensorRT when the bundle has engines and tensorrt imports, else ONNX Runtime.
     ``"tensorrt"`` insists on TensorRT and fails with what to rebuild, unless ``fallback`` asks for ONNX Runtime.
-    ``"aoti"`` runs the AOTInductor package (``build --backend aoti``); the word encoder stays on ONNX Runtime.
+    ``"aoti"`` runs the AOTInductor package (``build --backend aoti``), the word encoder too when the package has
+    it (pixel bundles built with it in: what the C++ runtime runs); else the word encoder stays on ONNX Runtime.
     """
     from .backends.onnxruntime import OrtBundleBackend
 
@@ -108,11 +109,15 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
         run_backend = open_tensorrt(folder, fallback="onnxruntime" if fallback else None, verify=False)
         ort_backend.text_only = True  # the word encoder stays on ONNX Runtime
     elif backend == "aoti":
-        from .backends.aoti import AotiBackend
+        from .backends.aoti import AotiBackend, AotiTextEncoder
 
         run_backend = AotiBackend(folder, manifest=man, threads=threads)  # the files were hashed just above
         ort_backend.text_only = True
         run_backend.activate()
+        if man.text_encoder and AotiTextEncoder.available(run_backend.section):
+            text_backend = AotiTextEncoder(folder, run_backend.section)
+            text_backend.activate()
+            return BundleModel(man.model["name"], man, text_backend, None), run_backend
     else:
         run_backend = ort_backend
     pipeline_model = None

@@ -23,6 +23,29 @@ def test_constants_shared_once_across_sizes(aoti_bundle):
     assert all(base <= t.data_ptr() < base + weights.numel() for t in cache.values())  # views of the mapping
 
 
+def test_word_encoder_compiled_into_the_package(aoti_bundle):
+    """The pixel model's word encoder is model ``text_encoder`` of the same package, its constants in weights.bin
+    (past the ONNX graphs' bytes only where new); open_bundle(aoti) encodes with it, close to ONNX Runtime."""
+    from ddit_export.runtime.backends.aoti import AotiTextEncoder, constant_views, map_weights
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    d = json.loads((aoti_bundle / "manifest.json").read_text())
+    entry = d["aoti"]["text_encoder"]
+    assert entry["model"] == "text_encoder" and entry["parity_max_abs"] <= 1e-4
+    weights = map_weights(aoti_bundle / "weights.bin")
+    views = constant_views(entry, weights, "cpu", {})
+    assert len(views) == len(entry["constants"]) > 5
+    onnx_offsets = {row[1] for row in d["tensors"]["text_encoder.onnx"]}  # [name, offset, length, dtype, dims]
+    assert any(row[1] in onnx_offsets for row in entry["constants"])  # deduplicated against the ONNX tensors
+    aoti, _ = open_bundle(aoti_bundle, backend="aoti")
+    ort, _ = open_bundle(aoti_bundle)
+    assert isinstance(aoti.backend, AotiTextEncoder)
+    prompts = ["a large red circle at the center", "a small blue square at the left"]
+    a, b = aoti.encode(prompts), ort.encode(prompts)
+    np.testing.assert_allclose(a.states.numpy(), b.states.numpy(), atol=1e-5)
+    np.testing.assert_allclose(a.pooled.numpy(), b.pooled.numpy(), atol=1e-5)
+
+
 def test_generate_aoti_same_trace_as_onnxruntime(aoti_bundle, tmp_path):
     from ddit_export.api import generate_images
 

@@ -58,6 +58,37 @@ def load_variant(package: Path, entry: dict, weights: torch.Tensor, *, device: s
     return compiled
 
 
+class AotiTextEncoder:
+    """The package's compiled word encoder (model ``text_encoder``, pixel bundles built with this version): what
+    ``open_bundle(..., backend="aoti")`` encodes prompts with, the same kernels as the C++ runtime's ddit_encode.
+    Loaded on first use and kept (the transformer backend's activate/deactivate do not touch it)."""
+
+    def __init__(self, folder, section: dict):
+        self.folder, self.section, self.model, self.weights = Path(folder), section, None, None
+
+    @staticmethod
+    def available(section: dict) -> bool:
+        return isinstance(section.get("text_encoder"), dict)
+
+    def activate(self):
+        if self.model is None:
+            if self.section["device"].startswith("cuda") and not torch.cuda.is_available():
+                raise ConfigError(f"this bundle's AOTInductor package was compiled for {self.section['device']}, "
+                                  f"and torch sees no GPU here; rebuild it with `build --backend aoti` here")
+            self.weights = map_weights(self.folder / bundle_mod.WEIGHTS)
+            self.model = load_variant(self.folder / self.section["package"], self.section["text_encoder"],
+                                      self.weights, device=self.section["device"], cache={})
+
+    def encode_words(self, ids, mask):
+        """(states, pooled) as float32 numpy arrays for word ids (B, L) int64 and mask (B, L) bool (numpy)."""
+        self.activate()
+        dev = self.section["device"]
+        with torch.inference_mode():
+            states, pooled = self.model(torch.as_tensor(ids, dtype=torch.long).to(dev).contiguous(),
+                                        torch.as_tensor(mask, dtype=torch.bool).to(dev).contiguous())
+        return states.float().cpu().numpy(), pooled.float().cpu().numpy()
+
+
 class AotiBackend(BackendBase):
     name = "aoti"
 

@@ -1,25 +1,30 @@
-// ddit-run: run a generation from saved text embeddings through the ddit C API; writes the final latents (.npy)
-// and the per-step trace (JSON). A small program to copy: everything it does goes through include/ddit/ddit.h.
+// ddit-run: a generation through the ddit C API: prompts (the bundle's word encoder) or saved text embeddings in;
+// an image (.png, pixel bundles) or the final latents (.npy) out, and the per-step trace (JSON). A small program to
+// copy: everything it does goes through include/ddit/ddit.h.
 //
-//   ddit-run BUNDLE --states states.npy --pooled pooled.npy [--latents init.npy | --seed N] [--steps N]
-//            [--policy ddit|ladder|coarse-first|static] [--tau T] [--eps E] [--schedule 1,1,2,...]
-//            [--coarse-first K:SIZE] [--ladder HEAD,N4,TAIL] [--sizes 1,2,4] [--guidance G]
-//            [--out latents.npy] [--trace trace.json] [--repeat N] [--bench-steps N]
-//            [--threads N] [--no-verify] [--cache taylor|off] [--cache-interval N] [--cache-order N]
-//            [--cache-warmup N] [--cache-tail N] [--cache-threshold X]
+//   ddit-run BUNDLE --prompt "a red circle" [--prompt ...] --seed 0 --out image.png
+//   ddit-run BUNDLE --states states.npy --pooled pooled.npy [--latents init.npy] --out latents.npy
 //
-// --bench-steps N: instead of a generation, time N calls of every loaded size (sizes interleaved) and the switch
-// cost (a call of size a right after size b vs after size a); prints JSON. Peak RSS (VmHWM) is printed last.
+// Every option is in the table kOptions (ddit-run --help prints it). Several prompts write NAME_0.png,
+// NAME_1.png, ... as `ddit-export generate --out NAME.png` does. --bench-steps N: instead of a generation, time N
+// calls of every loaded size (sizes interleaved) and the switch cost (a call of size a right after size b vs after
+// size a); prints JSON. Peak RSS (VmHWM) is printed last. Bad options: one "error: ..." line on stderr, exit 2.
 #include <ddit/ddit.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -72,13 +77,6 @@ static void write_npy(const std::string& path, const std::vector<float>& data, c
   f.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * sizeof(float)));
 }
 
-static std::vector<int> ints(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  for (std::string x; std::getline(ss, x, ',');) out.push_back(std::stoi(x));
-  return out;
-}
-
 static long peak_rss_kb() {
   std::ifstream f("/proc/self/status");
   for (std::string line; std::getline(f, line);)
@@ -91,40 +89,299 @@ static double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help") {
-    std::printf("usage: ddit-run BUNDLE --states S.npy --pooled P.npy [options] (see the source's header)\n");
-    return argc < 2 ? 2 : 0;
+// ---- options: one table, from which --help is printed and against which every argument is checked ----------
+enum class Arg { Flag, Int, Number, Text, Ints, Many };
+
+struct Option {
+  const char* name;
+  Arg arg;
+  const char* meta;
+  const char* help;
+};
+
+static const Option kOptions[] = {
+    {"prompt", Arg::Many, "TEXT", "a prompt, encoded by the bundle's word encoder (repeat for a batch)"},
+    {"states", Arg::Text, "S.npy", "text states (batch, text_len, joint_dim), float32, instead of --prompt"},
+    {"pooled", Arg::Text, "P.npy", "pooled text embeddings (batch, pooled_dim), float32, with --states"},
+    {"latents", Arg::Text, "INIT.npy", "initial latents (batch, tokens, channels) instead of the seed's noise"},
+    {"seed", Arg::Int, "N", "seed of the initial noise (>= 0; default 0)"},
+    {"steps", Arg::Int, "N", "denoising steps (>= 1; default: the bundle's)"},
+    {"guidance", Arg::Number, "G", "distilled guidance (default 3.5)"},
+    {"policy", Arg::Text, "NAME", "schedule policy: ddit, ladder, coarse-first, static (default: the bundle's)"},
+    {"tau", Arg::Number, "T", "DDiT threshold > 0 (alone: selects the ddit rule)"},
+    {"eps", Arg::Number, "E", "DDiT percentile in (0, 1) (alone: selects the ddit rule)"},
+    {"schedule", Arg::Ints, "1,1,2,...", "static schedule: one patch size per step"},
+    {"coarse-first", Arg::Ints, "K[:SIZE]", "SIZE (default 2) for the first K steps, then fine"},
+    {"ladder", Arg::Ints, "HEAD,N4,TAIL", "HEAD fine steps, N4 at size 4, size 2, TAIL fine steps"},
+    {"sizes", Arg::Ints, "1,2,4", "patch sizes to load (default: every size of the package)"},
+    {"threads", Arg::Int, "N", "intra-op threads of the model runs (>= 1; default 1)"},
+    {"no-verify", Arg::Flag, "", "skip the sha256 check of the bundle's files at open"},
+    {"cache", Arg::Text, "MODE", "step cache: off or taylor (default: the bundle's profile)"},
+    {"cache-interval", Arg::Int, "N", "step cache: compute every N-th step (>= 1)"},
+    {"cache-order", Arg::Int, "N", "step cache: extrapolation order 0, 1 or 2"},
+    {"cache-warmup", Arg::Int, "N", "step cache: computed steps at the start (>= 1)"},
+    {"cache-tail", Arg::Int, "N", "step cache: computed steps at the end (>= 0)"},
+    {"cache-threshold", Arg::Number, "X", "step cache: error threshold > 0"},
+    {"out", Arg::Text, "PATH", "image.png (pixels; NAME_0.png, ... for a batch) or latents.npy"},
+    {"trace", Arg::Text, "PATH", "write the per-step trace JSON here"},
+    {"repeat", Arg::Int, "N", "run the generation N times, report the median time (>= 1)"},
+    {"bench-steps", Arg::Int, "N", "time N model calls of every size instead of a generation (>= 1)"},
+    {"help", Arg::Flag, "", "print this help and exit"},
+};
+
+static void usage(FILE* f) {
+  std::fprintf(f, "usage: ddit-run BUNDLE (--prompt TEXT ... | --states S.npy --pooled P.npy) [options]\n\noptions:\n");
+  for (const Option& o : kOptions) {
+    const std::string lhs = std::string("--") + o.name + (o.meta[0] ? std::string(" ") + o.meta : "");
+    std::fprintf(f, "  %-26s %s\n", lhs.c_str(), o.help);
   }
-  std::map<std::string, std::string> opt;
-  for (int i = 2; i < argc; ++i) {
-    std::string k = argv[i];
-    if (k == "--no-verify") {  // the one flag without a value
-      opt["no-verify"] = "1";
+}
+
+struct Error {
+  std::string message;
+};
+
+static bool parse_int(const std::string& s, long long& v) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  v = std::strtoll(s.c_str(), &end, 10);
+  return errno == 0 && *end == '\0' && v >= INT32_MIN && v <= INT32_MAX;
+}
+
+static bool parse_number(const std::string& s, double& v) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  v = std::strtod(s.c_str(), &end);
+  return *end == '\0';
+}
+
+struct Args {
+  std::string bundle;
+  std::map<std::string, std::vector<std::string>> given;  // option -> its values (one unless Arg::Many)
+
+  bool has(const char* n) const { return given.count(n) != 0; }
+  const std::string& text(const char* n) const { return given.at(n).back(); }
+  long long integer(const char* n) const {
+    long long v = 0;
+    parse_int(text(n), v);
+    return v;
+  }
+  double number(const char* n) const {
+    double v = 0;
+    parse_number(text(n), v);
+    return v;
+  }
+  std::vector<int> list(const char* n) const {
+    std::vector<int> out;
+    std::string s = text(n);
+    std::replace(s.begin(), s.end(), ':', ',');
+    std::stringstream ss(s);
+    long long v = 0;
+    for (std::string x; std::getline(ss, x, ',');) parse_int(x, v), out.push_back(int(v));
+    return out;
+  }
+};
+
+static Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      if (!a.bundle.empty()) throw Error{"unexpected argument '" + arg + "' (one BUNDLE; options start with --)"};
+      a.bundle = arg;
       continue;
     }
-    if (k.rfind("--", 0) != 0 || i + 1 >= argc) return fail("expected --option VALUE, got " + k);
-    opt[k.substr(2)] = argv[++i];
+    const std::string name = arg.substr(2);
+    const Option* o = nullptr;
+    for (const Option& x : kOptions)
+      if (name == x.name) o = &x;
+    if (!o) throw Error{"unknown option " + arg + " (ddit-run --help lists them)"};
+    if (a.has(o->name) && o->arg != Arg::Many) throw Error{arg + " given twice"};
+    if (o->arg == Arg::Flag) {
+      a.given[name].push_back("1");
+      continue;
+    }
+    if (i + 1 >= argc || std::string(argv[i + 1]).rfind("--", 0) == 0) throw Error{arg + " expects a value"};
+    const std::string v = argv[++i];
+    long long n = 0;
+    double d = 0;
+    if (o->arg == Arg::Int && !parse_int(v, n)) throw Error{arg + " expects an integer, got '" + v + "'"};
+    if (o->arg == Arg::Number && !parse_number(v, d)) throw Error{arg + " expects a number, got '" + v + "'"};
+    if (o->arg == Arg::Ints) {
+      std::string s = v;
+      std::replace(s.begin(), s.end(), ':', ',');
+      std::stringstream ss(s);
+      bool ok = !s.empty() && s.back() != ',';
+      for (std::string x; ok && std::getline(ss, x, ',');) ok = parse_int(x, n);
+      if (!ok) throw Error{arg + " expects integers separated by commas, got '" + v + "'"};
+    }
+    a.given[name].push_back(v);
   }
-  std::vector<int> sizes = opt.count("sizes") ? ints(opt["sizes"]) : std::vector<int>{};
+  return a;
+}
+
+// Range checks of the parsed values (the C API checks them again; here they fail before the bundle loads).
+static void check(const Args& a) {
+  if (a.bundle.empty()) throw Error{"give the BUNDLE folder (ddit-run --help)"};
+  auto at_least = [&](const char* n, long long lo) {
+    if (a.has(n) && a.integer(n) < lo)
+      throw Error{std::string("--") + n + " must be >= " + std::to_string(lo) + ", got " + a.text(n)};
+  };
+  at_least("seed", 0), at_least("steps", 1), at_least("threads", 1), at_least("repeat", 1);
+  at_least("bench-steps", 1), at_least("cache-interval", 1), at_least("cache-warmup", 1), at_least("cache-tail", 0);
+  if (a.has("cache-order") && (a.integer("cache-order") < 0 || a.integer("cache-order") > 2))
+    throw Error{"--cache-order must be 0, 1 or 2, got " + a.text("cache-order")};
+  for (const char* n : {"tau", "cache-threshold"})
+    if (a.has(n) && !(a.number(n) > 0 && std::isfinite(a.number(n))))
+      throw Error{std::string("--") + n + " must be > 0 and finite, got " + a.text(n)};
+  if (a.has("eps") && !(a.number("eps") > 0 && a.number("eps") < 1))
+    throw Error{"--eps must be in (0, 1), got " + a.text("eps")};
+  if (a.has("guidance") && !std::isfinite(a.number("guidance")))
+    throw Error{"--guidance must be finite, got " + a.text("guidance")};
+  if (a.has("policy")) {
+    const std::string p = a.text("policy");
+    if (p != "ddit" && p != "ladder" && p != "coarse-first" && p != "static")
+      throw Error{"--policy must be one of ddit, ladder, coarse-first, static, got '" + p + "'"};
+  }
+  if (a.has("cache") && a.text("cache") != "off" && a.text("cache") != "taylor")
+    throw Error{"--cache must be off or taylor, got '" + a.text("cache") + "'"};
+  int schedules = 0;
+  for (const char* n : {"policy", "schedule", "coarse-first", "ladder"}) schedules += a.has(n);
+  if (schedules > 1) throw Error{"give one of --policy, --schedule, --coarse-first, --ladder"};
+  if (a.has("ladder") && a.list("ladder").size() != 3) throw Error{"--ladder takes HEAD,N4,TAIL"};
+  if (a.has("coarse-first") && a.list("coarse-first").size() > 2) throw Error{"--coarse-first takes K or K:SIZE"};
+  if (a.has("prompt") == (a.has("states") || a.has("pooled")))
+    throw Error{"give --prompt TEXT (the bundle's word encoder), or --states and --pooled (.npy), not both"};
+  if (!a.has("prompt") && !(a.has("states") && a.has("pooled"))) throw Error{"give both --states and --pooled"};
+  for (const char* n : {"out", "trace"}) {
+    if (!a.has(n)) continue;
+    const std::string p = a.text(n);
+    const auto slash = p.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+    struct stat st;
+    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      throw Error{std::string("--") + n + " " + p + ": folder " + dir + " does not exist"};
+  }
+  if (a.has("out")) {
+    const std::string p = a.text("out");
+    const bool png = p.size() > 4 && p.compare(p.size() - 4, 4, ".png") == 0;
+    const bool npy = p.size() > 4 && p.compare(p.size() - 4, 4, ".npy") == 0;
+    if (!png && !npy) throw Error{"--out " + p + ": give a .png (image) or .npy (latents) path"};
+  }
+}
+
+// ---- PNG: 8-bit RGB, stored (uncompressed) deflate blocks; self-contained (no zlib) ---------------------------
+static uint32_t crc32(const uint8_t* p, size_t n, uint32_t c = 0) {
+  c = ~c;
+  for (size_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+  }
+  return ~c;
+}
+
+static void put32(std::string& s, uint32_t v) {
+  for (int k = 3; k >= 0; --k) s += char((v >> (8 * k)) & 0xff);
+}
+
+static void chunk(std::string& png, const char* type, const std::string& data) {
+  put32(png, uint32_t(data.size()));
+  const std::string body = std::string(type, 4) + data;
+  png += body;
+  put32(png, crc32(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+}
+
+static bool write_png(const std::string& path, const uint8_t* rgb, int height, int width) {
+  std::string raw;  // each row: filter type 0, then the pixels
+  for (int y = 0; y < height; ++y) {
+    raw += '\0';
+    raw.append(reinterpret_cast<const char*>(rgb) + size_t(y) * width * 3, size_t(width) * 3);
+  }
+  std::string z = "\x78\x01";  // zlib: deflate, 32K window, no preset dictionary
+  uint32_t a = 1, b = 0;       // Adler-32
+  for (unsigned char c : raw) a = (a + c) % 65521, b = (b + a) % 65521;
+  for (size_t at = 0; at < raw.size(); at += 65535) {
+    const size_t n = std::min<size_t>(65535, raw.size() - at);
+    z += char(at + n >= raw.size() ? 1 : 0);  // BFINAL on the last block, BTYPE 00 (stored)
+    z += char(n & 0xff), z += char(n >> 8), z += char(~n & 0xff), z += char((~n >> 8) & 0xff);
+    z.append(raw, at, n);
+  }
+  put32(z, (b << 16) | a);
+  std::string ihdr;
+  put32(ihdr, uint32_t(width)), put32(ihdr, uint32_t(height));
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);  // 8 bits, RGB, deflate, adaptive filters, no interlace
+  std::string png = "\x89PNG\r\n\x1a\n";
+  chunk(png, "IHDR", ihdr), chunk(png, "IDAT", z), chunk(png, "IEND", "");
+  std::ofstream f(path, std::ios::binary);
+  f.write(png.data(), std::streamsize(png.size()));
+  return bool(f);
+}
+
+// NAME.png for one image; NAME_0.png, NAME_1.png, ... for a batch (api.numbered_paths).
+static std::string numbered(const std::string& out, int i, int n) {
+  if (n == 1) return out;
+  return out.substr(0, out.size() - 4) + "_" + std::to_string(i) + ".png";
+}
+
+static bool finite(const std::vector<float>& v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
+}
+
+static int run(int argc, char** argv) {
+  Args a;
+  try {
+    a = parse(argc, argv);
+    if (a.has("help")) {
+      usage(stdout);
+      return 0;
+    }
+    check(a);
+  } catch (const Error& e) {
+    return fail(e.message);
+  }
   ddit_open_options oo;
   ddit_open_options_init(&oo);
-  oo.sizes = sizes.data(), oo.n_sizes = int(sizes.size());
-  if (opt.count("threads")) oo.threads = std::stoi(opt["threads"]);
-  if (opt.count("no-verify")) oo.verify = 0;
+  std::vector<int> sizes = a.has("sizes") ? a.list("sizes") : std::vector<int>{};
+  oo.sizes = sizes.empty() ? nullptr : sizes.data(), oo.n_sizes = int(sizes.size());
+  if (a.has("threads")) oo.threads = int(a.integer("threads"));
+  if (a.has("no-verify")) oo.verify = 0;
   ddit_runtime* rt = nullptr;
-  if (ddit_open_ex(argv[1], &oo, &rt) != DDIT_OK) return fail(ddit_last_error());
+  if (ddit_open_ex(a.bundle.c_str(), &oo, &rt) != DDIT_OK) return fail(ddit_last_error());
   ddit_info info;
   ddit_get_info(rt, &info);
   std::vector<float> states, pooled, init;
   std::string err;
-  if (!opt.count("states") || !opt.count("pooled")) return fail("give --states and --pooled (.npy, float32)");
-  if (!read_npy(opt["states"], states, err) || !read_npy(opt["pooled"], pooled, err)) return fail(err);
-  const int batch = int(pooled.size() / std::max(info.pooled_dim, 1));
-  if (opt.count("latents") && !read_npy(opt["latents"], init, err)) return fail(err);
+  std::vector<const char*> prompts;
+  if (a.has("prompt")) {
+    for (const auto& p : a.given.at("prompt")) prompts.push_back(p.c_str());
+  } else {
+    if (!read_npy(a.text("states"), states, err) || !read_npy(a.text("pooled"), pooled, err)) return fail(err);
+    if (pooled.empty() || pooled.size() % size_t(info.pooled_dim) != 0)
+      return fail("--pooled has " + std::to_string(pooled.size()) + " floats; this bundle needs batch * " +
+                  std::to_string(info.pooled_dim));
+    const size_t batch = pooled.size() / size_t(info.pooled_dim);
+    if (states.size() != batch * size_t(info.text_len) * size_t(info.joint_dim))
+      return fail("--states has " + std::to_string(states.size()) + " floats; with --pooled's batch of " +
+                  std::to_string(batch) + " this bundle needs " +
+                  std::to_string(batch * size_t(info.text_len) * size_t(info.joint_dim)));
+    if (!finite(states) || !finite(pooled)) return fail("--states or --pooled holds NaN or infinite values");
+  }
+  const int batch = prompts.empty() ? int(pooled.size() / size_t(info.pooled_dim)) : int(prompts.size());
+  if (a.has("latents")) {
+    if (!read_npy(a.text("latents"), init, err)) return fail(err);
+    if (!finite(init)) return fail("--latents holds NaN or infinite values");
+  }
+  const bool png = a.has("out") && a.text("out").compare(a.text("out").size() - 4, 4, ".png") == 0;
+  if (png && !info.has_decoder) return fail("this bundle has no decoder: give --out latents.npy");
 
-  if (opt.count("bench-steps")) {  // per-size step time and switching cost
-    const int n = std::stoi(opt["bench-steps"]);
+  if (a.has("bench-steps")) {  // per-size step time and switching cost
+    if (!prompts.empty()) {
+      states.resize(size_t(batch) * info.text_len * info.joint_dim), pooled.resize(size_t(batch) * info.pooled_dim);
+      if (ddit_encode(rt, prompts.data(), batch, states.data(), states.size(), pooled.data(), pooled.size()) != 0)
+        return fail(ddit_last_error());
+    }
+    const int n = int(a.integer("bench-steps"));
     std::vector<float> x(size_t(batch) * info.tokens * info.channels, 0.5f), v(x.size());
     std::map<int, std::vector<double>> same, switched;
     auto call = [&](int k) {
@@ -135,17 +392,17 @@ int main(int argc, char** argv) {
     };
     for (int k = 0; k < info.n_sizes; ++k) call(info.sizes[k]), call(info.sizes[k]);  // warm-up
     for (int r = 0; r < n; ++r)
-      for (int a = 0; a < info.n_sizes; ++a) {
-        const int k = info.sizes[a], other = info.sizes[(a + 1) % info.n_sizes];
+      for (int i = 0; i < info.n_sizes; ++i) {
+        const int k = info.sizes[i], other = info.sizes[(i + 1) % info.n_sizes];
         call(k);
         same[k].push_back(call(k));      // k after k
         call(other);
         switched[k].push_back(call(k));  // k right after another size
       }
     std::printf("{\"batch\": %d, \"repeats\": %d, \"sizes\": {", batch, n);
-    for (int a = 0; a < info.n_sizes; ++a) {
-      const int k = info.sizes[a];
-      std::printf("%s\"%d\": {\"step_s\": %.6f, \"after_switch_s\": %.6f}", a ? ", " : "", k, median(same[k]),
+    for (int i = 0; i < info.n_sizes; ++i) {
+      const int k = info.sizes[i];
+      std::printf("%s\"%d\": {\"step_s\": %.6f, \"after_switch_s\": %.6f}", i ? ", " : "", k, median(same[k]),
                   median(switched[k]));
     }
     std::printf("}, \"peak_rss_kb\": %ld}\n", peak_rss_kb());
@@ -156,63 +413,85 @@ int main(int argc, char** argv) {
   ddit_schedule sched;
   ddit_schedule_defaults(rt, &sched);
   std::vector<int> static_sizes;
-  if (opt.count("policy")) std::snprintf(sched.policy, sizeof sched.policy, "%s", opt["policy"].c_str());
-  if (opt.count("tau")) sched.tau = std::stod(opt["tau"]);
-  if (opt.count("eps")) sched.eps = std::stod(opt["eps"]);
-  if (opt.count("schedule")) {
-    static_sizes = ints(opt["schedule"]);
+  if (a.has("policy")) std::snprintf(sched.policy, sizeof sched.policy, "%s", a.text("policy").c_str());
+  else if ((a.has("tau") || a.has("eps")) && !a.has("schedule") && !a.has("coarse-first") && !a.has("ladder"))
+    std::snprintf(sched.policy, sizeof sched.policy, "ddit");  // a DDiT knob asks for the rule (as Python's --tau)
+  if (a.has("tau")) sched.tau = a.number("tau");
+  if (a.has("eps")) sched.eps = a.number("eps");
+  if (a.has("schedule")) {
+    static_sizes = a.list("schedule");
     std::snprintf(sched.policy, sizeof sched.policy, "static");
     sched.static_sizes = static_sizes.data();
     sched.n_static = int(static_sizes.size());
   }
-  if (opt.count("coarse-first")) {
-    std::string spec = opt["coarse-first"];
-    std::replace(spec.begin(), spec.end(), ':', ',');
-    auto v = ints(spec);
+  if (a.has("coarse-first")) {
+    const auto v = a.list("coarse-first");
     std::snprintf(sched.policy, sizeof sched.policy, "coarse-first");
     sched.coarse_steps = v[0];
     sched.coarse_size = v.size() > 1 ? v[1] : 2;
   }
-  if (opt.count("ladder")) {
-    auto v = ints(opt["ladder"]);
-    if (v.size() != 3) return fail("--ladder takes HEAD,N4,TAIL");
+  if (a.has("ladder")) {
+    const auto v = a.list("ladder");
     std::snprintf(sched.policy, sizeof sched.policy, "ladder");
     sched.head = v[0], sched.n4 = v[1], sched.tail = v[2];
   }
-  ddit_cache cache;  // the bundle's cache profile, overridden by --cache*
-  ddit_cache_defaults(rt, &cache);
-  if (opt.count("cache")) std::snprintf(cache.mode, sizeof cache.mode, "%s", opt["cache"].c_str());
-  if (opt.count("cache-interval")) cache.interval = std::stoi(opt["cache-interval"]);
-  if (opt.count("cache-order")) cache.order = std::stoi(opt["cache-order"]);
-  if (opt.count("cache-warmup")) cache.warmup = std::stoi(opt["cache-warmup"]);
-  if (opt.count("cache-tail")) cache.tail = std::stoi(opt["cache-tail"]);
-  if (opt.count("cache-threshold")) cache.threshold = std::stod(opt["cache-threshold"]);
-  if (opt.count("cache") && opt["cache"] != "plan") cache.plan = nullptr, cache.n_plan = 0;
+  ddit_cache cache;
+  bool cache_given = false;
+  for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold"})
+    cache_given = cache_given || a.has(n);
+  if (cache_given) {  // over the bundle's cache profile; a knob without --cache means the cache (as Python's)
+    if (ddit_cache_defaults(rt, &cache) != DDIT_OK) return fail(ddit_last_error());
+    if (a.has("cache")) std::snprintf(cache.mode, sizeof cache.mode, "%s", a.text("cache").c_str());
+    else if (std::strcmp(cache.mode, "off") == 0) std::snprintf(cache.mode, sizeof cache.mode, "taylor");
+    if (a.has("cache-interval")) cache.interval = int(a.integer("cache-interval"));
+    if (a.has("cache-order")) cache.order = int(a.integer("cache-order"));
+    if (a.has("cache-warmup")) cache.warmup = int(a.integer("cache-warmup"));
+    if (a.has("cache-tail")) cache.tail = int(a.integer("cache-tail"));
+    if (a.has("cache-threshold")) cache.threshold = a.number("cache-threshold");
+  }
   ddit_request req{};
-  req.cache = &cache;
   req.batch = batch;
-  req.states = states.data(), req.states_len = states.size();
-  req.pooled = pooled.data(), req.pooled_len = pooled.size();
-  req.steps = opt.count("steps") ? std::stoi(opt["steps"]) : 0;
-  req.guidance = opt.count("guidance") ? std::stof(opt["guidance"]) : 3.5f;
-  req.seed = opt.count("seed") ? std::stoll(opt["seed"]) : 0;
+  if (prompts.empty()) {
+    req.states = states.data(), req.states_len = states.size();
+    req.pooled = pooled.data(), req.pooled_len = pooled.size();
+  } else {
+    req.prompts = prompts.data();
+  }
+  req.steps = a.has("steps") ? int(a.integer("steps")) : 0;
+  req.guidance = a.has("guidance") ? float(a.number("guidance")) : 3.5f;
+  req.seed = a.has("seed") ? a.integer("seed") : 0;
   if (!init.empty()) req.init_latents = init.data(), req.init_len = init.size();
   req.schedule = &sched;
-  std::vector<float> out(size_t(batch) * info.tokens * info.channels);
-  const int repeat = opt.count("repeat") ? std::stoi(opt["repeat"]) : 1;
+  req.cache = cache_given ? &cache : nullptr;
+  std::vector<float> out(png ? 0 : size_t(batch) * info.tokens * info.channels);
+  std::vector<uint8_t> pixels(png ? size_t(batch) * info.height * info.width * 3 : 0);
+  const int repeat = a.has("repeat") ? int(a.integer("repeat")) : 1;
   std::vector<double> secs;
   for (int r = 0; r < repeat; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    if (ddit_denoise(rt, &req, out.data(), out.size()) != DDIT_OK) return fail(ddit_last_error());
+    const int rc = png ? ddit_generate(rt, &req, pixels.data(), pixels.size())
+                       : ddit_denoise(rt, &req, out.data(), out.size());
+    if (rc != DDIT_OK) return fail(ddit_last_error());
     secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  if (opt.count("out")) write_npy(opt["out"], out, {batch, info.tokens, info.channels});
+  std::vector<std::string> wrote;
+  if (png) {
+    const size_t one = size_t(info.height) * info.width * 3;
+    for (int i = 0; i < batch; ++i) {
+      wrote.push_back(numbered(a.text("out"), i, batch));
+      if (!write_png(wrote.back(), pixels.data() + i * one, info.height, info.width))
+        return fail("cannot write " + wrote.back());
+    }
+  } else if (a.has("out")) {
+    write_npy(a.text("out"), out, {batch, info.tokens, info.channels});
+    wrote.push_back(a.text("out"));
+  }
   size_t need = 0;
   ddit_trace_json(rt, nullptr, 0, &need);
   std::string json(need, '\0');
   ddit_trace_json(rt, &json[0], need, &need);
   json.resize(need - 1);
-  if (opt.count("trace")) std::ofstream(opt["trace"]) << json << "\n";
+  if (a.has("trace")) std::ofstream(a.text("trace")) << json << "\n";
   int n = 0;
   ddit_trace_length(rt, &n);
   std::string line;
@@ -223,6 +502,15 @@ int main(int argc, char** argv) {
   }
   std::printf("sizes per step: %s\ndenoise median %.4f s over %d run(s)\npeak RSS %ld kB\n", line.c_str(),
               median(secs), repeat, peak_rss_kb());
+  for (const auto& p : wrote) std::printf("wrote %s\n", p.c_str());
   ddit_close(rt);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // e.g. a malformed .npy header: still one line and exit 2
+    return fail(e.what());
+  }
 }

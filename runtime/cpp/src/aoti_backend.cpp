@@ -32,26 +32,21 @@ class AotiBackend : public Backend {
       for (const auto& v : b.variants) want.push_back(v.size);
     const std::string package = b.folder + "/" + b.package;
     for (int k : want) {
-      const AotiVariant& v = b.variant(k);
-      auto constants = constant_map(v);
-      std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
-      try {
-        loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package, v.model);
-      } catch (const std::exception& e) {
-        throw bundle_error("cannot load AOTInductor model '" + v.model + "' from " + package + ": " +
-                           first_line(e.what()));
-      }
-      auto fqns = loader->get_constant_fqns();
-      for (const auto& n : fqns)
-        if (!constants.count(n)) throw bundle_error("variant k=" + std::to_string(k) + " needs constant '" + n +
-                                                    "', which the manifest's aoti table lacks: rebuild the bundle");
-      loader->load_constants(constants, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
-      loaders_[k] = std::move(loader);
+      loaders_[k] = load(package, b.variant(k), "variant k=" + std::to_string(k));
       sizes_.push_back(k);
     }
+    if (b.has_text_model) text_ = load(package, b.text_model, "the text encoder");
   }
 
   std::string name() const override { return "aoti"; }
+  bool has_text_encoder() const override { return text_ != nullptr; }
+
+  std::vector<at::Tensor> encode(const at::Tensor& ids, const at::Tensor& mask) override {
+    if (!text_) return Backend::encode(ids, mask);
+    auto out = text_->run({ids, mask});
+    if (out.size() != 2) throw Error(DDIT_ERR_RUNTIME, "the AOTInductor text encoder did not return (states, pooled)");
+    return out;
+  }
   std::vector<int> sizes() const override { return sizes_; }
   at::Device device() const override { return device_; }
 
@@ -68,6 +63,24 @@ class AotiBackend : public Backend {
 
  private:
   static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+  // One model of the package with its constants loaded as user-managed views of weights.bin (shared_).
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> load(const std::string& package, const AotiVariant& v,
+                                                                const std::string& what) {
+    auto constants = constant_map(v);
+    std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+    try {
+      loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package, v.model);
+    } catch (const std::exception& e) {
+      throw bundle_error("cannot load AOTInductor model '" + v.model + "' from " + package + ": " +
+                         first_line(e.what()));
+    }
+    for (const auto& n : loader->get_constant_fqns())
+      if (!constants.count(n)) throw bundle_error(what + " needs constant '" + n +
+                                                  "', which the manifest's aoti table lacks: rebuild the bundle");
+    loader->load_constants(constants, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
+    return loader;
+  }
 
   std::unordered_map<std::string, at::Tensor> constant_map(const AotiVariant& v) {
     std::unordered_map<std::string, at::Tensor> out;
@@ -95,6 +108,7 @@ class AotiBackend : public Backend {
   at::Device device_;
   std::map<std::tuple<uint64_t, std::string, std::vector<int64_t>>, at::Tensor> shared_;
   std::map<int, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> text_;  // the word encoder, when the package has it
   std::vector<int> sizes_;
 };
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bundle.h"
+#include "error.h"
 
 namespace ddit {
 
@@ -24,6 +25,12 @@ class Backend {
   virtual at::Device device() const = 0;
   // velocity (B, tokens, channels), float32, on device()
   virtual at::Tensor run(int size, const StepInputs& in) = 0;
+  // The word encoder compiled into the package (pixel bundles): ids (B, L) int64 and mask (B, L) bool on device()
+  // -> {states (B, L, joint_dim), pooled (B, pooled_dim)}. Backends without one keep these defaults.
+  virtual bool has_text_encoder() const { return false; }
+  virtual std::vector<at::Tensor> encode(const at::Tensor& ids, const at::Tensor& mask) {
+    throw Error(DDIT_ERR_BUNDLE, "backend " + name() + " has no text encoder");
+  }
 };
 
 // The AOTInductor backend for `sizes` of the bundle (all if empty); weights.bin mapped once, shared by all.

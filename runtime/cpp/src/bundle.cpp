@@ -98,6 +98,15 @@ static SchedulerConfig read_scheduler(const json& c, const std::string& path) {
   return out;
 }
 
+// A constant table: rows [name, offset, length, dtype, dims] (export/aoti.py ConstantsWriter.add).
+static std::vector<Constant> read_constants(const json& rows) {
+  std::vector<Constant> out;
+  for (const auto& c : rows)
+    out.push_back({c.at(0).get<std::string>(), c.at(3).get<std::string>(), c.at(1).get<uint64_t>(),
+                   c.at(2).get<uint64_t>(), c.at(4).get<std::vector<int64_t>>()});
+  return out;
+}
+
 Bundle read_bundle(const std::string& folder) {
   struct stat st;
   if (stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw bundle_error("bundle folder not found: " + folder);
@@ -139,12 +148,22 @@ Bundle read_bundle(const std::string& folder) {
       AotiVariant av_;
       av_.size = v.at("size").get<int>();
       av_.model = v.at("model").get<std::string>();
-      for (const auto& c : v.at("constants"))
-        av_.constants.push_back({c.at(0).get<std::string>(), c.at(3).get<std::string>(), c.at(1).get<uint64_t>(),
-                                 c.at(2).get<uint64_t>(), c.at(4).get<std::vector<int64_t>>()});
+      av_.constants = read_constants(v.at("constants"));
       b.variants.push_back(std::move(av_));
     }
+    if (a.contains("text_encoder") && !a["text_encoder"].is_null()) {  // bundles built before it: prompts refused
+      const json& t = a.at("text_encoder");
+      b.has_text_model = true;
+      b.text_model.size = 0;
+      b.text_model.model = t.at("model").get<std::string>();
+      b.text_model.constants = read_constants(t.at("constants"));
+    }
+    if (d.contains("text_encoder") && !d["text_encoder"].is_null()) {
+      b.vocab = d["text_encoder"].at("vocab").get<std::vector<std::string>>();
+      b.max_words = d["text_encoder"].at("max_length").get<int>();
+    }
     const json& m = d.at("model");
+    b.kind = m.value("kind", std::string());
     b.height = m.at("height").get<int>();
     b.width = m.at("width").get<int>();
     b.vae_scale = m.at("vae_scale").get<int>();

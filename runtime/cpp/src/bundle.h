@@ -38,6 +38,11 @@ struct SchedulerConfig {  // diffusers FlowMatchEulerDiscreteScheduler config fi
 
 struct Bundle {
   std::string folder;
+  std::string kind;                 // model.kind: "pixel" (decoded by images.pixels_to_pil), "flux", ...
+  std::vector<std::string> vocab;   // the word tokenizer (manifest text_encoder; empty without one)
+  int max_words = 0;                // its max_length
+  bool has_text_model = false;      // the word encoder is compiled into the package (aoti.text_encoder)
+  AotiVariant text_model;           // its model name and constants (size 0)
   int height = 0, width = 0, vae_scale = 1, latent_channels = 0, grid_h = 0, grid_w = 0;
   int text_len = 0, joint_dim = 0, pooled_dim = 0, default_steps = 28;
   bool guidance_embeds = false;

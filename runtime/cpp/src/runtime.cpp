@@ -18,6 +18,7 @@
 #include "flops.h"
 #include "runtime.h"
 #include "scheduler.h"
+#include "text_image.h"
 
 using ddit::Error;
 using ddit::argument_error;
@@ -371,6 +372,9 @@ int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
     std::strncpy(o->device, b.device.c_str(), sizeof(o->device) - 1);
     o->threads = rt->threads;
     o->verified = rt->verified;
+    o->has_text_encoder = rt->backend->has_text_encoder() && !b.vocab.empty();
+    o->has_decoder = ddit::has_decoder(*rt);
+    o->max_words = o->has_text_encoder ? b.max_words : 0;
   });
 }
 
@@ -396,7 +400,8 @@ int ddit_denoise(ddit_runtime* rt, const ddit_request* req, float* out_latents, 
   return guarded([&] {
     need(rt, "runtime");
     need(req, "request");
-    denoise(rt, *req, out_latents, out_len);
+    ddit::PromptEmbeddings encoded;  // request.prompts -> states/pooled by the bundle's word encoder
+    denoise(rt, ddit::with_prompts(rt, *req, encoded), out_latents, out_len);
   });
 }
 
