@@ -60,6 +60,22 @@ static SchedulerConfig read_scheduler(const json& c, const std::string& path) {
   return out;
 }
 
+static AotiVariant read_aoti_model(const json& v) {
+  AotiVariant out;
+  out.model = v.at("model").get<std::string>();
+  for (const auto& c : v.at("constants"))
+    out.constants.push_back({c.at(0).get<std::string>(), c.at(3).get<std::string>(), c.at(1).get<uint64_t>(),
+                             c.at(2).get<uint64_t>(), c.at(4).get<std::vector<int64_t>>()});
+  return out;
+}
+
+// aoti.vae_decoder (kind "flux" bundles built with --backend aoti and a VAE): optional
+static void read_vae_decoder(const json& a, Bundle& b) {
+  if (!a.contains("vae_decoder") || a["vae_decoder"].is_null()) return;
+  b.vae_decoder = read_aoti_model(a["vae_decoder"]);
+  b.has_vae_decoder = true;
+}
+
 Bundle read_bundle(const std::string& folder) {
   struct stat st;
   if (stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw bundle_error("bundle folder not found: " + folder);
@@ -106,7 +122,9 @@ Bundle read_bundle(const std::string& folder) {
                                  c.at(2).get<uint64_t>(), c.at(4).get<std::vector<int64_t>>()});
       b.variants.push_back(std::move(av_));
     }
+    read_vae_decoder(a, b);
     const json& m = d.at("model");
+    b.kind = m.value("kind", std::string());
     b.height = m.at("height").get<int>();
     b.width = m.at("width").get<int>();
     b.vae_scale = m.at("vae_scale").get<int>();

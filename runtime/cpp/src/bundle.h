@@ -42,6 +42,9 @@ struct Bundle {
   std::string dtype, device, package;
   std::vector<std::string> inputs;
   std::vector<AotiVariant> variants;
+  std::string kind;                 // the manifest's model.kind ("flux", "tiny", a pixel model's name, ...)
+  bool has_vae_decoder = false;     // aoti.vae_decoder: FLUX's VAE decoder compiled into the package (vae.cpp)
+  AotiVariant vae_decoder;          // its model name and constants (size unused)
   ScheduleSettings schedule;
   SchedulerConfig scheduler;
 

@@ -12,6 +12,7 @@
 
 #include "runtime.h"
 #include "scheduler.h"
+#include "vae.h"
 
 using ddit::Error;
 using ddit::argument_error;
@@ -144,6 +145,7 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     const ddit::Decision d = sched.decide(i, host.defined() ? host.data_ptr<float>() : nullptr, q.batch, int(C));
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance));
+    ddit::sync_device(dev);  // CUDA runs asynchronously: the step's seconds include its kernels
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     x = x + (sigmas[i + 1] - sigmas[i]) * v.to(at::kFloat);  // FlowMatchEulerDiscreteScheduler.step, float32
     fill_step(trace[i], i, double(t / 1000.0f), d, b.tokens() / (d.size * d.size));
@@ -190,6 +192,7 @@ int ddit_open_sizes(const char* bundle_dir, const int* sizes, int n_sizes, ddit_
     const at::Device dev = rt->backend->device();
     rt->img_ids = image_ids(rt->bundle.grid_h, rt->bundle.grid_w).to(dev);
     rt->txt_ids = at::zeros({rt->bundle.text_len, 3}, at::kFloat).to(dev);
+    rt->vae = ddit::load_vae_decoder(rt->bundle, dev);  // FLUX bundles: the compiled VAE decoder, if listed
     *out = rt.release();
   });
 }
@@ -221,6 +224,7 @@ int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
     for (int k : rt->backend->sizes())
       if (o->n_sizes < DDIT_MAX_SIZES) o->sizes[o->n_sizes++] = k;
     std::strncpy(o->device, b.device.c_str(), sizeof(o->device) - 1);
+    if (rt->vae) o->has_decoder = 1;  // FLUX: the compiled VAE decoder (vae.h)
   });
 }
 

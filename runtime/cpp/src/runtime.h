@@ -2,6 +2,7 @@
 // generation loop; other API files — text encoding, decoding — add their functions over the same handle).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <memory>
 #include <string>
@@ -10,11 +11,16 @@
 #include "backend.h"
 #include "error.h"
 
+namespace ddit {
+class VaeDecoder;  // vae.h
+}
+
 struct ddit_runtime {
   ddit::Bundle bundle;
   std::unique_ptr<ddit::Backend> backend;
   std::vector<ddit_step> trace;
   at::Tensor img_ids, txt_ids;
+  std::shared_ptr<ddit::VaeDecoder> vae;  // FLUX bundles' compiled VAE decoder (vae.h), null when none
 };
 
 namespace ddit {
@@ -45,6 +51,14 @@ int guarded(F&& f) {
     last_error() = "unknown error";
     return DDIT_ERR_RUNTIME;
   }
+}
+
+// Wait for the device's queued work (CUDA kernels run asynchronously), so a wall-clock time measures the work;
+// nothing on the CPU. Generic through c10's device guard: no CUDA headers needed to build against CPU libtorch.
+inline void sync_device(const at::Device& dev) {
+  if (dev.type() == at::kCPU) return;
+  c10::impl::VirtualGuardImpl impl(dev.type());
+  impl.synchronizeDevice(dev.has_index() ? dev.index() : impl.getDevice().index());
 }
 
 inline void need(const void* p, const char* what) {
