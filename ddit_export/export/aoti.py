@@ -9,6 +9,11 @@ to every variant as user-managed constants, so the trunk's weights exist once in
 
 The steps are small lazy callables (nothing compiles until called), as the TensorRT build's loaders are:
 ``ExportedVariant`` -> ``CompiledVariant`` -> :func:`package_variants`.
+
+A kind "flux" bundle (FLUX.1-dev-shaped ``--weights`` folder) also gets the folder's VAE decoder in the same
+package (model ``vae_decoder``, ``ExportedVaeDecoder`` -> ``CompiledVariant``): :class:`VaeDecodeModule`, the
+Python FLUX decode up to the PIL conversion; its constants go through the same writer and the manifest lists it as
+``aoti.vae_decoder``. The C++ runtime decodes with it (runtime/cpp/src/vae.cpp); Python keeps diffusers' decode.
 """
 from __future__ import annotations
 
