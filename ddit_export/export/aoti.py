@@ -12,6 +12,11 @@ The steps are small lazy callables (nothing compiles until called), as the Tenso
 (``ExportedTextEncoder``) is compiled into the same package as model ``text_encoder``, its constants in the same
 ``weights.bin`` (section ``aoti.text_encoder``), so the C++ runtime takes prompts and the Python ``aoti`` backend
 encodes them with the same kernels.
+
+A kind "flux" bundle (FLUX.1-dev-shaped ``--weights`` folder) also gets the folder's VAE decoder in the same
+package (model ``vae_decoder``, ``ExportedVaeDecoder`` -> ``CompiledVariant``): :class:`VaeDecodeModule`, the
+Python FLUX decode up to the PIL conversion; its constants go through the same writer and the manifest lists it as
+``aoti.vae_decoder``. The C++ runtime decodes with it (runtime/cpp/src/vae.cpp); Python keeps diffusers' decode.
 """
 from __future__ import annotations
 
@@ -110,6 +115,56 @@ class CompiledVariant:
             return torch._inductor.aot_compile(self.program.module(), args, kwargs, options=dict(INDUCTOR_CONFIGS))
 
 
+VAE_MODEL = "vae_decoder"  # the FLUX VAE decoder's model name in the package (kind "flux" bundles)
+VAE_PARITY_TOL = 1e-3  # decoded pixels in [0, 1]: well under one uint8 level (1/255)
+
+
+class VaeDecodeModule(torch.nn.Module):
+    """FLUX's decode up to the PIL conversion (``models.registry._load_flux``'s ``decode``): packed fine-token
+    latents (B, tokens, 4C) -> unpack to (B, C, h, w) -> / scaling_factor + shift_factor -> ``vae.decode`` ->
+    ``image_processor``'s denormalize and NHWC float32: (B, H, W, 3) in [0, 1]. A runtime's uint8 pixels are then
+    ``round(x * 255)``, as diffusers' ``numpy_to_pil`` makes them."""
+
+    def __init__(self, vae, height: int, width: int, vae_scale: int):
+        super().__init__()
+        self.vae, self.height, self.width, self.vae_scale = vae, height, width, vae_scale
+
+    def forward(self, latents):
+        from diffusers import FluxPipeline
+
+        lat = FluxPipeline._unpack_latents(latents, self.height, self.width, self.vae_scale)
+        lat = lat / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        image = self.vae.decode(lat.to(self.vae.dtype), return_dict=False)[0]
+        return (image * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
+
+
+class ExportedVaeDecoder:
+    """Lazy: :class:`VaeDecodeModule` as a ``torch.export`` program (dynamic batch), on ``device``."""
+
+    def __init__(self, vae, geom, device: str = "cpu"):
+        self.vae, self.geom, self.device = vae, geom, device
+
+    def module(self):
+        g = self.geom
+        return VaeDecodeModule(self.vae.to(self.device).eval(), g.height, g.width, g.vae_scale).eval()
+
+    def input_shape(self, batch) -> list:
+        return [batch, self.geom.grid[0] * self.geom.grid[1], self.geom.latent_channels * 4]
+
+    def output_shape(self, batch) -> list:
+        return [batch, self.geom.height, self.geom.width, 3]
+
+    def example(self, batch: int = 2, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(*self.input_shape(batch), generator=g).to(self.device),)
+
+    def __call__(self):
+        batch = torch.export.Dim("batch", min=1, max=32)  # diffusers' Upsample2D branches at batch 64
+        with torch.no_grad():
+            return torch.export.export(self.module(), self.example(), dynamic_shapes={"latents": {0: batch}},
+                                       strict=False)
+
+
 def package_variants(path: Path, compiled: dict) -> Path:
     """Compile every ``{name: CompiledVariant}`` and write them into one ``.pt2`` package at ``path``."""
     from torch._inductor.package import package_aoti
@@ -188,13 +243,18 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
     text = model.extras.get("text_encoder") if manifest.text_encoder else None
     if text is not None:
         steps[TEXT_MODEL] = CompiledVariant(ExportedTextEncoder(text.float().eval(), text_len, device))
+    vae = _vae_decoder_step(manifest, model, geom, device)
+    if vae is not None:
+        steps[VAE_MODEL] = CompiledVariant(vae)
     writer = ConstantsWriter(folder, manifest.tensors.values())
     try:
-        log(f"AOTInductor: compiling sizes {list(manifest.sizes)} for {device} (weights kept out of the code)")
+        log(f"AOTInductor: compiling sizes {list(manifest.sizes)}{' and the VAE decoder' if vae else ''} for "
+            f"{device} (weights kept out of the code)")
         package_variants(folder / PACKAGE, steps)
         variants = [{"size": k, **_constant_entry(folder, steps, model_name(k), f"variant k={k}", writer)}
                     for k in manifest.sizes]
         text_entry = _constant_entry(folder, steps, TEXT_MODEL, "text encoder", writer) if text else None
+        vae_entry = _vae_decoder_entry(folder, vae, steps, writer)
         writer.close()
     except BaseException:
         writer.rollback()
@@ -206,6 +266,8 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
                "weights": {"appended_to_weights_bin": (folder / WEIGHTS).stat().st_size - writer.original_size}}
     if text_entry is not None:
         section[TEXT_MODEL] = text_entry
+    if vae_entry is not None:
+        section[VAE_MODEL] = vae_entry
     try:
         if text_entry is not None:
             text_entry["parity_max_abs"] = _text_parity(folder, section, text, text_len, manifest.text_encoder,
@@ -218,6 +280,12 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
             if not v["parity_max_abs"] <= settings.tolerance:
                 raise DDiTError(f"AOTInductor variant k={v['size']} differs from torch by {v['parity_max_abs']:.3g} "
                                 f"(> {settings.tolerance:g}); aoti section not written")
+        if vae_entry is not None:
+            vae_entry["parity_max_abs"] = _vae_parity(folder, section, vae, device)
+            if not vae_entry["parity_max_abs"] <= VAE_PARITY_TOL:
+                raise DDiTError(f"the AOTInductor VAE decoder differs from diffusers by "
+                                f"{vae_entry['parity_max_abs']:.3g} in [0, 1] pixels (> {VAE_PARITY_TOL:g}); "
+                                f"aoti section not written")
     except BaseException:
         _undo(folder, writer.original_size)
         raise
@@ -228,6 +296,9 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
     if text_entry is not None:
         log(f"text encoder: AOTInductor vs torch max abs diff {text_entry['parity_max_abs']:.2e}, "
             f"{len(text_entry['constants'])} constants from weights.bin")
+    if vae_entry is not None:
+        log(f"vae_decoder: AOTInductor vs diffusers max abs diff {vae_entry['parity_max_abs']:.2e} (pixels in "
+            f"[0, 1]), {len(vae_entry['constants'])} constants from weights.bin")
     return section
 
 
@@ -239,6 +310,39 @@ def _constant_entry(folder: Path, steps: dict, name: str, what: str, writer: Con
     if lacking:
         raise DDiTError(f"AOTInductor {what} needs constants the export did not lift: {lacking[:3]}")
     return {"model": name, "constants": [writer.add(n, consts[n]) for n in names]}
+
+
+def _vae_decoder_step(manifest, model, geom, device: str):
+    """The VAE decoder's export step for a kind "flux" bundle (its VAE is the --weights folder's), else None."""
+    pipe = getattr(model, "extras", {}).get("pipeline")
+    if manifest.model.get("kind") != "flux" or pipe is None or getattr(pipe, "vae", None) is None:
+        return None
+    return ExportedVaeDecoder(pipe.vae, geom, device)
+
+
+def _vae_decoder_entry(folder: Path, vae, steps: dict, writer) -> dict | None:
+    """The manifest's ``aoti.vae_decoder``: model name, constants (appended through ``writer``), shapes."""
+    if vae is None:
+        return None
+    return {**_constant_entry(folder, steps, VAE_MODEL, "VAE decoder", writer),
+            "input": {"name": "latents", "shape": vae.input_shape("batch"), "dtype": "float32"},
+            "output": {"name": "image", "shape": vae.output_shape("batch"), "dtype": "float32", "range": [0, 1],
+                       "uint8": "round(x * 255)"}}
+
+
+def _vae_parity(folder: Path, section: dict, vae, device: str) -> float:
+    """Max |AOTInductor - diffusers| of the decoded image (in [0, 1]) on one random latent, weights from
+    weights.bin."""
+    from ..runtime.backends.aoti import load_variant, map_weights
+
+    (x,) = vae.example(batch=1, seed=123)
+    with torch.no_grad():
+        ref = vae.module()(x).float()
+    compiled = load_variant(folder / section["package"], section[VAE_MODEL], map_weights(folder / WEIGHTS),
+                            device=device, cache={})
+    out = compiled(x)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return float((out.float() - ref).abs().max())
 
 
 def _used_constants(package: Path, name: str) -> list[str]:

@@ -107,6 +107,14 @@ static std::vector<Constant> read_constants(const json& rows) {
   return out;
 }
 
+// aoti.vae_decoder (kind "flux" bundles built with --backend aoti and a VAE): optional
+static void read_vae_decoder(const json& a, Bundle& b) {
+  if (!a.contains("vae_decoder") || a["vae_decoder"].is_null()) return;
+  b.vae_decoder.model = a["vae_decoder"].at("model").get<std::string>();
+  b.vae_decoder.constants = read_constants(a["vae_decoder"].at("constants"));
+  b.has_vae_decoder = true;
+}
+
 Bundle read_bundle(const std::string& folder) {
   struct stat st;
   if (stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw bundle_error("bundle folder not found: " + folder);
@@ -162,6 +170,7 @@ Bundle read_bundle(const std::string& folder) {
       b.vocab = d["text_encoder"].at("vocab").get<std::vector<std::string>>();
       b.max_words = d["text_encoder"].at("max_length").get<int>();
     }
+    read_vae_decoder(a, b);
     const json& m = d.at("model");
     b.kind = m.value("kind", std::string());
     b.height = m.at("height").get<int>();

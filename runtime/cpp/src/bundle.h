@@ -49,6 +49,8 @@ struct Bundle {
   std::string dtype, device, package;
   std::vector<std::string> inputs;
   std::vector<AotiVariant> variants;
+  bool has_vae_decoder = false;     // aoti.vae_decoder: FLUX's VAE decoder compiled into the package (vae.cpp)
+  AotiVariant vae_decoder;          // its model name and constants (size unused)
   ScheduleSettings schedule;
   SchedulerConfig scheduler;
   std::string name;                          // model.name (a trace's "model")

@@ -259,12 +259,6 @@ bool has_decoder(const ddit_runtime& rt) {
   return (rt.bundle.kind == "pixel" && rt.bundle.latent_channels == 3) || has_vae_decoder(rt);
 }
 
-__attribute__((weak)) bool has_vae_decoder(const ddit_runtime&) { return false; }
-
-__attribute__((weak)) void decode_with_vae(ddit_runtime& rt, const at::Tensor&, uint8_t*) {
-  throw Error(DDIT_ERR_UNSUPPORTED, "no decoder in this bundle (" + rt.bundle.folder + ")");
-}
-
 }  // namespace ddit
 
 extern "C" {

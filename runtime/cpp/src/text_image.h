@@ -30,8 +30,8 @@ const ddit_request& with_prompts(ddit_runtime* rt, const ddit_request& q, Prompt
 // 1: ddit_decode works on this runtime (a pixel model, or a compiled VAE decoder).
 bool has_decoder(const ddit_runtime& rt);
 
-// A FLUX bundle's compiled VAE decoder. The definitions in text_image.cpp are weak defaults (no decoder); the
-// file that loads a decoder defines both, and ddit_decode / ddit_generate call them for non-pixel bundles.
+// A FLUX bundle's compiled VAE decoder (defined in vae.cpp, which loads it at open);
+// ddit_decode / ddit_generate call them for non-pixel bundles.
 // latents: (batch, tokens, channels) float32 on the CPU; pixels: batch * height * width * 3 (RGB, uint8).
 bool has_vae_decoder(const ddit_runtime& rt);
 void decode_with_vae(ddit_runtime& rt, const at::Tensor& latents, uint8_t* pixels);
