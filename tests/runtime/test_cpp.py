@@ -559,5 +559,8 @@ def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_pyt
     finally:
         cpp_lib.close(rt)
     np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), want)
-    bad = subprocess.run(cmd[:-4] + ["--cache-order", "7"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "cache order" in bad.stderr
+    order = cmd.index("--cache-order") + 1
+    bad = subprocess.run(cmd[:order] + ["7"] + cmd[order + 1:], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--cache-order must be 0, 1 or 2, got 7" in bad.stderr
+    twice = subprocess.run(cmd + ["--cache-order", "1"], capture_output=True, text=True)
+    assert twice.returncode == 2 and "--cache-order given twice" in twice.stderr

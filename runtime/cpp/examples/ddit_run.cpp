@@ -347,7 +347,9 @@ static int run(int argc, char** argv) {
   if (a.has("threads")) oo.threads = int(a.integer("threads"));
   if (a.has("no-verify")) oo.verify = 0;
   ddit_runtime* rt = nullptr;
+  const auto t_open = std::chrono::steady_clock::now();
   if (ddit_open_ex(a.bundle.c_str(), &oo, &rt) != DDIT_OK) return fail(ddit_last_error());
+  const double open_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_open).count();
   ddit_info info;
   ddit_get_info(rt, &info);
   std::vector<float> states, pooled, init;
@@ -500,8 +502,9 @@ static int run(int argc, char** argv) {
     ddit_trace_step(rt, i, &s);
     line += (i ? "," : "") + std::to_string(s.size);
   }
-  std::printf("sizes per step: %s\ndenoise median %.4f s over %d run(s)\npeak RSS %ld kB\n", line.c_str(),
-              median(secs), repeat, peak_rss_kb());
+  std::printf("open %.4f s (sha256 %s)\nsizes per step: %s\n%s median %.4f s over %d run(s)\npeak RSS %ld kB\n",
+              open_s, info.verified ? "checked" : "not checked", line.c_str(),
+              png ? "generate (encode + denoise + decode)" : "denoise", median(secs), repeat, peak_rss_kb());
   for (const auto& p : wrote) std::printf("wrote %s\n", p.c_str());
   ddit_close(rt);
   return 0;
