@@ -107,6 +107,20 @@ class Manifest:
     cache: dict | None = None  # default step-cache profile (settings.CacheSettings fields); None: no cache
     aoti: dict | None = None  # AOTInductor package and constant tables (build --backend aoti); read via aoti_section
     format_version: int = FORMAT_VERSION
+    # quantized bundles (build --precision int8, issue 22): QDQ graphs with fp32 inputs and outputs (``dtype`` stays
+    # the graphs' I/O dtype, fp32), int8 weights in weights.bin; ``quantization``: method, calibration, per-size
+    # ranges. Both optional and written only when quantized: fp32/fp16/bf16 manifests are unchanged (no version bump;
+    # a reader that ignores them still runs the graphs on ONNX Runtime, which is all a QDQ graph needs)
+    precision: str | None = None
+    quantization: dict | None = None
+
+    @property
+    def effective_precision(self) -> str:
+        return self.precision or self.dtype
+
+    @property
+    def quantized(self) -> bool:
+        return self.effective_precision in QUANTIZED_PRECISIONS
 
     def variant(self, size: int) -> Variant:
         for v in self.variants:
@@ -139,6 +153,10 @@ class Manifest:
             d["cache"] = self.cache
         if self.aoti is not None:
             d[AOTI_KEY] = self.aoti
+        if self.precision is not None:
+            d["precision"] = self.precision
+        if self.quantization is not None:
+            d["quantization"] = self.quantization
         return json.dumps(d, indent=1)
 
 
@@ -174,7 +192,8 @@ def read_manifest(folder: str | Path) -> Manifest:
         m = Manifest(model=d["model"], variants=variants, schedule=d["schedule"], dtype=d["dtype"],
                      files=d["files"], text_encoder=d.get("text_encoder"), tools=d.get("tools", {}),
                      tensors=d["tensors"], tensorrt=d.get("tensorrt"), cache=d.get("cache"),
-                     aoti=d.get(AOTI_KEY), format_version=version)
+                     aoti=d.get(AOTI_KEY), format_version=version, precision=d.get("precision"),
+                     quantization=d.get("quantization"))
         _check_manifest(folder, m)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{path}: missing or malformed field {e}") from None
@@ -183,6 +202,14 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 #: dtypes a bundle may name: the bundle's precision, and each tensor's (numpy names; bfloat16 as ml_dtypes has it)
 BUNDLE_DTYPES = ("fp32", "fp16", "bf16")
+BUNDLE_PRECISIONS = BUNDLE_DTYPES + ("int8",)
+QUANTIZED_PRECISIONS = ("int8",)
+#: what a backend that cannot run QDQ graphs says about a quantized bundle (aoti, the C++ runtime, TensorRT here)
+def quantized_unsupported(backend: str, precision: str = "int8") -> str:
+    return (f"the {backend} backend cannot run a {precision} bundle (quantized QDQ ONNX graphs run on ONNX Runtime "
+            f"only): use --backend onnxruntime, or build an fp32/bf16 bundle for {backend}")
+
+
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -213,6 +240,11 @@ def _check_manifest(folder: Path, m: Manifest):
             raise BundleError(f"{path}: field 'model.schedule_resolution': {e}") from None
     if m.dtype not in BUNDLE_DTYPES:
         raise BundleError(f"{path}: field 'dtype' is {m.dtype!r}, expected one of {', '.join(BUNDLE_DTYPES)}")
+    if m.precision is not None and m.precision not in BUNDLE_PRECISIONS:
+        raise BundleError(f"{path}: field 'precision' is {m.precision!r}, expected one of "
+                          f"{', '.join(BUNDLE_PRECISIONS)}")
+    if m.quantized and m.dtype != "fp32":
+        raise BundleError(f"{path}: a {m.precision} bundle has fp32 graph inputs; field 'dtype' is {m.dtype!r}")
     if is_video(m) and not (isinstance(m.model.get("frames"), int) and m.format_version >= 2):
         raise BundleError(f"{path}: a video bundle (kind {m.model.get('kind')!r}) needs format_version >= 2 and an "
                           f"integer 'model.frames'")

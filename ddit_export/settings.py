@@ -312,6 +312,13 @@ class GenerateSettings:
 
 
 DTYPES = ("fp32", "fp16", "bf16")
+#: ``build --precision``: fp32/fp16/bf16 are the graphs' dtype (``--dtype``); int8 quantizes the fp32 graphs (QDQ,
+#: ONNX Runtime CPU, issue 22); fp8 is named so it can be refused with a reason (TensorRT/GPU only, not built here)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+QUANTIZED_PRECISIONS = ("int8",)
+DEFAULT_CALIBRATION_SAMPLES = 8  # calibration generations (prompts) for --precision int8
+FP8_UNSUPPORTED = ("--precision fp8 is not runnable on the CPU: ONNX Runtime's CPU provider has no FP8 kernels "
+                   "(FP8 needs TensorRT on a GPU, which this build does not have); use --precision int8 for the CPU")
 #: how ``adapt`` draws the schedules of its coarse-step trajectories: ``random`` (fine warm-up, then a random coarse
 #: size on half the steps), ``ladders`` (the deployed family: ladders over the n4/tail range that ``calibrate``
 #: sweeps, half of them with the step cache's extrapolated steps), ``both`` (a third random, two thirds ladders)
@@ -334,10 +341,28 @@ class BuildSettings:
     out: str | None = None  # default engines/<model>
     text_len: int | None = None  # FLUX.1-dev: T5 length (default 512); pixel models: their encoder's max length
     parity_tol: float | None = None  # default PARITY_TOL[dtype]
+    precision: str | None = None  # one of PRECISIONS; None: the dtype. fp16/bf16 set the dtype; int8 needs fp32 graphs
+    calibration_prompts: str | None = None  # int8: calibration captions (default: the package's shipped file)
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES  # int8: calibration generations (one prompt each)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        precision = self.dtype if self.precision is None else self.precision
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "fp8":
+            raise ConfigError(FP8_UNSUPPORTED)
+        if precision in DTYPES and self.dtype not in ("fp32", precision):
+            raise ConfigError(f"--precision {precision} and --dtype {self.dtype} disagree: give one of them")
+        if precision in QUANTIZED_PRECISIONS and self.dtype != "fp32":
+            raise ConfigError(f"--precision {precision} quantizes the fp32 graphs: leave --dtype out (got "
+                              f"--dtype {self.dtype})")
+        object.__setattr__(self, "precision", precision)
+        if precision in DTYPES:
+            object.__setattr__(self, "dtype", precision)
+        if self.calibration_samples < 1:
+            raise ConfigError(f"calibration samples must be >= 1, got {self.calibration_samples}")
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
         check_shape(height=self.height, width=self.width, frames=self.frames)
         if self.text_len is not None and self.text_len < 1:
@@ -346,6 +371,10 @@ class BuildSettings:
     @property
     def tolerance(self) -> float:
         return self.parity_tol if self.parity_tol is not None else PARITY_TOL[self.dtype]
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in QUANTIZED_PRECISIONS
 
     @property
     def torch_dtype(self):

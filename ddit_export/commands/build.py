@@ -16,7 +16,16 @@ from ..settings import DEFAULT_MODEL
 @click.option("--width", type=int, help="Image width (default: the model's).")
 @click.option("--frames", type=int, help="Video models: the clip length the graphs are built for (default: the "
                                          "model's).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="The graphs' dtype (default fp32); "
+                                                                            "same as --precision fp32|fp16|bf16.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "fp8"]),
+              help="fp32 (default), fp16, bf16 (as --dtype); int8: QDQ graphs calibrated on the model's own "
+                   "generations at every patch size, run by ONNX Runtime on the CPU; fp8: TensorRT/GPU only, refused "
+                   "here.")
+@click.option("--calibration-prompts", type=click.Path(), help="--precision int8: calibration captions, one a line "
+              "(default: the shipped ddit_export/calibration/prompts-flux-mini.txt).")
+@click.option("--calibration-samples", type=int, default=8, show_default=True,
+              help="--precision int8: calibration generations (the first N captions).")
 @click.option("--text-len", type=int, help="Text tokens (FLUX.1-dev: T5 length, default 512).")
 @click.option("--backend", type=click.Choice(["onnx", "trt", "aoti"]), default="onnx", show_default=True,
               help="onnx: ONNX graphs + shared weights (ONNX Runtime). trt: also TensorRT engines (needs tensorrt). "
@@ -24,7 +33,8 @@ from ..settings import DEFAULT_MODEL
 @click.option("--device", default="cpu", show_default=True, help="With --backend aoti: cpu or cuda, the device "
                                                                  "AOTInductor compiles for.")
 @click.option("--out", type=click.Path(), help="Bundle folder (default: engines/<model>).")
-def command(model, weights, adapters, sizes, height, width, frames, dtype, text_len, backend, device, out):
+def command(model, weights, adapters, sizes, height, width, frames, dtype, precision, calibration_prompts,
+            calibration_samples, text_len, backend, device, out):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
     from ..api import model_family
     from ..cli import _ints
@@ -32,6 +42,32 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, text_
     from ..export.build import build_bundle
     from ..settings import BuildSettings
 
+    if dtype is not None and precision is not None and dtype != precision:
+        raise ConfigError(f"--precision {precision} and --dtype {dtype} disagree: give one of them")
+    quant = dict(precision=precision, calibration_prompts=calibration_prompts,
+                 calibration_samples=calibration_samples)
+    dtype = dtype or "fp32"
+    if precision == "fp8":
+        from ..settings import FP8_UNSUPPORTED
+
+        raise ConfigError(FP8_UNSUPPORTED)
+    if precision != "int8" and (calibration_prompts is not None or calibration_samples != 8):
+        raise ConfigError("--calibration-prompts and --calibration-samples apply to --precision int8")
+    loaded = None
+    if precision == "int8":
+        if backend != "onnx":
+            raise ConfigError(f"--precision int8 builds QDQ ONNX graphs for ONNX Runtime; --backend {backend} "
+                              f"cannot take them yet: build with --backend onnx")
+        if model_family(model, weights) == "wan":
+            raise ConfigError("--precision int8 calibrates on generated images: not built for video (Wan) models")
+        from ..export.quantize import calibration_scenes
+        from ..models.registry import load_model
+
+        settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
+                                 height=height, width=width, frames=frames, dtype=dtype, out=out,
+                                 text_len=text_len, **quant)  # settings errors before the model loads
+        loaded = load_model(model, weights, adapters=adapters, sizes=settings.sizes)
+        calibration_scenes(loaded, settings, click.echo)  # unreadable captions: one error line before the export
     if device != "cpu":  # a build runs on the CPU unless AOTInductor compiles for the GPU: never a silent fall-back
         from ..api import check_device
 
@@ -56,7 +92,7 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, text_
         return
     settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                              height=height, width=width, frames=frames, dtype=dtype, out=out,
-                                 text_len=text_len)
+                             text_len=text_len, **quant)
     if backend == "aoti":
         from ..api import check_device
         from ..export.aoti import build_with_aoti
@@ -65,6 +101,6 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, text_
         path = build_with_aoti(settings, device=device, log=click.echo)  # checks for a compiler first
         click.echo(f"wrote bundle {path} with an AOTInductor package")
         return
-    path = build_bundle(settings, log=click.echo)
-    click.echo(f"wrote bundle {path}")
+    path = build_bundle(settings, log=click.echo, model=loaded)
+    click.echo(f"wrote bundle {path}{' (int8)' if settings.quantized else ''}")
 

@@ -87,6 +87,10 @@ def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, l
     if missing:
         raise ConfigError(f"patch size(s) {missing} do not divide the {'x'.join(map(str, geom.grid[-2:]))} token "
                           f"grid of {geom.height}x{geom.width}; choose other --sizes or another resolution")
+    if settings.quantized:  # the calibration captions are checked before the export, not after it
+        from .quantize import calibration_scenes
+
+        calibration_scenes(model, settings, log)
     manifest = _write_bundle(tmp, model, geom, settings, progress, log)
     (tmp / MANIFEST).write_text(manifest.to_json())
     if finish is not None:
@@ -110,11 +114,18 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
     text = model.extras.get("text_encoder")
     text_len = settings.text_len or (text.config.max_length if text is not None else 512)
     writer = SharedWeightsWriter(folder)
+    # int8: the fp32 graphs go to a scratch folder of their own first (checked against torch, calibrated, then
+    # quantized into the bundle); the scratch folder lives inside the temporary bundle folder, so it goes with it
+    fp32_dir, fp32_writer = folder, writer
+    if settings.quantized:
+        fp32_dir = folder / "_fp32"
+        fp32_dir.mkdir()
+        fp32_writer = SharedWeightsWriter(fp32_dir)
     variants, tensors = [], {}
     try:
         for k in tqdm(settings.sizes, desc="export variants", disable=not progress):
             file = f"transformer_k{k}.onnx"
-            tensors[file] = _save_shared(export_variant(mp, k, geom, text_len, dtype), writer, folder, file)
+            tensors[file] = _save_shared(export_variant(mp, k, geom, text_len, dtype), fp32_writer, fp32_dir, file)
             variants.append((k, file))
         text_entry = None
         if text is not None:
@@ -124,9 +135,11 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
                           "max_length": text_len, "inputs": ["input_ids", "attention_mask"],
                           "outputs": ["states", "pooled"]}
     finally:
-        writer.close()
+        fp32_writer.close()
+        if not settings.quantized:
+            writer.close()
     for _, file in variants:
-        onnx.checker.check_model(str(folder / file))
+        onnx.checker.check_model(str(fp32_dir / file))
     cfg = dict(mp.config)
     names = variant_input_names(mp)
     np_dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[settings.dtype]
@@ -135,22 +148,78 @@ def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: 
     spec_out = (TensorSpec("velocity", ("batch", geom.tokens(1), geom.token_channels), np_dtype),)
     manifest_variants = []
     for k, file in tqdm(variants, desc="parity", disable=not progress):
-        diff = variant_parity(folder / file, mp, k, geom, text_len, dtype)
+        diff = variant_parity(fp32_dir / file, mp, k, geom, text_len, dtype)
         if diff is not None and not diff <= settings.tolerance:
             raise DDiTError(f"variant k={k}: ONNX differs from torch by {diff:.3g} (> {settings.tolerance:g}); "
                             f"bundle not written")
         manifest_variants.append(Variant(k, file, geom.tokens(k), geom.grid_at(k), spec_in, spec_out, diff))
     for v in manifest_variants:
         log(f"k={v.size}: {v.tokens} tokens, ONNX vs torch max abs diff "
-            f"{'not run (bf16 on ORT CPU)' if v.parity_max_abs is None else f'{v.parity_max_abs:.2e}'}")
-    files = [WEIGHTS] + [f for _, f in variants] + ([text_entry["file"]] if text_entry else [])
+            f"{'not run (bf16 on ORT CPU)' if v.parity_max_abs is None else f'{v.parity_max_abs:.2e}'}"
+            f"{' (the fp32 graph, before quantization)' if settings.quantized else ''}")
+    quantization, extra_files = None, []
+    if settings.quantized:
+        try:
+            fp32_tables = {f: tensors[f] for _, f in variants}
+            quantization, extra_files = _quantize_into(folder, fp32_dir, variants, tensors, fp32_tables, writer,
+                                                       model, settings, progress, log)
+        finally:
+            writer.close()
+    files = [WEIGHTS] + [f for _, f in variants] + ([text_entry["file"]] if text_entry else []) + extra_files
     entry = _model_entry(model, geom, text_len, cfg)
     video = entry["kind"] in ("wan-pixel", "wan")
     return Manifest(
         model=entry, variants=manifest_variants, format_version=FORMAT_VERSION if video else IMAGE_FORMAT_VERSION,
         schedule=_schedule_entry(model.schedule_defaults, video),
         dtype=settings.dtype, files={f: sha256_file(folder / f) for f in files}, text_encoder=text_entry,
-        tools=_tool_versions(), tensors=tensors)
+        tools=_tool_versions(), tensors=tensors, precision=settings.precision if settings.quantized else None,
+        quantization=quantization)
+
+
+def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_tables: dict, writer, model,
+                   settings: BuildSettings, progress: bool, log) -> tuple[dict, list[str]]:
+    """Calibrate on the model's own generations, quantize each fp32 graph of ``fp32_dir`` and write it into the
+    bundle (its int8 weights into the bundle's shared file, ``tensors`` updated); returns the manifest's
+    ``quantization`` section and the calibration files it adds. The fp32 scratch folder is removed at the end."""
+    import onnx
+    from tqdm.auto import tqdm
+
+    from . import quantize as q
+    from .onnx import strip_metadata
+
+    scenes, prompts_path = q.calibration_scenes(model, settings, log)
+    feeds = q.collect(model, scenes, settings.sizes, progress=progress)
+    cal = folder / q.CALIBRATION_DIR
+    cal.mkdir()
+    shutil.copyfile(prompts_path, cal / "prompts.txt")
+    ranges, per_size, added = {}, {}, [f"{q.CALIBRATION_DIR}/prompts.txt"]
+    for k, file in tqdm(variants, desc="quantize", disable=not progress):
+        scratch = folder / f"_int8_k{k}"
+        cache = cal / f"ranges_k{k}.json"
+        q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache)
+        err = q.velocity_error(fp32_dir / file, scratch / "model.onnx", feeds[k])
+        proto = strip_metadata(onnx.load(str(scratch / "model.onnx"), load_external_data=False))
+        tensors[file] = writer.externalize(proto, scratch)
+        onnx.save(proto, folder / file)
+        shutil.rmtree(scratch)
+        ranges[k] = q.keyed_ranges(q.range_summary(cache), q.matmul_inputs(fp32_dir / file, fp32_tables[file]))
+        per_size[str(k)] = {"calibration_calls": len(feeds[k]), "velocity_rel_rms_vs_fp32": round(err, 5),
+                            "ranges": f"{q.CALIBRATION_DIR}/ranges_k{k}.json"}
+        added.append(f"{q.CALIBRATION_DIR}/ranges_k{k}.json")
+        log(f"k={k}: int8, {len(feeds[k])} calibration calls, velocity vs fp32 graph: relative RMS {err:.2e}")
+    shutil.rmtree(fp32_dir)
+    comparison = q.compare_ranges(ranges)
+    for k, c in comparison.items():
+        per_size[k].update(c)
+    section = {"precision": settings.precision, "method": q.QUANTIZER, "format": "QDQ",
+               "weights": "int8 symmetric per-channel (depends on the weight alone: stored once)",
+               "activations": "uint8 asymmetric per-tensor, MinMax, each size its own ranges",
+               "op_types": list(q.OP_TYPES),
+               "calibration": {"prompts": f"{q.CALIBRATION_DIR}/prompts.txt", "prompts_source": Path(prompts_path).name,
+                               "prompts_sha256": q.sha256_text(prompts_path), "samples": len(scenes),
+                               "steps": model.default_steps, "schedule": "static, sizes rotated per prompt"},
+               "per_size": per_size}
+    return section, added
 
 
 def _schedule_entry(schedule, video: bool) -> dict:

@@ -98,6 +98,11 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
     if man.model["kind"] == "wan" and weights is None:
         raise ConfigError("a Wan 2.1 bundle holds the transformer only: give --weights DIR (the local Wan 2.1 "
                           "diffusers folder) for its text encoder and VAE")
+    if man.quantized and backend in ("aoti", "tensorrt"):  # QDQ graphs: ONNX Runtime only (issue 22)
+        from ..bundle import quantized_unsupported
+
+        raise ConfigError(quantized_unsupported({"aoti": "AOTInductor", "tensorrt": "TensorRT"}[backend],
+                                                man.effective_precision))
     if is_video(man) and backend == "aoti":
         raise ConfigError("the AOTInductor backend runs image bundles only; run a video bundle with onnxruntime")
     if backend == "auto":

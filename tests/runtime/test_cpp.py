@@ -225,6 +225,9 @@ def test_bad_inputs_return_error_codes(cpp_lib, aoti_bundle, tiny_bundle, tmp_pa
     fails(2, "AOTInductor section version 99 is newer", cpp_lib.open, newer)
     _edit_manifest(newer, lambda d: d.update(format_version=99))
     fails(2, "bundle format version 99 is newer", cpp_lib.open, newer)
+    quantized = shutil.copytree(aoti_bundle, tmp_path / "quantized")  # issue 22: an int8 bundle, one message
+    _edit_manifest(quantized, lambda d: d.update(precision="int8"))
+    assert "int8 (quantized) bundle runs on ONNX Runtime only" in fails(3, "int8", cpp_lib.open, quantized)
     _edit_manifest(newer, lambda d: (d.update(format_version=1), d["aoti"].update(aoti_version=1),
                                      d["model"].pop("height")))
     fails(2, "height", cpp_lib.open, newer)

@@ -136,6 +136,12 @@ Bundle read_bundle(const std::string& folder) {
     throw bundle_error(path + ": bundle format version " + std::to_string(version) +
                        " is newer than this runtime reads (" + std::to_string(kFormatVersion) +
                        "); upgrade the runtime or rebuild the bundle");
+  if (d.contains("precision") && d["precision"].is_string()) {  // quantized bundles (issue 22): QDQ ONNX graphs
+    const std::string p = d["precision"].get<std::string>();
+    if (p != "fp32" && p != "fp16" && p != "bf16")
+      throw Error(DDIT_ERR_UNSUPPORTED, path + ": a " + p + " (quantized) bundle runs on ONNX Runtime only; the C++ "
+                  "runtime runs AOTInductor packages of fp32 bundles: build one with `ddit-export build --backend aoti`");
+  }
   if (!d.contains("aoti") || d["aoti"].is_null())
     throw bundle_error(path + ": the bundle has no AOTInductor package; rebuild it with "
                        "`ddit-export build --backend aoti`");

@@ -1,0 +1,248 @@
+"""``build --precision int8`` (issue 22): calibrate on the model's own generations at every patch size, then quantize
+each exported fp32 variant graph with ONNX Runtime's static quantizer (QDQ, per-channel int8 weights).
+
+Why ONNX Runtime's quantizer and not NVIDIA ModelOpt: ``modelopt.torch.quantization`` (0.47) quantizes the model on
+the CPU, but its fake-quant op runs as an autograd.Function on CPU tensors that ``torch.export`` cannot trace
+(``torch.onnx.export(dynamo=True)`` fails in step 1), and the TorchScript exporter has no ``aten::rms_norm`` (FLUX's
+RMSNorm): no QDQ graph came out (README "INT8 bundles").
+
+Calibration: a few generations on calibration captions with a static schedule that rotates through the sizes
+(prompt i takes size ``sizes[(step + i) % n]`` at each step), so every size sees every noise level on trajectories
+the model itself produced; each step's graph inputs are recorded for that size. Every size is calibrated on its own
+inputs (its own activation scales: tiny); the weights' int8 payloads and scales depend on the weight alone
+(symmetric per-channel), so the trunk's quantized weights are identical bytes in every graph and the shared weights
+file stores them once. The activation ranges of each size are kept in the bundle (``calibration/ranges_k<k>.json``,
+ONNX Runtime's calibration-cache format) with a per-size summary in the manifest.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+CALIBRATION_DIR = "calibration"
+OP_TYPES = ("MatMul", "Gemm")  # the matmuls: ORT CPU fuses DQ -> MatMul -> Q into integer matmuls (VNNI)
+QUANTIZER = "onnxruntime.quantization.quantize_static"
+
+
+def calibration_scenes(model, settings, log=print) -> tuple[list, Path]:
+    """The calibration captions the build will generate, checked before any export: the file exists, holds scene
+    captions, and the model reads every one of the first ``calibration_samples`` (else one ``error:`` line)."""
+    from ..quality.calibrate import readable
+    from ..quality.policies import default_prompts_path, read_prompts
+
+    path = Path(settings.calibration_prompts) if settings.calibration_prompts else default_prompts_path()
+    if model.extras.get("text_encoder") is None:
+        raise ConfigError(f"--precision {settings.precision} calibrates on generated images: model {model.name} "
+                          f"has no text encoder in this package (pixel models: flux-mini-64, flux-mini, tiny)")
+    scenes = read_prompts(path)[:settings.calibration_samples]
+    readable(model, scenes, drop=False, log=log)
+    return scenes, path
+
+
+def calibration_schedule(sizes: tuple, steps: int, offset: int) -> tuple:
+    """The static schedule of calibration generation ``offset``: sizes rotated so each size sees every step."""
+    sizes = sorted(sizes)
+    return tuple(sizes[(i + offset) % len(sizes)] for i in range(steps))
+
+
+class RecordingBackend:
+    """The torch backend, recording every call's graph inputs (numpy, as the ONNX Runtime backend feeds them)."""
+
+    name = "record"
+
+    def __init__(self, model, guidance: bool):
+        from ..runtime.backends.torch import TorchBackend
+
+        self.inner = TorchBackend(model)
+        self.sizes = self.inner.sizes
+        self.guidance = guidance
+        self.feeds: dict[int, list[dict]] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def activate(self):
+        pass
+
+    def deactivate(self):
+        pass
+
+    def run(self, size, latents, cond, timestep, guidance, grid):
+        from ..runtime.backends.base import image_ids
+
+        f = {"hidden_states": latents, "encoder_hidden_states": cond.states, "pooled_projections": cond.pooled,
+             "timestep": timestep, "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
+        if self.guidance:
+            f["guidance"] = guidance
+        self.feeds.setdefault(size, []).append(
+            {k: v.detach().cpu().float().numpy().copy() for k, v in f.items()})
+        return self.inner.run(size, latents, cond, timestep, guidance, grid)
+
+
+def collect(model, scenes, sizes: tuple, *, seed: int = 0, progress: bool = False) -> dict[int, list[dict]]:
+    """Generate each calibration caption (batch 1) with its rotated schedule; returns {size: [feeds, ...]}."""
+    from tqdm.auto import tqdm
+
+    from ..api import build_settings
+    from ..runtime.generate import generate
+
+    rec = RecordingBackend(model.transformer, bool(model.guidance_embeds))
+    for i, s in enumerate(tqdm(scenes, desc="calibrate", disable=not progress)):
+        gs = build_settings(model, prompts=[s.caption], seed=seed + i,
+                            static=calibration_schedule(sizes, model.default_steps, i), cache={"mode": "off"})
+        generate(model, rec, gs, progress=False, decode=False)
+    missing = [k for k in sizes if not rec.feeds.get(k)]
+    if missing:
+        raise ConfigError(f"calibration never ran size(s) {missing}: give more --calibration-samples or steps")
+    return rec.feeds
+
+
+class FeedReader:
+    """onnxruntime.quantization.CalibrationDataReader over recorded feeds (only the inputs the graph takes)."""
+
+    def __init__(self, feeds: list[dict], names: list[str]):
+        self.feeds, self.names, self.i = feeds, names, 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        f = self.feeds[self.i]
+        self.i += 1
+        return {n: f[n] for n in self.names}
+
+    def __len__(self):
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int):  # CalibStridedMinMax
+        self.feeds = self.feeds[start_index:end_index]
+        self.i = 0
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_graph(fp32_path: Path, out_path: Path, feeds: list[dict], cache_path: Path, *,
+                   ranges_from: Path | None = None):
+    """Quantize one fp32 variant graph (external data beside it) into ``out_path`` (external data beside it);
+    writes the activation ranges to ``cache_path``. ``ranges_from``: reuse another calibration's ranges instead of
+    calibrating (measurements: one set of scales for every size)."""
+    import onnx
+
+    names = [i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if ranges_from is not None:
+        shutil.copyfile(ranges_from, cache_path)
+    with _quiet_root_log():
+        _quantize_static(fp32_path, out_path, None if ranges_from is not None else FeedReader(feeds, names),
+                         cache_path)
+    cache_path.chmod(0o644)  # ORT writes it private (mkstemp); it is a bundle file like the others
+
+
+@contextlib.contextmanager
+def _quiet_root_log():
+    """ORT's quantizer warns on the root logger ("consider pre-processing"): the graphs are already shape-inferred
+    dynamo exports; keep the build's output readable."""
+    log = logging.getLogger()
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _quantize_static(fp32_path, out_path, reader, cache_path):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    # QuantizeBias off: an int32 bias is bias / (activation scale x weight scale), so it would differ per size and
+    # break the one copy of the trunk's weights; the fp32 bias is the same bytes in every graph
+    quantize_static(str(fp32_path), str(out_path), reader,
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES), per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
+                    calibration_cache_path=str(cache_path),
+                    extra_options={"CalibMaxIntermediateOutputs": 8, "WeightSymmetric": True,
+                                   "ActivationSymmetric": False, "QuantizeBias": False})
+
+
+def range_summary(cache_path: Path) -> dict:
+    """{tensor: [lowest, highest]} of one size's calibration cache (ONNX Runtime's TensorsData JSON)."""
+    d = json.loads(Path(cache_path).read_text())
+    out = {}
+    for name, td in d["data"].items():
+        lo, hi = td.get("lowest"), td.get("highest")
+        val = lambda v: float(np.asarray(v["data"] if isinstance(v, dict) else v).reshape(-1)[0])  # noqa: E731
+        if lo is not None and hi is not None:
+            out[name] = [val(lo), val(hi)]
+    return out
+
+
+def matmul_inputs(fp32_path: Path, table: list) -> dict[str, str]:
+    """{weight key: activation input name} of a graph's matmuls with a shared weight. The key is the weight's
+    offset in the (content-deduplicated) weights file, so the same trunk matmul has the same key in every size's
+    graph even where the exporter named its tensors differently."""
+    import onnx
+
+    g = onnx.load(str(fp32_path), load_external_data=False).graph
+    offset = {row[0]: str(row[1]) for row in table}
+    return {offset[n.input[1]]: n.input[0] for n in g.node
+            if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in offset}
+
+
+def keyed_ranges(ranges: dict, inputs: dict[str, str]) -> dict:
+    """One size's ranges of its matmuls' activation inputs, keyed by weight (see :func:`matmul_inputs`)."""
+    return {key: ranges[name] for key, name in inputs.items() if name in ranges}
+
+
+def compare_ranges(per_size: dict[int, dict]) -> dict:
+    """How far each size's activation ranges are from the finest size's, over the matmul inputs every size has
+    (keyed by weight): the median / min / max ratio of range widths, and the fraction more than 2x apart."""
+    sizes = sorted(per_size)
+    base = per_size[sizes[0]]
+    out = {}
+    for k in sizes:
+        common = [n for n in base if n in per_size[k]]
+        w = lambda r: max(r[1] - r[0], 1e-12)  # noqa: E731
+        ratios = np.array([w(per_size[k][n]) / w(base[n]) for n in common]) if common else np.ones(1)
+        lo = min(r[0] for r in per_size[k].values())
+        hi = max(r[1] for r in per_size[k].values())
+        out[str(k)] = {"matmul_inputs": len(per_size[k]), "common_with_finest": len(common),
+                       "width_ratio_vs_finest_median": round(float(np.median(ratios)), 4),
+                       "width_ratio_vs_finest_max": round(float(ratios.max()), 4),
+                       "width_ratio_vs_finest_min": round(float(ratios.min()), 4),
+                       "over_2x_apart": round(float(np.mean((ratios > 2) | (ratios < 0.5))), 4),
+                       "lowest": round(lo, 4), "highest": round(hi, 4)}
+    return out
+
+
+def sha256_text(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def velocity_error(fp32_path: Path, int8_path: Path, feeds: list[dict], n: int = 4) -> float:
+    """Relative RMS error of the int8 graph's velocity vs the fp32 graph's on the last ``n`` recorded feeds."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    a = ort.InferenceSession(str(fp32_path), so, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(int8_path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in a.get_inputs()]
+    num = den = 0.0
+    for f in feeds[-n:]:
+        feed = {k: f[k] for k in names}
+        x, y = a.run(None, feed)[0], b.run(None, feed)[0]
+        num += float(((x - y) ** 2).sum())
+        den += float((x ** 2).sum())
+    return float(np.sqrt(num / max(den, 1e-30)))

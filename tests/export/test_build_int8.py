@@ -1,0 +1,194 @@
+"""Issue 22: ``build --precision int8``: calibrated on the model's own generations at every patch size, QDQ graphs
+quantized by ONNX Runtime, the trunk's int8 weights stored once, run by ONNX Runtime; bad inputs refused in one
+line before any export; an interrupted quantization leaves no bundle."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ddit_export.bundle import MANIFEST, load
+from ddit_export.cli import main
+from ddit_export.errors import ConfigError
+from ddit_export.export import build as build_mod
+from ddit_export.export import quantize as quantize_mod
+from ddit_export.export.build import build_bundle
+from ddit_export.settings import BuildSettings
+
+# short captions the tiny model reads (it reads at most 24 words; the shipped file has longer ones)
+PROMPTS = """# calibration captions for the tiny model
+a large purple circle at the top on a white background
+a medium yellow square at the bottom on a striped background
+a small red triangle at the left on a black background
+"""
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cal") / "prompts.txt"
+    p.write_text(PROMPTS)
+    return p
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory, prompts_file):
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    return build_bundle(BuildSettings(model="tiny", out=str(out), precision="int8",
+                                      calibration_prompts=str(prompts_file), calibration_samples=3),
+                        progress=False, log=lambda *a: None)
+
+
+def _ops(path):
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def test_int8_bundle_manifest_and_calibration_files(int8_bundle, prompts_file):
+    m = load(int8_bundle)  # every file hashed, the calibration files included
+    assert m.precision == "int8" and m.quantized and m.dtype == "fp32"
+    q = m.quantization
+    assert q["calibration"]["samples"] == 3
+    assert q["calibration"]["prompts_sha256"] == quantize_mod.sha256_text(prompts_file)
+    assert set(q["per_size"]) == {"1", "2", "4"}
+    for k, row in q["per_size"].items():
+        assert row["calibration_calls"] > 0 and row["lowest"] < row["highest"]
+        assert row["ranges"] in m.files and (int8_bundle / row["ranges"]).is_file()
+        assert 0 < row["velocity_rel_rms_vs_fp32"] < 0.2
+    assert "calibration/prompts.txt" in m.files
+    assert (int8_bundle / "calibration" / "prompts.txt").read_text() == PROMPTS
+    assert not [p for p in int8_bundle.iterdir() if p.name.startswith("_")]  # no scratch folder left
+
+
+def test_graphs_are_qdq_and_the_trunk_is_stored_once(int8_bundle, tiny_bundle):
+    m = load(int8_bundle)
+    for v in m.variants:
+        ops = _ops(int8_bundle / v.file)
+        assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
+    # every int8 weight of the fine graph (the trunk: k=1 has no adapters) is the same bytes in every graph
+    offsets = {v.file: {row[1] for row in m.tensors[v.file] if row[3] == "int8"} for v in m.variants}
+    fine = offsets["transformer_k1.onnx"]
+    assert fine and all(fine <= o for o in offsets.values())
+    # weights.bin holds each int8 payload once: smaller than the fp32 bundle's
+    assert (int8_bundle / "weights.bin").stat().st_size < 0.6 * (tiny_bundle / "weights.bin").stat().st_size
+    assert "precision" not in json.loads((tiny_bundle / MANIFEST).read_text())  # fp32 manifests unchanged
+
+
+def test_weight_quantization_depends_on_the_weight_only(tmp_path):
+    """Two graphs with the same weight and different activation ranges give the same int8 payload and scale."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    tables = []
+    for i, scale in enumerate((1.0, 50.0)):
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                              [numpy_helper.from_array(w, "w")])
+        src = tmp_path / f"g{i}" / "model.onnx"
+        src.parent.mkdir()
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src)
+        feeds = [{"x": (np.random.default_rng(j).standard_normal((4, 64)) * scale).astype(np.float32)}
+                 for j in range(3)]
+        out = tmp_path / f"q{i}" / "model.onnx"
+        quantize_mod.quantize_graph(src, out, feeds, tmp_path / f"ranges{i}.json")
+        model = onnx.load(str(out))
+        tables.append({t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+                       if t.name.startswith("w_")})
+    a, b = tables
+    assert set(a) == set(b) and any(v.dtype == np.int8 for v in a.values())
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_int8_bundle_generates_close_to_fp32(int8_bundle, tiny_bundle):
+    from ddit_export.api import build_settings
+    from ddit_export.runtime.bundle_model import open_bundle
+    from ddit_export.runtime.generate import generate
+
+    out = {}
+    for name, folder in (("fp32", tiny_bundle), ("int8", int8_bundle)):
+        model, backend = open_bundle(folder, threads=1)
+        with backend:
+            r = generate(model, backend, build_settings(model, static=(1,) * 8, steps=8), progress=False)
+        out[name] = np.asarray(r.images, np.float32)
+    mse = float(np.mean((out["fp32"] - out["int8"]) ** 2))
+    assert 0 < mse  # really quantized
+    psnr = 10 * np.log10(1.0 / mse) if out["fp32"].max() <= 1.0 else 10 * np.log10(255.0 ** 2 / mse)
+    assert psnr > 20, psnr
+
+
+def test_int8_bundle_refused_by_aoti_and_tensorrt(int8_bundle):
+    from ddit_export.runtime.bundle_model import open_bundle
+
+    for backend in ("aoti", "tensorrt"):
+        with pytest.raises(ConfigError, match="cannot run a int8 bundle"):
+            open_bundle(int8_bundle, backend=backend)
+
+
+def test_an_interrupted_quantization_leaves_no_bundle(tmp_path, prompts_file, tiny_bundle, monkeypatch):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_bundle, out)  # an old fp32 bundle at out: kept whole
+    before = (out / MANIFEST).read_text()
+    calls = []
+    real = quantize_mod.quantize_graph
+
+    def stop_half_way(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C between the first and the second size's quantization
+        return real(*a, **k)
+
+    monkeypatch.setattr(quantize_mod, "quantize_graph", stop_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(BuildSettings(model="tiny", sizes=(1, 2), out=str(out), precision="int8",
+                                   calibration_prompts=str(prompts_file), calibration_samples=2),
+                     progress=False, log=lambda *a: None)
+    assert len(calls) == 2
+    assert (out / MANIFEST).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary folder left
+    assert not (out / "calibration").exists()
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("export work started")
+
+    monkeypatch.setattr(build_mod, "_write_bundle", fail)
+    monkeypatch.setattr(build_mod, "build_bundle", fail)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--precision", "int4"], "int4"),
+    (["--precision", "fp8"], "not runnable on the CPU"),
+    (["--precision", "int8", "--dtype", "fp16"], "disagree"),
+    (["--precision", "fp16", "--dtype", "bf16"], "disagree"),
+    (["--precision", "int8", "--backend", "aoti"], "--backend aoti cannot take them"),
+    (["--calibration-samples", "4"], "apply to --precision int8"),
+    (["--precision", "int8", "--calibration-samples", "0"], "calibration samples must be >= 1"),
+    (["--precision", "int8", "--calibration-prompts", "MISSING"], "cannot read prompts"),
+    (["--precision", "int8"], "this model reads at most 24"),  # the shipped captions are too long for tiny
+    (["--precision", "int8", "--calibration-prompts", "BADWORD"], "not in the model's vocabulary"),
+])
+def test_bad_precision_inputs_are_one_line_before_the_export(tmp_path, no_export, args, needle):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a large red circle at the top on a checkered background\n")  # a word tiny cannot read
+    args = [str(tmp_path / "missing.txt") if a == "MISSING" else str(bad) if a == "BADWORD" else a for a in args]
+    r = CliRunner().invoke(main, ["build", "--model", "tiny", "--out", str(tmp_path / "out"), *args])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_precision_maps_onto_dtype():
+    assert BuildSettings(model="tiny", precision="fp16").dtype == "fp16"
+    assert BuildSettings(model="tiny", dtype="bf16").precision == "bf16"
+    assert BuildSettings(model="tiny").precision == "fp32" and not BuildSettings(model="tiny").quantized
+    assert BuildSettings(model="tiny", precision="int8").quantized
+    with pytest.raises(ConfigError, match="fp8"):
+        BuildSettings(model="tiny", precision="fp8")
