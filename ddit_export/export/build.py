@@ -196,7 +196,7 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
     for k, file in tqdm(variants, desc="quantize", disable=not progress):
         scratch = folder / f"_int8_k{k}"
         cache = cal / f"ranges_k{k}.json"
-        q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache)
+        excluded = q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache)
         err = q.velocity_error(fp32_dir / file, scratch / "model.onnx", feeds[k])
         proto = strip_metadata(onnx.load(str(scratch / "model.onnx"), load_external_data=False))
         tensors[file] = writer.externalize(proto, scratch)
@@ -204,9 +204,11 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
         shutil.rmtree(scratch)
         ranges[k] = q.keyed_ranges(q.range_summary(cache), q.matmul_inputs(fp32_dir / file, fp32_tables[file]))
         per_size[str(k)] = {"calibration_calls": len(feeds[k]), "velocity_rel_rms_vs_fp32": round(err, 5),
+                            "activation_matmuls_excluded": len(excluded),
                             "ranges": f"{q.CALIBRATION_DIR}/ranges_k{k}.json"}
         added.append(f"{q.CALIBRATION_DIR}/ranges_k{k}.json")
-        log(f"k={k}: int8, {len(feeds[k])} calibration calls, velocity vs fp32 graph: relative RMS {err:.2e}")
+        log(f"k={k}: int8, {len(feeds[k])} calibration calls, {len(excluded)} activation x activation matmuls "
+            f"left in fp32, velocity vs fp32 graph: relative RMS {err:.2e}")
     shutil.rmtree(fp32_dir)
     comparison = q.compare_ranges(ranges)
     for k, c in comparison.items():
@@ -215,6 +217,8 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
                "weights": "int8 symmetric per-channel (depends on the weight alone: stored once)",
                "activations": "uint8 asymmetric per-tensor, MinMax, each size its own ranges",
                "op_types": list(q.OP_TYPES),
+               "excluded": "MatMul/Gemm nodes whose both inputs are activations (attention Q.K^T, P.V) stay fp32; "
+                           "per size: activation_matmuls_excluded",
                "calibration": {"prompts": f"{q.CALIBRATION_DIR}/prompts.txt", "prompts_source": Path(prompts_path).name,
                                "prompts_sha256": q.sha256_text(prompts_path), "samples": len(scenes),
                                "steps": model.default_steps, "schedule": "static, sizes rotated per prompt"},

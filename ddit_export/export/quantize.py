@@ -132,21 +132,54 @@ class FeedReader:
         self.i = 0
 
 
+def weight_tensors(graph) -> set[str]:
+    """The names of a graph's tensors that are weights: its initializers, Constant outputs, and the outputs of
+    nodes whose every input is a weight (a Transpose / Cast / DequantizeLinear of an initializer). Everything
+    else (graph inputs and what is computed from them) is an activation. ONNX graphs list nodes in topological
+    order, so one pass decides every tensor."""
+    weights = {t.name for t in graph.initializer}
+    for n in graph.node:
+        ins = [i for i in n.input if i]
+        if n.op_type == "Constant" or (ins and all(i in weights for i in ins)):
+            weights.update(o for o in n.output if o)
+    return weights
+
+
+def activation_matmuls(graph) -> list[str]:
+    """The names of the MatMul / Gemm nodes whose two (first) inputs are both activations: attention's Q·Kᵀ and
+    P·V. They are left in fp32 (``nodes_to_exclude``): quantizing both operands of a matmul per-tensor (softmax
+    probabilities to uint8 among them) costs most of the int8 error and, on ONNX Runtime's CPU, no time is saved
+    there; only the weight matmuls are quantized."""
+    weights = weight_tensors(graph)
+    out = []
+    for n in graph.node:
+        if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[0] not in weights and n.input[1] not in weights:
+            if not n.name:
+                raise ConfigError(f"cannot leave an activation x activation {n.op_type} out of int8: it has no "
+                                  f"node name (inputs {n.input[0]}, {n.input[1]})")
+            out.append(n.name)
+    return out
+
+
 def quantize_graph(fp32_path: Path, out_path: Path, feeds: list[dict], cache_path: Path, *,
-                   ranges_from: Path | None = None):
+                   ranges_from: Path | None = None) -> list[str]:
     """Quantize one fp32 variant graph (external data beside it) into ``out_path`` (external data beside it);
     writes the activation ranges to ``cache_path``. ``ranges_from``: reuse another calibration's ranges instead of
-    calibrating (measurements: one set of scales for every size)."""
+    calibrating (measurements: one set of scales for every size). Only the weight matmuls are quantized; returns
+    the names of the activation x activation matmuls left in fp32 (:func:`activation_matmuls`)."""
     import onnx
 
-    names = [i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input]
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    names = [i.name for i in graph.input]
+    excluded = activation_matmuls(graph)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if ranges_from is not None:
         shutil.copyfile(ranges_from, cache_path)
     with _quiet_root_log():
         _quantize_static(fp32_path, out_path, None if ranges_from is not None else FeedReader(feeds, names),
-                         cache_path)
+                         cache_path, excluded)
     cache_path.chmod(0o644)  # ORT writes it private (mkstemp); it is a bundle file like the others
+    return excluded
 
 
 @contextlib.contextmanager
@@ -162,7 +195,7 @@ def _quiet_root_log():
         log.setLevel(level)
 
 
-def _quantize_static(fp32_path, out_path, reader, cache_path):
+def _quantize_static(fp32_path, out_path, reader, cache_path, exclude=()):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # QuantizeBias off: an int32 bias is bias / (activation scale x weight scale), so it would differ per size and
@@ -171,7 +204,7 @@ def _quantize_static(fp32_path, out_path, reader, cache_path):
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES), per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
-                    calibration_cache_path=str(cache_path),
+                    calibration_cache_path=str(cache_path), nodes_to_exclude=list(exclude),
                     extra_options={"CalibMaxIntermediateOutputs": 8, "WeightSymmetric": True,
                                    "ActivationSymmetric": False, "QuantizeBias": False})
 

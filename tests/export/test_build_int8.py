@@ -76,6 +76,54 @@ def test_graphs_are_qdq_and_the_trunk_is_stored_once(int8_bundle, tiny_bundle):
     assert "precision" not in json.loads((tiny_bundle / MANIFEST).read_text())  # fp32 manifests unchanged
 
 
+def test_only_weight_matmuls_are_quantized(int8_bundle):
+    """Attention's activation x activation matmuls (Q.K^T, P.V) stay fp32: neither input is a DequantizeLinear
+    output; every weight matmul is quantized: its weight comes through a DequantizeLinear of an int8 initializer
+    and its activation through a QuantizeLinear -> DequantizeLinear pair."""
+    import onnx
+
+    m = load(int8_bundle)
+    for v in m.variants:
+        g = onnx.load(str(int8_bundle / v.file), load_external_data=False).graph
+        inits = {t.name: t for t in g.initializer}
+        prod = {o: n for n in g.node for o in n.output}
+        dq_of_weight = lambda name: (name in prod and prod[name].op_type == "DequantizeLinear"  # noqa: E731
+                                     and prod[name].input[0] in inits
+                                     and inits[prod[name].input[0]].data_type == onnx.TensorProto.INT8)
+        dq_of_activation = lambda name: (name in prod and prod[name].op_type == "DequantizeLinear"  # noqa: E731
+                                         and prod[name].input[0] in prod
+                                         and prod[prod[name].input[0]].op_type == "QuantizeLinear")
+        act_act = weight = 0
+        for n in g.node:
+            if n.op_type not in ("MatMul", "Gemm"):
+                continue
+            a, b = n.input[0], n.input[1]
+            if dq_of_weight(b) or b in inits:
+                weight += 1
+                assert dq_of_weight(b) and dq_of_activation(a), (v.file, n.name)  # weight matmul: quantized
+            else:
+                act_act += 1
+                assert not dq_of_activation(a) and not dq_of_activation(b), (v.file, n.name)  # left in fp32
+        assert weight > 0 and act_act > 0
+        assert m.quantization["per_size"][str(v.size)]["activation_matmuls_excluded"] == act_act
+
+
+def test_activation_matmuls_found_by_walking_the_graph():
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], name="t"),
+             helper.make_node("Constant", [], ["c"], name="c",
+                              value=numpy_helper.from_array(np.ones((4, 4), np.float32))),
+             helper.make_node("MatMul", ["x", "wt"], ["y1"], name="weight_via_transpose"),
+             helper.make_node("MatMul", ["c", "x"], ["y2"], name="constant_first"),
+             helper.make_node("MatMul", ["y1", "y2"], ["y3"], name="act_act"),
+             helper.make_node("Gemm", ["y3", "x"], ["y4"], name="act_act_gemm")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                          [helper.make_tensor_value_info("y4", TensorProto.FLOAT, [4, 4])], [w])
+    assert quantize_mod.activation_matmuls(g) == ["act_act", "act_act_gemm"]
+
+
 def test_weight_quantization_depends_on_the_weight_only(tmp_path):
     """Two graphs with the same weight and different activation ranges give the same int8 payload and scale."""
     import onnx
