@@ -11,7 +11,8 @@ from ..settings import DEFAULT_MODEL
 @click.option("--weights", type=click.Path(), help="Local diffusers folder: FLUX.1-dev for --model flux, Wan 2.1 "
                                                    "for --model wan.")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own).")
-@click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes to export, in fine tokens.")
+@click.option("--sizes", help="Patch sizes to export, in fine tokens (each must divide the token grid). Default: "
+                               "those of 1,2,4 that divide it; a dropped size is named in one warning line.")
 @click.option("--height", type=int, help="Image height (default: the model's).")
 @click.option("--width", type=int, help="Image width (default: the model's).")
 @click.option("--frames", type=int, help="Video models: the clip length the graphs are built for (default: the "
@@ -50,13 +51,13 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, text_
 
         settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                  height=height, width=width, frames=frames, dtype=dtype, out=out,
-                                 text_len=text_len)
+                             text_len=text_len)
         path = build_with_tensorrt(settings, TrtSettings(), log=click.echo)  # checks for TensorRT first
         click.echo(f"wrote bundle {path} with TensorRT engines")
         return
     settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                              height=height, width=width, frames=frames, dtype=dtype, out=out,
-                                 text_len=text_len)
+                             text_len=text_len)
     if backend == "aoti":
         from ..api import check_device
         from ..export.aoti import build_with_aoti

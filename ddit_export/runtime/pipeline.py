@@ -37,7 +37,7 @@ from ..schedule import DDiTPolicy, StepRecord, Trace
 from ..settings import ScheduleSettings
 
 log = logging.getLogger("ddit_export")
-SCHEDULE_FILE = "ddit_schedule.json"
+SCHEDULE_FILE = "ddit_schedule.json"  # models/registry.py reads it too (DROP_IN_SCHEDULE_FILE)
 
 
 class DDiTTransformer(ModelMixin):
