@@ -241,13 +241,16 @@ def _check_all(settings: GenerateSettings, loaded, have: tuple, what: str, warn)
     from .runtime.generate import model_geometry, usable_sizes
     from .schedule import make_policy
 
-    _check_sizes(settings, loaded, have, what, warn)
-    _check_resolution(settings, loaded, warn)
-    _check_profile_resolution(settings, loaded, warn)
+    lines = []  # the warnings, said once every check has passed (never a warning followed by an error)
+    _check_sizes(settings, loaded, have, what, lines.append)
+    _check_resolution(settings, loaded, lines.append)
+    _check_profile_resolution(settings, loaded, lines.append)
     geom = model_geometry(loaded, settings)
     usable = usable_sizes(settings, geom, have)
     settings = fit_profile(settings, loaded.schedule_defaults, usable)
     make_policy(settings, geom.grid, usable)  # a schedule that does not fit the steps or the sizes: an error now
+    for line in lines:
+        warn(line)
     return settings
 
 

@@ -91,3 +91,13 @@ def test_a_saved_wrapped_pipeline_loads_back_wrapped_with_its_schedule_and_sched
     plain = WanTransformer3DModel.from_pretrained(tmp_path / "transformer")
     for k, v in pipe.transformer.model.trunk.state_dict().items():
         assert torch.equal(plain.state_dict()[k], v), k
+
+    # --model wan --weights on the saved folder: the trunk under the project's own wrapper, the saved schedule as
+    # the model's default, the saved adapters (every weight equal)
+    from ddit_export.models.registry import load_config_only, load_model
+
+    loaded = load_model("wan", tmp_path)
+    assert type(loaded.transformer.trunk) is WanTransformer3DModel
+    assert loaded.schedule_defaults == pipe.transformer.schedule == load_config_only("wan", tmp_path).schedule_defaults
+    for k, v in pipe.transformer.model.state_dict().items():
+        assert torch.equal(loaded.transformer.state_dict()[k], v), k
