@@ -84,7 +84,8 @@ def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, l
         model = load_model(settings.model, settings.weights, adapters=settings.adapters,
                            sizes=settings.load_sizes)
     geom = _geometry(model, settings)
-    settings = dataclasses.replace(settings, sizes=build_sizes(settings, geom, warn or _stderr))
+    have = tuple(getattr(model.transformer, "sizes", None) or settings.load_sizes)  # what its adapters cover
+    settings = dataclasses.replace(settings, sizes=build_sizes(settings, geom, warn or _stderr, have))
     manifest = _write_bundle(tmp, model, geom, settings, progress, log)
     (tmp / MANIFEST).write_text(manifest.to_json())
     if finish is not None:
@@ -103,9 +104,10 @@ def _geometry(model, settings: BuildSettings):
     return model.geometry(settings.height, settings.width)
 
 
-def build_sizes(settings: BuildSettings, geom, warn) -> tuple[int, ...]:
+def build_sizes(settings: BuildSettings, geom, warn, have=None) -> tuple[int, ...]:
     """The sizes to export at ``geom``: ``--sizes`` as given (each must divide the token grid: else an error), or
-    the default sizes that divide it, the dropped ones named in one ``warning:`` line."""
+    the default sizes (``have``: the model's, else 1, 2, 4) that divide it, the dropped ones named in one
+    ``warning:`` line."""
     grid = "x".join(map(str, geom.grid[-2:]))  # the spatial token grid (a video's per frame)
     if settings.sizes is not None:
         missing = [k for k in settings.sizes if not geom.available(k)]
@@ -113,8 +115,9 @@ def build_sizes(settings: BuildSettings, geom, warn) -> tuple[int, ...]:
             raise ConfigError(f"patch size(s) {missing} do not divide the {grid} token grid of "
                               f"{geom.height}x{geom.width}; choose other --sizes or another resolution")
         return settings.sizes
-    sizes = tuple(k for k in settings.load_sizes if geom.available(k))
-    dropped = [k for k in settings.load_sizes if k not in sizes]
+    have = tuple(have or settings.load_sizes)
+    sizes = tuple(k for k in have if geom.available(k))
+    dropped = [k for k in have if k not in sizes]
     if dropped:
         warn(f"warning: patch size(s) {dropped} are not built at {geom.height}x{geom.width}: they do not divide its "
              f"{grid} token grid (building sizes {list(sizes)}; --sizes chooses them)")
