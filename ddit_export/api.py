@@ -107,7 +107,9 @@ def model_family(model: str | None, weights=None, bundle=None) -> str:
 
 
 def check_family(model: str | None, bundle) -> str:
-    """The bundle's family; an explicitly named model of the other family is an error (one line)."""
+    """The bundle's family; an explicitly named model that is not the bundle's (of the other family, or another
+    model of the same family: ``--bundle engines/wan-mini --model tiny-wan``) is an error (one line), read from the
+    manifest and the model's name before anything loads."""
     family = model_family(None, bundle=bundle)
     if model is not None:
         asked = model_family(model)
@@ -115,15 +117,45 @@ def check_family(model: str | None, bundle) -> str:
             what = {"wan": "a video (Wan)", "flux": "an image (FLUX-family)"}
             raise ConfigError(f"--model {model} is {what[asked]} model, but bundle {bundle} holds {what[family]} "
                               f"model; leave --model out with --bundle, or build a bundle of {model}")
+        name, holds = declared_name(model), _bundle_model_name(bundle)
+        if name is not None and holds is not None and name != holds:
+            raise ConfigError(f"--model {model} is not the model of bundle {bundle}, which holds {holds!r}; leave "
+                              f"--model out with --bundle (the bundle says what it holds), or build a bundle of "
+                              f"{model}")
     return family
 
 
-def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=None, prompts=None, out=None,
+def declared_name(model: str | None) -> str | None:
+    """The name a model would load (and build a bundle) under, read cheaply: a preset's own name, a model folder's
+    ``ddit_model.json`` name; None when it cannot be told without loading."""
+    import json
+
+    from .models.registry import PRESETS
+
+    if model is None:
+        return None
+    if model in PRESETS:
+        return model
+    try:
+        name = json.loads((Path(model) / "ddit_model.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _bundle_model_name(bundle) -> str | None:
+    from .bundle import read_manifest
+
+    name = read_manifest(bundle).model.get("name")
+    return name if isinstance(name, str) else None
+
+
+def generate_images(*, model=None, weights=None, adapters=None, sizes=None, prompts=None, out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
                     warn=None, memory="shared", fps: int = 8, **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images (or, for a video model, one GIF or
-    MP4 per prompt) and trace. ``model=None`` with a bundle: whatever the bundle holds; a named model of the other
-    family (image vs video) than the bundle's is an error. ``sizes``: the patch sizes the schedule may use (None:
+    MP4 per prompt) and trace. ``model=None``: the default model, or with a bundle whatever the bundle holds; a
+    named model that is not the bundle's (the other family, or another model's name) is an error. ``sizes``: the patch sizes the schedule may use (None:
     all the model or bundle has; asking for one it lacks is an error). ``warn``: where a warning line goes
     (default: stderr). Returns (GenerationResult, written paths)."""
     from .runtime.generate import generate
@@ -158,19 +190,21 @@ def generate_images(*, model=DEFAULT_MODEL, weights=None, adapters=None, sizes=N
                                       memory=memory)
         have, what = tuple(loaded.manifest.sizes), "this bundle has"
     else:
-        from .models.registry import load_model
+        from .models.registry import load_config_only, load_model
         from .runtime.backends.torch import TorchBackend
 
         if backend not in ("auto", "torch"):
             raise ConfigError(f"--backend {backend} runs a bundle: give --bundle DIR")
         check_device(device)
+        stub = load_config_only(model, weights)
+        if stub is not None:  # --model wan: frames, sides, sizes, steps and schedule checked before the pipeline loads
+            _check_all(build_settings(stub, prompts=prompts, sizes=sizes, **settings_kw), stub,
+                       sizes or DEFAULT_SIZES, "this model's adapters cover", lambda line: None)
         loaded = load_model(model, weights, adapters=adapters, sizes=sizes or DEFAULT_SIZES, device=device)
         backend = TorchBackend(loaded.transformer)
         have, what = tuple(loaded.transformer.sizes), "this model's adapters cover"
     settings = build_settings(loaded, prompts=prompts, sizes=sizes, **settings_kw)
-    _check_sizes(settings, loaded, have, what, warn or _stderr)
-    _check_resolution(settings, loaded, warn or _stderr)
-    _check_profile_resolution(settings, loaded, warn or _stderr)
+    settings = _check_all(settings, loaded, have, what, warn or _stderr)
     with backend:
         result = generate(loaded, backend, settings)
     writes = [] if not out else video_writes(result.images, out, fps) if family == "wan" else \
@@ -200,6 +234,45 @@ def _stderr(line: str):
     print(line, file=sys.stderr)
 
 
+def _check_all(settings: GenerateSettings, loaded, have: tuple, what: str, warn) -> GenerateSettings:
+    """Every check of a generation's settings against the model (sizes, trained resolution, profile resolution,
+    the schedule against the steps and the sizes left), warnings included; returns the settings to run, the
+    model's profile fitted to the sizes left (:func:`fit_profile`)."""
+    from .runtime.generate import model_geometry, usable_sizes
+    from .schedule import make_policy
+
+    lines = []  # the warnings, said once every check has passed (never a warning followed by an error)
+    _check_sizes(settings, loaded, have, what, lines.append)
+    _check_resolution(settings, loaded, lines.append)
+    _check_profile_resolution(settings, loaded, lines.append)
+    geom = model_geometry(loaded, settings)
+    usable = usable_sizes(settings, geom, have)
+    settings = fit_profile(settings, loaded.schedule_defaults, usable)
+    make_policy(settings, geom.grid, usable)  # a schedule that does not fit the steps or the sizes: an error now
+    for line in lines:
+        warn(line)
+    return settings
+
+
+def fit_profile(settings: GenerateSettings, profile, usable) -> GenerateSettings:
+    """The model's own schedule profile (not one the user gave) asking for a size this resolution or ``--sizes``
+    leaves out runs with the sizes left: a ladder or probe's size-4 steps at size 2 (n4 = 0), or every step fine
+    (policy ``fine``) when size 2 is out too. A schedule the user gave is kept as given (an error if it does not
+    fit); the DDiT rule picks among the sizes left by itself."""
+    sc = settings.schedule
+    if settings.static is not None or settings.coarse_first is not None or sc != profile:
+        return settings
+    if sc.policy not in ("ladder", "probe"):
+        return settings
+    if 2 not in usable:
+        sc = dataclasses.replace(sc, policy="fine")
+    elif 4 not in usable and sc.n4:
+        sc = dataclasses.replace(sc, n4=0)
+    else:
+        return settings
+    return dataclasses.replace(settings, schedule=sc)
+
+
 def _check_sizes(settings: GenerateSettings, loaded, have: tuple, what: str, warn):
     """Asked-for sizes the model lacks or the resolution cannot use: error. Default sizes the resolution cannot
     use: one warning line saying which and why."""
@@ -223,14 +296,15 @@ def _check_sizes(settings: GenerateSettings, loaded, have: tuple, what: str, war
 
 
 def _check_resolution(settings: GenerateSettings, loaded, warn):
-    """A size the weights were not trained at: allowed (RoPE extrapolates), with one warning line naming the
-    trained resolutions."""
+    """A size (or a video's clip length) the weights were not trained at: allowed (RoPE extrapolates), with one
+    warning line naming the trained resolutions (and frames)."""
     from .shapes import resolution_warning
 
     from .runtime.generate import model_geometry
 
     geom = model_geometry(loaded, settings)
-    line = resolution_warning(loaded.name, getattr(loaded, "trained_resolutions", None), geom.height, geom.width)
+    line = resolution_warning(loaded.name, getattr(loaded, "trained_resolutions", None), geom.height, geom.width,
+                              getattr(geom, "frames", None), getattr(loaded, "trained_frames", None))
     if line:
         warn(line)
 

@@ -139,6 +139,17 @@ class Manifest:
         return parse_resolutions(self.model.get("trained_resolutions", [[self.model["height"], self.model["width"]]]))
 
     @property
+    def trained_frames(self) -> tuple[int, ...] | None:
+        """Video: the clip lengths the weights were trained at (optional ``model.trained_frames``), else None."""
+        f = self.model.get("trained_frames")
+        if f is None:
+            return None
+        if not isinstance(f, list) or not f or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                       for v in f):
+            raise ValueError(f"'trained_frames' must be a non-empty list of positive integers, got {f!r}")
+        return tuple(f)
+
+    @property
     def schedule_resolution(self) -> tuple[int, int] | None:
         """The (h, w) the schedule profile was calibrated at (optional ``model.schedule_resolution``), else None."""
         r = self.model.get("schedule_resolution")
@@ -231,6 +242,11 @@ def _check_manifest(folder: Path, m: Manifest):
     if "trained_resolutions" in m.model:
         try:
             parse_resolutions(m.model["trained_resolutions"])
+        except ValueError as e:
+            raise BundleError(f"{path}: field 'model': {e}") from None
+    if "trained_frames" in m.model:
+        try:
+            m.trained_frames
         except ValueError as e:
             raise BundleError(f"{path}: field 'model': {e}") from None
     if "schedule_resolution" in m.model:

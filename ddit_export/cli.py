@@ -215,6 +215,10 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
     if repeats is not None and repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if pareto_out:
+        if bundle is not None:  # the bundle must hold the benchmarked model: checked before anything loads
+            from .api import check_family
+
+            check_family(model, bundle)
         return _bench_pareto(model, weights, adapters, pareto_out, repeats, threads, n_prompts, seeds,
                              wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle)
     if replay_from:

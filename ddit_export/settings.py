@@ -333,7 +333,9 @@ class BuildSettings:
     model: str = DEFAULT_MODEL
     weights: str | None = None
     adapters: str | None = None
-    sizes: tuple[int, ...] = DEFAULT_SIZES
+    # None: the default sizes (1, 2, 4) that divide the token grid (the others dropped with one warning line);
+    # sizes given explicitly must all divide it
+    sizes: tuple[int, ...] | None = None
     height: int | None = None
     width: int | None = None
     frames: int | None = None  # video models: the clip length the graphs are built for (None: the model's)
@@ -363,10 +365,16 @@ class BuildSettings:
             object.__setattr__(self, "dtype", precision)
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration samples must be >= 1, got {self.calibration_samples}")
-        object.__setattr__(self, "sizes", check_sizes(self.sizes))
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", check_sizes(self.sizes))
         check_shape(height=self.height, width=self.width, frames=self.frames)
         if self.text_len is not None and self.text_len < 1:
             raise ConfigError(f"text length must be >= 1, got {self.text_len}")
+
+    @property
+    def load_sizes(self) -> tuple[int, ...]:
+        """The sizes the model loads with (fresh adapters for these): the given ones, else the defaults."""
+        return self.sizes if self.sizes is not None else DEFAULT_SIZES
 
     @property
     def tolerance(self) -> float:

@@ -182,14 +182,23 @@ def parse_resolutions(value) -> tuple[tuple[int, int], ...]:
     return tuple(dict.fromkeys(out))
 
 
-def resolution_warning(name: str, trained, height: int, width: int) -> str | None:
+def resolution_warning(name: str, trained, height: int, width: int, frames: int | None = None,
+                       trained_frames=None) -> str | None:
     """The one warning line for generating ``name`` at ``height`` x ``width`` when it was trained only at the
-    ``trained`` (h, w) pairs; None when it is one of them or ``trained`` is unknown (None)."""
-    if not trained or (height, width) in {tuple(r) for r in trained}:
+    ``trained`` (h, w) pairs; None when it is one of them or ``trained`` is unknown (None). A video model also
+    names its clip length: ``frames`` outside the ``trained_frames`` it was trained at (when known) warns too."""
+    size_off = bool(trained) and (height, width) not in {tuple(r) for r in trained}
+    frames_off = bool(trained_frames) and frames is not None and frames not in tuple(trained_frames)
+    if not (size_off or frames_off):
         return None
-    shown = ", ".join(f"{h}x{w}" for h, w in trained)
-    return (f"warning: {name} was trained at {shown}; {height}x{width} is outside that (allowed: RoPE "
-            f"extrapolates, but expect lower quality)")
+    if frames is None or not trained_frames:  # an image model, or a clip length not known
+        shown = ", ".join(f"{h}x{w}" for h, w in trained)
+        return (f"warning: {name} was trained at {shown}; {height}x{width} is outside that (allowed: RoPE "
+                f"extrapolates, but expect lower quality)")
+    counts = "/".join(str(f) for f in trained_frames)
+    sides = ", ".join(f"{h}x{w}" for h, w in trained) if trained else "its sides"
+    return (f"warning: {name} was trained at {counts} frames of {sides}; {frames} frames of {height}x{width} is "
+            f"outside that (allowed: RoPE extrapolates, but expect lower quality)")
 
 
 def profile_warning(name: str, policy: str, calibrated, height: int, width: int) -> str | None:

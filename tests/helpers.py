@@ -101,9 +101,10 @@ def tiny_flux_pipeline(guidance=True):
     return pipe
 
 
-def tiny_wan_pipeline():
+def tiny_wan_pipeline(rope_max_seq_len: int = 32):
     """A complete Wan 2.1 text-to-video WanPipeline with random tiny components (UMT5, Wan VAE, transformer), a local
-    tokenizer and Wan's own scheduler kind (UniPC with flow sigmas)."""
+    tokenizer and Wan's own scheduler kind (UniPC with flow sigmas). ``rope_max_seq_len`` >= 52 reaches Wan 2.1's
+    default 480x832 (a 30x52 token grid; Wan 2.1's own is 1024)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -115,7 +116,7 @@ def tiny_wan_pipeline():
                            temperal_downsample=[False, True, True])
     trunk = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
                                   out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
-                                  rope_max_seq_len=32)
+                                  rope_max_seq_len=rope_max_seq_len)
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     pipe = WanPipeline(tokenizer=tok, text_encoder=umt5.eval(), vae=vae.eval(), transformer=trunk.eval(),
                        scheduler=sched)

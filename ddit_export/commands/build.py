@@ -11,7 +11,8 @@ from ..settings import DEFAULT_MODEL
 @click.option("--weights", type=click.Path(), help="Local diffusers folder: FLUX.1-dev for --model flux, Wan 2.1 "
                                                    "for --model wan.")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own).")
-@click.option("--sizes", default="1,2,4", show_default=True, help="Patch sizes to export, in fine tokens.")
+@click.option("--sizes", help="Patch sizes to export, in fine tokens (each must divide the token grid). Default: "
+                               "those of 1,2,4 that divide it; a dropped size is named in one warning line.")
 @click.option("--height", type=int, help="Image height (default: the model's).")
 @click.option("--width", type=int, help="Image width (default: the model's).")
 @click.option("--frames", type=int, help="Video models: the clip length the graphs are built for (default: the "
@@ -66,7 +67,7 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
         settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                  height=height, width=width, frames=frames, dtype=dtype, out=out,
                                  text_len=text_len, **quant)  # settings errors before the model loads
-        loaded = load_model(model, weights, adapters=adapters, sizes=settings.sizes)
+        loaded = load_model(model, weights, adapters=adapters, sizes=settings.load_sizes)
         calibration_scenes(loaded, settings, click.echo)  # unreadable captions: one error line before the export
     if device != "cpu":  # a build runs on the CPU unless AOTInductor compiles for the GPU: never a silent fall-back
         from ..api import check_device

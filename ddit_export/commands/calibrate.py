@@ -54,6 +54,10 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
     from ..quality.calibrate import Unreachable, calibrate
     from ..settings import CalibrateSettings
 
+    if bundle is not None and ctx.get_parameter_source("model") != ParameterSource.DEFAULT:
+        from ..api import check_family
+
+        check_family(model, bundle)  # a --model that is not the bundle's: an error before anything loads
     if model_family(model, weights, bundle) == "wan":
         raise ConfigError("calibrate measures images on scene captions; for a video model compare settings with "
                           "`ddit-export evaluate --model MODEL --policy ... --tau ...` (clips, motion probe; README "

@@ -412,6 +412,7 @@ def build_with_aoti(settings, *, device: str = "cpu", log=print) -> Path:
 
     require_compiler()
     check_out(Path(settings.out) if settings.out else default_out(settings))  # before the model loads
-    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters,
+                       sizes=settings.load_sizes)
     return build_bundle(settings, log=log, model=model,
                         finish=lambda folder: prepare_aoti(folder, settings, model=model, device=device, log=log))

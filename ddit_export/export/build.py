@@ -44,11 +44,13 @@ def check_out(out: Path):
     check_replaceable(Path(out), is_bundle, "ddit bundle")
 
 
-def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, model=None, finish=None) -> Path:
+def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, model=None, finish=None,
+                 warn=None) -> Path:
     """Export, check, and write the bundle; returns its folder. ``model``: the model of ``settings``, already
     loaded (``build --backend trt`` loads it once for both steps). ``finish(folder)``: more parts of the bundle
     (AOTInductor package, TensorRT engines), added to the complete ONNX bundle in the temporary folder before it
-    replaces ``out``: an old bundle at ``out`` is replaced only by a bundle with every part."""
+    replaces ``out``: an old bundle at ``out`` is replaced only by a bundle with every part. ``warn``: where the one
+    warning line about default sizes the resolution cannot use goes (default: stderr)."""
     out = Path(settings.out) if settings.out else default_out(settings)
     check_out(out)
     with sigterm_as_exit():  # SIGTERM cleans up like Ctrl-C; SIGKILL's leftovers go at the next build
@@ -59,7 +61,7 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, m
         except OSError as e:
             raise write_failure(out, e) from None
         try:
-            _build_into(tmp, out, settings, progress, log, model, finish)
+            _build_into(tmp, out, settings, progress, log, model, finish, warn)
         except DDiTError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -72,21 +74,18 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, m
     return out
 
 
-def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log, model, finish=None):
-    from ..models.registry import load_model
+def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log, model, finish=None, warn=None):
+    from ..models.registry import load_config_only, load_model
 
     if model is None:
-        model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
-    if getattr(model, "family", "flux") == "wan":
-        geom = model.geometry(settings.height, settings.width, settings.frames)
-    elif settings.frames is not None:
-        raise ConfigError(f"--frames applies to video models; {model.name} makes images")
-    else:
-        geom = model.geometry(settings.height, settings.width)
-    missing = [k for k in settings.sizes if not geom.available(k)]
-    if missing:
-        raise ConfigError(f"patch size(s) {missing} do not divide the {'x'.join(map(str, geom.grid[-2:]))} token "
-                          f"grid of {geom.height}x{geom.width}; choose other --sizes or another resolution")
+        stub = load_config_only(settings.model, settings.weights)
+        if stub is not None:  # --model wan: frames, sides, RoPE and sizes checked before the whole pipeline loads
+            build_sizes(settings, _geometry(stub, settings), warn=lambda line: None)
+        model = load_model(settings.model, settings.weights, adapters=settings.adapters,
+                           sizes=settings.load_sizes)
+    geom = _geometry(model, settings)
+    have = tuple(getattr(model.transformer, "sizes", None) or settings.load_sizes)  # what its adapters cover
+    settings = dataclasses.replace(settings, sizes=build_sizes(settings, geom, warn or _stderr, have))
     if settings.quantized:  # the calibration captions are checked before the export, not after it
         from .quantize import calibration_scenes
 
@@ -99,6 +98,40 @@ def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, l
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
     replace_dir(tmp, out, is_bundle)
+
+
+def _geometry(model, settings: BuildSettings):
+    if getattr(model, "family", "flux") == "wan":
+        return model.geometry(settings.height, settings.width, settings.frames)
+    if settings.frames is not None:
+        raise ConfigError(f"--frames applies to video models; {model.name} makes images")
+    return model.geometry(settings.height, settings.width)
+
+
+def build_sizes(settings: BuildSettings, geom, warn, have=None) -> tuple[int, ...]:
+    """The sizes to export at ``geom``: ``--sizes`` as given (each must divide the token grid: else an error), or
+    the default sizes (``have``: the model's, else 1, 2, 4) that divide it, the dropped ones named in one
+    ``warning:`` line."""
+    grid = "x".join(map(str, geom.grid[-2:]))  # the spatial token grid (a video's per frame)
+    if settings.sizes is not None:
+        missing = [k for k in settings.sizes if not geom.available(k)]
+        if missing:
+            raise ConfigError(f"patch size(s) {missing} do not divide the {grid} token grid of "
+                              f"{geom.height}x{geom.width}; choose other --sizes or another resolution")
+        return settings.sizes
+    have = tuple(have or settings.load_sizes)
+    sizes = tuple(k for k in have if geom.available(k))
+    dropped = [k for k in have if k not in sizes]
+    if dropped:
+        warn(f"warning: patch size(s) {dropped} are not built at {geom.height}x{geom.width}: they do not divide its "
+             f"{grid} token grid (building sizes {list(sizes)}; --sizes chooses them)")
+    return sizes
+
+
+def _stderr(line: str):
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 def _write_bundle(folder: Path, model, geom, settings: BuildSettings, progress: bool, log) -> Manifest:
@@ -288,6 +321,9 @@ def _model_entry(model, geom, text_len, cfg) -> dict:
     trained = getattr(model, "trained_resolutions", None)
     if trained:  # optional: readers without it take height x width
         entry["trained_resolutions"] = [list(r) for r in trained]
+    frames = getattr(model, "trained_frames", None)
+    if frames:  # optional (video): the clip lengths the weights were trained at (generate warns at another)
+        entry["trained_frames"] = [int(f) for f in frames]
     calibrated = getattr(model, "schedule_resolution", None)
     if calibrated:  # optional: the size the schedule profile was calibrated at (generate warns at another)
         entry["schedule_resolution"] = list(calibrated)

@@ -445,7 +445,8 @@ def build_with_tensorrt(settings, trt_settings=None, *, log=print) -> Path:
     from .build import build_bundle
 
     require_tensorrt()
-    model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=settings.sizes)
+    model = load_model(settings.model, settings.weights, adapters=settings.adapters,
+                       sizes=settings.load_sizes)
 
     def finish(folder):
         prepare_tensorrt(folder, settings, trt_settings, log=log, model=model)

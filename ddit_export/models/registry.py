@@ -79,6 +79,8 @@ class LoadedModel:
     family: str = "flux"  # "wan": a video model (MultiPatchWan; geometry takes frames)
     default_frames: int | None = None  # video: the clip length by default
     vae_temporal: int = 1  # video: the VAE's temporal factor (Wan 2.1: 4; pixel space: 1)
+    #: video: the clip lengths (frames) the weights were trained at (``generate`` warns at another); None: not known
+    trained_frames: tuple[int, ...] | None = None
 
     @property
     def transformer_config(self) -> dict:
@@ -402,6 +404,7 @@ def _load_video_folder(folder: Path, meta: dict, adapters, sizes, adapter, dtype
                      meta.get("steps", 28), adapters, sizes, adapter, dtype, device, schedule=schedule)
     m.default_prompt = meta.get("prompt", m.default_prompt)
     m.trained_resolutions = ((meta["height"], meta["width"]),)
+    m.trained_frames = (int(meta["frames"]),)
     return m
 
 
@@ -432,6 +435,51 @@ def _video_model(name, trunk, text, sched_cfg, height, width, frames, steps, ada
                        extras={"text_encoder": text}, family="wan", default_frames=frames)
 
 
+def load_config_only(model: str, weights=None) -> LoadedModel | None:
+    """``--model wan``: a LoadedModel of the folder's JSON configs alone (no weights; ``transformer`` None, encode and
+    decode refuse), enough for the geometry (frames, sides, RoPE, sizes), the defaults and the schedule, so that
+    every check on them runs before the whole pipeline (UMT5, VAE, transformer) loads. None for the other models
+    (their checks run on the loaded model)."""
+    if model != "wan" or weights is None:
+        return None
+    folder = Path(weights)
+    _refuse_family(folder, "wan")
+    _check_folder(folder, ["model_index.json"] + list(WAN_FOLDERS) + ["transformer/config.json"])
+    try:
+        trunk_config = json.loads((folder / "transformer" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        patch = list(trunk_config["patch_size"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"could not read the Wan configs in {folder}: {e}") from None
+
+    def refuse(*_):
+        raise RuntimeError("load_config_only: a config-only model has no weights (load_model loads them)")
+
+    m = LoadedModel(name="wan", transformer=None, encode=refuse, decode=refuse, scheduler_config={},
+                    vae_scale=int(vae.get("scale_factor_spatial", 8)),  # AutoencoderKLWan's defaults
+                    latent_channels=int(vae.get("z_dim", trunk_config.get("in_channels", 16))),
+                    default_height=480, default_width=832, default_steps=50, extras={"guidance": 5.0},
+                    family="wan", default_frames=81, vae_temporal=int(vae.get("scale_factor_temporal", 4)))
+    m.__dict__["_trunk_config"] = {**trunk_config, "patch_size": patch}
+    m.schedule_defaults = _saved_drop_in_schedule(folder) or m.schedule_defaults
+    return m
+
+
+# written beside the trunk by runtime/pipeline.py's DDiTTransformer.save_pretrained (runtime sits above models/)
+DROP_IN_SCHEDULE_FILE = "ddit_schedule.json"
+
+
+def _saved_drop_in_schedule(folder: Path) -> ScheduleSettings | None:
+    """The schedule of a WanPipeline saved with the DDiT drop-in as its transformer (``ddit_schedule.json``)."""
+    path = folder / "transformer" / DROP_IN_SCHEDULE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ScheduleSettings(**json.loads(path.read_text())["schedule"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{path} is not a readable ddit schedule: {e}") from None
+
+
 def _load_wan(folder: Path, adapters, sizes, adapter, dtype, device, transformer: bool = True) -> LoadedModel:
     """A local diffusers Wan 2.1 text-to-video folder, loaded with ``WanPipeline.from_pretrained``."""
     _check_folder(folder, ["model_index.json"] + list(WAN_FOLDERS) + ["transformer/config.json"])
@@ -446,6 +494,9 @@ def _load_wan(folder: Path, adapters, sizes, adapter, dtype, device, transformer
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise WeightsError(f"could not load Wan weights from {folder}: {str(e).splitlines()[0]}") from None
     pipe.to(device)
+    schedule = _saved_drop_in_schedule(folder)
+    if transformer and hasattr(pipe.transformer, "model") and hasattr(pipe.transformer.model, "trunk"):
+        pipe.transformer = pipe.transformer.model.trunk  # a saved drop-in: its trunk (its adapters are beside it)
     if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
         adapters = folder / "transformer" / ADAPTER_FILE
     if transformer:
@@ -485,6 +536,8 @@ def _load_wan(folder: Path, adapters, sizes, adapter, dtype, device, transformer
                     default_steps=50, extras=extras, family="wan", default_frames=81,
                     vae_temporal=pipe.vae_scale_factor_temporal)
     m.default_prompt = "a cat walks on the grass, realistic"
+    if schedule is not None:
+        m.schedule_defaults = schedule
     if mp is None:
         m.__dict__["_trunk_config"] = trunk_config
     return m

@@ -32,6 +32,7 @@ class BundleModel:
         self.vae_scale = m["vae_scale"]
         self.latent_channels = m["latent_channels"]
         self.trained_resolutions = self.manifest.trained_resolutions
+        self.trained_frames = self.manifest.trained_frames
         self.schedule_resolution = self.manifest.schedule_resolution
         self.family = "wan" if is_video(self.manifest) else "flux"
         self.default_frames = m.get("frames")

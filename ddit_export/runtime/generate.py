@@ -96,7 +96,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     geom = model_geometry(model, settings)
     cond = model.encode(list(settings.prompts))
     b = len(settings.prompts)
-    sizes = _sizes(settings, geom, tuple(backend.sizes))
+    sizes = usable_sizes(settings, geom, tuple(backend.sizes))
     policy = make_policy(settings, geom.grid, sizes)
     device = cond.states.device
     if latents is not None:
@@ -166,7 +166,7 @@ def _negative(model, settings: GenerateSettings, cond, batch: int):
     return encode_negative(batch)
 
 
-def _sizes(settings: GenerateSettings, geom: TokenGeometry, have: tuple) -> tuple:
+def usable_sizes(settings: GenerateSettings, geom: TokenGeometry, have: tuple) -> tuple:
     """The sizes the schedule may use: the asked-for ones (each must be in the backend and divide the grid), else
     every backend size that divides the grid."""
     if settings.sizes is None:

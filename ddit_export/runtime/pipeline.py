@@ -37,7 +37,7 @@ from ..schedule import DDiTPolicy, StepRecord, Trace
 from ..settings import ScheduleSettings
 
 log = logging.getLogger("ddit_export")
-SCHEDULE_FILE = "ddit_schedule.json"
+SCHEDULE_FILE = "ddit_schedule.json"  # models/registry.py reads it too (DROP_IN_SCHEDULE_FILE)
 
 
 class DDiTTransformer(ModelMixin):
@@ -58,6 +58,9 @@ class DDiTTransformer(ModelMixin):
         self._custom_policy = policy_factory is not None
         self.policy_factory = policy_factory or (lambda grid, sizes: DDiTPolicy(schedule, grid, sizes))
         self.scheduler = scheduler
+        # set by from_pretrained when the saved wrapper had a scheduler: the scheduler of the pipeline that calls it
+        # is bound at its first call (a pipeline loads its scheduler as its own component, not through this class)
+        self._follow_pipeline_scheduler = False
         self.trace: Trace | None = None
         self._reset()
 
@@ -73,6 +76,8 @@ class DDiTTransformer(ModelMixin):
         self._seen_step_index = False  # the scheduler's step_index was set since this generation started
 
     def _new_generation(self, t: float) -> bool:
+        if self.scheduler is None and self._follow_pipeline_scheduler:
+            self.scheduler = _calling_pipeline_scheduler(self)
         if self._policy is None:
             return True
         if self.scheduler is None:
@@ -110,8 +115,8 @@ class DDiTTransformer(ModelMixin):
     # ---- save_pretrained / from_pretrained ----------------------------------------------------------------------
     def save_pretrained(self, save_directory, **kwargs):
         """The trunk's own ``save_pretrained`` (config.json + weights, every keyword passed on), plus
-        ``ddit_adapters.safetensors`` (the coarse sizes) and ``ddit_schedule.json`` (the schedule settings) beside it.
-        A custom ``policy_factory`` cannot be written down: refused before anything of the transformer is written."""
+        ``ddit_adapters.safetensors`` (the coarse sizes) and ``ddit_schedule.json`` (the schedule settings, and whether
+        the wrapper follows its pipeline's scheduler, which the pipeline saves itself) beside it. A custom ``policy_factory`` cannot be written down: refused before anything of the transformer is written."""
         from ..errors import ConfigError
 
         if self._custom_policy:
@@ -124,12 +129,16 @@ class DDiTTransformer(ModelMixin):
         self.model.save_adapters(folder)
         (folder / SCHEDULE_FILE).write_text(json.dumps({"format": "ddit-schedule/1",
                                                         "trunk_class": type(trunk).__name__,
-                                                        "schedule": vars(self.schedule)}, indent=1))
+                                                        "schedule": vars(self.schedule),
+                                                        "pipeline_scheduler": self.scheduler is not None},
+                                                       indent=1))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a folder written by :meth:`save_pretrained`: the trunk with diffusers (every keyword passed on), then
-        the adapters and schedule beside it. ``FluxPipeline.from_pretrained`` calls this for a saved wrapped pipe."""
+        the adapters and schedule beside it. ``FluxPipeline.from_pretrained`` (``WanPipeline.from_pretrained``) calls
+        this for a saved wrapped pipe. A wrapper saved with a scheduler takes the scheduler of the pipeline that first
+        calls it (``pipe.transformer.scheduler is pipe.scheduler`` after the first generation)."""
         import diffusers
 
         from ..errors import WeightsError
@@ -153,8 +162,11 @@ class DDiTTransformer(ModelMixin):
             from .pipeline_wan import DDiTWanTransformer
 
             wrapper = cls if issubclass(cls, DDiTWanTransformer) else DDiTWanTransformer
-            return wrapper(MultiPatchWan.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
-        return cls(MultiPatchFlux.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
+            out = wrapper(MultiPatchWan.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
+        else:
+            out = cls(MultiPatchFlux.from_trunk_and_adapters(trunk, folder), ScheduleSettings(**meta["schedule"]))
+        out._follow_pipeline_scheduler = bool(meta.get("pipeline_scheduler", False))
+        return out
 
     def cache_context(self, name: str, **kwargs):
         """The trunk's ``cache_context`` when diffusers' cache hooks sit on it (``pipe.transformer.enable_cache(...)``
@@ -260,6 +272,25 @@ def _latent_grid(img_ids):
     n = int(differs[0, 0]) if len(differs) else img_ids.shape[0]
     ids = img_ids[:n]
     return n, (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+
+
+def _calling_pipeline_scheduler(wrapper):
+    """The scheduler of the diffusers pipeline whose ``__call__`` is calling ``wrapper`` (its ``transformer`` or
+    ``transformer_2``), found on the call stack; ``None`` when the wrapper is called outside a pipeline."""
+    import sys
+
+    from diffusers import DiffusionPipeline
+
+    frame = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, DiffusionPipeline) and any(
+                getattr(owner, name, None) is wrapper for name in ("transformer", "transformer_2")):
+            return getattr(owner, "scheduler", None)
+        frame = frame.f_back
+    return None
 
 
 def _delegated() -> frozenset:

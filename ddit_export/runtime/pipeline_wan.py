@@ -9,7 +9,8 @@ gets dynamic patching.
 
 Everything but the call itself is :class:`~ddit_export.runtime.pipeline.DDiTTransformer`'s: one decision per step
 (the classifier-free-guidance call at the same timestep reuses it), a new history per generation, the trunk's
-LoRA/cache API reached through the wrapper, ``save_pretrained``/``from_pretrained``. The rule reads the latents
+LoRA/cache API reached through the wrapper, ``save_pretrained``/``from_pretrained`` (a saved wrapped pipe loads back
+wrapped with ``WanPipeline.from_pretrained(DIR)``, schedule and scheduler included). The rule reads the latents
 being denoised in fine-token form (the Wan patch's tokens, (frame, row, column) ordered). Image-to-video
 (``encoder_hidden_states_image``) and Wan 2.2's per-token timesteps are refused with a ConfigError: the coarse sizes
 have no path for them.
@@ -17,6 +18,9 @@ have no path for them.
 from __future__ import annotations
 
 import torch
+# ModelMixin in this module's namespace: WanPipeline.from_pretrained resolves the class recorded in model_index.json
+# (["ddit_export.runtime.pipeline_wan", "DDiTWanTransformer"]) and looks up its loadable base classes in this module
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 from ..flops import step_flops
 from ..schedule import StepRecord, Trace

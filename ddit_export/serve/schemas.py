@@ -172,11 +172,11 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
 
 def _check_schedule(settings: GenerateSettings, model):
     """Build the policy once (a static schedule naming a size the bundle lacks fails here, not in the replica)."""
-    from ..runtime.generate import _sizes
+    from ..runtime.generate import usable_sizes
     from ..schedule import make_policy
 
     geom = model.geometry(settings.height, settings.width)
-    make_policy(settings, geom.grid, _sizes(settings, geom, tuple(model.manifest.sizes)))
+    make_policy(settings, geom.grid, usable_sizes(settings, geom, tuple(model.manifest.sizes)))
 
 
 def is_json_content_type(content_type: str | None) -> bool:
