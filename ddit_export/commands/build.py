@@ -67,4 +67,6 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, text_
         return
     path = build_bundle(settings, log=click.echo)
     click.echo(f"wrote bundle {path}")
+    if dtype == "bf16":  # the graphs are for TensorRT; ONNX Runtime's CPU provider has no bf16 MatMul
+        click.echo("note: ONNX Runtime on the CPU cannot run bf16 graphs; for the CPU build with --backend aoti")
 
