@@ -135,6 +135,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--quality", type=int, default=12, help="prompts of the quality check (0: skip)")
+    ap.add_argument("--quality-threads", type=int, default=1)
     ap.add_argument("--only", default="eager,aoti,cpp,quality")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -175,7 +176,7 @@ def main():
         vocab = man.text_encoder["vocab"]
         prompts = quality_prompts(vocab, man.text_encoder["max_length"], a.quality)
         report["quality_prompts"] = prompts
-        report["quality"] = quality(bundles, prompts, threads=2)
+        report["quality"] = quality(bundles, prompts, threads=a.quality_threads)
         for k, v in report["quality"].items():
             print(k, json.dumps(v) if not isinstance(v, dict) else
                   {kk: vv for kk, vv in v.items() if kk != "sizes"}, flush=True)

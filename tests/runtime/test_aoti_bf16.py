@@ -153,7 +153,7 @@ def test_refusals(cpp_lib, bf16_aoti, tmp_path):
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
     assert "--backend aoti" in r.output
-    r = CliRunner().invoke(main, ["generate", "--bundle", str(bf16_aoti), "--backend", "aoti", "--steps", "3",
+    r = CliRunner().invoke(main, ["generate", "--bundle", str(bf16_aoti), "--backend", "aoti", "--steps", "6",
                                   "--out", str(tmp_path / "y.png")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "y.png").exists()
