@@ -157,3 +157,14 @@ def test_refusals(cpp_lib, bf16_aoti, tmp_path):
                                   "--out", str(tmp_path / "y.png")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "y.png").exists()
+
+
+def test_parity_limit_is_relative_for_bf16_only():
+    """fp32 keeps the absolute tolerance; bf16 scales it with the output (flux-mini-64's k=2 velocity reaches 18.4
+    and its compiled bf16 graph differs from eager bf16 by 0.156: accepted at 0.1 x 18.4, refused at 0.1)."""
+    from ddit_export.export.aoti import _parity_limit
+
+    assert _parity_limit(1e-4, "fp32", 18.4) == 1e-4
+    assert _parity_limit(0.1, "bf16", 18.4) == pytest.approx(1.84)
+    assert _parity_limit(0.1, "bf16", 0.5) == 0.1  # small outputs: never looser than the absolute tolerance
+    assert not 0.156 <= _parity_limit(0.1, "fp32", 18.4)
