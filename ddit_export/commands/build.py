@@ -104,4 +104,6 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
         return
     path = build_bundle(settings, log=click.echo, model=loaded)
     click.echo(f"wrote bundle {path}{' (int8)' if settings.quantized else ''}")
+    if settings.dtype == "bf16":  # the graphs are for TensorRT; ONNX Runtime's CPU provider has no bf16 MatMul
+        click.echo("note: ONNX Runtime on the CPU cannot run bf16 graphs; for the CPU build with --backend aoti")
 

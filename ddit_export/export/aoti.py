@@ -276,10 +276,12 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
                 raise DDiTError(f"AOTInductor text encoder differs from torch by {text_entry['parity_max_abs']:.3g} "
                                 f"(> {settings.tolerance:g}); aoti section not written")
         for v in variants:
-            v["parity_max_abs"] = _parity(folder, section, mp, v["size"], geom, text_len, dtype, device)
-            if not v["parity_max_abs"] <= settings.tolerance:
+            v["parity_max_abs"], v["parity_ref_abs_max"] = _parity(folder, section, mp, v["size"], geom, text_len,
+                                                                   dtype, device)
+            limit = _parity_limit(settings.tolerance, manifest.dtype, v["parity_ref_abs_max"])
+            if not v["parity_max_abs"] <= limit:
                 raise DDiTError(f"AOTInductor variant k={v['size']} differs from torch by {v['parity_max_abs']:.3g} "
-                                f"(> {settings.tolerance:g}); aoti section not written")
+                                f"(> {limit:.3g}); aoti section not written")
         if vae_entry is not None:
             vae_entry["parity_max_abs"] = _vae_parity(folder, section, vae, device)
             if not vae_entry["parity_max_abs"] <= VAE_PARITY_TOL:
@@ -352,8 +354,17 @@ def _used_constants(package: Path, name: str) -> list[str]:
     return list(load_package(str(package), name).get_constant_fqns())
 
 
-def _parity(folder: Path, section: dict, mp, k: int, geom, text_len: int, dtype, device: str) -> float:
-    """Max |AOTInductor - torch| of the velocity on one random input, the constants read from weights.bin."""
+def _parity_limit(tolerance: float, dtype: str, ref_abs_max: float) -> float:
+    """The largest AOTInductor-vs-torch difference a build accepts. fp32: ``tolerance`` as is. bf16/fp16: two
+    implementations round differently (Inductor fuses and accumulates in float32, eager rounds every op), and the
+    difference grows with the values (bf16 keeps 8 bits: one rounding is 2^-9 of the value), so the tolerance is
+    relative to the output's scale, max(1, max|torch|) (flux-mini-64 at 64x64: 0.16 at k=2)."""
+    return tolerance if dtype == "fp32" else tolerance * max(1.0, ref_abs_max)
+
+
+def _parity(folder: Path, section: dict, mp, k: int, geom, text_len: int, dtype, device: str) -> tuple:
+    """(max |AOTInductor - torch|, max |torch|) of the velocity on one random input, the constants read from
+    weights.bin."""
     from ..runtime.backends.aoti import load_variant, map_weights
     from .onnx import VariantModule, example_inputs
 
@@ -367,7 +378,7 @@ def _parity(folder: Path, section: dict, mp, k: int, geom, text_len: int, dtype,
     compiled = load_variant(folder / section["package"], entry, weights, device=device, cache={})
     out = compiled(*args)
     out = out[0] if isinstance(out, (list, tuple)) else out
-    return float((out.float() - ref).abs().max())
+    return float((out.float() - ref).abs().max()), float(ref.abs().max())
 
 
 def _text_parity(folder: Path, section: dict, encoder, text_len: int, entry: dict, device: str) -> float:

@@ -26,7 +26,8 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # measured with onnxruntime 1.32: a bf16 transformer graph does not load on the CPU provider ("Could not find an
 # implementation for MatMul(13)"), and numpy has no bfloat16 to feed its inputs with
 BF16_UNSUPPORTED = ("the ONNX Runtime backend cannot run a bf16 bundle (its CPU provider has no bfloat16 MatMul); "
-                    "run it with --backend tensorrt on a GPU, or rebuild with --dtype fp16 or fp32")
+                    "on the CPU run it with --backend aoti (a bundle built with `build --dtype bf16 --backend aoti`), "
+                    "on a GPU with --backend tensorrt, or rebuild with --dtype fp16 or fp32")
 MEMORY_MODES = ("shared", "fast")
 
 

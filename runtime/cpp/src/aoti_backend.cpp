@@ -26,7 +26,9 @@ at::ScalarType scalar_type(const std::string& dtype) {
 class AotiBackend : public Backend {
  public:
   AotiBackend(const Bundle& b, const std::vector<int>& sizes)
-      : weights_(b.folder + "/weights.bin"), device_(b.device == "cpu" ? at::Device(at::kCPU) : at::Device(b.device)) {
+      : weights_(b.folder + "/weights.bin"),
+        device_(b.device == "cpu" ? at::Device(at::kCPU) : at::Device(b.device)),
+        dtype_(model_dtype(b.dtype)) {
     std::vector<int> want = sizes;
     if (want.empty())
       for (const auto& v : b.variants) want.push_back(v.size);
@@ -53,12 +55,14 @@ class AotiBackend : public Backend {
   at::Tensor run(int size, const StepInputs& in) override {
     auto it = loaders_.find(size);
     if (it == loaders_.end()) throw bundle_error("size " + std::to_string(size) + " is not loaded");
-    std::vector<at::Tensor> args = {in.hidden_states, in.encoder_hidden_states, in.pooled_projections,
-                                    in.timestep,      in.img_ids,               in.txt_ids};
-    if (in.guidance.defined()) args.push_back(in.guidance);
+    // the loop's tensors are float32; a bf16 package takes its inputs in bf16 (generate.py: cast at the call)
+    std::vector<at::Tensor> args;
+    for (const at::Tensor* t : {&in.hidden_states, &in.encoder_hidden_states, &in.pooled_projections, &in.timestep,
+                                &in.img_ids, &in.txt_ids, &in.guidance})
+      if (t->defined()) args.push_back(t->to(dtype_).contiguous());
     auto out = it->second->run(args);
     if (out.empty()) throw Error(DDIT_ERR_RUNTIME, "the AOTInductor model returned no output");
-    return out[0];
+    return out[0].to(at::kFloat);  // the velocity back to float32
   }
 
  private:
@@ -104,8 +108,16 @@ class AotiBackend : public Backend {
     return out;
   }
 
+  // the package's precision (manifest aoti.dtype): fp32, or bf16 (the C++ reader refuses the rest)
+  static at::ScalarType model_dtype(const std::string& d) {
+    if (d == "fp32") return at::kFloat;
+    if (d == "bf16") return at::kBFloat16;
+    throw Error(DDIT_ERR_UNSUPPORTED, "the C++ runtime runs fp32 and bf16 bundles; this is " + d);
+  }
+
   MappedFile weights_;
   at::Device device_;
+  at::ScalarType dtype_;
   std::map<std::tuple<uint64_t, std::string, std::vector<int64_t>>, at::Tensor> shared_;
   std::map<int, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> text_;  // the word encoder, when the package has it

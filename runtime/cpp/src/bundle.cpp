@@ -203,7 +203,10 @@ Bundle read_bundle(const std::string& folder) {
   b.grid_h = b.height / b.vae_scale / 2;
   b.grid_w = b.width / b.vae_scale / 2;
   if (b.grid_h < 1 || b.grid_w < 1 || b.variants.empty()) throw bundle_error(path + ": no token grid or no variants");
-  if (b.dtype != "fp32") throw Error(DDIT_ERR_UNSUPPORTED, path + ": the C++ runtime runs fp32 bundles; this is " + b.dtype);
+  // bf16: the package's inputs are cast at each call and its velocity back to float32 (aoti_backend.cpp)
+  if (b.dtype != "fp32" && b.dtype != "bf16")
+    throw Error(DDIT_ERR_UNSUPPORTED, path + ": the C++ runtime runs fp32 and bf16 bundles; this is " + b.dtype +
+                                          " (rebuild with --dtype bf16 or fp32)");
   return b;
 }
 
