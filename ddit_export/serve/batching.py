@@ -23,7 +23,7 @@ import torch
 from ..errors import DDiTError
 from ..flops import step_flops
 from ..runtime.cache import make_cache
-from ..runtime.generate import GenerationResult, _jsonable, _sizes, flux_timesteps, initial_noise
+from ..runtime.generate import GenerationResult, _jsonable, flux_timesteps, initial_noise, usable_sizes
 from ..schedule import StepRecord, Trace, make_policy
 from ..settings import GenerateSettings
 
@@ -214,7 +214,7 @@ def _setup(model, backend, st: _State):
     geom = st.geom = model.geometry(s.height, s.width)
     st.cond = model.encode(list(s.prompts))
     st.b = len(s.prompts)
-    sizes = _sizes(s, geom, tuple(backend.sizes))
+    sizes = usable_sizes(s, geom, tuple(backend.sizes))
     st.policy = make_policy(s, geom.grid, sizes)
     device = st.cond.states.device
     st.x = initial_noise(geom, st.b, s.seed, device)
