@@ -38,6 +38,7 @@ class AotiBackend : public Backend {
       sizes_.push_back(k);
     }
     if (b.has_text_model) text_ = load(package, b.text_model, "the text encoder");
+    if (b.has_vae_decoder) vae_ = load(package, b.vae_decoder, "the VAE decoder");
   }
 
   std::string name() const override { return "aoti"; }
@@ -48,6 +49,14 @@ class AotiBackend : public Backend {
     auto out = text_->run({ids, mask});
     if (out.size() != 2) throw Error(DDIT_ERR_RUNTIME, "the AOTInductor text encoder did not return (states, pooled)");
     return out;
+  }
+  bool has_decoder() const override { return vae_ != nullptr; }
+
+  at::Tensor decode(const at::Tensor& latents) override {
+    if (!vae_) return Backend::decode(latents);
+    auto out = vae_->run({latents.to(device_, at::kFloat).contiguous()});
+    if (out.empty()) throw Error(DDIT_ERR_RUNTIME, "the AOTInductor VAE decoder returned no output");
+    return out[0].to(at::kCPU).to(at::kFloat).contiguous();
   }
   std::vector<int> sizes() const override { return sizes_; }
   at::Device device() const override { return device_; }
@@ -121,6 +130,7 @@ class AotiBackend : public Backend {
   std::map<std::tuple<uint64_t, std::string, std::vector<int64_t>>, at::Tensor> shared_;
   std::map<int, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> text_;  // the word encoder, when the package has it
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> vae_;   // FLUX's VAE decoder, when the package has it
   std::vector<int> sizes_;
 };
 

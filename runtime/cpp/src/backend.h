@@ -31,6 +31,12 @@ class Backend {
   virtual std::vector<at::Tensor> encode(const at::Tensor& ids, const at::Tensor& mask) {
     throw Error(DDIT_ERR_BUNDLE, "backend " + name() + " has no text encoder");
   }
+  // A FLUX bundle's VAE decoder compiled into the package: final latents (B, tokens, channels) float32 -> image
+  // (B, H, W, 3) float32 in [0, 1] on the CPU. Backends without one keep these defaults.
+  virtual bool has_decoder() const { return false; }
+  virtual at::Tensor decode(const at::Tensor& latents) {
+    throw Error(DDIT_ERR_BUNDLE, "backend " + name() + " has no VAE decoder");
+  }
 };
 
 // The AOTInductor backend for `sizes` of the bundle (all if empty); weights.bin mapped once, shared by all.

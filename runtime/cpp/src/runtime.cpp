@@ -19,7 +19,6 @@
 #include "runtime.h"
 #include "scheduler.h"
 #include "text_image.h"
-#include "vae.h"
 
 using ddit::Error;
 using ddit::argument_error;
@@ -315,7 +314,6 @@ int ddit_open_ex(const char* bundle_dir, const ddit_open_options* opts, ddit_run
     const at::Device dev = rt->backend->device();
     rt->img_ids = image_ids(rt->bundle.grid_h, rt->bundle.grid_w).to(dev);
     rt->txt_ids = at::zeros({rt->bundle.text_len, 3}, at::kFloat).to(dev);
-    rt->vae = ddit::load_vae_decoder(rt->bundle, dev);  // FLUX bundles: the compiled VAE decoder, if listed
     *out = rt.release();
   });
 }
@@ -377,7 +375,6 @@ int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
     o->has_text_encoder = rt->backend->has_text_encoder() && !b.vocab.empty();
     o->has_decoder = ddit::has_decoder(*rt);
     o->max_words = o->has_text_encoder ? b.max_words : 0;
-    if (rt->vae) o->has_decoder = 1;  // FLUX: the compiled VAE decoder (vae.h)
   });
 }
 

@@ -2,7 +2,6 @@
 // generation loop; other API files — text encoding, decoding — add their functions over the same handle).
 #pragma once
 #include <ATen/ATen.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <memory>
 #include <string>
@@ -10,10 +9,6 @@
 
 #include "backend.h"
 #include "error.h"
-
-namespace ddit {
-class VaeDecoder;  // vae.h
-}
 
 struct ddit_runtime {
   ddit::Bundle bundle;
@@ -24,7 +19,6 @@ struct ddit_runtime {
   bool verified = false;  // the runtime files matched the manifest's sha256 at open
   std::string trace_settings;  // the last generation's settings, JSON (the trace's "settings")
   int64_t fine_flops = 0;      // FLOPs of one fine step of the last generation (the trace's fine_flops_per_step)
-  std::shared_ptr<ddit::VaeDecoder> vae;  // FLUX bundles' compiled VAE decoder (vae.h), null when none
 };
 
 namespace ddit {

@@ -1,23 +1,14 @@
 // FLUX's VAE decoder compiled into the bundle's AOTInductor package (model "vae_decoder", manifest
-// aoti.vae_decoder; ddit_export/export/aoti.py VaeDecodeModule): final fine-token latents -> RGB pixels, as the
-// Python FLUX model decodes them (unpack, / scaling_factor + shift_factor, vae.decode, denormalize) and then
-// diffusers' numpy_to_pil converts them (round(x * 255) to uint8).
+// aoti.vae_decoder; ddit_export/export/aoti.py VaeDecodeModule), loaded by the backend beside the transformer
+// variants with the same views of weights.bin: final fine-token latents -> RGB pixels, as the Python FLUX model
+// decodes them (unpack, / scaling_factor + shift_factor, vae.decode, denormalize) and then diffusers' numpy_to_pil
+// converts them (round(x * 255) to uint8).
 #pragma once
 #include <ATen/ATen.h>
-
-#include <memory>
-
-#include "bundle.h"
 
 struct ddit_runtime;
 
 namespace ddit {
-
-class VaeDecoder;  // the loaded model and its constants (views of weights.bin, copied once to a GPU)
-
-// The bundle's compiled VAE decoder on `device`, or nullptr when the manifest lists none (pixel bundles, a FLUX
-// bundle built without --backend aoti's VAE). Throws bundle_error when it is listed but cannot be loaded.
-std::shared_ptr<VaeDecoder> load_vae_decoder(const Bundle& b, const at::Device& device);
 
 // latents (B, tokens, channels) float32 (any device) -> image (B, height, width, 3) float32 in [0, 1], on the CPU.
 // Throws bundle_error when the runtime has no VAE decoder, argument_error on a wrong shape.
