@@ -76,14 +76,15 @@ def build_bundle(settings: BuildSettings, *, progress: bool = True, log=print, m
 
 def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, log, model, finish=None, warn=None):
     from ..models.registry import load_config_only, load_model
+    from ..runtime.generate import model_geometry
 
     if model is None:
         stub = load_config_only(settings.model, settings.weights)
         if stub is not None:  # --model wan: frames, sides, RoPE and sizes checked before the whole pipeline loads
-            build_sizes(settings, _geometry(stub, settings), warn=lambda line: None)
+            build_sizes(settings, model_geometry(stub, settings), warn=lambda line: None)
         model = load_model(settings.model, settings.weights, adapters=settings.adapters,
                            sizes=settings.load_sizes)
-    geom = _geometry(model, settings)
+    geom = model_geometry(model, settings)
     have = tuple(getattr(model.transformer, "sizes", None) or settings.load_sizes)  # what its adapters cover
     settings = dataclasses.replace(settings, sizes=build_sizes(settings, geom, warn or _stderr, have))
     if settings.quantized:  # the calibration captions are checked before the export, not after it
@@ -98,14 +99,6 @@ def _build_into(tmp: Path, out: Path, settings: BuildSettings, progress: bool, l
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
     replace_dir(tmp, out, is_bundle)
-
-
-def _geometry(model, settings: BuildSettings):
-    if getattr(model, "family", "flux") == "wan":
-        return model.geometry(settings.height, settings.width, settings.frames)
-    if settings.frames is not None:
-        raise ConfigError(f"--frames applies to video models; {model.name} makes images")
-    return model.geometry(settings.height, settings.width)
 
 
 def build_sizes(settings: BuildSettings, geom, warn, have=None) -> tuple[int, ...]:

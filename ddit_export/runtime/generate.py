@@ -148,8 +148,9 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     return GenerationResult(x, trace, images)
 
 
-def model_geometry(model, settings: GenerateSettings):
-    """The token geometry of a generation: (height, width) for an image model, plus the frame count for video."""
+def model_geometry(model, settings):
+    """The token geometry of a generation or a build (GenerateSettings / BuildSettings: height, width, frames):
+    (height, width) for an image model, plus the frame count for video."""
     if getattr(model, "family", "flux") == "wan":
         return model.geometry(settings.height, settings.width, settings.frames)
     if settings.frames is not None:
