@@ -417,6 +417,7 @@ class AdaptSettings:
     coarse_mix: float = 0.0  # fraction of trajectories that take coarse steps (drawn as ``schedules`` says)
     schedules: str = "random"  # one of ADAPT_SCHEDULES
     init_adapters: str | None = None  # start from this adapters file (same sizes and rank) instead of fresh adapters
+    joint: tuple[tuple[int, int], ...] = ()  # more (height, width) trained with the same adapters, batches alternating
     ckpt_minutes: float = 3.0
     quality_minutes: float | None = None  # held-out PSNR vs fine-only every this many training minutes (quality.csv)
     patience: int | None = None  # stop (and write the adapters) after this many quality checks without a gain
@@ -431,6 +432,13 @@ class AdaptSettings:
         if not any(k > 1 for k in self.sizes):
             raise ConfigError(f"sizes {self.sizes} have no coarse size to adapt (e.g. --sizes 1,2,4)")
         AdapterSettings(rank=self.rank, init=self.init)
+        try:
+            joint = tuple(tuple(int(v) for v in r) for r in self.joint)
+        except (TypeError, ValueError):
+            joint = None
+        if joint is None or any(len(r) != 2 or min(r) < 1 for r in joint) or len(set(joint)) != len(joint):
+            raise ConfigError(f"--joint takes distinct HxW resolutions (e.g. 32x32), got {self.joint!r}")
+        object.__setattr__(self, "joint", joint)
         if self.steps is None and self.minutes is None:
             raise ConfigError("give a budget: --steps and/or --minutes")
         checks = [("lr", self.lr > 0), ("batch", self.batch >= 1), ("lr warm-up", self.lr_warmup >= 0),

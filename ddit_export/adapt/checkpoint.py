@@ -17,9 +17,9 @@ CKPT, STATE = "ckpt", "state.json"
 #: settings that define a run; a resume with different values is refused (budgets and logging may change)
 RUN_FIELDS = ("model", "weights", "sizes", "rank", "init", "lr", "lr_warmup", "batch", "seed", "prompts_file",
               "num_prompts", "sample_steps", "height", "width", "guidance", "coarse_mix", "dtype", "schedules",
-              "init_adapters")
+              "init_adapters", "joint")
 #: what a run field added later meant in runs whose checkpoint predates it
-LEGACY_FIELDS = {"schedules": "random", "init_adapters": None}
+LEGACY_FIELDS = {"schedules": "random", "init_adapters": None, "joint": []}
 
 
 def named_adapter_params(mp) -> list[tuple[str, torch.nn.Parameter]]:
@@ -34,6 +34,7 @@ def changed_run_fields(saved: dict, s: AdaptSettings) -> list[str]:
 
 def run_settings(s: AdaptSettings) -> dict:
     d = dataclasses.asdict(s)
+    d["joint"] = [list(r) for r in s.joint]  # as JSON reads it back
     return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in RUN_FIELDS}
 
 

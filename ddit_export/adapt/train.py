@@ -97,6 +97,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     if not coarse:
         raise ConfigError(f"none of the coarse sizes {[k for k in s.sizes if k > 1]} divides the token grid "
                           f"{geom.grid}")
+    joint = joint_geometries(loaded, s, coarse)
     train_prompts, eval_prompts = training_prompts(s, loaded)
     out = Path(s.out) if s.out else default_out(s, work)
     work.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,8 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     amp = autocast_for(s, mp.device)
     log(f"adapt {loaded.name}: sizes {list(s.sizes)} (training {coarse}), rank {s.rank}, init {s.init}, "
         f"{sum(p.numel() for p in mp.adapter_parameters()) / 1e6:.2f} M adapter parameters, "
-        f"{len(train_prompts)} prompts x {steps_per_traj} steps, work {work}, out {out}")
+        f"{len(train_prompts)} prompts x {steps_per_traj} steps, work {work}, out {out}"
+        + (f", jointly at {' and '.join(label for label, _ in joint)} (batches alternate)" if joint else ""))
 
     # ---- data
     t_data = time.time()
@@ -129,13 +131,29 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                                   stop, progress)
         if data is not None:
             held = held_out(loaded, s, bank, train_prompts, eval_prompts, folder, key, log, stop, progress)
+        extra_sets = []  # (label, grid, train states, held-out states) of the --joint resolutions
+        for label, g in joint:
+            if data is None or held is None:
+                break
+            jkey, jfolder = dict(key, grid=list(g.grid)), folder / label
+            jd = build_trajectories(loaded, s, bank, len(train_prompts), jfolder, jkey, "train", s.coarse_mix, log,
+                                    stop, progress, geom=g)
+            jh = None if jd is None else held_out(loaded, s, bank, train_prompts, eval_prompts, jfolder, jkey, log,
+                                                  stop, progress, geom=g)
+            if jd is None or jh is None:
+                data = None
+                break
+            extra_sets.append((label, g.grid, jd, jh))
     except KeyboardInterrupt:
         data = None
     if data is None or held is None:
         log(f"stopped while sampling trajectories; finished chunks are cached in {folder}")
         return AdaptResult({"step": 0, "stopped_by_signal": True, "out": None}, loaded)
     log(f"{len(data)} training states ({int(data.coarse.sum())} from coarse-step trajectories), "
-        f"{len(held)} held-out states, {time.time() - t_data:.0f} s")
+        f"{len(held)} held-out states" + "".join(f"; {label}: {len(jd)} + {len(jh)}" for label, _, jd, jh in extra_sets)
+        + f", {time.time() - t_data:.0f} s")
+    # the batches of step i come from train_sets[i % len(train_sets)]: resumes replay the same resolutions
+    train_sets = [(data, geom.grid, None)] + [(jd, grid, label) for label, grid, jd, _ in extra_sets]
 
     # ---- optimiser, resume
     named = named_adapter_params(mp)
@@ -149,8 +167,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         log(f"resuming from {work / CKPT} at step {state['step']}")
     step, t_prev = int(state["step"]), float(state["elapsed_s"])
     if prior is None and s.eval_images:
-        q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000,
-                            s.height, s.width, s.guidance, amp)
+        q = quality(loaded, s, eval_prompts, steps_per_traj, amp, joint, rules=True)
         log_quality(work, 0, "init", q, log)
         state["plateau"] = {"best": plateau_score(q), "best_step": 0, "since": 0}
     if prior is None:
@@ -164,7 +181,8 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     last_quality = float(state.get("quality_elapsed_s", state["elapsed_s"] if prior is not None else 0.0))
     loss_log = open(loss_path, "a")
     if loss_log.tell() == 0:
-        loss_log.write("step," + ",".join(f"loss_{k}" for k in coarse) + ",lr,elapsed_s,s_per_step,threads\n")
+        loss_log.write("step," + ",".join(f"loss_{k}" for k in coarse) + ",lr,elapsed_s,s_per_step,threads"
+                       + (",resolution" if joint else "") + "\n")
     budget = None if s.minutes is None else s.minutes * 60
     t0 = time.time()
     last_ckpt = t0
@@ -196,8 +214,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         """Held-out PSNR of the static schedules (no rule runs: cheap enough to repeat), logged; plateau kept."""
         nonlocal last_quality
         mp.eval()
-        q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000, s.height,
-                            s.width, s.guidance, amp, rules=False)
+        q = quality(loaded, s, eval_prompts, steps_per_traj, amp, joint, rules=False)
         mp.train()
         log_quality(work, step, "training", q, log)
         plot_quality(work)
@@ -229,8 +246,9 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                 lr = lr_at(s, step, frac())
                 for g in opt.param_groups:
                     g["lr"] = lr
-                idx = batch_indices(s, step, len(data))
-                losses = distill_losses(loaded, data, bank, idx, coarse, geom.grid, guidance, amp)
+                cur, grid, label = train_sets[step % len(train_sets)]
+                idx = batch_indices(s, step, len(cur))
+                losses = distill_losses(loaded, cur, bank, idx, coarse, grid, guidance, amp)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; try a lower --lr")
@@ -245,7 +263,8 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                 if tuner is not None:
                     tuner.after_step(dt)
                 loss_log.write(f"{step}," + ",".join(f"{last[k]:.6f}" for k in coarse) +
-                               f",{lr:.3e},{elapsed():.1f},{dt:.3f},{torch.get_num_threads()}\n")
+                               f",{lr:.3e},{elapsed():.1f},{dt:.3f},{torch.get_num_threads()}"
+                               + (f",{label or main_label(geom)}" if joint else "") + "\n")
                 bar.update(1)
                 bar.set_postfix({f"k{k}": f"{v:.4f}" for k, v in last.items()} | {"lr": f"{lr:.1e}"},
                                 refresh=False)
@@ -281,16 +300,61 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         return AdaptResult(state, loaded)
     ev = eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp)
     log_eval(work, step, state["elapsed_s"], ev, log)
+    joint_ev = {}
+    for label, grid, _, jh in extra_sets:
+        joint_ev[label] = {str(k): round(v, 6) for k, v in eval_losses(loaded, jh, bank, coarse, grid, guidance,
+                                                                        amp).items()}
+        log(f"held-out distillation loss at {label}, step {step}: "
+            + ", ".join(f"k={k} {v:.5f}" for k, v in joint_ev[label].items()))
     if s.eval_images:
-        q = compare_to_fine(loaded, eval_prompts[: s.eval_images], steps_per_traj, s.sizes, 10_000,
-                            s.height, s.width, s.guidance, amp)
+        q = quality(loaded, s, eval_prompts, steps_per_traj, amp, joint, rules=True)
         log_quality(work, step, "adapted", q, log)
         plot_quality(work)
         state["quality"] = q
     extra = {"steps": step, "elapsed_s": round(state["elapsed_s"], 1), "fingerprint": fp,
              "eval_loss": {str(k): round(v, 6) for k, v in ev.items()}, "prompts": len(train_prompts),
              "coarse_mix": s.coarse_mix, "lr": s.lr, "batch": s.batch}
+    if joint:
+        extra.update(resolutions=[main_label(geom)] + [label for label, _ in joint], joint_eval_loss=joint_ev)
     state["out"] = str(write_adapters(mp, out, extra))
     state["eval_loss"] = {str(k): v for k, v in ev.items()}
     log(f"wrote {out} after {step} steps ({state['elapsed_s'] / 60:.1f} min)")
     return AdaptResult(state, loaded)
+
+
+def main_label(geom) -> str:
+    return f"{geom.height}x{geom.width}"
+
+
+def joint_geometries(loaded, s: AdaptSettings, coarse: list[int]) -> list[tuple[str, object]]:
+    """(label ``HxW``, geometry) of each ``--joint`` resolution, checked before any sampling: image models only,
+    every size the run trains must fit the grid, and none may repeat the run's own resolution."""
+    if not s.joint:
+        return []
+    main = loaded.geometry(s.height, s.width)
+    if getattr(main, "is_video", False):
+        raise ConfigError("--joint trains image models at several resolutions; this model makes video")
+    out = []
+    for h, w in s.joint:
+        g = loaded.geometry(h, w)
+        label = f"{h}x{w}"
+        if (g.height, g.width) == (main.height, main.width):
+            raise ConfigError(f"--joint {label} is the run's own resolution")
+        missing = [k for k in coarse if not g.available(k)]
+        if missing:
+            raise ConfigError(f"--joint {label}: patch size {missing[0]} does not divide its token grid {g.grid}; "
+                              f"pick a resolution every trained size fits")
+        out.append((label, g))
+    return out
+
+
+def quality(loaded, s: AdaptSettings, eval_prompts, steps: int, amp, joint, rules: bool) -> dict:
+    """Held-out PSNR vs fine-only at the run's resolution; the ``--joint`` ones follow, named ``schedule@HxW``
+    (static schedules only there: the rule is per prompt, hence slow)."""
+    prompts = eval_prompts[: s.eval_images]
+    q = compare_to_fine(loaded, prompts, steps, s.sizes, 10_000, s.height, s.width, s.guidance, amp, rules=rules)
+    for label, g in joint:
+        for name, v in compare_to_fine(loaded, prompts, steps, s.sizes, 10_000, g.height, g.width, s.guidance, amp,
+                                       rules=False).items():
+            q[f"{name}@{label}"] = v
+    return q

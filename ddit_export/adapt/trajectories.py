@@ -156,15 +156,16 @@ def sample_chunk(loaded, bank: PromptBank, prompt_idx: list[int], noise_seed: in
 
 
 def build_trajectories(loaded, s: AdaptSettings, bank: PromptBank, n_prompts: int, folder: Path, key: dict,
-                       tag: str, mix: float, log, stop: dict, progress: bool) -> Trajectories | None:
-    """Sample (or reuse from ``folder``) the trajectories of prompts 0..n_prompts-1 of ``bank``.
+                       tag: str, mix: float, log, stop: dict, progress: bool, geom=None) -> Trajectories | None:
+    """Sample (or reuse from ``folder``) the trajectories of prompts 0..n_prompts-1 of ``bank`` at ``geom``
+    (default: the run's height and width).
 
     Returns None when stopped by a signal (finished shards stay cached)."""
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
-    geom = loaded.geometry(s.height, s.width)
+    geom = geom if geom is not None else loaded.geometry(s.height, s.width)
     steps = s.sample_steps or loaded.default_steps
     guidance = s.guidance if loaded.guidance_embeds else None
     coarse_sizes = [k for k in s.sizes if k > 1 and geom.available(k)]
@@ -213,10 +214,10 @@ def build_trajectories(loaded, s: AdaptSettings, bank: PromptBank, n_prompts: in
     return Trajectories.cat(parts)
 
 
-
-def held_out(loaded, s, bank, train_prompts, eval_prompts, folder, key, log, stop, progress):
+def held_out(loaded, s, bank, train_prompts, eval_prompts, folder, key, log, stop, progress, geom=None):
     """Trajectories of the eval prompts (bank rows after the training prompts), fine-only."""
     n0 = len(train_prompts)
     sub = PromptBank(bank.states[n0:], None if bank.pooled is None else bank.pooled[n0:], bank.txt_ids)
-    data = build_trajectories(loaded, s, sub, len(eval_prompts), folder, key, "eval", 0.0, log, stop, progress)
+    data = build_trajectories(loaded, s, sub, len(eval_prompts), folder, key, "eval", 0.0, log, stop, progress,
+                              geom)
     return data if data is None else dataclasses.replace(data, prompt=data.prompt + n0)

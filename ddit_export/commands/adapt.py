@@ -35,6 +35,8 @@ from ..settings import DEFAULT_MODEL
               help="The coarse trajectories' schedules: random sizes on half the steps, the deployed family (ladders "
                    "over the calibrate range, half with the step cache's extrapolated steps), or both.")
 @click.option("--init-adapters", type=click.Path(), help="Start from this adapters file (same sizes and rank).")
+@click.option("--joint", help="More resolutions trained with the same adapters, HxW or S, comma-separated (e.g. "
+                              "32x32): one adapter set for all, batches alternating between resolutions.")
 @click.option("--ckpt-minutes", default=3.0, show_default=True, type=float)
 @click.option("--quality-minutes", type=float,
               help="Every this many training minutes: held-out PSNR vs fine-only (--eval-images prompts) into "
@@ -50,8 +52,8 @@ from ..settings import DEFAULT_MODEL
                                 "a shared CPU). Default: torch's.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minutes, seed, work, out, prompts_file,
-            num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, init_adapters, ckpt_minutes,
-            quality_minutes, patience, eval_images, device, dtype, threads, quiet):
+            num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, init_adapters, joint,
+            ckpt_minutes, quality_minutes, patience, eval_images, device, dtype, threads, quiet):
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
     from ..adapt import adapt
     from ..cli import _ints
@@ -70,6 +72,7 @@ def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minu
                              work=work, out=out, prompts_file=prompts_file, num_prompts=num_prompts,
                              sample_steps=sample_steps, height=height, width=width, guidance=guidance,
                              coarse_mix=coarse_mix, schedules=schedules, init_adapters=init_adapters,
+                             joint=_resolutions(joint),
                              ckpt_minutes=ckpt_minutes, quality_minutes=quality_minutes, patience=patience,
                              eval_images=eval_images,
                              device=device, dtype=dtype, threads=None if auto else threads)
@@ -80,3 +83,22 @@ def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minu
     else:
         click.echo(f"stopped at step {st['step']}; run the same command again to resume")
         raise SystemExit(130 if st.get("stopped_by_signal") else 1)
+
+
+def _resolutions(text: str | None) -> tuple[tuple[int, int], ...]:
+    """``--joint``: "32x32,48" -> ((32, 32), (48, 48))."""
+    from ..errors import ConfigError
+
+    if not text:
+        return ()
+    out = []
+    for part in text.split(","):
+        hw = part.strip().lower().split("x")
+        try:
+            h, w = (int(hw[0]), int(hw[0])) if len(hw) == 1 else (int(hw[0]), int(hw[1]))
+        except ValueError:
+            raise ConfigError(f"--joint takes HxW or S resolutions separated by commas, got {text!r}") from None
+        if len(hw) > 2:
+            raise ConfigError(f"--joint takes HxW or S resolutions separated by commas, got {text!r}")
+        out.append((h, w))
+    return tuple(out)
