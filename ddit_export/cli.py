@@ -12,6 +12,8 @@ import click
 
 from .cli_options import cache_dict, cache_options, threads_at_least_1
 from .errors import ConfigError, DDiTError
+from .parsing import coarse_first as _coarse
+from .parsing import int_list as _ints
 from .settings import DEFAULT_MODEL
 
 
@@ -39,15 +41,6 @@ class _Group(click.Group):
             ctx.exit(2)
         except click.UsageError as e:  # a command's options and arguments, an unknown command
             _usage_error(e)
-
-
-def _ints(text: str | None, what: str):
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,15 +143,6 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
         click.echo(f"wrote {p}")
     if trace:
         click.echo(f"wrote {trace}")
-
-
-def _coarse(text):
-    if text is None:
-        return None
-    parts = _ints(text.replace(":", ","), "--coarse-first")
-    if len(parts) not in (1, 2):
-        raise ConfigError(f"--coarse-first takes K or K:SIZE, got {text!r}")
-    return (parts[0], parts[1] if len(parts) == 2 else 2)
 
 
 @main.command()

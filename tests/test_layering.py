@@ -1,4 +1,5 @@
-"""Each layer only looks down: checked on the source (every import statement, lazy ones inside functions too)."""
+"""Each layer only looks down, and no two modules import each other: checked on the source (every import statement,
+lazy ones inside functions too)."""
 import ast
 from pathlib import Path
 
@@ -67,3 +68,118 @@ def test_relative_imports_are_resolved():
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_layer_only_looks_down(layer):
     assert violations(layer) == []
+
+
+# ---- the whole package: every module on a layer, imports only on its own layer or below, no import cycle ----------
+# lowest first; a module belongs to the layer of its longest matching prefix (relative to ddit_export)
+LAYERS = (
+    ("base", ("errors", "fsutil", "shapes", "settings", "parsing", "flops", "bundle", "plan", "images", "video_io",
+              "schedule", "models.vocab", "training")),
+    ("models", ("models",)),
+    ("runtime", ("runtime",)),
+    ("api", ("api",)),  # the Python API: generate_images, build_settings (runtime + models)
+    ("data", ("zoo", "zoo.scenes", "zoo.clips")),  # the procedural training data the evaluation also reads
+    ("quality", ("quality",)),
+    ("adapt", ("adapt",)),
+    ("trainers", ("zoo.train", "zoo.train_wan", "zoo.grow")),
+    ("export", ("export",)),
+    ("tools", ("bench", "pareto", "pareto_replay", "peers", "resolution")),
+    ("serve", ("serve", "client")),
+    ("cli", ("commands", "cli", "cli_options", "__main__")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    rel = module[len("ddit_export."):] if module.startswith("ddit_export.") else ""
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (rel == p or rel.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (an imported name resolves to the longest module prefix)."""
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    graph = {}
+    for mod, path in files.items():
+        out = set()
+        for _, imp in imports(path):
+            target = imp
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target not in (mod, "ddit_export"):
+                out.add(target)
+        graph[mod] = out
+    return graph
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for mod, targets in sorted(graph.items()):
+        if mod == "ddit_export":
+            continue
+        for t in sorted(targets):
+            if layer_of(t) > layer_of(mod):
+                bad.append(f"{mod} ({LAYERS[layer_of(mod)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})")
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_every_module_is_on_a_layer():
+    assert [m for m in import_graph() if m != "ddit_export" and layer_of(m) is None] == []
+
+
+def test_no_module_imports_one_on_a_higher_layer():
+    assert upward_imports(import_graph()) == []
+
+
+def test_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_see_what_they_check():
+    """Both checks fail on the shapes of the loops they were written against (wave 2's tree had all of these)."""
+    loops = {"ddit_export.runtime.pipeline": {"ddit_export.runtime.pipeline_wan"},
+             "ddit_export.runtime.pipeline_wan": {"ddit_export.runtime.pipeline"},
+             "ddit_export.schedule.ddit": {"ddit_export.schedule.probe"},
+             "ddit_export.schedule.probe": {"ddit_export.schedule.ddit"}}
+    assert cycles(loops) == [["ddit_export.runtime.pipeline", "ddit_export.runtime.pipeline_wan"],
+                             ["ddit_export.schedule.ddit", "ddit_export.schedule.probe"]]
+    against = {"ddit_export.models.registry": {"ddit_export.zoo.clips"},
+               "ddit_export.serve.schemas": {"ddit_export.cli"},
+               "ddit_export.adapt.train": {"ddit_export.zoo.train"}}
+    assert len(upward_imports(against)) == 3
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]  # longer loops too

@@ -7,7 +7,8 @@ import torch
 
 from ..settings import AdaptSettings
 from .prompts import PromptBank
-from .student import no_cudnn_attention, velocity
+from ..training import no_cudnn_attention
+from .student import velocity
 from .trajectories import Trajectories
 
 

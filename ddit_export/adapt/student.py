@@ -105,19 +105,6 @@ def load_init_adapters(mp, path):
     mp.load_adapter_state_dict(state, source=str(p))
 
 
-def no_cudnn_attention(device):
-    """Training on CUDA: keep SDPA off the cuDNN backend, whose backward returned NaN gradients for the
-    embeddings here (torch 2.11 + CUDA 13 on an H200, bf16, 88 and 40 tokens); flash, mem-efficient and math
-    agree with each other and with CPU."""
-    if torch.device(device).type != "cuda":
-        return contextlib.nullcontext()
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # older torch: no cuDNN attention either
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
 def autocast_for(s: AdaptSettings, device):
     if s.dtype == "fp32":
         return contextlib.nullcontext()

@@ -46,7 +46,7 @@ def adapt(s: AdaptSettings, *, progress: bool = True, log: Callable[[str], None]
         torch.set_num_threads(s.threads)
     tuner = None
     if auto_threads:  # sampling and evaluation run on 1 thread: 2 threads stall badly on a shared CPU
-        from ..zoo.train import ThreadTuner
+        from ..training import ThreadTuner
 
         tuner = ThreadTuner()
         torch.set_num_threads(1)

@@ -56,7 +56,7 @@ def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minu
             ckpt_minutes, quality_minutes, patience, eval_images, device, dtype, threads, quiet):
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
     from ..adapt import adapt
-    from ..cli import _ints
+    from ..parsing import int_list as _ints
     from ..errors import ConfigError
     from ..settings import AdaptSettings
 

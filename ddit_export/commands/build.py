@@ -38,7 +38,7 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
             calibration_samples, text_len, backend, device, out):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
     from ..api import model_family
-    from ..cli import _ints
+    from ..parsing import int_list as _ints
     from ..errors import ConfigError
     from ..export.build import build_bundle
     from ..settings import BuildSettings

@@ -49,7 +49,7 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
     import torch
 
     from ..api import cache_settings, model_family
-    from ..cli import _ints
+    from ..parsing import int_list as _ints
     from ..errors import ConfigError
     from ..quality.calibrate import Unreachable, calibrate
     from ..settings import CalibrateSettings

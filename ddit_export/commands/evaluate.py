@@ -50,7 +50,7 @@ def command(model, weights, adapters, taus, policies, n_prompts, seeds, steps, t
     """Measure prompt adherence, Fréchet distance, PSNR/SSIM vs fine-only, coarse fraction and FLOPs per variant."""
     import torch
 
-    from ..cli import _ints
+    from ..parsing import int_list as _ints
     from ..quality.evaluate import evaluate
     from ..settings import EvalSettings
 

@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
 from ..settings import DEFAULT_MODEL, AdapterSettings, DEFAULT_SIZES, ScheduleSettings
 from ..shapes import TokenGeometry, parse_resolutions
-from ..zoo.scenes import TINY_VOCAB  # the scene grammar's words, defined with the grammar (re-exported here)
+from .vocab import TINY_VOCAB  # re-exported: the tiny preset's words
 from .flux import ADAPTER_FILE, MultiPatchFlux
 
 PIXEL_FORMAT = "ddit-pixel-model/1"
@@ -365,7 +365,7 @@ def tiny_wan_components(seed: int = 0, vocab=None, frames_patch: int = 2):
     from .text import WordTextEncoder
 
     if vocab is None:
-        from ..zoo.clips import VIDEO_VOCAB as vocab
+        from .vocab import VIDEO_VOCAB as vocab
     torch.manual_seed(seed)
     trunk = WanTransformer3DModel(patch_size=(frames_patch, 4, 4), num_attention_heads=2, attention_head_dim=12,
                                   in_channels=3, out_channels=3, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2,

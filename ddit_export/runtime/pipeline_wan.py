@@ -7,7 +7,7 @@ gets dynamic patching.
     video = pipe(prompt, num_frames=81, num_inference_steps=50).frames[0]
     print(pipe.transformer.trace.sizes)
 
-Everything but the call itself is :class:`~ddit_export.runtime.pipeline.DDiTTransformer`'s: one decision per step
+Everything but the call itself is :class:`~ddit_export.runtime.dropin.DDiTDropIn`'s: one decision per step
 (the classifier-free-guidance call at the same timestep reuses it), a new history per generation, the trunk's
 LoRA/cache API reached through the wrapper, ``save_pretrained``/``from_pretrained`` (a saved wrapped pipe loads back
 wrapped with ``WanPipeline.from_pretrained(DIR)``, schedule and scheduler included). The rule reads the latents
@@ -24,11 +24,19 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 from ..flops import step_flops
 from ..schedule import StepRecord, Trace
-from .pipeline import DDiTTransformer, _Output
+from .dropin import DDiTDropIn, _Output
 
 
-class DDiTWanTransformer(DDiTTransformer):
-    """``DDiTTransformer`` for a :class:`~ddit_export.models.wan.MultiPatchWan`: WanTransformer3DModel's call."""
+class DDiTWanTransformer(DDiTDropIn):
+    """The Wan drop-in, for a :class:`~ddit_export.models.wan.MultiPatchWan`: WanTransformer3DModel's call."""
+
+    trunk_prefix = "Wan"
+
+    @classmethod
+    def multipatch_class(cls):
+        from ..models.wan import MultiPatchWan
+
+        return MultiPatchWan
 
     @torch.compiler.disable
     def _decide_video(self, tokens, encoder_hidden_states, timestep, grid) -> int:

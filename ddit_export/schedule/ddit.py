@@ -95,8 +95,6 @@ class DDiTPolicy:
             self.needs_history = False  # reads x̂0 through observe() instead of the latent history
 
     def _observe_x0(self, step: int, latents, velocity, sigma: float, sigma_next: float):
-        from .probe import _numpy
-
         self.x0 = (self.x0 + [_numpy(latents) - sigma * _numpy(velocity)])[-4:]
 
     def threshold(self, k: int) -> float:
@@ -127,3 +125,8 @@ class DDiTPolicy:
         sigmas = {k: float(sigma_at(d3, self.grid, k, s.eps, s.video_std).max()) for k in self.sizes if k > 1}
         passing = [k for k, v in sigmas.items() if v < self.threshold(k)]
         return Decision(max(passing, default=1), sigmas, "rule")
+
+
+def _numpy(a) -> np.ndarray:
+    """float64 numpy from an array or a (possibly device) tensor, without importing torch."""
+    return np.asarray(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a, np.float64)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..settings import ScheduleSettings
-from .ddit import Decision, divides, patch_std
+from .ddit import Decision, _numpy, divides, patch_std
 
 
 class ProbePolicy:
@@ -47,8 +45,3 @@ class ProbePolicy:
         if step >= self.steps - tail:
             return Decision(1, sigmas, "tail")
         return Decision(4 if step < s.head + s.n4 else 2, sigmas, "probe")
-
-
-def _numpy(a) -> np.ndarray:
-    """float64 numpy from an array or a (possibly device) tensor, without importing torch."""
-    return np.asarray(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a, np.float64)

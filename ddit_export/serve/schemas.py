@@ -80,7 +80,7 @@ def _typed(body: dict, name: str):
 
 
 def _int_list(body: dict, name: str, cli_flag: str):
-    from ..cli import _ints
+    from ..parsing import int_list as _ints
 
     v = _typed(body, name)
     if v is None or isinstance(v, str):
@@ -105,7 +105,7 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
     """A request body (parsed JSON) -> Job, or ConfigError/VocabularyError with the CLI's message. ``model``: a
     BundleModel (its manifest gives the defaults, sizes and vocabulary; no session is needed)."""
     from ..api import _check_sizes, build_settings
-    from ..cli import _coarse
+    from ..parsing import coarse_first as _coarse
 
     if not isinstance(body, dict):
         raise ConfigError("the request body must be a JSON object")

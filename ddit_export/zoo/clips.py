@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..models.vocab import VIDEO_VOCAB  # noqa: F401 (re-exported; the grammar's words, checked in tests/zoo)
 from . import scenes as S
 
 MOTIONS = ("left", "right", "up", "down", "growing", "shrinking", "turning", "appearing", "still")
@@ -37,10 +38,14 @@ DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 FRAMES = 8
 SIDE = 32
 HELDOUT_MOD = 8
-# the position words of the grammar: a still or appearing shape's cell; a moving shape starts where it can move
-VIDEO_VOCAB = sorted({"a", "and", "at", "in", "the", "on", "background", "moving", "growing", "shrinking", "turning",
-                      "appearing"} | set(S.SIZES) | set(S.COLOURS) | set(S.SHAPES) | set(S.BACKGROUNDS)
-                     | {w for p in S.POSITIONS for w in p.split()} | set(DIRECTIONS))
+
+
+def grammar_words() -> set[str]:
+    """Every word the clip grammar can write (tests check it equals :data:`VIDEO_VOCAB`)."""
+    # the position words of the grammar: a still or appearing shape's cell; a moving shape starts where it can move
+    return ({"a", "and", "at", "in", "the", "on", "background", "moving", "growing", "shrinking", "turning",
+             "appearing"} | set(S.SIZES) | set(S.COLOURS) | set(S.SHAPES) | set(S.BACKGROUNDS)
+            | {w for p in S.POSITIONS for w in p.split()} | set(DIRECTIONS))
 
 
 def is_heldout(colour: str, shape: str, motion: str) -> bool:

@@ -41,12 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Words of the procedural scene grammar (models/registry.py re-exports this list: it is the tiny preset's vocabulary
-# and, in this order, the first rows of every scene model's text encoder).
-TINY_VOCAB = ["a", "an", "and", "at", "the", "on", "of", "in", "with", "small", "medium", "large", "red",
-              "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle",
-              "top", "bottom", "left", "right", "center", "middle", "background", "gradient", "striped",
-              "dark", "light", "gray"]
+from ..models.vocab import FINE_TEXTURE_WORDS, GRADED_MAX_WORDS, GRADED_VOCAB, TINY_VOCAB  # noqa: F401 (re-exported)
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {  # sRGB in [0, 1]
     "red": (0.90, 0.10, 0.10), "green": (0.10, 0.75, 0.20), "blue": (0.15, 0.30, 0.95),
@@ -62,12 +58,10 @@ POSITIONS = {  # name -> (row, col) on the 3x3 grid
 FLAT_BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0)}
 TEXTURES = ("gradient", "striped")
 BACKGROUNDS = tuple(FLAT_BACKGROUNDS) + TEXTURES
-FINE_TEXTURES = ("pinstriped", "checkered")  # graded grammar only (see the module docstring)
+FINE_TEXTURES = FINE_TEXTURE_WORDS  # graded grammar only (see the module docstring)
 GRADED_BACKGROUNDS = BACKGROUNDS + FINE_TEXTURES
-GRADED_VOCAB = TINY_VOCAB + list(FINE_TEXTURES)  # appended: a grown text encoder keeps the old ids
 GRADES = (1, 2, 3, 4)
 GRADED_MAX_SHAPES = 8
-GRADED_MAX_WORDS = 72  # the longest graded caption has 71 words (8 shapes, 4 at corners; tested)
 COMPLEXITIES = ("simple", "medium", "complex")
 MAX_SHAPES = 4
 SHAPE_COUNT_P = (0.4, 0.3, 0.2, 0.1)  # P(n shapes = 1, 2, 3, 4) for an unconstrained scene

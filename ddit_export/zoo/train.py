@@ -33,7 +33,7 @@ import torch
 
 from ..models.patching import image_ids
 from ..models.registry import PIXEL_META, TINY_VOCAB, save_pixel_model
-from ..adapt.student import no_cudnn_attention
+from ..training import ThreadTuner, no_cudnn_attention
 from ..images import pack
 from ..shapes import TokenGeometry
 from ..fsutil import check_replaceable, replace_dir, temp_dir_for
@@ -482,43 +482,6 @@ def train(cfg: TrainConfig, out: Path, work: Path, minutes: float | None = None,
         torch.set_num_threads(prev_threads)
     state["stopped_by_signal"] = stop["flag"]
     return state
-
-
-class ThreadTuner:
-    """``--threads auto``: alternately time 1 and 2 intra-op threads and keep the faster one for a while.
-
-    On a 2-core machine shared with other work, 2 threads stall whenever the other core is busy (one step can
-    take 5x longer), while 1 thread runs steadily; which is faster changes as the other load comes and goes.
-    """
-
-    def __init__(self, choices=(1, 2), probe: int = 6, keep: int = 200):
-        self.choices, self.probe, self.keep = choices, probe, keep
-        self.times: dict[int, list[float]] = {c: [] for c in choices}
-        self.ref: float | None = None  # median step time of the last choice kept
-        self.plan: list[int] = []
-        self.current, self.probing, self._skip = choices[-1], False, False
-
-    def before_step(self) -> int:
-        if not self.plan:
-            if all(self.times.values()):
-                best = min(self.choices, key=lambda c: float(np.median(self.times[c])))
-                self.ref = float(np.median(self.times[best]))
-                self.times = {c: [] for c in self.choices}
-                self.plan = [(best, False)] * self.keep
-            self.plan += [(c, True) for c in self.choices for _ in range(self.probe + 1)]
-        nxt, self.probing = self.plan.pop(0)
-        self._skip = nxt != self.current  # the first step after a switch is not representative
-        self.current = nxt
-        torch.set_num_threads(nxt)
-        return nxt
-
-    def after_step(self, dt: float):
-        if not self.probing or self._skip:
-            return
-        self.times[self.current].append(dt)
-        if self.ref is not None and dt > 2 * self.ref:  # clearly worse: cut this probe short
-            while self.plan and self.plan[0] == (self.current, True):
-                self.plan.pop(0)
 
 
 def _ema_model(cfg: TrainConfig, ema: dict) -> Pair:

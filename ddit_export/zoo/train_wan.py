@@ -269,7 +269,7 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
     """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps. ``threads``: a count,
     "auto" (zoo/train.py's ThreadTuner) or None (torch's default). Every checkpoint also generates ``probe_n``
     held-out clips with the EMA model and logs quality/motion.py's rates (0: no probe)."""
-    from .train import ThreadTuner
+    from ..training import ThreadTuner
 
     tuner = ThreadTuner() if threads == "auto" else None
     if threads and not tuner:

@@ -109,3 +109,12 @@ def test_ground_truth_records_the_motion():
                 assert not d.any()
             assert (s.to_colour is not None) == (s.motion == "turning")
             assert s.motion in C.MOTIONS and s.position in S.POSITIONS
+
+
+def test_the_clip_grammar_writes_exactly_the_models_video_vocabulary():
+    """The vocabulary lives with the text encoder (models/vocab.py); the grammar that trains it must not drift."""
+    from ddit_export.models.vocab import VIDEO_VOCAB
+
+    assert C.grammar_words() == set(VIDEO_VOCAB) and VIDEO_VOCAB == sorted(VIDEO_VOCAB)
+    rng = np.random.default_rng(3)
+    assert set().union(*(C.sample_clip(rng).caption.split() for _ in range(200))) <= set(VIDEO_VOCAB)
