@@ -38,6 +38,19 @@ def require_tensorrt():
         raise DDiTError("--backend trt needs a CUDA GPU: TensorRT builds engines for the GPU they will run on")
 
 
+def require_buildable(plan: dict):
+    """Refuse, in one line, a plan the engine build cannot honour: FP8 (no FP8 Q/DQ graphs are exported) and
+    int8 (the split graphs are exported in fp32, not quantized). Strongly typed networks take their precision from
+    the graphs, so building them anyway would give fp32 engines under an int8/fp8 label."""
+    from ..errors import ConfigError
+
+    precision = plan.get("precision")
+    if precision == "fp8":
+        raise ConfigError(trt_plan.FP8_REFUSED)
+    if precision in trt_plan.QUANT_BYTES:
+        raise ConfigError(trt_plan.INT8_REFUSED)
+
+
 # ---- the split graphs -----------------------------------------------------------------------------------
 class TrunkGraph(nn.Module):
     """The shared trunk: embedded tokens (B, N, d) in, ``norm_out`` output (B, N, d) out, any N; size k's LoRA
@@ -217,7 +230,7 @@ def export_split(mp, plan: dict, folder: Path, tables: dict, *, log=print) -> tu
     from .build import _save_shared
 
     folder = Path(folder)
-    dtype = NP_TO_TORCH[plan["precision"]]
+    dtype = NP_TO_TORCH[plan.get("dtype", plan["precision"])]
     writer = AppendingWeights(folder, tables)
     new, written = {}, []
     try:
@@ -254,7 +267,7 @@ def split_parity(folder, plan: dict, manifest, *, seed: int = 0) -> dict:
     folder = Path(folder)
     sess = lambda f: ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"])  # noqa: E731
     trunk = sess(plan["engines"][0]["onnx"])
-    dt = {"fp32": np.float32, "fp16": np.float16}[plan["precision"]]
+    dt = {"fp32": np.float32, "fp16": np.float16}[plan.get("dtype", plan["precision"])]
     out = {}
     for k in plan["sizes"]:
         v = manifest.variant(k)
@@ -287,6 +300,7 @@ def prepare_tensorrt(folder, settings, trt_settings=None, *, model=None, log=pri
     folder = Path(folder)
     manifest = bundle_mod.load(folder)
     plan = trt_plan.plan_from_manifest(manifest, trt_settings)
+    require_buildable(plan)  # before the model loads or anything is exported
     if model is None:
         from ..models.registry import load_model
 
@@ -368,6 +382,7 @@ def engine_loaders(folder, plan: dict, only: str | None = None):
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
                                         SaveEngine)
 
+    require_buildable(plan)
     folder, flags = Path(folder), plan["flags"]
     cache = folder / flags["timing_cache"]
     out = []
