@@ -38,19 +38,6 @@ def require_tensorrt():
         raise DDiTError("--backend trt needs a CUDA GPU: TensorRT builds engines for the GPU they will run on")
 
 
-def require_buildable(plan: dict):
-    """Refuse, in one line, a plan the engine build cannot honour: FP8 (no FP8 Q/DQ graphs are exported) and
-    int8 (the split graphs are exported in fp32, not quantized). Strongly typed networks take their precision from
-    the graphs, so building them anyway would give fp32 engines under an int8/fp8 label."""
-    from ..errors import ConfigError
-
-    precision = plan.get("precision")
-    if precision == "fp8":
-        raise ConfigError(trt_plan.FP8_REFUSED)
-    if precision in trt_plan.QUANT_BYTES:
-        raise ConfigError(trt_plan.INT8_REFUSED)
-
-
 # ---- the split graphs -----------------------------------------------------------------------------------
 class TrunkGraph(nn.Module):
     """The shared trunk: embedded tokens (B, N, d) in, ``norm_out`` output (B, N, d) out, any N; size k's LoRA
@@ -300,7 +287,7 @@ def prepare_tensorrt(folder, settings, trt_settings=None, *, model=None, log=pri
     folder = Path(folder)
     manifest = bundle_mod.load(folder)
     plan = trt_plan.plan_from_manifest(manifest, trt_settings)
-    require_buildable(plan)  # before the model loads or anything is exported
+    trt_plan.require_buildable(plan)  # before the model loads or anything is exported
     if model is None:
         from ..models.registry import load_model
 
@@ -382,7 +369,7 @@ def engine_loaders(folder, plan: dict, only: str | None = None):
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
                                         SaveEngine)
 
-    require_buildable(plan)
+    trt_plan.require_buildable(plan)
     folder, flags = Path(folder), plan["flags"]
     cache = folder / flags["timing_cache"]
     out = []

@@ -49,6 +49,16 @@ COND_INPUTS = ("encoder_hidden_states", "pooled_projections", "timestep")
 TOKEN_AXES = {"hidden": 1, "img_ids": 0}  # the trunk's dynamic token axis, fixed per profile
 
 
+def require_buildable(plan: dict):
+    """Refuse, in one line, a plan the engine build (``trt_build``) cannot honour: FP8 (no FP8 Q/DQ graphs are
+    exported) and int8 (the split graphs are exported in fp32, not quantized). A strongly typed network takes its
+    precision from the graphs, so building them anyway would give fp32 engines under an int8/fp8 label."""
+    if plan.get("precision") == "fp8":
+        raise ConfigError(FP8_REFUSED)
+    if plan.get("precision") in QUANT_BYTES:
+        raise ConfigError(INT8_REFUSED)
+
+
 def stem_onnx(k: int) -> str:
     return f"trt_stem_k{k}.onnx"
 
