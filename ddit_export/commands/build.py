@@ -49,14 +49,19 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
                  calibration_samples=calibration_samples)
     dtype = dtype or "fp32"
     if precision == "fp8":
+        from ..export.trt_plan import FP8_REFUSED
         from ..settings import FP8_UNSUPPORTED
 
-        raise ConfigError(FP8_UNSUPPORTED)
+        raise ConfigError(FP8_REFUSED if backend == "trt" else FP8_UNSUPPORTED)
     if precision != "int8" and (calibration_prompts is not None or calibration_samples != 8):
         raise ConfigError("--calibration-prompts and --calibration-samples apply to --precision int8")
     loaded = None
     if precision == "int8":
         if backend != "onnx":
+            if backend == "trt":
+                from ..export.trt_plan import INT8_REFUSED
+
+                raise ConfigError(f"--precision int8 --backend trt: {INT8_REFUSED}; build with --backend onnx")
             raise ConfigError(f"--precision int8 builds QDQ ONNX graphs for ONNX Runtime; --backend {backend} "
                               f"cannot take them yet: build with --backend onnx")
         if model_family(model, weights) == "wan":

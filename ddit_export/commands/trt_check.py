@@ -6,7 +6,9 @@ import click
 @click.argument("bundle", type=click.Path())
 @click.option("--trt-version", help="Target TensorRT version for ops added late (e.g. 10.8); default: the table's.")
 def command(bundle, trt_version):
-    """No float64, only ops TensorRT's ONNX parser supports, static shapes per profile; prints the engine plan."""
+    """No float64, only ops TensorRT's ONNX parser supports, static shapes per profile; a quantized (int8) bundle
+    also gets the Q/DQ lint (scales constant, zero points zero, types TensorRT takes, both matmul inputs quantized)
+    and its precision per layer. Prints the engine plan; errors: one line per problem class, exit code 2."""
     from ..bundle import read_manifest
     from ..errors import BundleError
     from ..export.trt_compat import check_bundle, report
@@ -16,9 +18,27 @@ def command(bundle, trt_version):
     plan = read_plan(bundle)
     stored = plan is not None
     plan = plan or plan_from_manifest(manifest)
-    problems = check_bundle(bundle, plan if stored else None, trt_version=trt_version)
+    census = None
+    if manifest.quantized:
+        from ..export.trt_qdq import bundle_quant, quantize_plan
+
+        census = bundle_quant(bundle, manifest)
+        quantize_plan(plan, bundle, manifest, census)
+    problems = check_bundle(bundle, plan if stored else None, trt_version=trt_version, census=census)
     click.echo(summary(plan) + ("" if stored else "\n  (planned now: the bundle has no split graphs or engines yet; "
                                                   "build --backend trt writes them)"))
-    if problems:
-        raise BundleError(f"{len(problems)} TensorRT problem(s):\n{report(problems)}")
+    if manifest.quantized:
+        click.echo("  (TensorRT is not installed here: the quantized plan and the Q/DQ lint ran on the CPU; no "
+                   "engine was built)")
+    _report(problems, BundleError, report)
+
+
+def _report(problems, error, report):
+    from ..export.trt_qdq import grouped
+
+    errors = [p for p in problems if p.severity == "error"]
+    for _, line in grouped([p for p in problems if p.severity != "error"]):
+        click.echo(f"warning: {line}")
+    if errors:  # the CLI prefixes "error: " to the first line; one line per problem class
+        raise error("\nerror: ".join(line for _, line in grouped(errors)))
     click.echo(report(problems))

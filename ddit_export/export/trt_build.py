@@ -217,7 +217,7 @@ def export_split(mp, plan: dict, folder: Path, tables: dict, *, log=print) -> tu
     from .build import _save_shared
 
     folder = Path(folder)
-    dtype = NP_TO_TORCH[plan["precision"]]
+    dtype = NP_TO_TORCH[plan.get("dtype", plan["precision"])]
     writer = AppendingWeights(folder, tables)
     new, written = {}, []
     try:
@@ -254,7 +254,7 @@ def split_parity(folder, plan: dict, manifest, *, seed: int = 0) -> dict:
     folder = Path(folder)
     sess = lambda f: ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"])  # noqa: E731
     trunk = sess(plan["engines"][0]["onnx"])
-    dt = {"fp32": np.float32, "fp16": np.float16}[plan["precision"]]
+    dt = {"fp32": np.float32, "fp16": np.float16}[plan.get("dtype", plan["precision"])]
     out = {}
     for k in plan["sizes"]:
         v = manifest.variant(k)
@@ -287,6 +287,7 @@ def prepare_tensorrt(folder, settings, trt_settings=None, *, model=None, log=pri
     folder = Path(folder)
     manifest = bundle_mod.load(folder)
     plan = trt_plan.plan_from_manifest(manifest, trt_settings)
+    trt_plan.require_buildable(plan)  # before the model loads or anything is exported
     if model is None:
         from ..models.registry import load_model
 
@@ -368,6 +369,7 @@ def engine_loaders(folder, plan: dict, only: str | None = None):
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
                                         SaveEngine)
 
+    trt_plan.require_buildable(plan)
     folder, flags = Path(folder), plan["flags"]
     cache = folder / flags["timing_cache"]
     out = []

@@ -36,8 +36,27 @@ LAYOUT = "trunk+stems"
 ENGINE_DIR = "trt"
 TRUNK_ONNX = "trt_trunk.onnx"  # beside weights.bin: ONNX external data may not point into a parent folder
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+QUANT_BYTES = {"int8": 1, "fp8": 1}  # explicit quantization (Q/DQ graphs, trt_qdq): bytes per quantized weight
+SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized weight
+#: what the engine build says when asked for what it cannot build (``trt_build.require_buildable``)
+FP8_REFUSED = ("TensorRT cannot be asked for FP8 engines here: a strongly typed network takes FP8 from FP8 Q/DQ "
+               "graphs and ddit-export exports none (NVIDIA ModelOpt's FP8 ONNX export is not produced); the FP8 "
+               "plan is a description only (trt_plan.make_plan(precision='fp8'))")
+INT8_REFUSED = ("the TensorRT engines of an int8 bundle are planned and linted only (`ddit-export trt-check "
+                "BUNDLE`): the engine build exports fp32 trunk/stem/head graphs from the torch model and does not "
+                "quantize them")
 COND_INPUTS = ("encoder_hidden_states", "pooled_projections", "timestep")
 TOKEN_AXES = {"hidden": 1, "img_ids": 0}  # the trunk's dynamic token axis, fixed per profile
+
+
+def require_buildable(plan: dict):
+    """Refuse, in one line, a plan the engine build (``trt_build``) cannot honour: FP8 (no FP8 Q/DQ graphs are
+    exported) and int8 (the split graphs are exported in fp32, not quantized). A strongly typed network takes its
+    precision from the graphs, so building them anyway would give fp32 engines under an int8/fp8 label."""
+    if plan.get("precision") == "fp8":
+        raise ConfigError(FP8_REFUSED)
+    if plan.get("precision") in QUANT_BYTES:
+        raise ConfigError(INT8_REFUSED)
 
 
 def stem_onnx(k: int) -> str:
@@ -65,6 +84,18 @@ def _lin(i: int, o: int) -> int:
     return i * o + o
 
 
+PARTS = ("all", "matrix", "rows")
+
+
+def _counters(part: str):
+    """(linear, vector) parameter counters for one part of the parameters: "all"; "matrix", the linear layers'
+    weight matrices (what a Q/DQ build quantizes); "rows", their output channels (one per-channel scale each)."""
+    if part not in PARTS:
+        raise ConfigError(f"unknown parameter part {part!r}")
+    lin = {"all": _lin, "matrix": lambda i, o: i * o, "rows": lambda i, o: o}[part]
+    return lin, (lambda n: n if part == "all" else 0)
+
+
 def _dims(cfg) -> dict:
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     if is_wan(cfg):  # a 3-D patch (t, h, w): a fine token carries prod(patch) x channels values
@@ -78,63 +109,89 @@ def _dims(cfg) -> dict:
     return {"d": d, "hd": cfg["attention_head_dim"], "c_in": c_in, "c_out": c_out}
 
 
-def param_counts(cfg: dict, sizes, lora_rank: int) -> dict:
+def param_counts(cfg: dict, sizes, lora_rank: int, part: str = "all") -> dict:
     """Parameters of the shared trunk (without ``x_embedder``/``proj_out``, which are size 1's stem and head), of
-    one size's LoRA, and of each size's stem and head."""
+    one size's LoRA, and of each size's stem and head. ``part``: see :func:`_counters` (LoRA matrices count as
+    matrices; their rows are not counted)."""
     if is_wan(cfg):
-        return _wan_param_counts(cfg, sizes, lora_rank)
+        return _wan_param_counts(cfg, sizes, lora_rank, part)
+    _lin, vec = _counters(part)
     m = _dims(cfg)
     d, hd = m["d"], m["hd"]
     cond = (2 if cfg.get("guidance_embeds") else 1) * (_lin(256, d) + _lin(d, d))
     cond += _lin(cfg["pooled_projection_dim"], d) + _lin(d, d) + _lin(cfg["joint_attention_dim"], d)
-    double = 2 * _lin(d, 6 * d) + 8 * _lin(d, d) + 4 * hd + 2 * (_lin(d, 4 * d) + _lin(4 * d, d))
-    single = _lin(d, 3 * d) + _lin(d, 4 * d) + _lin(5 * d, d) + 3 * _lin(d, d) + 2 * hd
+    double = 2 * _lin(d, 6 * d) + 8 * _lin(d, d) + vec(4 * hd) + 2 * (_lin(d, 4 * d) + _lin(4 * d, d))
+    single = _lin(d, 3 * d) + _lin(d, 4 * d) + _lin(5 * d, d) + 3 * _lin(d, d) + vec(2 * hd)
     trunk = cond + cfg["num_layers"] * double + cfg["num_single_layers"] * single + _lin(d, 2 * d)
-    lora = lora_rank * (cfg["num_layers"] * 10 * d + cfg["num_single_layers"] * 11 * d)
+    lora = lora_rank * (cfg["num_layers"] * 10 * d + cfg["num_single_layers"] * 11 * d) * (part != "rows")
     stem, head = {}, {}
     for k in sizes:
         ci, co = k * k * m["c_in"], k * k * m["c_out"]
-        stem[k] = _lin(ci, d) + (d if k > 1 else 0)  # embedding (+ size identifier)
+        stem[k] = _lin(ci, d) + (vec(d) if k > 1 else 0)  # embedding (+ size identifier)
         head[k] = _lin(d, co) + (_lin(ci, co) if k > 1 else 0)  # de-embedding (+ residual)
     return {"trunk": trunk, "lora_per_size": lora if any(k > 1 for k in sizes) else 0, "stem": stem, "head": head}
 
 
-def _wan_param_counts(cfg: dict, sizes, lora_rank: int) -> dict:
+def _wan_param_counts(cfg: dict, sizes, lora_rank: int, part: str = "all") -> dict:
     """:func:`param_counts` of diffusers' WanTransformer3DModel (text-to-video: no image embedder) + MultiPatchWan:
     the trunk is the condition embedder, the blocks and the output modulation; ``patch_embedding`` and
     ``proj_out`` are size 1's stem and head."""
+    _lin, vec = _counters(part)
     m = _dims(cfg)
     d, f, layers = m["d"], cfg["ffn_dim"], cfg["num_layers"]
     cond = _lin(cfg["freq_dim"], d) + _lin(d, d) + _lin(d, 6 * d) + _lin(cfg["text_dim"], d) + _lin(d, d)
-    qk_norm = 2 * d if cfg.get("qk_norm") else 0  # RMSNorm across heads on q and k, in each attention
-    block = 2 * (4 * _lin(d, d) + qk_norm) + _lin(d, f) + _lin(f, d) + 6 * d
+    qk_norm = vec(2 * d) if cfg.get("qk_norm") else 0  # RMSNorm across heads on q and k, in each attention
+    block = 2 * (4 * _lin(d, d) + qk_norm) + _lin(d, f) + _lin(f, d) + vec(6 * d)
     if cfg.get("cross_attn_norm", True):
-        block += 2 * d  # norm2: an affine LayerNorm before the cross-attention
-    trunk = cond + layers * block + 2 * d  # + the output scale_shift_table
-    lora = lora_rank * layers * 2 * (d + f)  # ffn.net.0.proj (d -> f) and ffn.net.2 (f -> d)
+        block += vec(2 * d)  # norm2: an affine LayerNorm before the cross-attention
+    trunk = cond + layers * block + vec(2 * d)  # + the output scale_shift_table
+    lora = lora_rank * layers * 2 * (d + f) * (part != "rows")  # ffn.net.0.proj (d -> f) and ffn.net.2 (f -> d)
     stem, head = {}, {}
     for k in sizes:
         ci, co = k * k * m["c_in"], k * k * m["c_out"]
-        stem[k] = _lin(ci, d) + (d if k > 1 else 0)
+        stem[k] = _lin(ci, d) + (vec(d) if k > 1 else 0)
         head[k] = _lin(d, co) + (_lin(ci, co) if k > 1 else 0)
     return {"trunk": trunk, "lora_per_size": lora if any(k > 1 for k in sizes) else 0, "stem": stem, "head": head}
 
 
-def weight_bytes(cfg: dict, sizes, lora_rank: int, dtype: str) -> dict:
-    """GPU bytes of weights: this plan (trunk once) vs one full engine per size (trunk once per size)."""
-    p, b = param_counts(cfg, sizes, lora_rank), DTYPE_BYTES[dtype]
-    lora_rows = len(sizes) if p["lora_per_size"] else 0  # size 1's row is zeros
-    trunk_engine = (p["trunk"] + lora_rows * p["lora_per_size"]) * b
-    stem = {str(k): p["stem"][k] * b for k in sizes}
-    head = {str(k): p["head"][k] * b for k in sizes}
-    naive = sum((p["trunk"] + (p["lora_per_size"] if k > 1 else 0) + p["stem"][k] + p["head"][k]) * b
-                for k in sizes)
+def weight_bytes(cfg: dict, sizes, lora_rank: int, dtype: str, precision: str | None = None) -> dict:
+    """GPU bytes of weights: this plan (trunk once) vs one full engine per size (trunk once per size). Quantized
+    (``precision`` int8/fp8, explicit Q/DQ): the linear layers' weight matrices at 1 byte plus one fp32 scale per
+    output channel, every other parameter (biases, norms) in ``dtype``."""
+    precision = precision or dtype
+    b, q = DTYPE_BYTES[dtype], QUANT_BYTES.get(precision)
+    p = param_counts(cfg, sizes, lora_rank)
+    mat = param_counts(cfg, sizes, lora_rank, "matrix") if q else None
+    rows = param_counts(cfg, sizes, lora_rank, "rows") if q else None
+
+    def nb(key, k=None, quantized=True):
+        get = (lambda c: c[key]) if k is None else (lambda c: c[key][k])  # noqa: E731
+        if not (q and quantized):
+            return get(p) * b
+        return get(mat) * q + get(rows) * SCALE_BYTES + (get(p) - get(mat)) * b
+
+    def totals(quantized):
+        lora_rows = len(sizes) if p["lora_per_size"] else 0  # size 1's row is zeros
+        trunk_engine = nb("trunk", quantized=quantized) + lora_rows * nb("lora_per_size", quantized=quantized)
+        stem = {str(k): nb("stem", k, quantized) for k in sizes}
+        head = {str(k): nb("head", k, quantized) for k in sizes}
+        naive = sum(nb("trunk", quantized=quantized) + (nb("lora_per_size", quantized=quantized) if k > 1 else 0)
+                    + nb("stem", k, quantized) + nb("head", k, quantized) for k in sizes)
+        return trunk_engine, lora_rows, stem, head, naive
+
+    trunk_engine, lora_rows, stem, head, naive = totals(True)
     total = trunk_engine + sum(stem.values()) + sum(head.values())
-    return {"dtype": dtype, "trunk_bytes": p["trunk"] * b, "trunk_engine_bytes": trunk_engine,
-            "lora_stack_bytes": lora_rows * p["lora_per_size"] * b, "stem_bytes": stem, "head_bytes": head,
-            "trunk_copies": 1, "plan_total_bytes": total,
-            "naive_trunk_copies": len(sizes), "naive_total_bytes": naive,
-            "source": "computed from parameter counts x dtype bytes (not measured on a GPU)"}
+    out = {"dtype": dtype, "precision": precision, "trunk_bytes": nb("trunk"), "trunk_engine_bytes": trunk_engine,
+           "lora_stack_bytes": lora_rows * nb("lora_per_size"), "stem_bytes": stem, "head_bytes": head,
+           "trunk_copies": 1, "plan_total_bytes": total,
+           "naive_trunk_copies": len(sizes), "naive_total_bytes": naive,
+           "source": "computed from parameter counts x dtype bytes (not measured on a GPU)"}
+    if q:
+        t, _, st, hd, _ = totals(False)
+        out["unquantized_total_bytes"] = t + sum(st.values()) + sum(hd.values())
+        out["source"] = (f"computed from parameter counts: weight matrices at {q} byte ({precision}) + one fp32 scale "
+                         f"per output channel, other parameters at {dtype} (not measured on a GPU)")
+    return out
 
 
 # ---- the plan -------------------------------------------------------------------------------------------
@@ -170,20 +227,25 @@ def _trunk_shapes(cfg, geom: TokenGeometry, k: int, text_len: int, guidance: boo
 
 
 def make_plan(cfg: dict, geom: TokenGeometry, sizes, text_len: int, dtype: str, lora_rank: int,
-              settings=None) -> dict:
-    """The plan for ``sizes`` of a model config at one resolution (see the module docstring for the layout)."""
+              settings=None, precision: str | None = None) -> dict:
+    """The plan for ``sizes`` of a model config at one resolution (see the module docstring for the layout).
+    ``dtype``: the graphs' float type; ``precision``: int8 / fp8 for Q/DQ graphs (default: ``dtype``)."""
     from ..settings import TrtSettings
 
     settings = settings or TrtSettings()
+    precision = precision or dtype
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"unknown dtype {dtype!r}")
+    if precision != dtype and precision not in QUANT_BYTES:
+        raise ConfigError(f"unknown precision {precision!r} for {dtype} graphs (one of {dtype}, "
+                          f"{', '.join(QUANT_BYTES)})")
     sizes = tuple(sorted(int(k) for k in sizes))
     missing = [k for k in sizes if not geom.available(k)]
     if missing:
         raise ConfigError(f"patch size(s) {missing} do not divide the token grid {geom.grid}")
     guidance, lora = bool(cfg.get("guidance_embeds")), lora_rank > 0 and any(k > 1 for k in sizes)
     batch = _batch(settings)
-    wb = weight_bytes(cfg, sizes, lora_rank, dtype)
+    wb = weight_bytes(cfg, sizes, lora_rank, dtype, precision)
     n1, c, d = geom.tokens(1), geom.token_channels, _dims(cfg)["d"]
     fine_shapes = _trunk_shapes(cfg, geom, 1, text_len, guidance, lora)
     wan = is_wan(cfg)
@@ -207,17 +269,22 @@ def make_plan(cfg: dict, geom: TokenGeometry, sizes, text_len: int, dtype: str, 
                             "batch_inputs": list(shapes), "token_axes": {},
                             "shared": False, "weights_bytes": wb[f"{role}_bytes"][str(k)],
                             "profiles": [{"size": k, "tokens": nk, "shapes": _profile(shapes, batch)}]})
-    return {"plan_version": PLAN_VERSION, "layout": LAYOUT, "precision": dtype, "sizes": list(sizes),
+    return {"plan_version": PLAN_VERSION, "layout": LAYOUT, "precision": precision, "dtype": dtype,
+            "sizes": list(sizes),
             "size_index": {str(k): i for i, k in enumerate(sizes)} if lora else {},
             "grid": list(geom.grid), "tokens": {str(k): geom.tokens(k) for k in sizes}, "text_len": text_len,
             "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]},
-            "flags": _flags(dtype, settings), "engines": engines, "weights": wb,
+            "flags": _flags(dtype, settings, precision), "engines": engines, "weights": wb,
             "memory": _memory(cfg, geom, sizes, text_len, dtype, batch[2], guidance, engines), "build": None}
 
 
-def _flags(dtype: str, settings) -> dict:
+def _flags(dtype: str, settings, precision: str | None = None) -> dict:
+    precision = precision or dtype
     return {"strongly_typed": True,  # precision comes from the exported ONNX dtypes (always so in TensorRT 11)
-            "precision": dtype, "tf32": bool(settings.tf32 and dtype == "fp32"),
+            # Q/DQ graphs: explicit quantization under strong typing; "precision-control build flags are not
+            # required and should not be specified" (TensorRT "Explicit Quantization"): no INT8/FP8 builder flag
+            "precision": precision, "quantization": "explicit Q/DQ" if precision in QUANT_BYTES else None,
+            "tf32": bool(settings.tf32 and dtype == "fp32"),
             "builder_optimization_level": settings.optimization_level,
             "timing_cache": settings.timing_cache or f"{ENGINE_DIR}/timing.cache",
             "strip_plan": settings.strip_plan,  # weight-stripped plans, refitted at load from weights.bin
@@ -256,7 +323,7 @@ def plan_from_manifest(manifest, settings=None) -> dict:
     m = manifest.model
     geom = geometry_from_entry(m)
     return make_plan(m["transformer_config"], geom, manifest.sizes, m["text_len"], manifest.dtype,
-                     m["lora_rank"], settings)
+                     m["lora_rank"], settings, precision=manifest.effective_precision)
 
 
 # ---- manifest I/O: the plan lives in manifest.json under PLAN_KEY --------------------------------------------
@@ -277,15 +344,42 @@ def update_manifest(folder, *, plan: dict | None = None, files: dict | None = No
 
 
 def summary(plan: dict) -> str:
-    """Human lines: engines, profiles and the weights in GPU memory (computed, not measured)."""
+    """Human lines: engines, profiles and the weights in GPU memory (computed, not measured); for a quantized plan
+    also each graph's matmuls per precision and the weights measured from the bundle's Q/DQ graphs."""
     w = plan["weights"]
-    lines = [f"TensorRT plan ({plan['layout']}, {plan['precision']}, sizes {plan['sizes']}):"]
+    dtype = plan.get("dtype", plan["precision"])
+    typed = "" if dtype == plan["precision"] else f" ({dtype} graphs, explicit Q/DQ, strongly typed)"
+    lines = [f"TensorRT plan ({plan['layout']}, {plan['precision']}{typed}, sizes {plan['sizes']}):"]
     for e in plan["engines"]:
         prof = ", ".join(f"k={p['size']}:{p['tokens']} tok" for p in e["profiles"])
         lines.append(f"  {e['name']:<8} {fmt_bytes(e['weights_bytes']):>10}  profiles [{prof}]")
     lines.append(f"  weights in GPU memory: {fmt_bytes(w['plan_total_bytes'])} (trunk once) vs "
                  f"{fmt_bytes(w['naive_total_bytes'])} for one engine per size ({w['source']})")
-    return "\n".join(lines)
+    if "unquantized_total_bytes" in w:
+        lines.append(f"    unquantized ({dtype}): {fmt_bytes(w['unquantized_total_bytes'])} "
+                     f"({w['plan_total_bytes'] / w['unquantized_total_bytes']:.2f}x)")
+    return "\n".join(lines + quantized_lines(plan.get("quantization")))
+
+
+def quantized_lines(q: dict | None) -> list[str]:
+    """The plan's ``quantization`` section (``trt_qdq.quantize_plan``) as lines."""
+    if not q:
+        return []
+    lines = ["  precision per layer (matmuls; INT8/FP8 where both inputs are Q/DQ, else the graphs' float type):"]
+    for graph, row in q["layers"].items():
+        counts = ", ".join(f"{n} {t}" for t, n in row["matmuls"].items())
+        lines.append(f"    {graph}: {counts} ({row['qdq_nodes']} Q/DQ nodes)")
+    m = q["weights_measured"]
+    parts = lambda r: f"{fmt_bytes(r['quantized'])} {m['precision']} + {fmt_bytes(r['scales'])} scales + " \
+                      f"{fmt_bytes(r['float'])} float"  # noqa: E731
+    lines.append(f"  weights measured from the bundle: {fmt_bytes(m['plan_total_bytes'])} (fp32: "
+                 f"{fmt_bytes(m['fp32_total_bytes'])}, {m['plan_total_bytes'] / max(m['fp32_total_bytes'], 1):.2f}x); "
+                 f"trunk {parts(m['trunk'])}")
+    a = q["activation_scales"]
+    if a["trunk_matmuls"]:
+        lines.append(f"  activation scales: {a['differ_between_sizes']} of {a['trunk_matmuls']} trunk matmuls differ "
+                     f"between sizes (max {a['max_ratio']:.2f}x): {a['note']}")
+    return lines
 
 
 def fmt_bytes(n: int) -> str:

@@ -186,7 +186,7 @@ class TensorRTBackend(BackendBase):
         self.stream.synchronize()
 
     def _allocate_io(self):
-        dt = TORCH_DTYPES[self.plan["precision"]]
+        dt = TORCH_DTYPES[self.plan.get("dtype", self.plan["precision"])]
         b, n1 = self.plan["batch"]["max"], max(self.plan["tokens"].values())
         trunk = self.plan["engines"][0]
         shapes = {n: s[0] for n, s in trunk["profiles"][0]["shapes"].items()}  # size 1 = the most tokens
