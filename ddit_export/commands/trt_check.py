@@ -11,7 +11,8 @@ def command(bundle, trt_version):
     and its precision per layer. Prints the engine plan; errors: one line per problem class, exit code 2."""
     from ..bundle import read_manifest
     from ..errors import BundleError
-    from ..export.trt_compat import check_bundle, report
+    from ..export.trt_compat import report
+    from ..export.trt_lint import check_bundle
     from ..export.trt_plan import plan_from_manifest, read_plan, summary
 
     manifest = read_manifest(bundle)  # first: a missing, empty or non-bundle folder is a one-line error

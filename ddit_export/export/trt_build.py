@@ -282,7 +282,8 @@ def prepare_tensorrt(folder, settings, trt_settings=None, *, model=None, log=pri
     the plan in its manifest. Runs on a CPU; returns the plan."""
     from .. import bundle as bundle_mod
     from ..settings import PARITY_TOL
-    from .trt_compat import check_bundle, report
+    from .trt_compat import report
+    from .trt_lint import check_bundle
 
     folder = Path(folder)
     manifest = bundle_mod.load(folder)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ddit_export.export.trt_compat import check_bundle, check_model, report, supported_ops
+from ddit_export.export.trt_compat import check_model, report, supported_ops
+from ddit_export.export.trt_lint import check_bundle
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=18):

@@ -185,7 +185,7 @@ def test_trunk_weights_are_stored_once(split_bundle):
 
 @pytest.mark.slow
 def test_split_bundle_is_tensorrt_ready_and_still_runs_on_ort(split_bundle):
-    from ddit_export.export.trt_compat import check_bundle
+    from ddit_export.export.trt_lint import check_bundle
     from ddit_export.runtime.backends.onnxruntime import OrtBundleBackend
 
     out, plan, _ = split_bundle

@@ -16,7 +16,7 @@ from ddit_export.errors import ConfigError
 from ddit_export.export import quantize as quantize_mod
 from ddit_export.export import trt_plan, trt_qdq
 from ddit_export.export.build import build_bundle
-from ddit_export.export.trt_compat import check_bundle
+from ddit_export.export.trt_lint import check_bundle
 from ddit_export.settings import BuildSettings
 from tests.export.test_build_int8 import PROMPTS
 from tests.export.test_trt_plan import FLUX_DEV, FLUX_GEOM
