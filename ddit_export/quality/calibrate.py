@@ -115,7 +115,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     runner = (VideoPolicyRunner if video else PolicyRunner)(
         model, backend, scenes_, seed=settings.seed, steps=settings.steps, cache=settings.cache,
         height=settings.height, width=settings.width, **({"frames": geom.frames} if video else {}))
-    row = runner.row if video else partial(_image_row, runner)
+    row = partial(_video_row if video else _image_row, runner)
     fine_npz = work / "fine.npz"
     if "fine" in done and fine_npz.is_file():
         runner.fine_images = np.load(fine_npz)["images"]
@@ -144,6 +144,19 @@ def _image_row(runner, key: str, sched, run: dict, fine: dict | None) -> dict:
     """A row of an image sweep: ``fine`` None for the fine-only row itself."""
     scores = None if fine is None else runner.score(run["images"])
     return _row(key, sched, run, scores, fine, runner.adherence(run["images"]), _by_grade(runner, run, scores))
+
+
+def _video_row(runner, key: str, sched, run: dict, fine: dict | None) -> dict:
+    """A row of a video sweep (quality/calibrate_video.py's runner): adherence is the motion probe's "both", and
+    colour, motion, worst-frame PSNR, frame-change ratio and frame-difference error are added."""
+    probe = runner.probe_summary(run["images"])
+    scores = None if fine is None else runner.score(run["images"])
+    row = _row(key, sched, run, scores, fine, probe["all"])
+    row.update(colour=probe["colour"], motion=probe["motion"])
+    if scores is not None:
+        row.update({k: float(np.mean(scores[k])) for k in ("psnr_min_frame", "change_ratio", "diff_error")
+                    if k in scores})
+    return row
 
 
 def is_video(model) -> bool:

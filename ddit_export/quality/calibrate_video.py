@@ -127,19 +127,11 @@ class VideoPolicyRunner(PolicyRunner):
                        diff_error=np.array([t["diff_error"] for t in tc]))
         return out
 
-    def row(self, key: str, sched, run: dict, fine: dict | None) -> dict:
-        """A calibrate row (quality/calibrate.py ``_row``) with the video metrics added."""
-        from .calibrate import _row
+    def probe_summary(self, clips) -> dict:
+        """The probe's fractions over clips: colour, motion, all (both)."""
         from .motion import aggregate
 
-        probe = aggregate(self._probe(run["images"]))
-        scores = None if fine is None else self.score(run["images"])
-        row = _row(key, sched, run, scores, fine, probe["all"])
-        row.update(colour=probe["colour"], motion=probe["motion"])
-        if scores is not None:
-            row.update({k: float(np.mean(scores[k])) for k in ("psnr_min_frame", "change_ratio", "diff_error")
-                        if k in scores})
-        return row
+        return aggregate(self._probe(clips))
 
 
 def check_image_only(settings):
