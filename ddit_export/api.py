@@ -321,7 +321,8 @@ def _check_profile_resolution(settings: GenerateSettings, loaded, warn):
         return  # the user's own schedule, not the profile
     geom = model_geometry(loaded, settings)
     line = profile_warning(loaded.name, policy_spec(settings.schedule), getattr(loaded, "schedule_resolution", None),
-                           geom.height, geom.width)
+                           geom.height, geom.width, getattr(geom, "frames", None),
+                           getattr(loaded, "schedule_frames", None))
     if line:
         warn(line)
 

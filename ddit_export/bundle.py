@@ -155,6 +155,14 @@ class Manifest:
         r = self.model.get("schedule_resolution")
         return None if r is None else parse_resolutions([r])[0]
 
+    @property
+    def schedule_frames(self) -> int | None:
+        """Video: the clip length the schedule profile was calibrated at (optional ``model.schedule_frames``)."""
+        f = self.model.get("schedule_frames")
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 1):
+            raise ValueError(f"'schedule_frames' must be a positive integer, got {f!r}")
+        return f
+
     def to_json(self) -> str:
         d = {"format": FORMAT, "format_version": self.format_version, "model": self.model, "dtype": self.dtype,
              "schedule": self.schedule, "variants": [_variant_dict(v) for v in self.variants],
@@ -254,6 +262,10 @@ def _check_manifest(folder: Path, m: Manifest):
             m.schedule_resolution
         except ValueError as e:
             raise BundleError(f"{path}: field 'model.schedule_resolution': {e}") from None
+    try:
+        m.schedule_frames
+    except ValueError as e:
+        raise BundleError(f"{path}: field 'model': {e}") from None
     if m.dtype not in BUNDLE_DTYPES:
         raise BundleError(f"{path}: field 'dtype' is {m.dtype!r}, expected one of {', '.join(BUNDLE_DTYPES)}")
     if m.precision is not None and m.precision not in BUNDLE_PRECISIONS:

@@ -658,8 +658,16 @@ class CalibrateSettings:
     width: int | None = None
     grades: tuple[int, ...] | None = None  # only the prompts of these detail grades (zoo/scenes.py Scene.grade)
     readable_only: bool = False  # drop the prompts the model cannot read (unknown words, too long), say how many
+    frames: int | None = None  # video: the clip length the sweep generates (None: the model's; in the profile)
+    #: video: also a temporal bar, the frame-change ratio vs fine-only within (low, high), e.g. (0.9, 1.1); None: off
+    change_ratio: tuple[float, float] | None = None
 
     def __post_init__(self):
+        if self.change_ratio is not None:
+            lo, hi = (float(v) for v in self.change_ratio)
+            if not (0 <= lo <= 1 <= hi and math.isfinite(hi)):
+                raise ConfigError(f"--change-ratio takes LOW,HIGH with 0 <= LOW <= 1 <= HIGH, got {lo:g},{hi:g}")
+            object.__setattr__(self, "change_ratio", (lo, hi))
         if self.grades is not None:
             object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
             if not self.grades or not set(self.grades) <= set(DETAIL_GRADES):
@@ -682,7 +690,7 @@ class CalibrateSettings:
             raise ConfigError(f"max quality drop must be >= 0 and finite, got {self.max_quality_drop}")
         if not math.isfinite(self.min_psnr):
             raise ConfigError(f"min PSNR must be a finite number of dB, got {self.min_psnr}")
-        check_shape(steps=self.steps)
+        check_shape(steps=self.steps, frames=self.frames)
         if self.n_prompts is not None and self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
         if self.oracle is not None and not 0 < self.oracle <= 1:

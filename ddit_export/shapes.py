@@ -201,11 +201,19 @@ def resolution_warning(name: str, trained, height: int, width: int, frames: int 
             f"outside that (allowed: RoPE extrapolates, but expect lower quality)")
 
 
-def profile_warning(name: str, policy: str, calibrated, height: int, width: int) -> str | None:
-    """One warning line when a schedule profile calibrated at ``calibrated`` (h, w) runs at another size; None when
-    it runs where it was measured or its resolution is not recorded."""
-    if calibrated is None or (height, width) == tuple(calibrated):
+def profile_warning(name: str, policy: str, calibrated, height: int, width: int, frames: int | None = None,
+                    calibrated_frames: int | None = None) -> str | None:
+    """One warning line when a schedule profile calibrated at ``calibrated`` (h, w) (a video's: and
+    ``calibrated_frames`` frames) runs at another size (clip length); None when it runs where it was measured or its
+    resolution is not recorded."""
+    other_frames = calibrated_frames is not None and frames is not None and frames != calibrated_frames
+    if calibrated is None or ((height, width) == tuple(calibrated) and not other_frames):
         return None
-    return (f"warning: {name}'s schedule profile ({policy}) was calibrated at {calibrated[0]}x{calibrated[1]}; this "
-            f"run is {height}x{width}, where its quality is not measured (ddit-export calibrate --height {height} "
-            f"--width {width} measures it there)")
+    if calibrated_frames is None or frames is None:
+        return (f"warning: {name}'s schedule profile ({policy}) was calibrated at {calibrated[0]}x{calibrated[1]}; "
+                f"this run is {height}x{width}, where its quality is not measured (ddit-export calibrate --height "
+                f"{height} --width {width} measures it there)")
+    return (f"warning: {name}'s schedule profile ({policy}) was calibrated at {calibrated_frames} frames of "
+            f"{calibrated[0]}x{calibrated[1]}; this run is {frames} frames of {height}x{width}, where its quality is "
+            f"not measured (ddit-export calibrate --frames {frames} --height {height} --width {width} measures it "
+            f"there)")

@@ -9,14 +9,16 @@ from ..settings import DEFAULT_MODEL
 
 
 @click.command()
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="flux-mini-64, flux-mini, tiny, or a pixel-model folder.")
-@click.option("--weights", type=click.Path(), help="Weights folder (for --model flux, or a FLUX bundle).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="flux-mini-64, flux-mini, tiny, wan-mini, tiny-wan, wan (with --weights), or a model folder.")
+@click.option("--weights", type=click.Path(), help="Weights folder (for --model flux or wan, or a bundle of them).")
 @click.option("--adapters", type=click.Path(), help="Adapter safetensors (default: the model's own, if any).")
 @click.option("--bundle", type=click.Path(), help="Calibrate a built bundle (its own runtime) and write the chosen "
                                                   "profile into its manifest.")
 @click.option("--prompts", "prompts_file", type=click.Path(),
               help="Calibration captions, one a line (not the evaluation captions). Default: the 24 flux-mini "
-                   "captions shipped in the package (ddit_export/calibration/prompts-flux-mini.txt).")
+                   "captions shipped in the package (ddit_export/calibration/prompts-flux-mini.txt); for a video "
+                   "model the 24 clip captions of ddit_export/calibration/prompts-wan-mini.txt.")
 @click.option("--n-prompts", type=int, help="Use the first N prompts of the file (default: all).")
 @click.option("--grades", help="Only the prompts of these detail grades, e.g. 1,2,3 (calibration/prompts-graded.txt "
                                "holds grades 1-4; grade 4 needs a model continued on the graded grammar).")
@@ -33,6 +35,10 @@ from ..settings import DEFAULT_MODEL
 @click.option("--steps", type=int, help="Denoising steps (default: the model's).")
 @click.option("--height", type=int, help="Image height of the sweep (default: the model's; the profile records it).")
 @click.option("--width", type=int, help="Image width of the sweep (default: the model's).")
+@click.option("--frames", type=int, help="Video: frames per clip of the sweep (default: the model's; the profile "
+                                         "records it).")
+@click.option("--change-ratio", help="Video: also require the frame-change ratio vs fine-only within LOW,HIGH "
+                                     "(e.g. 0.9,1.1: no added flicker, no frozen clip).")
 @click.option("--work", type=click.Path(), help="Sweep folder, resumed if present (default runs/calibrate-<model>).")
 @click.option("--profile", type=click.Path(), help="Profile JSON (default calibration/<model>.json).")
 @click.option("--oracle", type=float, help="Also search the per-prompt oracle (best ladder per prompt by PSNR) at "
@@ -43,7 +49,7 @@ from ..settings import DEFAULT_MODEL
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grades, readable_only, policy, sweep, target_speedup,
-            max_quality_drop, min_psnr, seed, steps, height, width, work, profile, oracle, cache, cache_interval, cache_order,
+            max_quality_drop, min_psnr, seed, steps, height, width, frames, change_ratio, work, profile, oracle, cache, cache_interval, cache_order,
             cache_warmup, cache_tail, cache_threshold, dry_run, threads, quiet):
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
@@ -58,23 +64,21 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
         from ..api import check_family
 
         check_family(model, bundle)  # a --model that is not the bundle's: an error before anything loads
-    if model_family(model, weights, bundle) == "wan":
-        raise ConfigError("calibrate measures images on scene captions; for a video model compare settings with "
-                          "`ddit-export evaluate --model MODEL --policy ... --tau ...` (clips, motion probe; README "
-                          "'Wan 2.1' shows how wan-mini's profile was chosen)")
-
+    video = model_family(model, weights, bundle) == "wan"
     knob, eq, values = sweep.partition("=")
     if not eq:
         raise ConfigError(f"--sweep takes KNOB=V1,V2,..., got {sweep!r}")
     if threads:
         torch.set_num_threads(threads)
     if prompts_file is None:
+        from ..quality.calibrate_video import default_clip_prompts_path
         from ..quality.policies import default_prompts_path
 
-        prompts_file = str(default_prompts_path())
+        prompts_file = str(default_clip_prompts_path() if video else default_prompts_path())
     settings = CalibrateSettings(prompts=prompts_file, sweep=(knob.strip(), tuple(v for v in values.split(",") if v)),
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
                                  n_prompts=n_prompts, seed=seed, steps=steps, height=height, width=width,
+                                 frames=frames, change_ratio=_pair(change_ratio),
                                  grades=_ints(grades, "--grades"), readable_only=readable_only,
                                  target_speedup=target_speedup,
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
@@ -91,6 +95,19 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
                f"{m['speedup_measured']:.2f}x measured), {m['psnr']:.1f} dB, adherence {m['adherence']:.1%}")
     for f in prof.get("written", []):
         click.echo(f"wrote {f}")
+
+
+def _pair(text: str | None):
+    """``LOW,HIGH`` -> (low, high); None stays None."""
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--change-ratio takes LOW,HIGH, e.g. 0.9,1.1; got {text!r}") from None
+    return lo, hi
 
 
 def _cache(cache_settings, given: dict):

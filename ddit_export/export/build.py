@@ -320,6 +320,8 @@ def _model_entry(model, geom, text_len, cfg) -> dict:
     calibrated = getattr(model, "schedule_resolution", None)
     if calibrated:  # optional: the size the schedule profile was calibrated at (generate warns at another)
         entry["schedule_resolution"] = list(calibrated)
+    if calibrated and getattr(model, "schedule_frames", None):  # video: and the clip length
+        entry["schedule_frames"] = int(model.schedule_frames)
     return entry
 
 

@@ -76,6 +76,8 @@ class LoadedModel:
     #: (height, width) its schedule profile was calibrated at (``generate`` warns when the profile runs at another
     #: size); None: not recorded (profiles older than the field), no warning
     schedule_resolution: tuple[int, int] | None = None
+    #: video: the clip length its schedule profile was calibrated at (with ``schedule_resolution``); None: not recorded
+    schedule_frames: int | None = None
     family: str = "flux"  # "wan": a video model (MultiPatchWan; geometry takes frames)
     default_frames: int | None = None  # video: the clip length by default
     vae_temporal: int = 1  # video: the VAE's temporal factor (Wan 2.1: 4; pixel space: 1)
@@ -258,12 +260,22 @@ def _load_pixel_folder(folder, adapters, sizes, adapter, dtype, device) -> Loade
         m.schedule_defaults = ScheduleSettings(**meta["schedule"])
     m.default_prompt = meta.get("prompt", m.default_prompt)
     m.trained_resolutions = trained
+    _schedule_size(m, meta, folder)
+    return m
+
+
+def _schedule_size(m: LoadedModel, meta: dict, folder: Path):
+    """The size (a video's: and clip length) the folder's schedule profile was calibrated at, if recorded."""
     if "schedule_resolution" in meta:
         try:
             m.schedule_resolution = parse_resolutions([meta["schedule_resolution"]])[0]
         except ValueError as e:
             raise WeightsError(f"{folder / PIXEL_META}: schedule_resolution: {e}") from None
-    return m
+    f = meta.get("schedule_frames")
+    if f is not None:
+        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+            raise WeightsError(f"{folder / PIXEL_META}: schedule_frames must be a positive integer, got {f!r}")
+        m.schedule_frames = f
 
 
 def _folder_parts(folder: Path, trunk_cls, adapters, **trunk_kw):
@@ -405,6 +417,7 @@ def _load_video_folder(folder: Path, meta: dict, adapters, sizes, adapter, dtype
     m.default_prompt = meta.get("prompt", m.default_prompt)
     m.trained_resolutions = ((meta["height"], meta["width"]),)
     m.trained_frames = (int(meta["frames"]),)
+    _schedule_size(m, meta, folder)
     return m
 
 

@@ -1,6 +1,7 @@
 """``ddit-export calibrate``: sweep one knob of a schedule policy on a calibration prompt set, measure every setting
 against fine-only (coarse fraction, FLOP ratio, wall-clock speed-up of the loop, PSNR/SSIM, adherence), choose the
 operating point and write it as the model's schedule profile (calibration/<model>.json, and a bundle's manifest).
+A video model runs the same sweep on clip captions, scored per frame and over time (quality/calibrate_video.py).
 
 The sweep lives in ``work``: ``sweep.json`` (what is being calibrated), ``fine.npz`` (the fine-only images) and
 ``rows.jsonl`` (one row per finished setting, appended as each finishes). A rerun with the same work folder skips
@@ -17,7 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..settings import CalibrateSettings, ScheduleSettings, check_sweep_knob, parse_policy, policy_spec
+from functools import partial
+
+from ..settings import (CalibrateSettings, GenerateSettings, ScheduleSettings, check_sweep_knob, parse_policy,
+                        policy_spec)
 
 PROFILE_FORMAT = "ddit-schedule-profile/1"
 
@@ -78,18 +82,29 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     setting rows in sweep order)."""
     from tqdm.auto import tqdm
 
+    from ..schedule import make_policy
+    from .calibrate_video import VideoPolicyRunner
     from .policies import PolicyRunner
 
+    video = is_video(model)
     base = parse_policy(settings.policy, model.schedule_defaults) if settings.policy else model.schedule_defaults
     knob, values = settings.sweep
     check_sweep_knob(base.policy, knob)  # the profile's policy (no --policy): before any generation
     grid = sweep_settings(base, knob, values)
+    geom = model.geometry(settings.height, settings.width, settings.frames) if video else \
+        model.geometry(settings.height, settings.width)
+    have = tuple(model.manifest.sizes) if hasattr(model, "manifest") else tuple(model.transformer.sizes)
+    for s in grid:  # a setting that does not fit the steps or the sizes: an error now, not after fine-only
+        make_policy(GenerateSettings(steps=settings.steps or model.default_steps, schedule=s), geom.grid,
+                    geom.available_sizes(have))
     work.mkdir(parents=True, exist_ok=True)
     header = dict(model=model.name, prompts=[s.caption for s in scenes_], seed=settings.seed,
                   steps=settings.steps or model.default_steps,
                   cache=None if settings.cache is None else settings.cache.to_dict())
     if settings.height or settings.width:  # sweeps at the model's own size keep the header they always had
         header["resolution"] = list(profile_resolution(model, settings))
+    if video:
+        header["frames"] = geom.frames
     hp = work / "sweep.json"
     if hp.is_file() and json.loads(hp.read_text()) != header:
         raise ConfigError(f"{work} holds a sweep of another model, prompt set, seed or step count: give another "
@@ -97,8 +112,10 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     hp.write_text(json.dumps(header, indent=1))
     rows_path = work / "rows.jsonl"
     done = _load_rows(rows_path)
-    runner = PolicyRunner(model, backend, scenes_, seed=settings.seed, steps=settings.steps, cache=settings.cache,
-                          height=settings.height, width=settings.width)
+    runner = (VideoPolicyRunner if video else PolicyRunner)(
+        model, backend, scenes_, seed=settings.seed, steps=settings.steps, cache=settings.cache,
+        height=settings.height, width=settings.width, **({"frames": geom.frames} if video else {}))
+    row = partial(_video_row if video else _image_row, runner)
     fine_npz = work / "fine.npz"
     if "fine" in done and fine_npz.is_file():
         runner.fine_images = np.load(fine_npz)["images"]
@@ -106,7 +123,7 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     else:
         r = runner.fine()
         np.savez(fine_npz, images=r["images"])
-        fine = _row("fine", None, r, None, None, runner.adherence(r["images"]), _by_grade(runner, r))
+        fine = row("fine", None, r, None)
         _append(rows_path, fine)
     todo = [s for s in grid if policy_spec(s) not in done]
     if len(todo) < len(grid):
@@ -116,14 +133,34 @@ def run_sweep(settings: CalibrateSettings, model, backend, scenes_, *, work: Pat
     for s in todo:
         key = policy_spec(s)
         bar.set_postfix_str(key)
-        r = runner.generate(s)
-        scores = runner.score(r["images"])
-        row = _row(key, s, r, scores, fine, runner.adherence(r["images"]), _by_grade(runner, r, scores))
-        _append(rows_path, row)
-        done[key] = row
+        done[key] = row(key, s, runner.generate(s), fine)
+        _append(rows_path, done[key])
         bar.update(1)
     bar.close()
     return fine, [done[policy_spec(s)] for s in grid]
+
+
+def _image_row(runner, key: str, sched, run: dict, fine: dict | None) -> dict:
+    """A row of an image sweep: ``fine`` None for the fine-only row itself."""
+    scores = None if fine is None else runner.score(run["images"])
+    return _row(key, sched, run, scores, fine, runner.adherence(run["images"]), _by_grade(runner, run, scores))
+
+
+def _video_row(runner, key: str, sched, run: dict, fine: dict | None) -> dict:
+    """A row of a video sweep (quality/calibrate_video.py's runner): adherence is the motion probe's "both", and
+    colour, motion, worst-frame PSNR, frame-change ratio and frame-difference error are added."""
+    probe = runner.probe_summary(run["images"])
+    scores = None if fine is None else runner.score(run["images"])
+    row = _row(key, sched, run, scores, fine, probe["all"])
+    row.update(colour=probe["colour"], motion=probe["motion"])
+    if scores is not None:
+        row.update({k: float(np.mean(scores[k])) for k in ("psnr_min_frame", "change_ratio", "diff_error")
+                    if k in scores})
+    return row
+
+
+def is_video(model) -> bool:
+    return getattr(model, "family", "flux") == "wan"
 
 
 def _by_grade(runner, run: dict, scores: dict | None = None) -> dict:
@@ -146,8 +183,13 @@ def _by_grade(runner, run: dict, scores: dict | None = None) -> dict:
 
 def choose(rows: list[dict], settings: CalibrateSettings) -> dict:
     """The operating point (see :class:`CalibrateSettings`); raises :class:`Unreachable` naming the best reachable."""
-    good = [r for r in rows if r["psnr"] >= settings.min_psnr and r["adherence_drop"] <= settings.max_quality_drop]
+    from .calibrate_video import passes_temporal_bar
+
+    good = [r for r in rows if r["psnr"] >= settings.min_psnr and r["adherence_drop"] <= settings.max_quality_drop
+            and passes_temporal_bar(r, settings)]
     bar = f"PSNR >= {settings.min_psnr:g} dB and adherence within {settings.max_quality_drop:g} points"
+    if settings.change_ratio is not None:
+        bar += f" and frame-change ratio in [{settings.change_ratio[0]:g}, {settings.change_ratio[1]:g}]"
     if settings.target_speedup is None:
         if not good:
             best = max(rows, key=lambda r: (-r["adherence_drop"], r["psnr"]))
@@ -189,6 +231,8 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict,
     d["calibration"] = calibration
     if calibration.get("resolution"):
         d["model"]["schedule_resolution"] = list(calibration["resolution"])
+    if calibration.get("frames"):
+        d["model"]["schedule_frames"] = int(calibration["frames"])
     if cache is not None:  # the step cache the chosen setting was measured with becomes the bundle's default
         d["cache"] = cache
     write_json_atomic(path, d)
@@ -197,14 +241,28 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict,
 def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool = True, log=print) -> dict:
     """Run the sweep, choose, write the profile. Returns the profile; raises :class:`Unreachable` (after the sweep,
     with every row kept in the work folder) when no setting meets the target."""
+    from ..api import model_family
     from ..fsutil import check_writable
+    from . import calibrate_video as V
     from .policies import read_prompts
 
-    scenes_ = [s for s in read_prompts(settings.prompts) if settings.grades is None or s.grade in settings.grades]
+    video = model_family(settings.model, settings.weights, settings.bundle) == "wan"
+    if video:  # before any model loads: options of the other family, the captions
+        V.check_image_only(settings)
+        scenes_ = V.read_clip_prompts(settings.prompts)
+    else:
+        V.check_video_only(settings, settings.bundle or settings.model)
+        scenes_ = [s for s in read_prompts(settings.prompts) if settings.grades is None or s.grade in settings.grades]
     if not scenes_:
         raise ConfigError(f"{settings.prompts} has no prompts of detail grade {settings.grades}")
     if settings.work:  # before any model loads: a file at --work, or a folder that cannot be made
         check_writable(Path(settings.work) / "sweep.json")
+    if settings.bundle is None:
+        from ..models.registry import load_config_only
+
+        stub = load_config_only(settings.model, settings.weights)  # --model wan: its JSON configs, no weights
+        if stub is not None:  # frames, sides and RoPE checked before UMT5, the VAE and the transformer load
+            stub.geometry(settings.height, settings.width, settings.frames)
     if settings.bundle is not None:
         from ..runtime.bundle_model import open_bundle
 
@@ -215,6 +273,8 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
 
         model = load_model(settings.model, settings.weights, adapters=settings.adapters)
         backend = TorchBackend(model.transformer)
+    geom = model.geometry(settings.height, settings.width, settings.frames) if video else \
+        model.geometry(settings.height, settings.width)  # frames, sides: one error line before any generation
     if settings.oracle is not None:  # a budget no ladder spends fails now, not after the sweep
         from ..schedule.oracle import ladder_family
         from .policies import step_costs
@@ -234,15 +294,16 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
             oracle = _oracle(settings, model, backend, scenes_, work, progress)
             log(f"oracle at FLOP budget {settings.oracle:g}: {oracle['oracle']['psnr']:.2f} dB; best static "
                 f"{oracle['best_static']['sizes']}: {oracle['best_static']['psnr']:.2f} dB")
-    log(table(fine, rows))
+    log(V.table(fine, rows) if video else table(fine, rows))
     if len(fine.get("by_grade") or {}) > 1:
         log(grade_table(fine, rows))
     chosen = choose(rows, settings)
     cache = None if settings.cache is None else settings.cache.to_dict()
     profile = dict(format=PROFILE_FORMAT, model=model.name, policy=chosen["key"], schedule=chosen["schedule"],
                    cache=cache, resolution=list(profile_resolution(model, settings)),
+                   **({"frames": geom.frames} if video else {}),
                    measured={k: v for k, v in chosen.items() if k not in ("sizes", "schedule")},
-                   fine={k: fine[k] for k in ("seconds", "adherence")},
+                   fine={k: fine[k] for k in ("seconds", "adherence", "colour", "motion") if k in fine},
                    rule=dict(min_psnr=settings.min_psnr, max_quality_drop=settings.max_quality_drop,
                              target_speedup=settings.target_speedup, speedup="FLOP ratio (1 / flops_ratio)"),
                    prompts=settings.prompts, n_prompts=len(scenes_), seed=settings.seed, command=command,
@@ -255,7 +316,8 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
         profile["written"] = [str(path)]
         if settings.bundle is not None:
             write_bundle_schedule(settings.bundle, chosen["schedule"],
-                                  {k: profile[k] for k in ("policy", "measured", "command", "date", "resolution")},
+                                  {k: profile[k] for k in ("policy", "measured", "command", "date", "resolution",
+                                                           "frames") if k in profile},
                                   cache)
             profile["written"].append(str(Path(settings.bundle) / "manifest.json"))
     return profile
@@ -287,9 +349,11 @@ def readable(model, scenes_, drop: bool, log=print) -> list:
             model.encode([s.caption])
         except VocabularyError as e:
             if not drop:
-                hint = " (--readable-only drops such prompts)" if any(x.grade == 4 for x in scenes_) else ""
+                hint = " (--readable-only drops such prompts)" if any(getattr(x, "grade", 0) == 4 for x in scenes_) \
+                    else ""
                 raise VocabularyError(f"{e}{hint}") from None
-            dropped[s.grade] = dropped.get(s.grade, 0) + 1
+            g = getattr(s, "grade", "-")  # clip captions have no detail grade
+            dropped[g] = dropped.get(g, 0) + 1
             continue
         keep.append(s)
     if dropped:

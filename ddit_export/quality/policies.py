@@ -37,18 +37,32 @@ class PolicyRunner:
     """Generates ``scenes`` with a model + backend under any schedule; scores images against fine-only."""
 
     def __init__(self, model, backend, scenes_, *, seed: int = 0, steps: int | None = None, cache=None,
-                 height: int | None = None, width: int | None = None):
+                 height: int | None = None, width: int | None = None, frames: int | None = None):
         from ..runtime.generate import initial_noise
-        from .detector import load_probe
 
         self.model, self.backend, self.scenes, self.seed = model, backend, list(scenes_), seed
         self.steps = steps or model.default_steps
-        self.geom = model.geometry(height, width)
-        self.height, self.width = height, width
+        self.geom = model.geometry(height, width) if frames is None else model.geometry(height, width, frames)
+        self.height, self.width, self.frames = height, width, frames
         self.noise = initial_noise(self.geom, len(self.scenes), seed)
-        self.detector = load_probe()
+        self._detector = None
         self.fine_images = None
         self.cache = cache  # CacheSettings for the schedules measured (None: off); fine-only never uses it
+
+    @property
+    def detector(self):
+        """The scene probe (loaded on first use: a video runner never needs it)."""
+        if self._detector is None:
+            from .detector import load_probe
+
+            self._detector = load_probe()
+        return self._detector
+
+    def arrays(self, latents):
+        """Final latents -> the arrays scored against fine-only: (B, 3, H, W) images in [-1, 1]."""
+        from .evaluate import _images
+
+        return _images(self.model, latents, self.geom)
 
     def generate(self, schedule: ScheduleSettings | None = None, static=None, *, batch: bool = False,
                  cache: bool = True) -> dict:
@@ -56,7 +70,6 @@ class PolicyRunner:
         prompts in one call (static schedules only; for the oracle's search, where time is not measured)."""
         from ..api import build_settings
         from ..runtime.generate import generate
-        from .evaluate import _images
 
         caps = [s.caption for s in self.scenes]
         chunks = [range(0, len(caps))] if batch else [range(i, i + 1) for i in range(len(caps))]
@@ -64,12 +77,13 @@ class PolicyRunner:
         for idx in chunks:
             lo, hi = idx[0], idx[-1] + 1
             gs = build_settings(self.model, prompts=caps[lo:hi], seed=self.seed, steps=self.steps,
-                                height=self.height, width=self.width, schedule=schedule, static=static,
+                                height=self.height, width=self.width, frames=self.frames, schedule=schedule,
+                                static=static,
                                 cache=self.cache if cache and self.cache is not None else {"mode": "off"})
             t0 = time.perf_counter()
             r = generate(self.model, self.backend, gs, progress=False, decode=False, latents=self.noise[lo:hi])
             out["seconds"] += time.perf_counter() - t0
-            out["images"].append(_images(self.model, r.latents, self.geom))
+            out["images"].append(self.arrays(r.latents))
             out["flops"] += [r.trace.flops_ratio] * (hi - lo)
             out["coarse"] += [r.trace.coarse_fraction] * (hi - lo)
             out["sizes"] += ["".join(map(str, r.trace.sizes))] * (hi - lo)

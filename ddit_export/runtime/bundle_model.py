@@ -34,6 +34,7 @@ class BundleModel:
         self.trained_resolutions = self.manifest.trained_resolutions
         self.trained_frames = self.manifest.trained_frames
         self.schedule_resolution = self.manifest.schedule_resolution
+        self.schedule_frames = self.manifest.schedule_frames
         self.family = "wan" if is_video(self.manifest) else "flux"
         self.default_frames = m.get("frames")
         self.extras = self.pipeline_model.extras if self.pipeline_model is not None else {}

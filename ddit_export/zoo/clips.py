@@ -251,3 +251,46 @@ def make_batch(seed_or_rng, n: int, split: str = "train", frames: int = FRAMES, 
 
 def caption_words() -> set[str]:
     return set(VIDEO_VOCAB)
+
+
+def parse_caption(caption: str) -> Clip:
+    """A caption of the clip grammar back into a :class:`Clip` (``parse_caption(c.caption).caption == c.caption``):
+    every shape's size, colour, shape, motion, target colour and named cell as the caption says them. What a caption
+    does not say is filled in plainly: a moving shape starts at the first cell (reading order) from which it can move
+    one cell its way (quality/motion.py's probe reads colours and motions, not where a shape starts). Raises
+    ValueError naming what it cannot read."""
+    text = " ".join(caption.lower().strip().rstrip(".").split())
+    head, sep, bg = text.rpartition(" on a ")
+    if not sep or not bg.endswith(" background") or bg[:-len(" background")] not in S.BACKGROUNDS:
+        raise ValueError(f"not a clip caption (no '... on a <background> background'): {caption!r}")
+    parts = head.split(" and ")
+    if len(parts) > 2:
+        raise ValueError(f"not a clip caption (at most two shapes, got {len(parts)}): {caption!r}")
+    shapes = []
+    for part in parts:
+        w = part.split()
+        if len(w) < 5 or w[0] != "a" or w[1] not in S.SIZES or w[2] not in S.COLOURS or w[3] not in S.SHAPES:
+            raise ValueError(f"not a clip caption: cannot read {part!r} in {caption!r}")
+        size, colour, shape, rest = w[1], w[2], w[3], w[4:]
+        shapes.append(_parse_motion(shape, colour, size, rest, part, caption))
+    return Clip(tuple(shapes), bg[:-len(" background")])
+
+
+def _parse_motion(shape, colour, size, rest, part, caption) -> MovingShape:
+    def where(words):
+        if len(words) >= 3 and words[:2] in (["at", "the"], ["in", "the"]) and " ".join(words[2:]) in S.POSITIONS:
+            return " ".join(words[2:])
+        raise ValueError(f"not a clip caption: cannot read the position in {part!r} of {caption!r}")
+
+    if rest[0] == "moving" and len(rest) == 2 and rest[1] in DIRECTIONS:
+        dy, dx = DIRECTIONS[rest[1]]
+        pos = next(p for p, (r, c) in S.POSITIONS.items() if 0 <= r + dy <= 2 and 0 <= c + dx <= 2)
+        r, c = _cell(pos)
+        return MovingShape(shape, colour, size, rest[1], (r, c), (r + dy, c + dx), None, pos)
+    if rest in (["growing"], ["shrinking"]):
+        return MovingShape(shape, colour, size, rest[0], _cell("center"), _cell("center"))
+    if rest[0] == "turning" and len(rest) == 2 and rest[1] in S.COLOURS:
+        return MovingShape(shape, colour, size, "turning", _cell("center"), _cell("center"), rest[1])
+    motion, words = ("appearing", rest[1:]) if rest[0] == "appearing" else ("still", rest)
+    pos = where(words)
+    return MovingShape(shape, colour, size, motion, _cell(pos), _cell(pos), None, pos)
