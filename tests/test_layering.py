@@ -83,7 +83,7 @@ LAYERS = (
     ("adapt", ("adapt",)),
     ("trainers", ("zoo.train", "zoo.train_wan", "zoo.grow")),
     ("export", ("export",)),
-    ("tools", ("bench", "pareto", "pareto_replay", "peers", "resolution")),
+    ("tools", ("bench", "pareto", "pareto_report", "pareto_replay", "peers", "resolution")),
     ("serve", ("serve", "client")),
     ("cli", ("commands", "cli", "cli_options", "__main__")),
 )
