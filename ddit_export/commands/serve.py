@@ -77,14 +77,14 @@ def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, m
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read {config_file}: {str(e).splitlines()[0]}") from None
         _ray_serve()
-        from ..serve.app import options_from_config
+        from ..serve.options import options_from_config
 
         options, host, port = options_from_config(cfg or {})
     else:
         if not bundle:
             raise ConfigError("give a BUNDLE folder (or --config FILE)")
         _ray_serve()
-        from ..serve.app import ServeOptions
+        from ..serve.options import ServeOptions
 
         options = ServeOptions(bundle=bundle, num_replicas=num_replicas, min_replicas=min_replicas,
                                max_replicas=max_replicas, target_ongoing_requests=target_ongoing,
