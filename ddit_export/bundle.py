@@ -122,6 +122,15 @@ class Manifest:
     def quantized(self) -> bool:
         return self.effective_precision in QUANTIZED_PRECISIONS
 
+    @property
+    def int8_activations(self) -> str | None:
+        """How an int8 bundle's activations are quantized (``build --int8-activations``): ``u8`` (uint8 with a zero
+        point) or ``s8`` (int8, zero point 0: what TensorRT takes). Bundles from before the field are ``u8``; None
+        for a bundle that is not int8."""
+        if self.effective_precision != "int8":
+            return None
+        return (self.quantization or {}).get("int8_activations", "u8")
+
     def variant(self, size: int) -> Variant:
         for v in self.variants:
             if v.size == size:

@@ -317,6 +317,11 @@ DTYPES = ("fp32", "fp16", "bf16")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 QUANTIZED_PRECISIONS = ("int8",)
 DEFAULT_CALIBRATION_SAMPLES = 8  # calibration generations (prompts) for --precision int8
+#: ``build --precision int8 --int8-activations``: how the activations are quantized. ``u8``: uint8 with a zero point
+#: (asymmetric, the default; ONNX Runtime's CPU kernels' layout); ``s8``: int8 with zero point 0 (symmetric), the
+#: layout TensorRT's ONNX parser takes (``trt-check``'s Q/DQ lint). Weights are int8 symmetric per-channel in both.
+INT8_ACTIVATIONS = ("u8", "s8")
+DEFAULT_INT8_ACTIVATIONS = "u8"
 FP8_UNSUPPORTED = ("--precision fp8 is not runnable on the CPU: ONNX Runtime's CPU provider has no FP8 kernels "
                    "(FP8 needs TensorRT on a GPU, which this build does not have); use --precision int8 for the CPU")
 #: how ``adapt`` draws the schedules of its coarse-step trajectories: ``random`` (fine warm-up, then a random coarse
@@ -346,6 +351,8 @@ class BuildSettings:
     precision: str | None = None  # one of PRECISIONS; None: the dtype. fp16/bf16 set the dtype; int8 needs fp32 graphs
     calibration_prompts: str | None = None  # int8: calibration captions (default: the package's shipped file)
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES  # int8: calibration generations (one prompt each)
+    # int8: one of INT8_ACTIVATIONS; None: DEFAULT_INT8_ACTIVATIONS with --precision int8 (and None otherwise)
+    int8_activations: str | None = None
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -365,6 +372,13 @@ class BuildSettings:
             object.__setattr__(self, "dtype", precision)
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration samples must be >= 1, got {self.calibration_samples}")
+        if self.int8_activations is not None and precision not in QUANTIZED_PRECISIONS:
+            raise ConfigError(f"--int8-activations applies to --precision int8 (got --precision {precision})")
+        if self.int8_activations is not None and self.int8_activations not in INT8_ACTIVATIONS:
+            raise ConfigError(f"--int8-activations must be one of {', '.join(INT8_ACTIVATIONS)}, got "
+                              f"{self.int8_activations!r}")
+        if precision in QUANTIZED_PRECISIONS and self.int8_activations is None:
+            object.__setattr__(self, "int8_activations", DEFAULT_INT8_ACTIVATIONS)
         if self.sizes is not None:
             object.__setattr__(self, "sizes", check_sizes(self.sizes))
         check_shape(height=self.height, width=self.width, frames=self.frames)

@@ -27,6 +27,10 @@ from ..settings import DEFAULT_MODEL
               "(default: the shipped ddit_export/calibration/prompts-flux-mini.txt).")
 @click.option("--calibration-samples", type=int, default=8, show_default=True,
               help="--precision int8: calibration generations (the first N captions).")
+@click.option("--int8-activations", type=click.Choice(["u8", "s8"]),
+              help="--precision int8: u8 (default) uint8 activations with zero points, best for ONNX Runtime's CPU "
+                   "kernels; s8 int8 symmetric activations (zero point 0), the layout TensorRT takes (passes "
+                   "`ddit-export trt-check`'s Q/DQ lint).")
 @click.option("--text-len", type=int, help="Text tokens (FLUX.1-dev: T5 length, default 512).")
 @click.option("--backend", type=click.Choice(["onnx", "trt", "aoti"]), default="onnx", show_default=True,
               help="onnx: ONNX graphs + shared weights (ONNX Runtime). trt: also TensorRT engines (needs tensorrt). "
@@ -35,7 +39,7 @@ from ..settings import DEFAULT_MODEL
                                                                  "AOTInductor compiles for.")
 @click.option("--out", type=click.Path(), help="Bundle folder (default: engines/<model>).")
 def command(model, weights, adapters, sizes, height, width, frames, dtype, precision, calibration_prompts,
-            calibration_samples, text_len, backend, device, out):
+            calibration_samples, int8_activations, text_len, backend, device, out):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
     from ..api import model_family
     from ..parsing import int_list as _ints
@@ -46,7 +50,7 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
     if dtype is not None and precision is not None and dtype != precision:
         raise ConfigError(f"--precision {precision} and --dtype {dtype} disagree: give one of them")
     quant = dict(precision=precision, calibration_prompts=calibration_prompts,
-                 calibration_samples=calibration_samples)
+                 calibration_samples=calibration_samples, int8_activations=int8_activations)
     dtype = dtype or "fp32"
     if precision == "fp8":
         from ..export.trt_plan import FP8_REFUSED
@@ -55,6 +59,8 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
         raise ConfigError(FP8_REFUSED if backend == "trt" else FP8_UNSUPPORTED)
     if precision != "int8" and (calibration_prompts is not None or calibration_samples != 8):
         raise ConfigError("--calibration-prompts and --calibration-samples apply to --precision int8")
+    if precision != "int8" and int8_activations is not None:
+        raise ConfigError(f"--int8-activations applies to --precision int8 (got --precision {precision or dtype})")
     loaded = None
     if precision == "int8":
         if backend != "onnx":

@@ -31,6 +31,9 @@ def command(bundle, trt_version):
     if manifest.quantized:
         click.echo("  (TensorRT is not installed here: the quantized plan and the Q/DQ lint ran on the CPU; no "
                    "engine was built)")
+        if manifest.int8_activations == "u8":  # the default build's layout: say how to get the one TensorRT takes
+            click.echo("  (int8 activations u8: uint8 with zero points, ONNX Runtime's CPU layout; a bundle built "
+                       "with --int8-activations s8 has the symmetric int8 activations TensorRT takes)")
     _report(problems, BundleError, report)
 
 

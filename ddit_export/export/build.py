@@ -222,7 +222,8 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
     for k, file in tqdm(variants, desc="quantize", disable=not progress):
         scratch = folder / f"_int8_k{k}"
         cache = cal / f"ranges_k{k}.json"
-        excluded = q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache)
+        excluded = q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache,
+                                    activations=settings.int8_activations)
         err = q.velocity_error(fp32_dir / file, scratch / "model.onnx", feeds[k])
         proto = strip_metadata(onnx.load(str(scratch / "model.onnx"), load_external_data=False))
         tensors[file] = writer.externalize(proto, scratch)
@@ -233,15 +234,17 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
                             "activation_matmuls_excluded": len(excluded),
                             "ranges": f"{q.CALIBRATION_DIR}/ranges_k{k}.json"}
         added.append(f"{q.CALIBRATION_DIR}/ranges_k{k}.json")
-        log(f"k={k}: int8, {len(feeds[k])} calibration calls, {len(excluded)} activation x activation matmuls "
-            f"left in fp32, velocity vs fp32 graph: relative RMS {err:.2e}")
+        log(f"k={k}: int8 ({settings.int8_activations} activations), {len(feeds[k])} calibration calls, "
+            f"{len(excluded)} activation x activation matmuls left in fp32, velocity vs fp32 graph: relative RMS "
+            f"{err:.2e}")
     shutil.rmtree(fp32_dir)
     comparison = q.compare_ranges(ranges)
     for k, c in comparison.items():
         per_size[k].update(c)
     section = {"precision": settings.precision, "method": q.QUANTIZER, "format": "QDQ",
                "weights": "int8 symmetric per-channel (depends on the weight alone: stored once)",
-               "activations": "uint8 asymmetric per-tensor, MinMax, each size its own ranges",
+               "activations": q.ACTIVATIONS[settings.int8_activations][2],
+               "int8_activations": settings.int8_activations,  # absent in older bundles: u8
                "op_types": list(q.OP_TYPES),
                "excluded": "MatMul/Gemm nodes whose both inputs are activations (attention Q.K^T, P.V) stay fp32; "
                            "per size: activation_matmuls_excluded",

@@ -14,6 +14,11 @@ inputs (its own activation scales: tiny); the weights' int8 payloads and scales 
 file stores them once. The activation ranges of each size are kept in the bundle (``calibration/ranges_k<k>.json``,
 ONNX Runtime's calibration-cache format) with a per-size summary in the manifest.
 
+Activations (``build --int8-activations``): ``u8`` (default) uint8 per tensor with a zero point (asymmetric MinMax),
+the layout ONNX Runtime's CPU kernels are tuned for; ``s8`` int8 per tensor with zero point 0 (symmetric: the scale
+covers max(|lowest|, |highest|)), the only activation layout TensorRT's ONNX parser takes (``trt_qdq``). The weights
+and the calibration are the same in both.
+
 Only the weight matmuls are quantized: the activation x activation ones (attention's Q.K^T and P.V) stay fp32
 (:func:`activation_matmuls`; on flux-mini-64 that took the fine graph's velocity error from 9.5 % to 3.7 % and made
 the int8 fine step faster instead of slower, README "INT8 bundles").
@@ -34,6 +39,9 @@ from ..errors import ConfigError
 CALIBRATION_DIR = "calibration"
 OP_TYPES = ("MatMul", "Gemm")  # the matmuls: ORT CPU fuses DQ -> MatMul -> Q into integer matmuls (VNNI)
 QUANTIZER = "onnxruntime.quantization.quantize_static"
+#: ``--int8-activations`` -> (onnxruntime QuantType name, ActivationSymmetric, the manifest's description)
+ACTIVATIONS = {"u8": ("QUInt8", False, "uint8 asymmetric per-tensor, MinMax, each size its own ranges"),
+               "s8": ("QInt8", True, "int8 symmetric per-tensor (zero point 0), MinMax, each size its own ranges")}
 
 
 def calibration_scenes(model, settings, log=print) -> tuple[list, Path]:
@@ -166,11 +174,12 @@ def activation_matmuls(graph) -> list[str]:
 
 
 def quantize_graph(fp32_path: Path, out_path: Path, feeds: list[dict], cache_path: Path, *,
-                   ranges_from: Path | None = None) -> list[str]:
+                   ranges_from: Path | None = None, activations: str = "u8") -> list[str]:
     """Quantize one fp32 variant graph (external data beside it) into ``out_path`` (external data beside it);
     writes the activation ranges to ``cache_path``. ``ranges_from``: reuse another calibration's ranges instead of
-    calibrating (measurements: one set of scales for every size). Only the weight matmuls are quantized; returns
-    the names of the activation x activation matmuls left in fp32 (:func:`activation_matmuls`)."""
+    calibrating (measurements: one set of scales for every size). ``activations``: a key of :data:`ACTIVATIONS`
+    (``u8`` / ``s8``). Only the weight matmuls are quantized; returns the names of the activation x activation
+    matmuls left in fp32 (:func:`activation_matmuls`)."""
     import onnx
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
@@ -181,7 +190,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, feeds: list[dict], cache_pat
         shutil.copyfile(ranges_from, cache_path)
     with _quiet_root_log():
         _quantize_static(fp32_path, out_path, None if ranges_from is not None else FeedReader(feeds, names),
-                         cache_path, excluded)
+                         cache_path, excluded, activations)
     cache_path.chmod(0o644)  # ORT writes it private (mkstemp); it is a bundle file like the others
     return excluded
 
@@ -199,18 +208,22 @@ def _quiet_root_log():
         log.setLevel(level)
 
 
-def _quantize_static(fp32_path, out_path, reader, cache_path, exclude=()):
+def _quantize_static(fp32_path, out_path, reader, cache_path, exclude=(), activations="u8"):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"int8 activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
+    act_type, act_symmetric, _ = ACTIVATIONS[activations]
 
     # QuantizeBias off: an int32 bias is bias / (activation scale x weight scale), so it would differ per size and
     # break the one copy of the trunk's weights; the fp32 bias is the same bytes in every graph
     quantize_static(str(fp32_path), str(out_path), reader,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES), per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    activation_type=getattr(QuantType, act_type), weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
                     calibration_cache_path=str(cache_path), nodes_to_exclude=list(exclude),
                     extra_options={"CalibMaxIntermediateOutputs": 8, "WeightSymmetric": True,
-                                   "ActivationSymmetric": False, "QuantizeBias": False})
+                                   "ActivationSymmetric": act_symmetric, "QuantizeBias": False})
 
 
 def range_summary(cache_path: Path) -> dict:

@@ -44,7 +44,8 @@ FP8_REFUSED = ("TensorRT cannot be asked for FP8 engines here: a strongly typed 
                "plan is a description only (trt_plan.make_plan(precision='fp8'))")
 INT8_REFUSED = ("the TensorRT engines of an int8 bundle are planned and linted only (`ddit-export trt-check "
                 "BUNDLE`): the engine build exports fp32 trunk/stem/head graphs from the torch model and does not "
-                "quantize them")
+                "quantize them; bundles built with `--precision int8 --int8-activations s8` (int8 symmetric "
+                "activations) are the ones whose Q/DQ graphs pass that lint (the default u8 does not)")
 COND_INPUTS = ("encoder_hidden_states", "pooled_projections", "timestep")
 TOKEN_AXES = {"hidden": 1, "img_ids": 0}  # the trunk's dynamic token axis, fixed per profile
 

@@ -217,6 +217,9 @@ def no_export(monkeypatch):
     (["--precision", "fp16", "--dtype", "bf16"], "disagree"),
     (["--precision", "int8", "--backend", "aoti"], "--backend aoti cannot take them"),
     (["--calibration-samples", "4"], "apply to --precision int8"),
+    (["--int8-activations", "s8"], "--int8-activations applies to --precision int8 (got --precision fp32)"),
+    (["--precision", "fp16", "--int8-activations", "u8"], "--int8-activations applies to --precision int8"),
+    (["--precision", "int8", "--int8-activations", "s16"], "s16"),
     (["--precision", "int8", "--calibration-samples", "0"], "calibration samples must be >= 1"),
     (["--precision", "int8", "--calibration-prompts", "MISSING"], "cannot read prompts"),
     (["--precision", "int8"], "this model reads at most 24"),  # the shipped captions are too long for tiny
@@ -240,3 +243,50 @@ def test_precision_maps_onto_dtype():
     assert BuildSettings(model="tiny", precision="int8").quantized
     with pytest.raises(ConfigError, match="fp8"):
         BuildSettings(model="tiny", precision="fp8")
+
+
+
+def test_int8_activations_setting():
+    assert BuildSettings(model="tiny", precision="int8").int8_activations == "u8"  # the default: today's build
+    assert BuildSettings(model="tiny", precision="int8", int8_activations="s8").int8_activations == "s8"
+    assert BuildSettings(model="tiny").int8_activations is None
+    with pytest.raises(ConfigError, match="applies to --precision int8"):
+        BuildSettings(model="tiny", int8_activations="s8")
+    with pytest.raises(ConfigError, match="must be one of u8, s8"):
+        BuildSettings(model="tiny", precision="int8", int8_activations="s16")
+
+
+def test_int8_activations_pick_the_quantizers_activation_type(tmp_path):
+    """u8: uint8 activations with a zero point (asymmetric); s8: int8 activations with zero point 0. The weights'
+    int8 payloads are the same bytes either way."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                          [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "src" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src)
+    # activations shifted off 0 (about -2 .. 4): an asymmetric uint8 range has a zero point far from 0
+    feeds = [{"x": (np.random.default_rng(j).standard_normal((4, 64)) + 1.0).astype(np.float32)}
+             for j in range(3)]
+    out = {}
+    for act in ("u8", "s8"):
+        path = tmp_path / act / "model.onnx"
+        quantize_mod.quantize_graph(src, path, feeds, tmp_path / f"ranges_{act}.json", activations=act)
+        model = onnx.load(str(path))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")  # the activation's
+        out[act] = (inits[q.input[2]], {n: v for n, v in inits.items() if n.startswith("w_")})
+    zp_u8, zp_s8 = out["u8"][0], out["s8"][0]
+    assert zp_u8.dtype == np.uint8 and int(zp_u8) != 0
+    assert zp_s8.dtype == np.int8 and int(zp_s8) == 0
+    assert set(out["u8"][1]) == set(out["s8"][1])
+    for name, v in out["u8"][1].items():
+        np.testing.assert_array_equal(v, out["s8"][1][name])
+    with pytest.raises(ConfigError, match="int8 activations must be one of"):
+        quantize_mod.quantize_graph(src, tmp_path / "bad" / "model.onnx", feeds, tmp_path / "r.json",
+                                    activations="s16")

@@ -1,6 +1,7 @@
 """Issue 22 item 4: the TensorRT plan and lint of quantized (Q/DQ) bundles, on the CPU without TensorRT: crafted
-graphs for each rule, ONNX Runtime's real CPU int8 bundle (uint8 activations: refused), the same build with
-symmetric int8 activations (accepted, matmuls counted INT8), and the builder's one-line refusals."""
+graphs for each rule, ONNX Runtime's real CPU int8 bundle (the default ``--int8-activations u8``: refused), the same
+build with ``--int8-activations s8`` (symmetric int8 activations: accepted, matmuls counted INT8), and the builder's
+one-line refusals."""
 import json
 import shutil
 
@@ -13,7 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 from ddit_export.bundle import read_manifest
 from ddit_export.cli import main
 from ddit_export.errors import ConfigError
-from ddit_export.export import quantize as quantize_mod
 from ddit_export.export import trt_plan, trt_qdq
 from ddit_export.export.build import build_bundle
 from ddit_export.export.trt_lint import check_bundle
@@ -124,7 +124,7 @@ def test_builder_refuses_fp8_and_int8_plans_in_one_line():
     from ddit_export.export.trt_build import engine_loaders
     from ddit_export.export.trt_plan import require_buildable
 
-    for precision, needle in (("fp8", "FP8"), ("int8", "planned and linted only")):
+    for precision, needle in (("fp8", "FP8"), ("int8", "planned and linted only.*--int8-activations s8")):
         plan = trt_plan.make_plan(FLUX_DEV, FLUX_GEOM, (1, 2), 512, "bf16", 32, precision=precision)
         for call in (lambda: require_buildable(plan), lambda: engine_loaders("/nonexistent", plan)):
             with pytest.raises(ConfigError, match=needle) as e:
@@ -146,9 +146,14 @@ def test_engine_loaders_use_a_strongly_typed_network_and_no_precision_flag(monke
     assert not {"int8", "fp8", "fp16", "bf16", "precision_constraints"} & set(seen["config"])
 
 
-@pytest.mark.parametrize("precision, needle", [("fp8", "FP8"), ("int8", "planned and linted only")])
-def test_build_backend_trt_refuses_quantized_precisions(tmp_path, precision, needle):
-    r = CliRunner().invoke(main, ["build", "--model", "tiny", "--precision", precision, "--backend", "trt",
+@pytest.mark.parametrize("precision, extra, needle", [
+    ("fp8", [], "FP8"),
+    ("int8", [], "planned and linted only"),
+    # s8 is the layout the lint takes, but the engine build still exports fp32 split graphs: refused all the same
+    ("int8", ["--int8-activations", "s8"], "`--precision int8 --int8-activations s8`"),
+])
+def test_build_backend_trt_refuses_quantized_precisions(tmp_path, precision, extra, needle):
+    r = CliRunner().invoke(main, ["build", "--model", "tiny", "--precision", precision, "--backend", "trt", *extra,
                                   "--out", str(tmp_path / "out")])
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
@@ -156,12 +161,12 @@ def test_build_backend_trt_refuses_quantized_precisions(tmp_path, precision, nee
 
 
 # ---- real bundles: ONNX Runtime's CPU layout, and symmetric int8 activations -------------------------------
-def _build(tmp_path_factory, name, sizes=(1, 2, 4)):
+def _build(tmp_path_factory, name, sizes=(1, 2, 4), **kw):
     p = tmp_path_factory.mktemp("cal") / "prompts.txt"
     p.write_text(PROMPTS)
     out = tmp_path_factory.mktemp(name) / "b"
     return build_bundle(BuildSettings(model="tiny", sizes=sizes, out=str(out), precision="int8",
-                                      calibration_prompts=str(p), calibration_samples=2),
+                                      calibration_prompts=str(p), calibration_samples=2, **kw),
                         progress=False, log=lambda *a: None)
 
 
@@ -172,25 +177,9 @@ def cpu_int8_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def symmetric_int8_bundle(tmp_path_factory):
-    """The same build with ONNX Runtime quantizing activations to int8, symmetric (zero point 0): the layout
-    TensorRT takes."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    def symmetric(fp32_path, out_path, reader, cache_path, exclude=()):
-        quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(quantize_mod.OP_TYPES), per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
-                        calibration_cache_path=str(cache_path), nodes_to_exclude=list(exclude),
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": True,
-                                       "QuantizeBias": False})
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(quantize_mod, "_quantize_static", symmetric)
-    try:
-        return _build(tmp_path_factory, "sym-int8", sizes=(1, 2))
-    finally:
-        mp.undo()
+    """``build --precision int8 --int8-activations s8``: ONNX Runtime quantizing activations to int8, symmetric
+    (zero point 0): the layout TensorRT takes."""
+    return _build(tmp_path_factory, "sym-int8", sizes=(1, 2), int8_activations="s8")
 
 
 def _trt_check(bundle):
@@ -205,6 +194,7 @@ def test_onnx_runtime_cpu_layout_is_refused_one_line_per_class(cpu_int8_bundle):
     assert [e.split(":")[1].strip() for e in errors] == ["qdq-type", "qdq-zero-point"], errors
     assert "uint8" in errors[0] and "asymmetric" in errors[1]
     out = r.output
+    assert "(int8 activations u8:" in out and "--int8-activations s8" in out  # how to get the TensorRT layout
     assert "precision per layer" in out and "uint8 x int8 (not TensorRT types)" in out
     assert "weights measured from the bundle" in out and "TensorRT is not installed here" in out
     # the activation x activation matmuls stay fp32: as many as the build excluded
@@ -212,6 +202,22 @@ def test_onnx_runtime_cpu_layout_is_refused_one_line_per_class(cpu_int8_bundle):
     for v in m.variants:
         excluded = m.quantization["per_size"][str(v.size)]["activation_matmuls_excluded"]
         assert f"{v.file}: {excluded} fp32," in out
+    assert m.int8_activations == "u8" and m.quantization["int8_activations"] == "u8"  # the default
+
+
+def test_a_bundle_without_the_activation_field_reads_as_u8(cpu_int8_bundle, tmp_path):
+    """int8 bundles from before --int8-activations have no ``quantization.int8_activations``: still load, u8."""
+    b = tmp_path / "old"
+    shutil.copytree(cpu_int8_bundle, b)
+    d = json.loads((b / "manifest.json").read_text())
+    del d["quantization"]["int8_activations"]
+    (b / "manifest.json").write_text(json.dumps(d))
+    from ddit_export.bundle import load
+
+    m = load(b)  # every file hash checked too
+    assert m.quantized and m.int8_activations == "u8"
+    r, lines = _trt_check(b)
+    assert r.exit_code == 2 and "(int8 activations u8:" in r.output
 
 
 def test_measured_quantized_weights_match_the_parameter_counts(cpu_int8_bundle):
@@ -226,6 +232,10 @@ def test_measured_quantized_weights_match_the_parameter_counts(cpu_int8_bundle):
 
 def test_symmetric_int8_bundle_passes_and_counts_int8_matmuls(symmetric_int8_bundle):
     m = read_manifest(symmetric_int8_bundle)
+    assert m.int8_activations == "s8" and m.quantization["int8_activations"] == "s8"
+    assert "symmetric" in m.quantization["activations"] and "uint8" not in m.quantization["activations"]
+    for k, row in m.quantization["per_size"].items():
+        assert 0 < row["velocity_rel_rms_vs_fp32"] < 0.2, (k, row)  # really quantized, and still close
     census = trt_qdq.bundle_quant(symmetric_int8_bundle, m)
     assert [p for p in check_bundle(symmetric_int8_bundle, census=census) if p.severity == "error"] == []
     for v in m.variants:
@@ -237,6 +247,7 @@ def test_symmetric_int8_bundle_passes_and_counts_int8_matmuls(symmetric_int8_bun
     r, lines = _trt_check(symmetric_int8_bundle)
     assert r.exit_code == 0, r.output
     assert "no problems" in lines[-1] and not [ln for ln in lines if ln.startswith(("error:", "warning:"))]
+    assert "int8 activations u8" not in r.output
     assert f"transformer_k1.onnx: {census['transformer_k1.onnx'].matmuls['fp32']} fp32, " in r.output
 
 
