@@ -1,6 +1,6 @@
 """INT8 vs fp32 bundles on ONNX Runtime CPU (issue 22): step time per size, disk, RSS, quality.
 
-    python scripts/bench_int8.py --fp32 B32 --int8 B8 --repeats 15 --prompts 16 --json docs/int8-flux-mini-64.json
+    python scripts/bench_int8.py --fp32 B32 --int8 B8 --repeats 15 --prompts 16 --json docs/results/int8-flux-mini-64.json
 
 1. step time: each size's graph, batch 1, the two bundles' calls interleaved (fp32, int8, fp32, ...), medians, at
    each --threads (both bundles opened in the default ``--memory shared`` mode, and the int8 one in ``fast`` too);
