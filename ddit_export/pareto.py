@@ -107,7 +107,7 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
                                {"mode": "taylor", "interval": n, "order": 1}))
         rows.append(Method("ladder 2/6x4/16x2/4 + taylor N=6 w2", "ladder + cache", {"static": LADDER_44},
                            {"mode": "taylor", "interval": 6, "order": 1, "warmup": 2}))
-        for k, n in ((14, 5), (14, 8), (18, 5)):  # the best stacks measured on flux-mini (docs/pareto-flux-mini.md)
+        for k, n in ((14, 5), (14, 8), (18, 5)):  # the best stacks measured on flux-mini (docs/results/pareto-flux-mini.md)
             rows.append(Method(f"coarse-first {k}:2 + taylor N={n}", "coarse-first + cache", {"coarse_first": (k, 2)},
                                {"mode": "taylor", "interval": n, "order": 1}))
     if steps == 28:  # the calibrated ladder policy over its knob, the adaptive probe, and the ladder stacked

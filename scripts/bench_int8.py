@@ -1,8 +1,8 @@
 """INT8 vs fp32 bundles on ONNX Runtime CPU (issue 22): step time per size, disk, RSS, quality.
 
-    python scripts/bench_int8.py --fp32 B32 --int8 B8 --repeats 15 --prompts 16 --json docs/int8-flux-mini-64.json
+    python scripts/bench_int8.py --fp32 B32 --int8 B8 --repeats 15 --prompts 16 --json docs/results/int8-flux-mini-64.json
     python scripts/bench_int8.py --fp32 B32 --int8 B8 --int8-b B8S8 --threads 1 --int8-modes shared --skip-rss \
-        --repeats 5 --prompts 4 --quality-threads 1 --json docs/int8-s8-flux-mini-64.json
+        --repeats 5 --prompts 4 --quality-threads 1 --json docs/results/int8-s8-flux-mini-64.json
 
 ``--int8-b``: a second int8 bundle (e.g. built with ``--int8-activations s8``), labelled ``int8_<activations>``
 from its manifest: its step times are interleaved with the other two (key ``<label>_ms``, ``speedup_<label>`` =

@@ -21,7 +21,7 @@ Measured, interleaved (random order within each repeat), medians reported:
    the same number of steps vs each DDiT schedule;
 3. the per-switch cost: the same calls alternating sizes vs grouped by size; target < 1% of a fine step;
 4. the replay table (issue 8): every row of a Pareto bench report (``--plans``, default
-   docs/pareto-flux-mini-replay-rows.json: 9 rows of docs/pareto-flux-mini.json, the sizes and step-cache
+   docs/results/pareto-flux-mini-replay-rows.json: 9 rows of docs/results/pareto-flux-mini.json, the sizes and step-cache
    decisions recorded on flux-mini by ``ddit-export bench
    --pareto``) replayed as whole generations, measured speed-up vs the FLOP-bound one (ddit_export.pareto_replay).
 Writes ``results.json`` and ``results.md`` into --out after every phase, so a timeout still leaves results.
@@ -286,7 +286,7 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="generation repeats (interleaved); medians reported")
     p.add_argument("--max-schedules", type=int, default=8)
     p.add_argument("--time-budget", type=float, default=330.0, help="seconds; stops repeating when exceeded")
-    p.add_argument("--plans", type=Path, default=ROOT / "docs" / "pareto-flux-mini-replay-rows.json",
+    p.add_argument("--plans", type=Path, default=ROOT / "docs" / "results" / "pareto-flux-mini-replay-rows.json",
                    help="Pareto bench report whose rows are replayed (phase 4); skipped if the file is missing")
     p.add_argument("--plan-prompts", type=int, default=1, help="recorded plans (prompts) replayed per row")
     p.add_argument("--replay-budget", type=float, default=120.0, help="seconds for the replay phase")

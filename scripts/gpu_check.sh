@@ -18,7 +18,7 @@
 # and put on PYTHONPATH, so carry only packages the machine lacks. Budget: 6 minutes in all (GPU_CHECK_SECONDS=N
 # for another total); each step has its own
 # timeout and the benchmark writes its results after every phase. The benchmark ends with the replay table of the
-# Pareto rows (PLANS=file to override docs/pareto-flux-mini-replay-rows.json); the whole check stays under 6 minutes.
+# Pareto rows (PLANS=file to override docs/results/pareto-flux-mini-replay-rows.json); the whole check stays under 6 minutes.
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -108,7 +108,7 @@ elif [ $BUDGET -lt 60 ]; then
   status=1
 else
   # phases 1-3 (steps, switches, DDiT generations) and the replay of the Pareto rows
-  # (docs/pareto-flux-mini-replay-rows.json: sizes + cache decisions) share what is left after the model build
+  # (docs/results/pareto-flux-mini-replay-rows.json: sizes + cache decisions) share what is left after the model build
   REST=$(( BUDGET - 90 > 45 ? BUDGET - 90 : 45 ))
   log "benchmark (time budget ${BUDGET}s: generations $(( REST / 2 ))s, replay $(( REST / 2 ))s)"
   timeout $(( BUDGET + 30 )) python scripts/gpu_bench.py --out "$OUT" --time-budget $(( REST / 2 )) \

@@ -10,7 +10,7 @@ A batch takes one decision: the largest σ_k over its samples counts (coarse onl
 ``window="same-size"`` (not in the paper) decides only when the last three steps, whose latents make up Δ³, ran
 at one size, and otherwise keeps the size of the last step ("hold").
 
-Issue 19's variants (none is the paper's; measured in docs/rule-variants-flux-mini-64.md):
+Issue 19's variants (none is the paper's; measured in docs/results/rule-variants-flux-mini-64.md):
 - ``tau4 > 0``: size 4 has its own threshold (τ₄ ≠ τ₂); size 2 and larger sizes keep ``tau``.
 - ``signal="x0"``: Δ³ of the predicted clean sample x̂0 = x − σ·v of the last four steps (from ``observe``)
   instead of the noisy latents.

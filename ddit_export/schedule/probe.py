@@ -6,7 +6,7 @@ head step when there is a head): the within-2x2-patch std of the predicted clean
 patches; a batch takes its largest sample; on a video grid the patches of ``video_std``). On flux-mini it hardly
 depends on the size that step ran at (its correlation over prompts with the fine step's value: 0.99 at size 2,
 0.96 at size 4), so no fine probe step is needed, and the policy never feeds back on its own coarse steps (the
-paper's rule does, which locks it into a rhythm). Measured on flux-mini in docs/policies-flux-mini.md.
+paper's rule does, which locks it into a rhythm). Measured on flux-mini in docs/results/policies-flux-mini.md.
 """
 from __future__ import annotations
 
