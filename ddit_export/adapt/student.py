@@ -66,7 +66,7 @@ def load_student(s: AdaptSettings, device=None):
     from ..models.registry import load_model
 
     device = device or s.device
-    adapter = AdapterSettings(rank=s.rank, init=s.init)
+    adapter = AdapterSettings(rank=s.rank, init=s.init, residual=s.residual)
     loaded = load_model(s.model, s.weights, sizes=s.sizes, adapter=adapter, dtype=s.torch_dtype, device=device)
     old = loaded.transformer
     for hnd in old._hooks:  # detach the loader's adapters (they may come from a previous run's file)
@@ -102,6 +102,10 @@ def load_init_adapters(mp, path):
     if got != {k: want[k] for k in got}:
         raise WeightsError(f"--init-adapters: {p} has sizes {got['sizes']}, rank {got['rank']}, init {got['init']}; "
                            f"this run has sizes {want['sizes']}, rank {want['rank']}, init {want['init']}")
+    if meta.get("residual", "linear") == "linear" and want.get("residual") == "sigma":
+        # a "linear" file continued with the sigma residual: that one starts at zero (as in a fresh run)
+        own = mp.adapter_state_dict()
+        state = {**{k: v for k, v in own.items() if ".residual_sigma." in k}, **state}
     mp.load_adapter_state_dict(state, source=str(p))
 
 

@@ -12,6 +12,9 @@ from ..settings import DEFAULT_MODEL
 @click.option("--rank", default=32, show_default=True, type=int, help="LoRA rank on the feed-forward layers.")
 @click.option("--init", type=click.Choice(["tile", "pi"]), default="tile", show_default=True,
               help="Stem initialisation: tile (average in, copy out) or pi (pseudo-inverse resize).")
+@click.option("--residual", type=click.Choice(["linear", "sigma"]), default="linear", show_default=True,
+              help="The coarse stems' residual from the latent: linear, or sigma (a second map on latent / sigma, "
+                   "so the pass-through can scale with the noise level).")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak AdamW learning rate.")
 @click.option("--lr-warmup", default=50, show_default=True, type=int, help="Linear warm-up steps.")
 @click.option("--batch", default=16, show_default=True, type=int, help="States per step (every size).")
@@ -51,7 +54,7 @@ from ..settings import DEFAULT_MODEL
 @click.option("--threads", help="torch intra-op threads, or 'auto' (time 1 vs 2 threads as training goes; for "
                                 "a shared CPU). Default: torch's.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minutes, seed, work, out, prompts_file,
+def command(model, weights, sizes, rank, init, residual, lr, lr_warmup, batch, steps, minutes, seed, work, out, prompts_file,
             num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, init_adapters, joint,
             ckpt_minutes, quality_minutes, patience, eval_images, device, dtype, threads, quiet):
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
@@ -68,6 +71,7 @@ def command(model, weights, sizes, rank, init, lr, lr_warmup, batch, steps, minu
             raise ConfigError(f"--threads must be a number or 'auto', got {threads!r}") from None
 
     settings = AdaptSettings(model=model, weights=weights, sizes=_ints(sizes, "--sizes"), rank=rank, init=init,
+                             residual=residual,
                              lr=lr, lr_warmup=lr_warmup, batch=batch, steps=steps, minutes=minutes, seed=seed,
                              work=work, out=out, prompts_file=prompts_file, num_prompts=num_prompts,
                              sample_steps=sample_steps, height=height, width=width, guidance=guidance,

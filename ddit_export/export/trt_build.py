@@ -121,6 +121,11 @@ class HeadGraph(nn.Module):
 
     def __init__(self, mp, k: int, grid):
         super().__init__()
+        if k > 1 and hasattr(mp.stems[str(k)], "residual_sigma"):
+            from ..errors import ConfigError
+
+            raise ConfigError("the TensorRT split export does not take adapters with the sigma residual yet (its head "
+                              "graph has no timestep input); build --backend onnxruntime or aoti")
         self.mp, self.k, self.grid = mp, k, tuple(grid)
 
     def forward(self, trunk_out, hidden_states=None):

@@ -25,7 +25,7 @@ ADAPTER_FILE = "ddit_adapters.safetensors"
 class CoarseStem(nn.Module):
     """Everything size k owns: embedding, de-embedding, size identifier and the zero-initialised residual."""
 
-    def __init__(self, trunk: nn.Module, k: int, init: str):
+    def __init__(self, trunk: nn.Module, k: int, init: str, residual: str = "linear"):
         super().__init__()
         c_in, d = trunk.x_embedder.in_features, trunk.x_embedder.out_features
         c_out = trunk.proj_out.out_features
@@ -35,12 +35,32 @@ class CoarseStem(nn.Module):
         self.residual = nn.Linear(k * k * c_in, k * k * c_out)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
+        add_sigma_residual(self, residual, k * k * c_in, k * k * c_out)
         with torch.no_grad():
             self.embed.weight.copy_(init_embed(trunk.x_embedder.weight.detach().float(), k, init))
             self.embed.bias.copy_(trunk.x_embedder.bias.detach().float())
             w, b = init_deembed(trunk.proj_out.weight.detach().float(), trunk.proj_out.bias.detach().float(), k, init)
             self.deembed.weight.copy_(w)
             self.deembed.bias.copy_(b)
+
+
+def add_sigma_residual(stem: nn.Module, residual: str, c_in: int, c_out: int):
+    """``residual="sigma"``: a second zero-initialised linear map, on latent / max(sigma, SIGMA_FLOOR)."""
+    if residual == "sigma":
+        stem.residual_sigma = nn.Linear(c_in, c_out, bias=False)
+        nn.init.zeros_(stem.residual_sigma.weight)
+
+
+def stem_output(stem: nn.Module, trunk_out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A coarse size's velocity in merged-token form: de-embedded trunk output plus the residual(s) of the merged
+    latent ``x``; ``sigma`` (B,) is the timestep in [0, 1] (only the "sigma" residual reads it)."""
+    out = stem.deembed(trunk_out) + stem.residual(x)
+    if hasattr(stem, "residual_sigma"):
+        from ..settings import SIGMA_FLOOR
+
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))).clamp(min=SIGMA_FLOOR)
+        out = out + stem.residual_sigma(x / s)
+    return out
 
 
 class MultiPatchFlux(nn.Module):
@@ -56,7 +76,7 @@ class MultiPatchFlux(nn.Module):
         self.sizes = check_sizes(sizes)
         self.adapter_settings = adapter
         coarse = [k for k in self.sizes if k > 1]
-        self.stems = nn.ModuleDict({str(k): self.stem_class(trunk, k, adapter.init) for k in coarse})
+        self.stems = nn.ModuleDict({str(k): self.stem_class(trunk, k, adapter.init, adapter.residual) for k in coarse})
         self.lora_targets = self.ff_targets(trunk) if adapter.rank > 0 else []
         self.loras = nn.ModuleDict({
             str(k): lora_mod.make_loras(trunk, self.lora_targets, adapter.rank, adapter.lora_alpha) for k in coarse
@@ -117,7 +137,7 @@ class MultiPatchFlux(nn.Module):
         out = self._trunk_body(hidden, encoder_hidden_states, pooled_projections, timestep, ids, txt_ids, guidance,
                                size, joint_attention_kwargs)
         n_coarse = x.shape[1]
-        velocity = unmerge_tokens(stem.deembed(out[:, :n_coarse]) + stem.residual(x), grid, size)
+        velocity = unmerge_tokens(stem_output(stem, out[:, :n_coarse], x, timestep.reshape(-1)), grid, size)
         if extra:
             velocity = torch.cat([velocity, self.trunk.proj_out(out[:, n_coarse:])], dim=1)
         return velocity
@@ -177,7 +197,8 @@ class MultiPatchFlux(nn.Module):
     def adapter_metadata(self) -> dict[str, str]:
         a = self.adapter_settings
         return {"format": "ddit-adapters/1", "sizes": json.dumps(list(self.sizes)), "rank": str(a.rank),
-                "init": a.init, "lora_alpha": json.dumps(a.lora_alpha)}
+                "init": a.init, "lora_alpha": json.dumps(a.lora_alpha),
+                **({} if a.residual == "linear" else {"residual": a.residual})}  # linear: the files as before
 
     def save_adapters(self, path: str | Path) -> Path:
         """Write the coarse-size weights (never the trunk) as one safetensors file with its settings."""
@@ -196,7 +217,8 @@ class MultiPatchFlux(nn.Module):
     def from_trunk_and_adapters(cls, trunk: nn.Module, path: str | Path) -> "MultiPatchFlux":
         """Rebuild the sizes and LoRA rank recorded in an adapters file and load its weights."""
         path, meta, state = read_adapters(path)
-        adapter = AdapterSettings(rank=int(meta["rank"]), init=meta["init"], lora_alpha=json.loads(meta["lora_alpha"]))
+        adapter = AdapterSettings(rank=int(meta["rank"]), init=meta["init"], lora_alpha=json.loads(meta["lora_alpha"]),
+                                  residual=meta.get("residual", "linear"))  # files before the field: "linear"
         model = cls(trunk, sizes=json.loads(meta["sizes"]), adapter=adapter)
         model.load_adapter_state_dict(state, source=str(path))
         return model

@@ -83,8 +83,10 @@ def rope_at(rope: nn.Module, positions: torch.Tensor, dtype=torch.float64, devic
 class WanStem(nn.Module):
     """Everything Wan size k owns: embedding, de-embedding, size identifier and the zero-initialised residual."""
 
-    def __init__(self, trunk: nn.Module, k: int, init: str):
+    def __init__(self, trunk: nn.Module, k: int, init: str, residual: str = "linear"):
         super().__init__()
+        if residual != "linear":
+            raise ConfigError(f"adapter residual {residual!r} is FLUX-only so far; Wan's coarse stems use 'linear'")
         if init != "tile":
             raise ConfigError(f"adapter init {init!r} is FLUX-only (its resize matrix assumes FLUX's 2x2 token "
                               f"packing); Wan's coarse stems use 'tile'")

@@ -11,7 +11,7 @@ from .core import (  # noqa: F401
     DEFAULT_SIZES, DEFAULT_MODEL, DEFAULT_TAU, DEFAULT_EPS, MIN_WARMUP, DEFAULT_WARMUP, DEFAULT_LORA_RANK, WINDOWS,
     SIGNALS, VIDEO_STDS, POLICIES, PROBE_KNOBS, RULE_VARIANT_KNOBS, POLICY_KNOBS, ScheduleSettings, MAX_SEED,
     MAX_STEPS, MAX_SIDE, MAX_FRAMES, MAX_FPS, MAX_PROMPT_CHARS, check_prompts, check_shape, parse_policy,
-    check_sweep_knob, policy_spec, check_sizes, AdapterSettings)
+    check_sweep_knob, policy_spec, check_sizes, AdapterSettings, RESIDUALS, SIGMA_FLOOR)
 from .generate import (  # noqa: F401
     CACHE_MODES, CacheSettings, GenerateSettings)
 from .build import (  # noqa: F401

@@ -182,6 +182,10 @@ def check_sizes(sizes) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+RESIDUALS = ("linear", "sigma")
+SIGMA_FLOOR = 0.02  # the "sigma" residual divides by max(sigma, this)
+
+
 @dataclass(frozen=True)
 class AdapterSettings:
     """How the coarse-size adapters are built and initialised."""
@@ -189,9 +193,15 @@ class AdapterSettings:
     rank: int = DEFAULT_LORA_RANK
     init: str = "tile"  # "tile" (average in, copy out) or "pi" (pseudo-inverse bilinear resize, FlexiViT)
     lora_alpha: float | None = None  # None: alpha = rank (scale 1)
+    #: the coarse sizes' zero-initialised residual from the merged latent to the velocity: "linear" (one linear map,
+    #: the same at every step) or "sigma" (plus a second one applied to latent / sigma, so the pass-through of the
+    #: detail a coarse token cannot model can scale with the noise level as the velocity's does: v = (x_t - x0)/sigma)
+    residual: str = "linear"
 
     def __post_init__(self):
         if self.rank < 0:
             raise ConfigError(f"LoRA rank must be >= 0, got {self.rank}")
         if self.init not in ("tile", "pi"):
             raise ConfigError(f"adapter init must be 'tile' or 'pi', got {self.init!r}")
+        if self.residual not in RESIDUALS:
+            raise ConfigError(f"adapter residual must be one of {', '.join(RESIDUALS)}, got {self.residual!r}")

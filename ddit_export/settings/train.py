@@ -20,6 +20,7 @@ class AdaptSettings:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     rank: int = DEFAULT_LORA_RANK
     init: str = "tile"
+    residual: str = "linear"  # AdapterSettings.residual: "linear" or "sigma"
     lr: float = 1e-3
     lr_warmup: int = 50  # steps of linear warm-up
     batch: int = 16
@@ -51,7 +52,7 @@ class AdaptSettings:
         object.__setattr__(self, "sizes", check_sizes(self.sizes))
         if not any(k > 1 for k in self.sizes):
             raise ConfigError(f"sizes {self.sizes} have no coarse size to adapt (e.g. --sizes 1,2,4)")
-        AdapterSettings(rank=self.rank, init=self.init)
+        AdapterSettings(rank=self.rank, init=self.init, residual=self.residual)
         try:
             joint = tuple(tuple(int(v) for v in r) for r in self.joint)
         except (TypeError, ValueError):

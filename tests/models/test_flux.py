@@ -117,3 +117,34 @@ def test_corrupt_or_missing_adapters_raise_weights_error(tmp_path):
     path = MultiPatchFlux(tiny_trunk(), adapter=AdapterSettings(rank=2)).save_adapters(tmp_path)
     with pytest.raises(WeightsError, match="shape|missing"):  # adapters of another trunk
         MultiPatchFlux.from_trunk_and_adapters(tiny_trunk(in_channels=16), path)
+
+
+def test_sigma_residual_starts_neutral_scales_with_sigma_and_roundtrips(tmp_path):
+    """residual="sigma": a zero-initialised second map on latent / sigma. Fresh, it changes nothing; trained, its
+    share of the output grows as sigma falls; the adapters file records it (a "linear" file records nothing new)."""
+    from safetensors import safe_open
+
+    lin = MultiPatchFlux(tiny_trunk(), sizes=(1, 2), adapter=AdapterSettings(rank=3))
+    sig = MultiPatchFlux(tiny_trunk(), sizes=(1, 2), adapter=AdapterSettings(rank=3, residual="sigma"))
+    assert set(sig.adapter_state_dict()) - set(lin.adapter_state_dict()) == {"stems.2.residual_sigma.weight"}
+    sig.load_adapter_state_dict({**lin.adapter_state_dict(),
+                                 "stems.2.residual_sigma.weight": sig.adapter_state_dict()["stems.2.residual_sigma.weight"]})
+    inp = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(_call(sig, inp, 2), _call(lin, inp, 2), rtol=0, atol=0)
+        sig.stems["2"].residual_sigma.weight.normal_(std=0.1)
+        gap = {}
+        for s in (0.8, 0.2):
+            at = dict(inp, timestep=torch.full((1,), s))
+            gap[s] = float((_call(sig, at, 2) - _call(lin, at, 2)).abs().mean())
+    assert gap[0.2] == pytest.approx(4 * gap[0.8], rel=1e-4)  # the extra term is W (x / sigma)
+    lin_file, sig_file = lin.save_adapters(tmp_path / "lin"), sig.save_adapters(tmp_path / "sig")
+    for path, want in ((lin_file, None), (sig_file, "sigma")):
+        with safe_open(str(path), "pt") as f:
+            assert (f.metadata() or {}).get("residual") == want
+    back = MultiPatchFlux.from_trunk_and_adapters(tiny_trunk(), sig_file)
+    assert back.adapter_settings.residual == "sigma"
+    with torch.no_grad():
+        torch.testing.assert_close(_call(back, inp, 2), _call(sig, inp, 2), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="residual must be one of"):
+        AdapterSettings(residual="cubic")
