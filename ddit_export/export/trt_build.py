@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import shutil
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..bundle import WEIGHTS, sha256_file
 from ..errors import DDiTError
 from . import trt_plan
 from .shared_weights import SharedWeightsWriter
+from .trt_graphs import HeadGraph, StemGraph, TrunkGraph
 
 NP_TO_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -36,106 +35,6 @@ def require_tensorrt():
                         "GPU); without it, build the ONNX bundle and check it with `ddit-export trt-check`") from None
     if not torch.cuda.is_available():
         raise DDiTError("--backend trt needs a CUDA GPU: TensorRT builds engines for the GPU they will run on")
-
-
-# ---- the split graphs -----------------------------------------------------------------------------------
-class TrunkGraph(nn.Module):
-    """The shared trunk: embedded tokens (B, N, d) in, ``norm_out`` output (B, N, d) out, any N; size k's LoRA
-    applied through stacked weights indexed by ``size_index`` (row i = sizes[i], zeros for size 1)."""
-
-    def __init__(self, mp, sizes, guidance: bool):
-        super().__init__()
-        self.mp, self.sizes = mp, tuple(sizes)
-        self.lora = bool(mp.lora_targets) and any(k > 1 for k in self.sizes)
-        self.names = trt_plan.trunk_inputs(guidance, self.lora)
-        self._index = None
-        if self.lora:
-            from ..models.lora import key
-
-            mods = dict(mp.trunk.named_modules())
-            for name in mp.lora_targets:
-                lin, downs, ups = mods[name], [], []
-                for k in self.sizes:
-                    lo = mp.loras[str(k)][key(name)] if str(k) in mp.loras else None
-                    downs.append(lo.down.detach() if lo else torch.zeros(mp.adapter_settings.rank, lin.in_features))
-                    ups.append(lo.up.detach() * lo.scale if lo else torch.zeros(lin.out_features,
-                                                                                 mp.adapter_settings.rank))
-                dt = lin.weight.dtype
-                self.register_buffer(f"lora_down__{key(name)}", torch.stack(downs).to(dt), persistent=False)
-                self.register_buffer(f"lora_up__{key(name)}", torch.stack(ups).to(dt), persistent=False)
-
-    def forward(self, hidden, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, extra1=None,
-                extra2=None):
-        rest = dict(zip(self.names[6:], (extra1, extra2)))  # size_index and/or guidance, as the plan lists them
-        self._index = rest.get("size_index")
-        try:
-            with self._lora_hooks():
-                return self.mp._trunk_body(hidden, encoder_hidden_states, pooled_projections, timestep, img_ids,
-                                           txt_ids, rest.get("guidance"), 1)  # size 1: the model's hooks stay off
-        finally:
-            self._index = None
-
-    @contextlib.contextmanager
-    def _lora_hooks(self):
-        """Forward hooks on the LoRA targets for the duration of one call; the trunk is left as it was."""
-        if not self.lora:
-            yield
-            return
-        from ..models.lora import key
-
-        mods = dict(self.mp.trunk.named_modules())
-        handles = []
-        for name in self.mp.lora_targets:
-            down, up = getattr(self, f"lora_down__{key(name)}"), getattr(self, f"lora_up__{key(name)}")
-
-            def hook(module, args, output, _d=down, _u=up):
-                d = torch.index_select(_d, 0, self._index)[0]
-                u = torch.index_select(_u, 0, self._index)[0]
-                return output + (args[0] @ d.T) @ u.T
-            handles.append(mods[name].register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-
-class StemGraph(nn.Module):
-    """Size k's input side: fine-token latents (B, N1, C) -> embedded tokens (B, N_k, d)."""
-
-    def __init__(self, mp, k: int, grid):
-        super().__init__()
-        self.mp, self.k, self.grid = mp, k, tuple(grid)
-
-    def forward(self, hidden_states):
-        from ..models.patching import merge_tokens
-
-        if self.k == 1:
-            return self.mp.trunk.x_embedder(hidden_states)
-        stem = self.mp.stems[str(self.k)]
-        return stem.embed(merge_tokens(hidden_states, self.grid, self.k)) + stem.size_id
-
-
-class HeadGraph(nn.Module):
-    """Size k's output side: trunk output (B, N_k, d) (+ the latents, for the residual) -> velocity (B, N1, C)."""
-
-    def __init__(self, mp, k: int, grid):
-        super().__init__()
-        if k > 1 and hasattr(mp.stems[str(k)], "residual_sigma"):
-            from ..errors import ConfigError
-
-            raise ConfigError("the TensorRT split export does not take adapters with the sigma residual yet (its head "
-                              "graph has no timestep input); build --backend onnxruntime or aoti")
-        self.mp, self.k, self.grid = mp, k, tuple(grid)
-
-    def forward(self, trunk_out, hidden_states=None):
-        from ..models.patching import merge_tokens, unmerge_tokens
-
-        if self.k == 1:
-            return self.mp.trunk.proj_out(trunk_out)
-        stem = self.mp.stems[str(self.k)]
-        x = merge_tokens(hidden_states, self.grid, self.k)
-        return unmerge_tokens(stem.deembed(trunk_out) + stem.residual(x), self.grid, self.k)
 
 
 def _example(shapes: dict, dtype, seed: int = 0) -> tuple:
