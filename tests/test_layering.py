@@ -183,3 +183,10 @@ def test_the_checks_see_what_they_check():
                "ddit_export.adapt.train": {"ddit_export.zoo.train"}}
     assert len(upward_imports(against)) == 3
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]  # longer loops too
+
+
+def test_no_module_over_450_lines():
+    """Modules a newcomer can read (issue 24): split along a seam before one grows past 450 lines."""
+    long = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}
