@@ -7,22 +7,22 @@ import click
 @click.option("--weights", type=click.Path(), help="FLUX.1-dev folder, for FLUX bundles.")
 @click.option("--tol", type=float, help="Max abs diff allowed (default: by dtype, fp32 1e-4).")
 def command(bundle, weights, tol):
-    """Check a bundle: hashes, then ONNX Runtime vs torch per variant. Exit code 1 on a failed parity, or when
-    parity could not run (bf16 bundles: the hashes are checked, the bundle is not validated)."""
+    """Check a bundle: hashes, then ONNX Runtime vs torch per variant (a bf16 bundle: its AOTInductor package vs
+    torch, when it has one). Exit code 1 on a failed parity, or when parity could not run (a bf16 bundle without an
+    AOTInductor package: the hashes are checked, the bundle is not validated)."""
     from ..export.validate import PARITY_NOT_RUN, validate_bundle
-    from ..settings import PARITY_TOL
 
-    results, manifest = validate_bundle(bundle, weights=weights)
-    tol = tol if tol is not None else PARITY_TOL[manifest.dtype]
+    results, manifest = validate_bundle(bundle, weights=weights, tol=tol)
     failed = not_run = False
-    for size, diff in results.items():
-        if diff is None:
+    for size, r in results.items():
+        if r["diff"] is None:
             not_run = True
             click.echo(f"k={size}: parity not run: {PARITY_NOT_RUN.get(manifest.dtype, 'unsupported dtype')}")
             continue
-        ok = diff <= tol
+        ok = r["diff"] <= r["limit"]
         failed |= not ok
-        click.echo(f"k={size}: max abs diff {diff:.2e} {'ok' if ok else f'FAIL (> {tol:g})'}")
+        verdict = "ok" if ok else f"FAIL (> {r['limit']:g})"
+        click.echo(f"k={size}: max abs diff {r['diff']:.2e} {verdict} ({r['runtime']})")
     if failed:
         raise SystemExit(1)
     if not_run:

@@ -168,3 +168,17 @@ def test_parity_limit_is_relative_for_bf16_only():
     assert _parity_limit(0.1, "bf16", 18.4) == pytest.approx(1.84)
     assert _parity_limit(0.1, "bf16", 0.5) == 0.1  # small outputs: never looser than the absolute tolerance
     assert not 0.156 <= _parity_limit(0.1, "fp32", 18.4)
+
+
+def test_validate_checks_a_bf16_bundle_on_its_aoti_package(bf16_aoti):
+    """ONNX Runtime's CPU provider cannot run bf16, but the AOTInductor package can: validate checks each size
+    there against eager bf16 torch, with the build's relative bf16 limit, and says which runtime ran it."""
+    from ddit_export.cli import main
+
+    r = CliRunner().invoke(main, ["validate", str(bf16_aoti)])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("k=")]
+    assert len(lines) == 3 and all(ln.endswith("ok (AOTInductor)") for ln in lines), r.output
+    assert "bundle valid" in r.output
+    r = CliRunner().invoke(main, ["validate", str(bf16_aoti), "--tol", "1e-9"])  # a limit nothing meets: refused
+    assert r.exit_code == 1 and "FAIL" in r.output and "bundle valid" not in r.output
