@@ -100,7 +100,8 @@ class DDiTDropIn(ModelMixin):
     def save_pretrained(self, save_directory, **kwargs):
         """The trunk's own ``save_pretrained`` (config.json + weights, every keyword passed on), plus
         ``ddit_adapters.safetensors`` (the coarse sizes) and ``ddit_schedule.json`` (the schedule settings, and whether
-        the wrapper follows its pipeline's scheduler, which the pipeline saves itself) beside it. A custom ``policy_factory`` cannot be written down: refused before anything of the transformer is written."""
+        the wrapper follows its pipeline's scheduler, which the pipeline saves itself) beside it.
+        A custom ``policy_factory`` cannot be written down: refused before anything of the transformer is written."""
         from ..errors import ConfigError
 
         if self._custom_policy:
