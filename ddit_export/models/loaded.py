@@ -4,6 +4,7 @@ video family) build on it; it imports neither.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,3 +162,25 @@ def _folder_parts(folder: Path, trunk_cls, adapters, **trunk_kw):
     if adapters is None and (folder / "transformer" / ADAPTER_FILE).is_file():
         adapters = folder / "transformer" / ADAPTER_FILE
     return trunk, text, sched, adapters
+
+
+def write_model_folder(folder: str | Path, trunk, text_encoder, scheduler, meta: dict, *, model=None,
+                       schedule: ScheduleSettings | None = None, prompt: str | None = None,
+                       extra: dict | None = None) -> Path:
+    """A pixel model folder (image or video): the three components with ``save_pretrained``, the adapters of
+    ``model`` beside the trunk, and ``ddit_model.json`` = ``meta``, then the schedule and default prompt if given,
+    then ``extra``."""
+    folder = Path(folder)
+    trunk.save_pretrained(folder / "transformer")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    scheduler.save_pretrained(folder / "scheduler")
+    if model is not None:
+        model.save_adapters(folder / "transformer" / ADAPTER_FILE)
+    meta = dict(meta)
+    if schedule is not None:
+        meta["schedule"] = dataclasses.asdict(schedule)
+    if prompt:
+        meta["prompt"] = prompt
+    meta.update(extra or {})
+    (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))
+    return folder

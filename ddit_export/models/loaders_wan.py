@@ -4,7 +4,6 @@ here.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import torch
 from ..errors import WeightsError
 from ..settings import ScheduleSettings
 from .flux import ADAPTER_FILE
-from .loaded import (PIXEL_META, VIDEO_FORMAT, WAN_FOLDERS, Conditioning, LoadedModel, _check_folder, _folder_parts,
-                     _refuse_family, _schedule_size)
+from .loaded import (VIDEO_FORMAT, WAN_FOLDERS, Conditioning, LoadedModel, _check_folder, _folder_parts,
+                     _refuse_family, _schedule_size, write_model_folder)
 
 
 def tiny_wan_components(seed: int = 0, vocab=None, frames_patch: int = 2):
@@ -38,20 +37,10 @@ def save_video_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
                      frames: int, steps: int = 28, model=None, schedule: ScheduleSettings | None = None,
                      prompt: str | None = None) -> Path:
     """Write a pixel video model folder (format ``ddit-pixel-video/1``) loadable by :func:`load_model`."""
-    folder = Path(folder)
-    trunk.save_pretrained(folder / "transformer")
-    text_encoder.save_pretrained(folder / "text_encoder")
-    scheduler.save_pretrained(folder / "scheduler")
-    if model is not None:
-        model.save_adapters(folder / "transformer" / ADAPTER_FILE)
     meta = {"format": VIDEO_FORMAT, "name": name, "height": height, "width": width, "frames": frames,
             "steps": steps}
-    if schedule is not None:
-        meta["schedule"] = dataclasses.asdict(schedule)
-    if prompt:
-        meta["prompt"] = prompt
-    (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))
-    return folder
+    return write_model_folder(folder, trunk, text_encoder, scheduler, meta, model=model, schedule=schedule,
+                              prompt=prompt)
 
 
 def _load_video_folder(folder: Path, meta: dict, adapters, sizes, adapter, dtype, device) -> LoadedModel:

@@ -10,7 +10,6 @@ formats in ``loaded.py``. Two folder kinds are understood here:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ..shapes import parse_resolutions
 from .flux import ADAPTER_FILE, MultiPatchFlux
 # re-exported: what callers import from the registry (one place to look for a model)
 from .loaded import (FLUX_FOLDERS, PIXEL_FORMAT, PIXEL_META, VIDEO_FORMAT, WAN_FOLDERS, Conditioning,  # noqa: F401
-                     LoadedModel, _check_folder, _folder_parts, _refuse_family, _schedule_size)
+                     LoadedModel, _check_folder, _folder_parts, _refuse_family, _schedule_size, write_model_folder)
 from .loaders_wan import (DROP_IN_SCHEDULE_FILE, _load_video_folder, _load_wan, _video_model,  # noqa: F401
                           load_config_only, save_video_model, tiny_wan_components)
 from .vocab import TINY_VOCAB  # re-exported: the tiny preset's words
@@ -67,21 +66,12 @@ def save_pixel_model(folder: str | Path, trunk, text_encoder, scheduler, *, name
                      trained_resolutions=None) -> Path:
     """Write a pixel-model folder loadable by :func:`load_model` (and by plain diffusers for the trunk).
     ``trained_resolutions``: ``[(h, w), ...]`` the weights were trained at (default: just ``height`` x ``width``)."""
-    folder = Path(folder)
-    trunk.save_pretrained(folder / "transformer")
-    text_encoder.save_pretrained(folder / "text_encoder")
-    scheduler.save_pretrained(folder / "scheduler")
-    if model is not None:
-        model.save_adapters(folder / "transformer" / ADAPTER_FILE)
     meta = {"format": PIXEL_FORMAT, "name": name, "height": height, "width": width, "steps": steps}
-    if schedule is not None:
-        meta["schedule"] = dataclasses.asdict(schedule)
-    if prompt:
-        meta["prompt"] = prompt
+    extra = None
     if trained_resolutions is not None:
-        meta["trained_resolutions"] = [list(r) for r in parse_resolutions(trained_resolutions)]
-    (folder / PIXEL_META).write_text(json.dumps(meta, indent=2))
-    return folder
+        extra = {"trained_resolutions": [list(r) for r in parse_resolutions(trained_resolutions)]}
+    return write_model_folder(folder, trunk, text_encoder, scheduler, meta, model=model, schedule=schedule,
+                              prompt=prompt, extra=extra)
 
 
 def zoo_folder(name: str) -> Path | None:
