@@ -21,13 +21,15 @@ VIDEO_FOLDER_FORMAT = "ddit-pixel-video/1"
 def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, width=None, frames=None, guidance=None,
                    tau=None,
                    eps=None, warmup=None, window=None, static=None, coarse_first=None, policy=None,
-                   schedule=None, sizes=None, cache: dict | CacheSettings | None = None) -> GenerateSettings:
+                   schedule=None, sizes=None, cache: dict | CacheSettings | None = None,
+                   carry=None) -> GenerateSettings:
     """GenerateSettings with the model's defaults (steps, size, calibrated schedule profile, cache profile) filled
     in. ``prompts``: None for the model's default prompt, one str, or a non-empty sequence of str. Only None means
     "the default": 0 steps or 0 pixels are errors, not defaults. ``policy``: a ``NAME[:KNOB=VALUE,...]`` spec over
     the model's profile; ``schedule``: a whole ScheduleSettings instead of the profile; ``tau``/``eps``/``warmup``/
     ``window`` override the rule's knobs (and, without ``policy``, select the rule). ``cache``: a CacheSettings, or
-    a dict of fields overriding the model's (a bundle manifest's) cache profile."""
+    a dict of fields overriding the model's (a bundle manifest's) cache profile. ``carry``: "off" or "fine" over
+    the profile's detail carry (runtime/carry.py), whatever the policy."""
     sched = schedule if schedule is not None else model.schedule_defaults
     if policy is not None:
         sched = parse_policy(policy, sched)
@@ -35,6 +37,8 @@ def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, widt
     if over and policy is None and static is None and coarse_first is None:
         over["policy"] = "ddit"  # a DDiT knob asks for the rule, whatever policy the profile names
     sched = dataclasses.replace(sched, **over)
+    if carry is not None:
+        sched = dataclasses.replace(sched, carry=carry)
     if guidance is None:  # the model's own default (Wan 2.1: CFG scale 5), else FLUX's distilled guidance 3.5
         guidance = getattr(model, "extras", {}).get("guidance", 3.5)
     return GenerateSettings(prompts=_prompts(prompts, model.default_prompt), seed=seed,

@@ -89,6 +89,10 @@ def model_options(f):
                                 "model's calibrated profile.")
 @click.option("--schedule", "static", help="Static schedule instead of the rule: one size per step, e.g. 4,4,2,1.")
 @click.option("--coarse-first", help="FlexiDiT-style static schedule K[:SIZE]: SIZE (default 2) for K steps.")
+@click.option("--carry", type=click.Choice(["off", "fine"]),
+              help="Detail carry (any schedule): fine = a coarse step takes the last fine step's velocity plus the "
+                   "coarse variant's per-block mean change; off = the coarse variant's velocity as it is. Default: "
+                   "the model's profile.")
 @cache_options
 @click.option("--out", type=click.Path(), help="Image path (default out/image.png), or for a video model .gif/.mp4 "
                                                 "(default out/video.gif); a batch writes NAME_0.png, NAME_1.png, ...")
@@ -108,7 +112,7 @@ def model_options(f):
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
                                                                  "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, frames, fps, guidance, tau, eps,
-             warmup, window, policy, static, coarse_first, cache, cache_interval, cache_order, cache_warmup,
+             warmup, window, policy, static, coarse_first, carry, cache, cache_interval, cache_order, cache_warmup,
              cache_tail, cache_threshold, out, trace, bundle, backend, fallback_ort, threads, memory, device):
     """Generate images (or a video clip, with a video model) with dynamic patch scheduling and write the trace."""
     from click.core import ParameterSource
@@ -123,7 +127,7 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
     settings_kw = dict(seed=seed, steps=steps, height=height, width=width, frames=frames, guidance=guidance,
                        tau=tau, eps=eps,
                        warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),
-                       coarse_first=_coarse(coarse_first),
+                       coarse_first=_coarse(coarse_first), carry=carry,
                        cache=cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail,
                                         cache_threshold))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),

@@ -18,6 +18,7 @@ import click
 @click.option("--warmup", type=int)
 @click.option("--window", type=click.Choice(["any", "same-size"]))
 @click.option("--sizes", help="Patch sizes the schedule may use, e.g. 1,2.")
+@click.option("--carry", type=click.Choice(["off", "fine"]), help="Detail carry, as in generate --carry.")
 @click.option("--cache", type=click.Choice(["off", "taylor"]))
 @click.option("--cache-interval", type=int)
 @click.option("--timeout", type=float, help="Per-request deadline in seconds on the service.")
@@ -27,7 +28,7 @@ import click
 @click.option("--retries", default=2, show_default=True, type=int, help="Retries of a 503 (after Retry-After).")
 @click.option("--info", is_flag=True, help="Print GET /healthz and /v1/models instead of generating.")
 def command(url, prompt, n, seed, steps, size, guidance, policy, schedule, coarse_first, tau, eps, warmup, window,
-            sizes, cache, cache_interval, timeout, out, trace_path, retries, info):
+            sizes, carry, cache, cache_interval, timeout, out, trace_path, retries, info):
     """Send one generation request to a running `ddit-export serve` and save the images (and trace)."""
     import json
     from pathlib import Path
@@ -45,7 +46,7 @@ def command(url, prompt, n, seed, steps, size, guidance, policy, schedule, coars
         check_writable(p)
     res = client.generate(prompt, n=n, seed=seed, steps=steps, size=size, guidance=guidance, policy=policy,
                           schedule=schedule, coarse_first=coarse_first, tau=tau, eps=eps, warmup=warmup,
-                          window=window, sizes=sizes, cache=cache, cache_interval=cache_interval, timeout=timeout,
+                          window=window, sizes=sizes, carry=carry, cache=cache, cache_interval=cache_interval, timeout=timeout,
                           trace=bool(trace_path))
     for w in res.body.get("warnings", []):
         click.echo(w, err=True)

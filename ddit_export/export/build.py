@@ -258,12 +258,12 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
 def _schedule_entry(schedule, video: bool) -> dict:
     """The manifest's schedule: every knob; an image bundle leaves out the video-only ``video_std`` (so its manifest
     stays version 1 exactly as before, and readers from before video keep reading it)."""
-    from ..settings import RULE_VARIANT_KNOBS, ScheduleSettings
+    from ..settings import OMIT_AT_DEFAULT, ScheduleSettings
 
     d = dataclasses.asdict(schedule)
     if not video:
         d.pop("video_std", None)
-    for k in RULE_VARIANT_KNOBS:  # the rule's variants only when set: older readers (the C++ runtime) see them
+    for k in OMIT_AT_DEFAULT:  # the rule's variants and carry only when set: older readers (the C++ runtime) see them
         if d[k] == getattr(ScheduleSettings, k):
             d.pop(k)
     return d

@@ -179,6 +179,8 @@ def write_model_folder(folder: str | Path, trunk, text_encoder, scheduler, meta:
     meta = dict(meta)
     if schedule is not None:
         meta["schedule"] = dataclasses.asdict(schedule)
+        if schedule.carry == "off":  # left out at its default: the folders (and their hashes) as before carry existed
+            meta["schedule"].pop("carry")
     if prompt:
         meta["prompt"] = prompt
     meta.update(extra or {})

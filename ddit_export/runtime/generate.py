@@ -20,6 +20,7 @@ from ..schedule import Trace, StepRecord, make_policy
 from ..settings import GenerateSettings
 from ..shapes import TokenGeometry
 from .cache import make_cache
+from .carry import make_carry
 
 
 @dataclass
@@ -120,6 +121,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
     cache = make_cache(settings.cache, settings.steps)
     observe = getattr(policy, "observe", None)
     needs_history = getattr(policy, "needs_history", True)  # static schedules decide without the latents
+    carry = make_carry(settings.schedule, geom)  # None unless the schedule carries fine detail into coarse steps
     for i, t in enumerate(tqdm(sched.timesteps, desc="denoise", disable=not progress, leave=False)):
         if needs_history:  # a device-to-host copy per step: only for policies that read the latents
             history.append(x.detach().float().cpu().numpy())
@@ -134,6 +136,8 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
             if negative is not None:
                 v_uncond = backend.run(k, x, negative, tt, guidance, geom.grid)
                 v = v_uncond + settings.guidance * (v - v_uncond)
+            if carry is not None:
+                v = carry.apply(k, v)
             if cache is not None:
                 cache.update(i, sigma, v)
         else:

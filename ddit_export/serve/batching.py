@@ -23,6 +23,7 @@ import torch
 from ..errors import DDiTError
 from ..flops import step_flops
 from ..runtime.cache import make_cache
+from ..runtime.carry import make_carry
 from ..runtime.generate import GenerationResult, _jsonable, flux_timesteps, initial_noise, usable_sizes
 from ..schedule import StepRecord, Trace, make_policy
 from ..settings import GenerateSettings
@@ -46,6 +47,7 @@ class _State:
     sched: object = None
     policy: object = None
     cache: object = None
+    carry: object = None  # runtime/carry.py's DetailCarry, or None
     trace: Trace | None = None
     history: deque = field(default_factory=lambda: deque(maxlen=4))
     decision: object = None
@@ -225,6 +227,7 @@ def _setup(model, backend, st: _State):
                      fine_flops_per_step=step_flops(model.transformer_config, geom.tokens(1), text_tokens, 1,
                                                     batch=st.b))
     st.cache = make_cache(s.cache, s.steps)
+    st.carry = make_carry(s.schedule, geom)
 
 
 def _step(model, backend, live: list[_State], stats: BatchStats):
@@ -266,6 +269,8 @@ def _step(model, backend, live: list[_State], stats: BatchStats):
         i, k, geom = st.step, st.decision.size, st.geom
         t = st.sched.timesteps[i]
         sigma = float(t / 1000)
+        if st.kind == "model" and st.carry is not None:
+            st.v = st.carry.apply(k, st.v)
         if st.kind == "model" and st.cache is not None:
             st.cache.update(i, sigma, st.v)
         observe = getattr(st.policy, "observe", None)

@@ -3,7 +3,7 @@
 ``POST /v1/images/generations`` takes a JSON object in the shape of OpenAI's images endpoint where it fits
 (``prompt``, ``n``, ``size`` "WxH", ``response_format`` "b64_json") plus this project's generation options under the
 CLI's names (``seed``, ``steps``, ``guidance``, ``policy``, ``schedule``, ``coarse_first``, ``tau``, ``eps``,
-``warmup``, ``window``, ``sizes``, ``cache``, ``cache_interval``, ...). Validation runs the same code as
+``warmup``, ``window``, ``sizes``, ``carry``, ``cache``, ``cache_interval``, ...). Validation runs the same code as
 ``ddit-export generate`` (``api.build_settings``, the size checks, the tokenizer), so an HTTP 400 body carries the
 CLI's ``error:`` message word for word.
 """
@@ -24,7 +24,7 @@ from ..settings import GenerateSettings
 FIELDS = {
     "prompt": str, "n": int, "size": str, "seed": int, "steps": int, "height": int, "width": int,
     "guidance": float, "tau": float, "eps": float, "warmup": int, "window": str, "policy": str,
-    "schedule": (str, list), "coarse_first": (str, list), "sizes": (str, list),
+    "schedule": (str, list), "coarse_first": (str, list), "sizes": (str, list), "carry": str,
     "cache": str, "cache_interval": int, "cache_order": int, "cache_warmup": int, "cache_tail": int,
     "cache_threshold": float, "response_format": str, "trace": bool, "timeout": float, "model": str,
     "user": str,
@@ -155,7 +155,8 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
         height=height, width=width, guidance=3.5 if _typed(body, "guidance") is None else _typed(body, "guidance"),
         tau=_typed(body, "tau"), eps=_typed(body, "eps"), warmup=_typed(body, "warmup"),
         window=_typed(body, "window"), policy=_typed(body, "policy"),
-        static=_int_list(body, "schedule", "--schedule"), coarse_first=_coarse(coarse), sizes=sizes, cache=cache)
+        static=_int_list(body, "schedule", "--schedule"), coarse_first=_coarse(coarse), sizes=sizes, cache=cache,
+        carry=_typed(body, "carry"))
     if prompt is None and n > 1:
         settings = dataclasses.replace(settings, prompts=settings.prompts * n)
     warnings: list[str] = []

@@ -9,7 +9,8 @@
 """
 from .core import (  # noqa: F401
     DEFAULT_SIZES, DEFAULT_MODEL, DEFAULT_TAU, DEFAULT_EPS, MIN_WARMUP, DEFAULT_WARMUP, DEFAULT_LORA_RANK, WINDOWS,
-    SIGNALS, VIDEO_STDS, POLICIES, PROBE_KNOBS, RULE_VARIANT_KNOBS, POLICY_KNOBS, ScheduleSettings, MAX_SEED,
+    SIGNALS, VIDEO_STDS, CARRY_MODES, POLICIES, PROBE_KNOBS, RULE_VARIANT_KNOBS, OMIT_AT_DEFAULT, POLICY_KNOBS,
+    ScheduleSettings, MAX_SEED,
     MAX_STEPS, MAX_SIDE, MAX_FRAMES, MAX_FPS, MAX_PROMPT_CHARS, check_prompts, check_shape, parse_policy,
     check_sweep_knob, policy_spec, check_sizes, AdapterSettings, RESIDUALS, SIGMA_FLOOR)
 from .generate import (  # noqa: F401

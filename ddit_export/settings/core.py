@@ -20,15 +20,20 @@ WINDOWS = ("any", "same-size", "fine")
 #: what the rule takes the third difference of: the noisy latents (the paper) or the predicted clean sample x̂0
 SIGNALS = ("latent", "x0")
 VIDEO_STDS = ("clip", "frame")
+#: a coarse step's velocity: as the coarse variant gives it ("off"), or the last fine step's velocity plus the coarse
+#: variant's per-block mean change ("fine"; runtime/carry.py)
+CARRY_MODES = ("off", "fine")
 #: Schedule policies (ddit_export/schedule/): "ddit" the paper's rule (the reference), "ladder" a static monotone
 #: coarse-to-fine family, "probe" the adaptive policy, "fine" every step at size 1 (fine-only, no knobs).
 POLICIES = ("ddit", "ladder", "probe", "fine")
 PROBE_KNOBS = ("head", "n4", "tail", "extra", "detail")
 #: the rule's variants beyond the paper (issue 19); left out of manifests and policy specs at their defaults
 RULE_VARIANT_KNOBS = ("tau4", "signal", "hold")
+#: knobs a manifest and a profile leave out at their defaults, so older readers (the C++ runtime) see them only when set
+OMIT_AT_DEFAULT = (*RULE_VARIANT_KNOBS, "carry")
 #: The knobs each policy reads (the others in ScheduleSettings are kept but ignored by it).
-POLICY_KNOBS = {"ddit": ("tau", "eps", "warmup", "window", "video_std", "tau4", "signal", "hold"), "ladder": ("head", "n4", "tail"),
-                "probe": (*PROBE_KNOBS, "video_std"), "fine": ()}
+POLICY_KNOBS = {"ddit": ("tau", "eps", "warmup", "window", "video_std", "tau4", "signal", "hold", "carry"),
+                "ladder": ("head", "n4", "tail", "carry"), "probe": (*PROBE_KNOBS, "video_std", "carry"), "fine": ()}
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ class ScheduleSettings:
     detail: float = 0.15  # probe: threshold on the predicted clean sample's within-patch std after the head
     # video (Wan): the rule's per-patch std across all token frames ("clip") or per token frame ("frame")
     video_std: str = "clip"
+    # every policy: "fine" gives a coarse step the last fine step's velocity plus the coarse variant's per-block
+    # mean change (the within-block detail a coarse token cannot carry comes from the last fine step); "off": none
+    carry: str = "off"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -82,6 +90,8 @@ class ScheduleSettings:
             raise ConfigError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
         if self.video_std not in VIDEO_STDS:
             raise ConfigError(f"video_std must be one of {', '.join(VIDEO_STDS)}, got {self.video_std!r}")
+        if self.carry not in CARRY_MODES:
+            raise ConfigError(f"carry must be one of {', '.join(CARRY_MODES)}, got {self.carry!r}")
 
 
 MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (torch's generator, trace JSON, a C++ port)
@@ -165,6 +175,8 @@ def policy_spec(s: ScheduleSettings) -> str:
     if s.policy == "ddit":  # the issue-19 variants, likewise named only when set
         knobs = (*knobs, *(k for k in RULE_VARIANT_KNOBS if getattr(s, k) != getattr(ScheduleSettings, k)
                            and (k != "hold" or s.window == "fine")))
+    if s.carry != ScheduleSettings.carry:  # named only when set, as the rule's variants
+        knobs = (*knobs, "carry")
     return f"{s.policy}:" + ",".join(f"{k}={getattr(s, k):g}" if isinstance(getattr(s, k), float)
                                      else f"{k}={getattr(s, k)}" for k in knobs)
 

@@ -42,6 +42,21 @@ def test_mixed_schedules_batch_each_keeps_its_own(flux_mini_runtime):
                                               for r, s in zip(refs, jobs))
 
 
+def test_detail_carry_in_the_batch_loop(flux_mini_runtime):
+    """Jobs with and without detail carry in one batch: each equals generate alone (runtime/carry.py)."""
+    model, backend = flux_mini_runtime
+    jobs = [build_settings(model, prompts=[P[0]], seed=1, steps=10, policy="ladder:head=1,n4=3,tail=3", carry=c)
+            for c in ("fine", "off")]
+    jobs.append(build_settings(model, prompts=[P[1]], seed=2, steps=10, static=(1, 4, 2, 1, 2, 4, 1, 2, 1, 1),
+                               carry="fine", cache={"mode": "taylor", "interval": 3}))
+    refs = [generate(model, backend, s, progress=False) for s in jobs]
+    outs = run_jobs(model, backend, jobs)
+    assert not _same_images(refs[0].images, refs[1].images)  # carry changed the result
+    for ref, out in zip(refs, outs):
+        assert out.trace.sizes == ref.trace.sizes and out.trace.kinds == ref.trace.kinds
+        assert _same_images(out.images, ref.images)
+
+
 def test_one_bad_job_or_cancelled_job_leaves_the_others(flux_mini_runtime):
     model, backend = flux_mini_runtime
     good = build_settings(model, prompts=[P[0]], seed=1, steps=8, policy="ddit")

@@ -38,6 +38,9 @@ static ScheduleSettings read_schedule(const json& s) {
     throw Error(DDIT_ERR_UNSUPPORTED, "schedule window '" + window + "' is not ported to the C++ runtime");
   if (s.value("signal", std::string("latent")) != "latent" || s.value("tau4", 0.0) != 0.0)
     throw Error(DDIT_ERR_UNSUPPORTED, "the rule's signal/tau4 variants are not ported to the C++ runtime");
+  if (s.value("carry", std::string("off")) != "off")
+    throw Error(DDIT_ERR_UNSUPPORTED, "schedule carry '" + s.value("carry", std::string()) +
+                                          "' (detail carry) is not ported to the C++ runtime");
   out.same_size_window = window == "same-size";
   out.head = s.value("head", 0);
   out.n4 = s.value("n4", 0);
