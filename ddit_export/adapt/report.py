@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 
-def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: bool = True) -> dict[str, dict]:
+def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: bool = True,
+                      carry: bool = False) -> dict[str, dict]:
     """Schedules the run reports: static alternation (~45% coarse) per coarse size, the model's default ladder
-    (``ladder`` = its ScheduleSettings, when its policy is a ladder of these sizes) and the rule at 2 taus."""
+    (``ladder`` = its ScheduleSettings, when its policy is a ladder of these sizes) and the rule at 2 taus;
+    ``carry``: each static one also with detail carry (``NAME+carry``, runtime/carry.py)."""
     from ..schedule.static import ladder_sizes
 
     out = {}
@@ -25,6 +27,8 @@ def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: b
         sizes_ = ladder_sizes(steps, ladder.head, ladder.n4, ladder.tail)
         if set(sizes_) <= set(sizes):
             out[f"ladder-{ladder.head}-{ladder.n4}-{ladder.tail}"] = {"static": sizes_}
+    if carry:
+        out.update({f"{n}+carry": {**sc, "carry": "fine"} for n, sc in list(out.items())})
     if not rules:
         return out
     for window in windows:
@@ -35,17 +39,17 @@ def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: b
 
 @torch.no_grad()
 def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0, height=None, width=None,
-                    guidance: float = 3.5, amp=None, rules: bool = True) -> dict[str, dict]:
+                    guidance: float = 3.5, amp=None, rules: bool = True, carry: bool = False) -> dict[str, dict]:
     """Mean PSNR (dB, 8-bit images) of DDiT generations against fine-only from the same noise (prompt i: seed
-    + i), and the coarse fraction. Static schedules run batched; the rule (``rules``) runs one prompt at a time
-    (its decisions are per prompt)."""
+    + i), and the coarse fraction. Static schedules run batched (``carry``: each also with detail carry); the rule
+    (``rules``) runs one prompt at a time (its decisions are per prompt)."""
     from ..runtime.backends.torch import TorchBackend
     from ..runtime.generate import generate
-    from ..settings import GenerateSettings
+    from ..settings import GenerateSettings, ScheduleSettings
 
     base = loaded.schedule_defaults
     windows = ("any", "same-size") if hasattr(base, "window") else ("any",)
-    scheds = quality_schedules(steps, sizes, windows, ladder=base, rules=rules)
+    scheds = quality_schedules(steps, sizes, windows, ladder=base, rules=rules, carry=carry)
     res = {name: {"psnr": [], "coarse": []} for name in scheds}
     from ..runtime.generate import initial_noise
 
@@ -63,8 +67,9 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
                        latents=noise).images
         for name, sc in scheds.items():
             if "static" in sc:
-                r = generate(loaded, backend, GenerateSettings(**common, static=sc["static"]), progress=False,
-                             latents=noise)
+                gs = GenerateSettings(**common, static=sc["static"],
+                                      schedule=ScheduleSettings(carry=sc.get("carry", "off")))
+                r = generate(loaded, backend, gs, progress=False, latents=noise)
                 res[name] = {"psnr": [psnr(a, b) for a, b in zip(ref, r.images)], "coarse": [r.trace.coarse_fraction]}
         # the rule decides per prompt: one prompt at a time, from the same noise
         for i, p in enumerate(prompts):
@@ -93,8 +98,9 @@ def log_quality(work: Path, step: int, label: str, q: dict, log):
 
 
 def plateau_score(q: dict) -> float:
-    """What a run's plateau check follows: the mean PSNR of the static alternating schedules (one per size)."""
-    vals = [v["psnr"] for n, v in q.items() if n.startswith("static-alt-")]
+    """What a run's plateau check follows: the mean PSNR of the static alternating schedules (one per size; the
+    adapters alone, not their ``+carry`` rows)."""
+    vals = [v["psnr"] for n, v in q.items() if n.startswith("static-alt-") and "+carry" not in n]
     return float(np.mean(vals))
 
 

@@ -352,7 +352,8 @@ def quality(loaded, s: AdaptSettings, eval_prompts, steps: int, amp, joint, rule
     """Held-out PSNR vs fine-only at the run's resolution; the ``--joint`` ones follow, named ``schedule@HxW``
     (static schedules only there: the rule is per prompt, hence slow)."""
     prompts = eval_prompts[: s.eval_images]
-    q = compare_to_fine(loaded, prompts, steps, s.sizes, 10_000, s.height, s.width, s.guidance, amp, rules=rules)
+    q = compare_to_fine(loaded, prompts, steps, s.sizes, 10_000, s.height, s.width, s.guidance, amp, rules=rules,
+                        carry=True)
     for label, g in joint:
         for name, v in compare_to_fine(loaded, prompts, steps, s.sizes, 10_000, g.height, g.width, s.guidance, amp,
                                        rules=False).items():

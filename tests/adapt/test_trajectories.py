@@ -99,6 +99,15 @@ def test_init_adapters_continue_a_run_and_a_mismatch_is_refused(tiny_model_dir, 
         load_student(settings(model_dir, tmp_path / "c", init_adapters=str(tmp_path / "none.safetensors")))
 
 
+def test_plateau_score_reads_the_adapters_alone():
+    from ddit_export.adapt.report import plateau_score, quality_schedules
+
+    q = quality_schedules(28, (1, 2, 4), rules=False, carry=True)
+    assert q["static-alt-k2+carry"] == {**q["static-alt-k2"], "carry": "fine"}
+    assert plateau_score({"static-alt-k2": {"psnr": 30.0}, "static-alt-k2+carry": {"psnr": 40.0},
+                          "static-alt-k4": {"psnr": 20.0}}) == 25.0
+
+
 def test_quality_checks_and_plateau_stop(tiny_model_dir, tmp_path):
     """--quality-minutes logs held-out PSNR during training; --patience stops at a plateau and still writes the
     adapters. A learning rate of ~0 cannot gain 0.1 dB, so 2 checks without a gain end the run early."""
@@ -110,6 +119,8 @@ def test_quality_checks_and_plateau_stop(tiny_model_dir, tmp_path):
     r = adapt(s, progress=False, log=quiet)
     assert r.state["step"] == 2 and Path(r.state["out"]).is_file()
     rows = list(csv.DictReader(open(tmp_path / "w" / "quality.csv")))
-    assert [row["step"] for row in rows if row["adapters"] == "training"] == ["1", "1", "2", "2"]
-    assert {row["schedule"] for row in rows if row["adapters"] == "training"} == {"static-alt-k2", "static-alt-k4"}
+    assert [row["step"] for row in rows if row["adapters"] == "training"] == ["1"] * 4 + ["2"] * 4
+    # the adapters alone and with detail carry (runtime/carry.py); the plateau check reads the first two only
+    assert {row["schedule"] for row in rows if row["adapters"] == "training"} == {
+        "static-alt-k2", "static-alt-k4", "static-alt-k2+carry", "static-alt-k4+carry"}
     assert (tmp_path / "w" / "quality.png").stat().st_size > 1000  # the curve the plateau stop read
