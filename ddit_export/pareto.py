@@ -69,20 +69,24 @@ PROBE_POLICY = "probe:head=0,n4=10,tail=8,extra=2,detail=0.35"
 CACHE_PAST_FLOOR = ((16, 1, 2, 0), (24, 1, 2, 0), (12, 2, 2, 0), (16, 2, 2, 0), (24, 2, 2, 0))  # N, order, w, tail
 
 
-def profile_ladder(profile: str | None) -> tuple[int, int, int]:
-    """(head, n4, tail) of a ladder policy spec (None or a non-ladder policy: flux-mini's DEFAULT_LADDER_POLICY)."""
+def profile_ladder(profile: str | None) -> tuple[int, int, int, str]:
+    """(head, n4, tail, carry) of a ladder policy spec (None or a non-ladder policy: flux-mini's
+    DEFAULT_LADDER_POLICY)."""
     s = parse_policy(profile or DEFAULT_LADDER_POLICY, ScheduleSettings())
     if s.policy != "ladder":
         s = parse_policy(DEFAULT_LADDER_POLICY, ScheduleSettings())
-    return s.head, s.n4, s.tail
+    return s.head, s.n4, s.tail, s.carry
 
 
 def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cache_dit: bool = False,
                     profile: str | None = None) -> list:
     """The rows of the issue-8 chart for a ``steps``-step model whose calibrated τ is ``tau`` and whose
-    calibrated ladder is ``profile`` (a ladder policy spec; default flux-mini's)."""
-    head, n4_, tail_ = profile_ladder(profile)
-    default = f"ladder:head={head},n4={n4_},tail={tail_}"
+    calibrated ladder is ``profile`` (a ladder policy spec; default flux-mini's). Rows run without detail carry
+    unless they say so (``carry`` in their settings): the profile's own ladder rows carry as the profile does."""
+    head, n4_, tail_, carry_ = profile_ladder(profile)
+    on = carry_ != "off"
+    default = f"ladder:head={head},n4={n4_},tail={tail_}" + (f",carry={carry_}" if on else "")
+    mark = " carry" if on else ""
     fine = {"static": (1,) * steps}
     rows = [Method("fine-only", "fine-only", fine)]
     rows += [Method(f"ddit tau={t:g}", "ddit rule", {"tau": t}) for t in sorted({tau / 2, tau, tau * 1.5})]
@@ -113,12 +117,13 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
     if steps == 28:  # the calibrated ladder policy over its knob, the adaptive probe, and the ladder stacked
         sweep = dict.fromkeys((n4_ + a, tail_ + b) for a, b in LADDER_POLICY_SWEEP)
         for n4, tail in (p for p in sweep if p[0] >= 0 and p[1] >= 0 and head + p[0] + p[1] <= steps):
-            rows.append(Method(f"ladder policy n4={n4} tail={tail}", f"ladder policy (default n4={n4_} tail={tail_})",
-                               {"policy": f"ladder:head={head},n4={n4},tail={tail}"}))
+            rows.append(Method(f"ladder policy n4={n4} tail={tail}{mark}",
+                               f"ladder policy (default n4={n4_} tail={tail_}{mark})",
+                               {"policy": f"ladder:head={head},n4={n4},tail={tail}", "carry": carry_}))
         rows.append(Method("probe detail=0.35", "probe (adaptive)", {"policy": PROBE_POLICY}))
         for n in (3, 4, 5, 6, 8):
-            rows.append(Method(f"ladder policy default + taylor N={n}", "ladder policy + cache",
-                               {"policy": default}, {"mode": "taylor", "interval": n, "order": 1}))
+            rows.append(Method(f"ladder policy default + taylor N={n}", f"ladder policy + cache{mark}",
+                               {"policy": default, "carry": carry_}, {"mode": "taylor", "interval": n, "order": 1}))
     rows.append(Method(f"ddit tau={tau:g} + taylor N=5", "ddit rule + cache", {"tau": tau},
                        {"mode": "taylor", "interval": 5, "order": 1}))
     if peers:
@@ -149,7 +154,8 @@ class _Runner:
     def settings(self, m: Method, prompts):
         from .api import build_settings
 
-        return build_settings(self.model, prompts=prompts, steps=self.steps, **m.generate,
+        gen = {"carry": "off", **m.generate}  # a row carries detail only when it says so, whatever the profile
+        return build_settings(self.model, prompts=prompts, steps=self.steps, **gen,
                               cache=m.cache if m.cache is not None else {"mode": "off"})
 
     def backend(self, m: Method, base_backend):

@@ -174,4 +174,26 @@ def test_rows_follow_the_models_profile_and_the_cache_goes_past_its_floor(tiny_m
     from ddit_export.pareto import DEFAULT_LADDER_POLICY
 
     assert ladder_rows(default_methods(28, 0.002, profile="ddit:tau=0.002")) == ladder_rows(default_methods(28, 0.002))
-    assert ladder_rows(default_methods(28, 0.002))[0] == {"policy": DEFAULT_LADDER_POLICY}
+    assert ladder_rows(default_methods(28, 0.002))[0] == {"policy": DEFAULT_LADDER_POLICY, "carry": "off"}
+    # a profile with detail carry: its ladder rows and stacks carry, named so; the other rows do not
+    rows = default_methods(28, 0.002, profile="ladder:head=1,n4=8,tail=5,carry=fine")
+    assert {m.generate["carry"] for m in rows if m.family.startswith("ladder policy")} == {"fine"}
+    assert "ladder policy n4=8 tail=5 carry" in {m.name for m in rows}
+    assert all("carry" not in m.generate for m in rows if not m.family.startswith("ladder policy"))
+
+
+def test_rows_run_without_carry_unless_they_say_so(tiny_model):
+    import dataclasses
+
+    from ddit_export.pareto import Method, _Runner
+
+    model = tiny_model  # its profile is switched to carry for the test, then restored
+    runner = _Runner(model, 6, [])
+    saved = model.schedule_defaults
+    try:
+        model.schedule_defaults = dataclasses.replace(saved, carry="fine")
+        plain = runner.settings(Method("x", "x", {"static": (1, 2, 1, 2, 1, 1)}), ["a red circle"])
+        carried = runner.settings(Method("y", "y", {"static": (1, 2, 1, 2, 1, 1), "carry": "fine"}), ["a red circle"])
+    finally:
+        model.schedule_defaults = saved
+    assert plain.schedule.carry == "off" and carried.schedule.carry == "fine"
