@@ -60,6 +60,13 @@ int main(int argc, char** argv) {
   }
   expect(got == "14422211", "ladder sizes 1,4,4,2,2,2,1,1");
   ddit_scheduler_free(s);
+  ddit_schedule carried = ladder;  // detail carry (API 3): 0 off, 1 fine; anything else is refused
+  carried.carry = 1;
+  expect(ddit_scheduler_create(&carried, 8, 8, sizes, 3, 8, &s) == DDIT_OK, "ladder with carry fine");
+  ddit_scheduler_free(s);
+  carried.carry = 2;
+  expect_error(ddit_scheduler_create(&carried, 8, 8, sizes, 3, 8, &s), DDIT_ERR_ARGUMENT, "schedule.carry",
+               "carry 2 refused");
 
   ddit_open_options oo;
   ddit_open_options_init(&oo);

@@ -12,7 +12,7 @@ class Schedule(C.Structure):
     _fields_ = [("policy", C.c_char * 16), ("tau", C.c_double), ("eps", C.c_double), ("warmup", C.c_int),
                 ("window_same_size", C.c_int), ("head", C.c_int), ("n4", C.c_int), ("tail", C.c_int),
                 ("coarse_steps", C.c_int), ("coarse_size", C.c_int), ("static_sizes", C.POINTER(C.c_int)),
-                ("n_static", C.c_int)]
+                ("n_static", C.c_int), ("carry", C.c_int)]  # carry: C API 3, at the end as in ddit.h
 
 
 class Info(C.Structure):
@@ -155,9 +155,11 @@ def cache(mode="taylor", *, interval=4, order=1, warmup=3, tail=1, threshold=Non
 
 
 def schedule(policy: str, *, tau=0.001, eps=0.4, warmup=3, same_size=False, head=0, n4=0, tail=4,
-             coarse=(0, 2), static=None) -> Schedule:
+             coarse=(0, 2), static=None, carry="off") -> Schedule:
+    """A ddit_schedule; ``carry`` "off"/"fine" is 0/1 (an int is passed as it is, for the bad-value checks)."""
     s = Schedule(policy=policy.encode(), tau=tau, eps=eps, warmup=warmup, window_same_size=int(same_size),
-                 head=head, n4=n4, tail=tail, coarse_steps=coarse[0], coarse_size=coarse[1])
+                 head=head, n4=n4, tail=tail, coarse_steps=coarse[0], coarse_size=coarse[1],
+                 carry=carry if isinstance(carry, int) else {"off": 0, "fine": 1}[carry])
     if static is not None:
         s._static = (C.c_int * len(static))(*static)  # kept alive with the struct
         s.static_sizes, s.n_static = C.cast(s._static, C.POINTER(C.c_int)), len(static)

@@ -431,6 +431,8 @@ def test_strict_inputs(cpp_lib, aoti_bundle):
         refused("request.pooled", states, np.zeros((1, info.pooled_dim + 1), np.float32), steps=4)
         refused("request.pooled", np.concatenate([states, states]), pooled, steps=4, batch=2)
         refused("request.guidance", states, pooled, steps=4, guidance=float("nan"))
+        refused("schedule.carry must be 0 (off) or 1 (fine), got 2", states, pooled, steps=4,
+                schedule=schedule("static", static=(1, 2, 1, 1), carry=2))
         cpp_lib.denoise(rt, states, pooled, steps=0)  # 0: the bundle's default steps
         assert len(cpp_lib.trace(rt)) == info.default_steps
     finally:
@@ -567,3 +569,129 @@ def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_pyt
     assert bad.returncode == 2 and "--cache-order must be 0, 1 or 2, got 7" in bad.stderr
     twice = subprocess.run(cmd + ["--cache-order", "1"], capture_output=True, text=True)
     assert twice.returncode == 2 and "--cache-order given twice" in twice.stderr
+
+
+# --- C API 3: detail carry (runtime/carry.py, ported: src/carry.cpp) ---
+
+CARRY_STATIC = (2, 1, 1, 4, 4, 2, 1, 2, 4, 2, 1, 1)  # a coarse step before the first fine one runs as it is
+CARRY_SCHEDULES = {  # name: (build_settings keywords, the C API schedule)
+    "ladder": (dict(policy="ladder:head=1,n4=4,tail=3"), dict(policy="ladder", head=1, n4=4, tail=3)),
+    "static": (dict(static=CARRY_STATIC), dict(policy="static", static=CARRY_STATIC)),
+}
+CARRY_CACHES = {"plain": dict(mode="off"), "cached": dict(mode="taylor", interval=3, order=1, warmup=2, tail=1)}
+
+
+def _python_carry(model, backend, *, carry, cache, seed=2, **schedule_kw):
+    from ddit_export.api import build_settings
+    from ddit_export.runtime.generate import generate
+    from ddit_export.settings import CacheSettings
+
+    gs = build_settings(model, prompts=PROMPTS[:1], steps=STEPS, seed=seed, cache=CacheSettings(**cache),
+                        carry=carry, **schedule_kw)
+    return generate(model, backend, gs, progress=False, decode=False)
+
+
+@pytest.mark.parametrize("cache", list(CARRY_CACHES))
+@pytest.mark.parametrize("kind", list(CARRY_SCHEDULES))
+def test_carry_equals_python(cpp_lib, aoti_bundle, aoti_python, kind, cache):
+    """schedule.carry = 1 ("fine"): the same sizes and computed/cached steps as Python's generate on the same
+    AOTInductor package, latents >= 40 dB from Python's, and carry changes them by far more than that."""
+    from tests.runtime.cpp_api import cache as mk_cache
+
+    model, backend = aoti_python
+    py_kw, cpp_kw = CARRY_SCHEDULES[kind]
+    c = CARRY_CACHES[cache]
+    py = _python_carry(model, backend, carry="fine", cache=c, **py_kw)
+    py_off = _python_carry(model, backend, carry="off", cache=c, **py_kw)
+    assert py.trace.sizes == py_off.trace.sizes and {1, 2, 4} <= set(py.trace.sizes)
+    if cache == "cached":  # some coarse steps computed (carried), some extrapolated (not carried again)
+        kinds = set(zip(py.trace.sizes, py.trace.kinds))
+        assert {(2, "cached"), (4, "model")} <= kinds or {(4, "cached"), (2, "model")} <= kinds, kinds
+    states, pooled = _embeddings(model, PROMPTS[:1])
+    rt = cpp_lib.open_ex(aoti_bundle, threads=1)
+    try:
+        got = cpp_lib.denoise(rt, states, pooled, steps=STEPS, seed=2, schedule=schedule(carry="fine", **cpp_kw),
+                              cache=mk_cache(**c))
+        trace = cpp_lib.trace(rt)
+        doc = json.loads(cpp_lib.trace_json(rt))
+        off = cpp_lib.denoise(rt, states, pooled, steps=STEPS, seed=2, schedule=schedule(**cpp_kw),
+                              cache=mk_cache(**c))
+        doc_off = json.loads(cpp_lib.trace_json(rt))
+    finally:
+        cpp_lib.close(rt)
+    assert [s.size for s in trace] == py.trace.sizes
+    assert [s.kind.decode() for s in trace] == py.trace.kinds
+    assert [s.flops for s in trace] == [s.flops for s in py.trace.steps]  # carry costs no model call
+    want, want_off = py.latents.numpy(), py_off.latents.numpy()
+    assert _psnr(got, want) >= 40.0 and _psnr(off, want_off) >= 40.0
+    gap = np.abs(want - want_off).max()
+    assert gap > 1e-3 and np.abs(got - want).max() < gap / 100, (gap, np.abs(got - want).max())
+    # the trace's settings name carry only when it is set, as the manifest does
+    assert doc["settings"]["generate"]["schedule"]["carry"] == "fine"
+    assert "carry" not in doc_off["settings"]["generate"]["schedule"]
+
+
+def test_carry_profile_of_the_manifest(cpp_lib, aoti_bundle, tmp_path):
+    """A manifest schedule with carry "fine" opens; ddit_schedule_defaults reports carry 1 and a request without a
+    schedule uses it, as Python's open_bundle does; an unknown carry is refused at open, naming it."""
+    from ddit_export.api import build_settings
+    from ddit_export.runtime.bundle_model import open_bundle
+    from ddit_export.runtime.generate import generate
+
+    folder = shutil.copytree(aoti_bundle, tmp_path / "carried")
+    _edit_manifest(folder, lambda d: d["schedule"].update(carry="fine"))
+    model, backend = open_bundle(folder, backend="aoti", threads=1)
+    assert model.schedule_defaults.carry == "fine"
+    states, pooled = _embeddings(model, PROMPTS)
+    runs = {c: generate(model, backend, build_settings(model, prompts=PROMPTS, steps=STEPS, seed=0, carry=c),
+                        progress=False, decode=False) for c in (None, "off")}  # None: the profile's
+    py = runs[None]
+    assert py.trace.sizes[0] == 1 and max(py.trace.sizes) > 1, "the rule should go coarse after fine steps"
+    rt = cpp_lib.open_ex(folder, verify=False)
+    try:
+        d = cpp_lib.defaults(rt)
+        assert d.carry == 1 and d.policy == b"ddit"
+        got = cpp_lib.denoise(rt, states, pooled, steps=STEPS, seed=0)  # no request.schedule: the profile
+        sizes = [s.size for s in cpp_lib.trace(rt)]
+        assert json.loads(cpp_lib.trace_json(rt))["settings"]["generate"]["schedule"]["carry"] == "fine"
+        np.testing.assert_array_equal(cpp_lib.denoise(rt, states, pooled, steps=STEPS, seed=0, schedule=d), got)
+    finally:
+        cpp_lib.close(rt)
+    assert sizes == py.trace.sizes
+    assert _psnr(got, py.latents.numpy()) >= 40.0
+    assert np.abs(py.latents.numpy() - runs["off"].latents.numpy()).max() > 1e-3  # the profile's carry took effect
+    rt = cpp_lib.open_ex(aoti_bundle, verify=False)
+    try:
+        assert cpp_lib.defaults(rt).carry == 0  # a manifest without carry: off
+    finally:
+        cpp_lib.close(rt)
+    _edit_manifest(folder, lambda d: d["schedule"].update(carry="sideways"))
+    with pytest.raises(DDiTError) as e:
+        cpp_lib.open_ex(folder, verify=False)
+    assert e.value.code == 3 and "carry 'sideways'" in e.value.message, e.value
+
+
+def test_ddit_run_carry(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
+    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
+    np.save(tmp_path / "states.npy", states)
+    np.save(tmp_path / "pooled.npy", pooled)
+    cmd = [str(cpp_build / "ddit-run"), str(aoti_bundle), "--states", str(tmp_path / "states.npy"),
+           "--pooled", str(tmp_path / "pooled.npy"), "--steps", "6", "--seed", "1", "--ladder", "1,2,1",
+           "--carry", "fine", "--out", str(tmp_path / "latents.npy"), "--trace", str(tmp_path / "trace.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert [s["size"] for s in trace["steps"]] == [1, 4, 4, 2, 2, 1]
+    assert trace["settings"]["generate"]["schedule"]["carry"] == "fine"
+    rt = cpp_lib.open(aoti_bundle)
+    try:
+        ladder = dict(head=1, n4=2, tail=1)
+        want = cpp_lib.denoise(rt, states, pooled, steps=6, seed=1, schedule=schedule("ladder", carry="fine", **ladder))
+        off = cpp_lib.denoise(rt, states, pooled, steps=6, seed=1, schedule=schedule("ladder", **ladder))
+    finally:
+        cpp_lib.close(rt)
+    np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), want)
+    assert np.abs(want - off).max() > 1e-3
+    at = cmd.index("--carry") + 1
+    bad = subprocess.run(cmd[:at] + ["sideways"] + cmd[at + 1:], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--carry must be off or fine, got 'sideways'" in bad.stderr

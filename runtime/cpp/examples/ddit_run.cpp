@@ -113,6 +113,7 @@ static const Option kOptions[] = {
     {"schedule", Arg::Ints, "1,1,2,...", "static schedule: one patch size per step"},
     {"coarse-first", Arg::Ints, "K[:SIZE]", "SIZE (default 2) for the first K steps, then fine"},
     {"ladder", Arg::Ints, "HEAD,N4,TAIL", "HEAD fine steps, N4 at size 4, size 2, TAIL fine steps"},
+    {"carry", Arg::Text, "MODE", "detail carry: off or fine, with any policy (default: the bundle's)"},
     {"sizes", Arg::Ints, "1,2,4", "patch sizes to load (default: every size of the package)"},
     {"threads", Arg::Int, "N", "intra-op threads of the model runs (>= 1; default 1)"},
     {"no-verify", Arg::Flag, "", "skip the sha256 check of the bundle's files at open"},
@@ -244,6 +245,8 @@ static void check(const Args& a) {
     if (p != "ddit" && p != "ladder" && p != "coarse-first" && p != "static")
       throw Error{"--policy must be one of ddit, ladder, coarse-first, static, got '" + p + "'"};
   }
+  if (a.has("carry") && a.text("carry") != "off" && a.text("carry") != "fine")
+    throw Error{"--carry must be off or fine, got '" + a.text("carry") + "'"};
   if (a.has("cache") && a.text("cache") != "off" && a.text("cache") != "taylor")
     throw Error{"--cache must be off or taylor, got '" + a.text("cache") + "'"};
   int schedules = 0;
@@ -437,6 +440,7 @@ static int run(int argc, char** argv) {
     std::snprintf(sched.policy, sizeof sched.policy, "ladder");
     sched.head = v[0], sched.n4 = v[1], sched.tail = v[2];
   }
+  if (a.has("carry")) sched.carry = a.text("carry") == "fine";  // over the bundle's, whatever the policy (as Python)
   ddit_cache cache;
   bool cache_given = false;
   for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold"})

@@ -38,9 +38,10 @@ static ScheduleSettings read_schedule(const json& s) {
     throw Error(DDIT_ERR_UNSUPPORTED, "schedule window '" + window + "' is not ported to the C++ runtime");
   if (s.value("signal", std::string("latent")) != "latent" || s.value("tau4", 0.0) != 0.0)
     throw Error(DDIT_ERR_UNSUPPORTED, "the rule's signal/tau4 variants are not ported to the C++ runtime");
-  if (s.value("carry", std::string("off")) != "off")
-    throw Error(DDIT_ERR_UNSUPPORTED, "schedule carry '" + s.value("carry", std::string()) +
-                                          "' (detail carry) is not ported to the C++ runtime");
+  out.carry = s.value("carry", std::string("off"));  // left out of the manifest when "off"
+  if (out.carry != "off" && out.carry != "fine")
+    throw Error(DDIT_ERR_UNSUPPORTED, "schedule carry '" + out.carry +
+                                          "' is not known to the C++ runtime (it reads carry off and fine)");
   out.same_size_window = window == "same-size";
   out.head = s.value("head", 0);
   out.n4 = s.value("n4", 0);

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "cache.h"
+#include "carry.h"
 #include "flops.h"
 #include "runtime.h"
 #include "scheduler.h"
@@ -57,6 +58,9 @@ ddit::ScheduleSettings to_settings(const ddit_schedule& s) {
     need(s.static_sizes, "schedule.static_sizes");
     o.static_sizes.assign(s.static_sizes, s.static_sizes + s.n_static);
   }
+  if (s.carry != 0 && s.carry != 1)
+    throw argument_error("schedule.carry must be 0 (off) or 1 (fine), got " + std::to_string(s.carry));
+  o.carry = s.carry ? "fine" : "off";
   return o;
 }
 
@@ -90,6 +94,7 @@ std::string settings_json(const ddit_request& q, int steps, const ddit::Schedule
   nlohmann::ordered_json sched = {{"policy", s.policy}, {"tau", s.tau}, {"eps", s.eps}, {"warmup", s.warmup},
                                   {"window", s.same_size_window ? "same-size" : "any"}, {"head", s.head},
                                   {"n4", s.n4}, {"tail", s.tail}};
+  if (s.carry != "off") sched["carry"] = s.carry;  // named only when set, as the manifest has it
   using ojson = nlohmann::ordered_json;
   ojson g = {{"batch", q.batch}, {"seed", q.init_latents ? ojson() : ojson(q.seed)}, {"steps", steps},
              {"guidance", q.guidance}, {"schedule", sched}};
@@ -204,6 +209,10 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   // index and the rule's window has no gaps; a cached step records the chosen size with 0 FLOPs
   std::unique_ptr<ddit::StepCache> cache;
   if (cs.enabled()) cache = std::make_unique<ddit::StepCache>(cs, steps);
+  // detail carry (carry.cpp): computed steps only, before the cache keeps their velocity (generate.py's order)
+  std::unique_ptr<ddit::DetailCarry> carry;
+  if (ss.carry == "fine")  // sub: the latent pixels packed in a fine token (FLUX: 2x2)
+    carry = std::make_unique<ddit::DetailCarry>(b.grid_h, b.grid_w, b.channels() / b.latent_channels);
   ddit::use_threads(rt);
   c10::InferenceMode guard;
   for (int i = 0; i < steps; ++i) {
@@ -217,6 +226,7 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     const bool computed = !cache || cache->should_compute(i, sigma);
     if (computed) {
       v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance)).to(at::kFloat);
+      if (carry) v = carry->apply(d.size, v);
       if (cache) cache->update(i, sigma, v);
     } else {
       v = cache->predict(sigma);
@@ -280,7 +290,7 @@ std::string trace_json(const ddit_runtime* rt) {
 extern "C" {
 
 const char* ddit_last_error(void) { return ddit::last_error().c_str(); }
-const char* ddit_version(void) { return "ddit-cpp 0.2.0 (C API 2)"; }
+const char* ddit_version(void) { return "ddit-cpp 0.3.0 (C API 3)"; }
 
 void ddit_open_options_init(ddit_open_options* opts) {
   if (!opts) return;
@@ -393,6 +403,7 @@ int ddit_schedule_defaults(const ddit_runtime* rt, ddit_schedule* o) {
     o->n4 = s.n4;
     o->tail = s.tail;
     o->coarse_size = 2;
+    o->carry = s.carry == "fine" ? 1 : 0;
   });
 }
 

@@ -16,6 +16,7 @@ struct ScheduleSettings {
   int head = 0, n4 = 0, tail = 4;
   int coarse_steps = 0, coarse_size = 2;
   std::vector<int> static_sizes;
+  std::string carry = "off";  // detail carry (carry.cpp): "off" or "fine"; the scheduler's decisions ignore it
 };
 
 struct Decision {

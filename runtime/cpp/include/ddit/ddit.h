@@ -4,7 +4,12 @@
  *
  * Conventions: every function returns DDIT_OK (0) or an error code; the message of the last error of the calling
  * thread is ddit_last_error(). No C++ exception crosses this boundary. Handles are opaque; a handle is used by one
- * thread at a time. */
+ * thread at a time.
+ *
+ * C API 3 (DDIT_API_VERSION 3): ddit_schedule gained `int carry` at its end (detail carry, ddit_export/runtime/
+ * carry.py). Rebuild callers of API 2: on LP64 the field takes the struct's tail padding (sizeof unchanged), so an
+ * old caller's unset padding would be read as `carry`; a value other than 0/1 is DDIT_ERR_ARGUMENT. A zeroed
+ * struct (or ddit_schedule_defaults on a bundle without carry) is carry off, as before. */
 #ifndef DDIT_DDIT_H
 #define DDIT_DDIT_H
 
@@ -15,7 +20,7 @@
 extern "C" {
 #endif
 
-#define DDIT_API_VERSION 2
+#define DDIT_API_VERSION 3
 #define DDIT_MAX_SIZES 8
 
 typedef enum {
@@ -40,6 +45,8 @@ typedef struct {
   int coarse_size;
   const int* static_sizes; /* static: one size per step (n_static == steps) */
   int n_static;
+  int carry;              /* every policy: 0 off; 1 "fine" (detail carry): a computed coarse step after a fine one
+                             takes the last fine velocity plus the coarse variant's per-block mean change (API 3) */
 } ddit_schedule;
 
 typedef struct {
