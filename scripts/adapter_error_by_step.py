@@ -4,7 +4,9 @@ sampling step, on fine-only trajectories of held-out captions (the states the fi
     python scripts/adapter_error_by_step.py --model flux-mini-64 --prompts 8 [--adapters FILE] [--height 64]
 
 Prints a table (step, sigma, relative MSE per size) and writes --json. The relative error is
-mean((v_k - v_1)^2) / mean(v_1^2) over the batch at that step.
+mean((v_k - v_1)^2) / mean(v_1^2) over the batch at that step. Per size also: ``k{k}_means``, the error of the
+coarse velocity's block means alone (runtime/carry.py's block mean of v_k - v_1), and ``k{k}_carry``, the error
+with detail carry from the previous step's fine velocity (what a coarse step right after a fine one gets).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ def main(argv=None):
     from ddit_export.adapt.student import position_ids, velocity
     from ddit_export.adapt.trajectories import sample_chunk
     from ddit_export.models.registry import load_model
+    from ddit_export.runtime.carry import block_mean, carry_detail
     from ddit_export.zoo.scenes import graded_scenes
 
     loaded = load_model(a.model, adapters=a.adapters)
@@ -60,12 +63,26 @@ def main(argv=None):
             ref = vel[i].float()
             for k in sizes:
                 v = velocity(mp, lat[i], cond, ts[i].expand(b), ids, g, k, geom.grid).float()
-                row[f"k{k}"] = float(((v - ref) ** 2).mean() / (ref ** 2).mean())
+                den = (ref ** 2).mean()
+                row[f"k{k}"] = float(((v - ref) ** 2).mean() / den)
+                sub = geom.token_channels // geom.latent_channels
+                row[f"k{k}_means"] = float((block_mean(v - ref, geom.grid, k, sub, True) ** 2).mean() / den)
+                if i > 0:
+                    c = carry_detail(v, vel[i - 1].float(), geom, k)
+                    row[f"k{k}_carry"] = float(((c - ref) ** 2).mean() / den)
             rows.append(row)
-            print(f"step {i:2d} sigma {row['sigma']:.3f} " + " ".join(f"k{k} {row[f'k{k}']:.4f}" for k in sizes),
-                  flush=True)
+            nan = float("nan")
+            print(f"step {i:2d} sigma {row['sigma']:.3f} " + " ".join(
+                f"k{k} {row[f'k{k}']:.4f} (means {row[f'k{k}_means']:.4f}, carry {row.get(f'k{k}_carry', nan):.4f})"
+                for k in sizes), flush=True)
     thirds = [(0, steps // 3), (steps // 3, 2 * steps // 3), (2 * steps // 3, steps)]
-    summary = {f"k{k}": [sum(r[f"k{k}"] for r in rows[lo:hi]) / (hi - lo) for lo, hi in thirds] for k in sizes}
+
+    def mean(key, lo, hi):  # k{k}_carry starts at step 1
+        vals = [r[key] for r in rows[lo:hi] if key in r]
+        return sum(vals) / len(vals)
+
+    summary = {f"k{k}{x}": [mean(f"k{k}{x}", lo, hi) for lo, hi in thirds]
+               for k in sizes for x in ("", "_means", "_carry")}
     print("mean relative error over the first / middle / last third of the steps:",
           "; ".join(f"{k} " + " / ".join(f"{v:.4f}" for v in vals) for k, vals in summary.items()))
     if a.json:

@@ -63,7 +63,8 @@ def main(argv=None):
     lad = lambda spec: ladder_sizes(steps, *map(int, spec.split("-")))  # noqa: E731
     runs.update({f"ladder-{sp}": (lad(sp), None) for sp in filter(None, a.ladders.split(","))})
     cache = CacheSettings(mode="taylor", interval=a.cache_interval)
-    runs.update({f"ladder-{sp}+cache-N{a.cache_interval}": (lad(sp), cache) for sp in filter(None, a.stacks.split(","))})
+    runs.update({f"ladder-{sp}+cache-N{a.cache_interval}": (lad(sp), cache)
+                 for sp in filter(None, a.stacks.split(","))})
     rows = {}
     with torch.no_grad(), TorchBackend(loaded.transformer) as be:
         ref = generate(loaded, be, GenerateSettings(**common, static=(1,) * steps), progress=False,
