@@ -20,9 +20,10 @@ def test_manifest_roundtrip(tiny_bundle):
     m = read_manifest(tiny_bundle)
     assert m.format_version == IMAGE_FORMAT_VERSION == 1 and m.dtype == "fp32"  # image bundles stay version 1
     assert m.model["transformer_config"]["in_channels"] == 12 and m.model["height"] == 32
-    # every knob but the video-only one (an image manifest stays as it was before video bundles)
-    # every knob but the video-only one and the rule's issue-19 variants at their defaults (older readers' form)
-    assert set(m.schedule) == set(ScheduleSettings.__dataclass_fields__) - {"video_std", "tau4", "signal", "hold"}
+    # every knob but the video-only one, the rule's issue-19 variants and detail carry at their defaults (older
+    # readers' form: an image manifest stays as it was before video bundles)
+    assert set(m.schedule) == set(ScheduleSettings.__dataclass_fields__) - {"video_std", "tau4", "signal", "hold",
+                                                                             "carry"}
     assert m.schedule["policy"] == "ddit"
     old = {k: m.schedule[k] for k in ("tau", "eps", "warmup", "window")}  # a manifest from before policies
     assert ScheduleSettings(**old).policy == "ddit" and ScheduleSettings(**m.schedule).tau == m.schedule["tau"]
