@@ -29,7 +29,9 @@ def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, widt
     the model's profile; ``schedule``: a whole ScheduleSettings instead of the profile; ``tau``/``eps``/``warmup``/
     ``window`` override the rule's knobs (and, without ``policy``, select the rule). ``cache``: a CacheSettings, or
     a dict of fields overriding the model's (a bundle manifest's) cache profile. ``carry``: "off" or "fine" over
-    the profile's detail carry (runtime/carry.py), whatever the policy."""
+    the profile's detail carry (runtime/carry.py), whatever the policy; without it the profile's carry holds for
+    the profile's own policy (its knobs changed or not) and is off for another policy, a ``static`` or a
+    ``coarse_first`` schedule, unless the ``policy`` spec names it."""
     sched = schedule if schedule is not None else model.schedule_defaults
     if policy is not None:
         sched = parse_policy(policy, sched)
@@ -39,6 +41,11 @@ def build_settings(model, *, prompts=None, seed=0, steps=None, height=None, widt
     sched = dataclasses.replace(sched, **over)
     if carry is not None:
         sched = dataclasses.replace(sched, carry=carry)
+    elif schedule is None and sched.carry != "off" and "carry=" not in (policy or "") and (
+            static is not None or coarse_first is not None or sched.policy != model.schedule_defaults.policy):
+        # detail carry belongs to the profile's operating point: another policy or an explicit schedule runs without
+        # it unless asked (carry=fine in the spec, or carry=): the rule's τ, for one, was calibrated without it
+        sched = dataclasses.replace(sched, carry="off")
     if guidance is None:  # the model's own default (Wan 2.1: CFG scale 5), else FLUX's distilled guidance 3.5
         guidance = getattr(model, "extras", {}).get("guidance", 3.5)
     return GenerateSettings(prompts=_prompts(prompts, model.default_prompt), seed=seed,

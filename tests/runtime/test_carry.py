@@ -130,3 +130,21 @@ def test_carry_off_all_fine_and_cached_steps(tiny_model):
                                                     cache={"interval": 2, "warmup": 3, "tail": 1}, **kw),
                      progress=False, decode=False)
     assert "cached" in c.trace.kinds and torch.isfinite(c.latents).all()
+
+
+def test_the_profiles_carry_holds_for_its_own_policy_only(tiny_model):
+    """A profile that carries: its policy (knobs changed or not) carries; the rule, a static or coarse-first
+    schedule run without carry unless asked (the rule's τ was calibrated without it)."""
+    saved = tiny_model.schedule_defaults
+    tiny_model.schedule_defaults = dataclasses.replace(saved, policy="ladder", head=1, n4=2, tail=2, carry="fine")
+    try:
+        def carry(**kw):
+            return build_settings(tiny_model, prompts=["a red circle"], steps=8, **kw).schedule.carry
+
+        assert carry() == "fine" and carry(policy="ladder:n4=3") == "fine"
+        assert carry(tau=0.01) == "off" and carry(policy="ddit") == "off" and carry(policy="fine") == "off"
+        assert carry(static=(1, 2, 1, 2, 1, 2, 1, 1)) == "off" and carry(coarse_first=(2, 2)) == "off"
+        assert carry(policy="ddit:carry=fine") == "fine" and carry(static=(1,) * 8, carry="fine") == "fine"
+        assert carry(policy="ladder:n4=3", carry="off") == "off"
+    finally:
+        tiny_model.schedule_defaults = saved

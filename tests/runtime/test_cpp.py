@@ -695,3 +695,13 @@ def test_ddit_run_carry(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
     at = cmd.index("--carry") + 1
     bad = subprocess.run(cmd[:at] + ["sideways"] + cmd[at + 1:], capture_output=True, text=True)
     assert bad.returncode == 2 and "--carry must be off or fine, got 'sideways'" in bad.stderr
+    # a bundle whose profile (the rule here) carries: another policy without --carry runs uncarried, as Python's
+    # build_settings; --carry fine still turns it on
+    folder = shutil.copytree(aoti_bundle, tmp_path / "carried")
+    _edit_manifest(folder, lambda d: d["schedule"].update(carry="fine"))
+    plain = [str(cpp_build / "ddit-run"), str(folder)] + cmd[2:at - 1] + cmd[at + 1:]
+    assert "--carry" not in plain
+    r = subprocess.run(plain, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "carry" not in json.loads((tmp_path / "trace.json").read_text())["settings"]["generate"]["schedule"]
+    np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), off)

@@ -417,6 +417,7 @@ static int run(int argc, char** argv) {
 
   ddit_schedule sched;
   ddit_schedule_defaults(rt, &sched);
+  const std::string profile_policy(sched.policy);
   std::vector<int> static_sizes;
   if (a.has("policy")) std::snprintf(sched.policy, sizeof sched.policy, "%s", a.text("policy").c_str());
   else if ((a.has("tau") || a.has("eps")) && !a.has("schedule") && !a.has("coarse-first") && !a.has("ladder"))
@@ -440,7 +441,10 @@ static int run(int argc, char** argv) {
     std::snprintf(sched.policy, sizeof sched.policy, "ladder");
     sched.head = v[0], sched.n4 = v[1], sched.tail = v[2];
   }
-  if (a.has("carry")) sched.carry = a.text("carry") == "fine";  // over the bundle's, whatever the policy (as Python)
+  // detail carry belongs to the profile's operating point: another policy, a --schedule or --coarse-first runs
+  // without it unless --carry says so (as Python's build_settings)
+  if (profile_policy != sched.policy) sched.carry = 0;
+  if (a.has("carry")) sched.carry = a.text("carry") == "fine";
   ddit_cache cache;
   bool cache_given = false;
   for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold"})
