@@ -46,8 +46,8 @@ def command(url, prompt, n, seed, steps, size, guidance, policy, schedule, coars
         check_writable(p)
     res = client.generate(prompt, n=n, seed=seed, steps=steps, size=size, guidance=guidance, policy=policy,
                           schedule=schedule, coarse_first=coarse_first, tau=tau, eps=eps, warmup=warmup,
-                          window=window, sizes=sizes, carry=carry, cache=cache, cache_interval=cache_interval, timeout=timeout,
-                          trace=bool(trace_path))
+                          window=window, sizes=sizes, carry=carry, cache=cache, cache_interval=cache_interval,
+                          timeout=timeout, trace=bool(trace_path))
     for w in res.body.get("warnings", []):
         click.echo(w, err=True)
     s = res.body["schedule"]

@@ -29,7 +29,7 @@ POLICIES = ("ddit", "ladder", "probe", "fine")
 PROBE_KNOBS = ("head", "n4", "tail", "extra", "detail")
 #: the rule's variants beyond the paper (issue 19); left out of manifests and policy specs at their defaults
 RULE_VARIANT_KNOBS = ("tau4", "signal", "hold")
-#: knobs a manifest and a profile leave out at their defaults, so older readers (the C++ runtime) see them only when set
+#: knobs a manifest leaves out at their defaults, so older readers (the C++ runtime) see them only when set
 OMIT_AT_DEFAULT = (*RULE_VARIANT_KNOBS, "carry")
 #: The knobs each policy reads (the others in ScheduleSettings are kept but ignored by it).
 POLICY_KNOBS = {"ddit": ("tau", "eps", "warmup", "window", "video_std", "tau4", "signal", "hold", "carry"),

@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from ddit_export.bundle import load
 from ddit_export.cli import main
-from ddit_export.errors import DDiTError
+from ddit_export.errors import ConfigError, DDiTError
 from ddit_export.runtime.bundle_model import BundleModel
 from ddit_export.serve.schemas import Limits, decode_png, parse_request, parse_size
 
@@ -99,3 +99,14 @@ def test_policy_fine_in_a_request(manifest_model):
     job = parse_request({"policy": "fine", "steps": 6}, manifest_model)
     assert job.settings.schedule.policy == "fine"
     _check_schedule(job.settings, manifest_model)
+
+
+def test_carry_in_a_request(manifest_model):
+    """The HTTP field ``carry`` (runtime/carry.py) as generate --carry; a bad value is the CLI's one-line error."""
+    job = parse_request({"schedule": "1,2,1,2,1,1", "steps": 6, "carry": "fine"}, manifest_model)
+    assert job.settings.schedule.carry == "fine"
+    assert parse_request({"schedule": "1,2,1,2,1,1", "steps": 6}, manifest_model).settings.schedule.carry == "off"
+    with pytest.raises(ConfigError, match="carry must be one of off, fine, got 'sideways'"):
+        parse_request({"steps": 6, "carry": "sideways"}, manifest_model)
+    with pytest.raises(ConfigError, match="carry"):
+        parse_request({"steps": 6, "carry": 1}, manifest_model)
