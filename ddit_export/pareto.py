@@ -84,9 +84,8 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
     calibrated ladder is ``profile`` (a ladder policy spec; default flux-mini's). Rows run without detail carry
     unless they say so (``carry`` in their settings): the profile's own ladder rows carry as the profile does."""
     head, n4_, tail_, carry_ = profile_ladder(profile)
-    on = carry_ != "off"
-    default = f"ladder:head={head},n4={n4_},tail={tail_}" + (f",carry={carry_}" if on else "")
-    mark = " carry" if on else ""
+    default = f"ladder:head={head},n4={n4_},tail={tail_}"  # its rows name carry beside the spec
+    mark = " carry" if carry_ != "off" else ""
     fine = {"static": (1,) * steps}
     rows = [Method("fine-only", "fine-only", fine)]
     rows += [Method(f"ddit tau={t:g}", "ddit rule", {"tau": t}) for t in sorted({tau / 2, tau, tau * 1.5})]

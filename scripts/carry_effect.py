@@ -12,15 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import torch
-
-
-def psnr(ref, img) -> float:
-    mse = ((np.asarray(ref, np.float64) - np.asarray(img, np.float64)) ** 2).mean()
-    return 99.0 if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def main(argv=None):
@@ -36,7 +30,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    from ddit_export.adapt.report import quality_schedules
+    from ddit_export.adapt.report import image_psnr, quality_schedules
     from ddit_export.models.registry import load_model
     from ddit_export.runtime.backends.torch import TorchBackend
     from ddit_export.runtime.generate import generate, initial_noise
@@ -75,7 +69,7 @@ def main(argv=None):
                 gs = GenerateSettings(**common, static=static, schedule=ScheduleSettings(carry=carry),
                                       **({} if c is None else {"cache": c}))
                 r = generate(loaded, be, gs, progress=False, latents=noise)
-                row[carry] = float(np.mean([psnr(x, y) for x, y in zip(ref, r.images)]))
+                row[carry] = float(np.mean([image_psnr(x, y) for x, y in zip(ref, r.images)]))
                 row["flops_ratio"] = r.trace.flops_ratio
                 row["coarse_fraction"] = r.trace.coarse_fraction
             rows[name] = row

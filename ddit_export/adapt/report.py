@@ -37,6 +37,12 @@ def quality_schedules(steps: int, sizes, windows=("any",), ladder=None, rules: b
     return out
 
 
+def image_psnr(ref, img) -> float:
+    """PSNR in dB of two 8-bit images (PIL or arrays); identical images give 99."""
+    mse = ((np.asarray(ref, np.float64) - np.asarray(img, np.float64)) ** 2).mean()
+    return 99.0 if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
 @torch.no_grad()
 def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0, height=None, width=None,
                     guidance: float = 3.5, amp=None, rules: bool = True, carry: bool = False) -> dict[str, dict]:
@@ -57,10 +63,6 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
     noise = torch.cat([initial_noise(geom, 1, seed + i) for i in range(len(prompts))])
     common = dict(prompts=tuple(prompts), seed=seed, steps=steps, height=height, width=width, guidance=guidance)
 
-    def psnr(ref, img):
-        mse = ((np.asarray(ref, np.float64) - np.asarray(img, np.float64)) ** 2).mean()
-        return 99.0 if mse == 0 else 10 * math.log10(255**2 / mse)
-
     with TorchBackend(loaded.transformer) as backend, (amp or contextlib.nullcontext()):
         # fine-only and the static schedules: the whole batch at once (one decision per step anyway)
         ref = generate(loaded, backend, GenerateSettings(**common, static=(1,) * steps), progress=False,
@@ -70,7 +72,7 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
                 gs = GenerateSettings(**common, static=sc["static"],
                                       schedule=ScheduleSettings(carry=sc.get("carry", "off")))
                 r = generate(loaded, backend, gs, progress=False, latents=noise)
-                res[name] = {"psnr": [psnr(a, b) for a, b in zip(ref, r.images)], "coarse": [r.trace.coarse_fraction]}
+                res[name] = {"psnr": [image_psnr(a, b) for a, b in zip(ref, r.images)], "coarse": [r.trace.coarse_fraction]}
         # the rule decides per prompt: one prompt at a time, from the same noise
         for i, p in enumerate(prompts):
             one = dict(common, prompts=(p,), seed=seed + i)
@@ -81,7 +83,7 @@ def compare_to_fine(loaded, prompts: list[str], steps: int, sizes, seed: int = 0
                 gs = GenerateSettings(**one, schedule=dataclasses.replace(base, policy="ddit", tau=sc["tau"],
                                                                           **extra))
                 r = generate(loaded, backend, gs, progress=False, latents=noise[i:i + 1])
-                res[name]["psnr"].append(psnr(ref[i], r.images[0]))
+                res[name]["psnr"].append(image_psnr(ref[i], r.images[0]))
                 res[name]["coarse"].append(r.trace.coarse_fraction)
     return {n: {"psnr": float(np.mean(v["psnr"])), "coarse": float(np.mean(v["coarse"]))} for n, v in res.items()}
 

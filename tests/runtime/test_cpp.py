@@ -124,6 +124,18 @@ def _embeddings(model, prompts):
     return cond.states.numpy(), cond.pooled.numpy()
 
 
+def _ddit_run(cpp_build, bundle, model, tmp_path):
+    """The start of a ddit-run command on ``bundle``, fed the first prompt's embeddings (saved in ``tmp_path``) and
+    writing latents.npy and trace.json there; options follow. Returns (command, states, pooled)."""
+    states, pooled = _embeddings(model, PROMPTS[:1])
+    np.save(tmp_path / "states.npy", states)
+    np.save(tmp_path / "pooled.npy", pooled)
+    cmd = [str(cpp_build / "ddit-run"), str(bundle), "--states", str(tmp_path / "states.npy"),
+           "--pooled", str(tmp_path / "pooled.npy"), "--out", str(tmp_path / "latents.npy"),
+           "--trace", str(tmp_path / "trace.json")]
+    return cmd, states, pooled
+
+
 def _python_run(model, backend, *, static=None, seed=0, prompts=PROMPTS[:1]):
     from ddit_export.api import build_settings
     from ddit_export.runtime.generate import generate
@@ -263,12 +275,8 @@ def test_ddit_run_example(cpp_build, cpp_lib, aoti_bundle, tmp_path):
     from ddit_export.runtime.bundle_model import open_bundle
 
     model, _ = open_bundle(aoti_bundle)
-    states, pooled = _embeddings(model, PROMPTS[:1])
-    np.save(tmp_path / "states.npy", states)
-    np.save(tmp_path / "pooled.npy", pooled)
-    cmd = [str(cpp_build / "ddit-run"), str(aoti_bundle), "--states", str(tmp_path / "states.npy"),
-           "--pooled", str(tmp_path / "pooled.npy"), "--steps", "6", "--seed", "1", "--ladder", "1,2,1",
-           "--out", str(tmp_path / "latents.npy"), "--trace", str(tmp_path / "trace.json")]
+    cmd, states, pooled = _ddit_run(cpp_build, aoti_bundle, model, tmp_path)
+    cmd += ["--steps", "6", "--seed", "1", "--ladder", "1,2,1"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     trace = json.loads((tmp_path / "trace.json").read_text())
@@ -544,13 +552,9 @@ def test_python_aoti_backend_threads(aoti_bundle):
 def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
     from tests.runtime.cpp_api import cache as mk_cache
 
-    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
-    np.save(tmp_path / "states.npy", states)
-    np.save(tmp_path / "pooled.npy", pooled)
-    cmd = [str(cpp_build / "ddit-run"), str(aoti_bundle), "--states", str(tmp_path / "states.npy"),
-           "--pooled", str(tmp_path / "pooled.npy"), "--steps", "10", "--seed", "1", "--threads", "2",
-           "--no-verify", "--cache", "taylor", "--cache-interval", "3", "--cache-order", "2", "--cache-warmup", "2",
-           "--cache-tail", "2", "--out", str(tmp_path / "latents.npy"), "--trace", str(tmp_path / "trace.json")]
+    cmd, states, pooled = _ddit_run(cpp_build, aoti_bundle, aoti_python[0], tmp_path)
+    cmd += ["--steps", "10", "--seed", "1", "--threads", "2", "--no-verify", "--cache", "taylor", "--cache-interval",
+            "3", "--cache-order", "2", "--cache-warmup", "2", "--cache-tail", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     trace = json.loads((tmp_path / "trace.json").read_text())
@@ -672,12 +676,9 @@ def test_carry_profile_of_the_manifest(cpp_lib, aoti_bundle, tmp_path):
 
 
 def test_ddit_run_carry(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
-    states, pooled = _embeddings(aoti_python[0], PROMPTS[:1])
-    np.save(tmp_path / "states.npy", states)
-    np.save(tmp_path / "pooled.npy", pooled)
-    cmd = [str(cpp_build / "ddit-run"), str(aoti_bundle), "--states", str(tmp_path / "states.npy"),
-           "--pooled", str(tmp_path / "pooled.npy"), "--steps", "6", "--seed", "1", "--ladder", "1,2,1",
-           "--carry", "fine", "--out", str(tmp_path / "latents.npy"), "--trace", str(tmp_path / "trace.json")]
+    run, states, pooled = _ddit_run(cpp_build, aoti_bundle, aoti_python[0], tmp_path)
+    opts = ["--steps", "6", "--seed", "1", "--ladder", "1,2,1"]
+    cmd = run + opts + ["--carry", "fine"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     trace = json.loads((tmp_path / "trace.json").read_text())
@@ -699,9 +700,11 @@ def test_ddit_run_carry(cpp_build, cpp_lib, aoti_bundle, aoti_python, tmp_path):
     # build_settings; --carry fine still turns it on
     folder = shutil.copytree(aoti_bundle, tmp_path / "carried")
     _edit_manifest(folder, lambda d: d["schedule"].update(carry="fine"))
-    plain = [str(cpp_build / "ddit-run"), str(folder)] + cmd[2:at - 1] + cmd[at + 1:]
-    assert "--carry" not in plain
-    r = subprocess.run(plain, capture_output=True, text=True)
+    on_folder = [run[0], str(folder)] + run[2:] + opts
+    r = subprocess.run(on_folder, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "carry" not in json.loads((tmp_path / "trace.json").read_text())["settings"]["generate"]["schedule"]
     np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), off)
+    r = subprocess.run(on_folder + ["--carry", "fine"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), want)
