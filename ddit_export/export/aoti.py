@@ -30,6 +30,7 @@ import torch
 
 from ..bundle import AOTI_KEY, AOTI_VERSION, MANIFEST, WEIGHTS, sha256_file
 from ..errors import DDiTError
+from .parity import aoti_parity
 
 AOTI_DIR = "aoti"
 PACKAGE = f"{AOTI_DIR}/transformer.pt2"
@@ -276,8 +277,8 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
                 raise DDiTError(f"AOTInductor text encoder differs from torch by {text_entry['parity_max_abs']:.3g} "
                                 f"(> {settings.tolerance:g}); aoti section not written")
         for v in variants:
-            v["parity_max_abs"], v["parity_ref_abs_max"] = _parity(folder, section, mp, v["size"], geom, text_len,
-                                                                   dtype, device)
+            v["parity_max_abs"], v["parity_ref_abs_max"] = aoti_parity(folder, section, mp, v["size"], geom,
+                                                                       text_len, dtype)
             limit = _parity_limit(settings.tolerance, manifest.dtype, v["parity_ref_abs_max"])
             if not v["parity_max_abs"] <= limit:
                 raise DDiTError(f"AOTInductor variant k={v['size']} differs from torch by {v['parity_max_abs']:.3g} "
@@ -360,25 +361,6 @@ def _parity_limit(tolerance: float, dtype: str, ref_abs_max: float) -> float:
     difference grows with the values (bf16 keeps 8 bits: one rounding is 2^-9 of the value), so the tolerance is
     relative to the output's scale, max(1, max|torch|) (flux-mini-64 at 64x64: 0.16 at k=2)."""
     return tolerance if dtype == "fp32" else tolerance * max(1.0, ref_abs_max)
-
-
-def _parity(folder: Path, section: dict, mp, k: int, geom, text_len: int, dtype, device: str) -> tuple:
-    """(max |AOTInductor - torch|, max |torch|) of the velocity on one random input, the constants read from
-    weights.bin."""
-    from ..runtime.backends.aoti import load_variant, map_weights
-    from .onnx import VariantModule, example_inputs
-
-    cfg = dict(mp.config)
-    guidance = bool(cfg.get("guidance_embeds"))
-    args = tuple(a.to(device) for a in example_inputs(cfg, geom, text_len, dtype, batch=1, seed=123))
-    with torch.no_grad():
-        ref = VariantModule(mp, k, geom.grid, guidance)(*args).float()
-    weights = map_weights(folder / WEIGHTS)
-    entry = next(v for v in section["variants"] if v["size"] == k)
-    compiled = load_variant(folder / section["package"], entry, weights, device=device, cache={})
-    out = compiled(*args)
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    return float((out.float() - ref).abs().max()), float(ref.abs().max())
 
 
 def _text_parity(folder: Path, section: dict, encoder, text_len: int, entry: dict, device: str) -> float:

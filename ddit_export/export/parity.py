@@ -30,26 +30,25 @@ def variant_parity(onnx_path: Path, model, size: int, geom, text_len: int, dtype
     return float(np.abs(out - ref).max())
 
 
-def aoti_parity(folder, manifest, model, size: int, geom, text_len: int, dtype=torch.float32,
+def aoti_parity(folder, section: dict, model, size: int, geom, text_len: int, dtype=torch.float32,
                 seed: int = 123) -> tuple[float, float]:
     """(max |AOTInductor package − torch|, max |torch|) of the velocity on one random input (the same input as
-    :func:`variant_parity`): how ``validate`` checks a bundle ONNX Runtime's CPU provider cannot run (bf16) when the
-    bundle holds an AOTInductor package (``build --backend aoti``)."""
-    from ..bundle import WEIGHTS, aoti_section
+    :func:`variant_parity`), the constants read from weights.bin; ``section``: the manifest's ``aoti`` section. What
+    ``build --backend aoti`` checks before it writes that section, and how ``validate`` checks a bundle ONNX
+    Runtime's CPU provider cannot run (bf16)."""
+    from ..bundle import WEIGHTS
     from ..runtime.backends.aoti import load_variant, map_weights
     from .onnx import variant_input_names, variant_inputs, variant_module
 
+    device = section["device"]
     args = variant_inputs(model, geom, text_len, dtype, batch=1, seed=seed)
     with torch.no_grad():
-        ref = variant_module(model, size, geom)(*args).float()
+        ref = variant_module(model, size, geom)(*(a.to(device) for a in args)).float()
     named = dict(zip(variant_input_names(model), args))
     folder = Path(folder)
-    section = aoti_section(folder, manifest)
     entry = next(e for e in section["variants"] if int(e["size"]) == size)
-    fn = load_variant(folder / section["package"], entry, map_weights(folder / WEIGHTS), device=section["device"],
-                      cache={})
+    fn = load_variant(folder / section["package"], entry, map_weights(folder / WEIGHTS), device=device, cache={})
     with torch.inference_mode():
-        out = fn(*[named[n].to(section["device"]).contiguous() for n in section["inputs"]])
+        out = fn(*[named[n].to(device).contiguous() for n in section["inputs"]])
     out = out[0] if isinstance(out, (list, tuple)) else out
-    return float((out.float().cpu() - ref).abs().max()), float(ref.abs().max())
-
+    return float((out.float() - ref).abs().max()), float(ref.abs().max())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..bundle import load
+from ..bundle import aoti_section, load
 
 # why parity cannot run, per bundle dtype: ORT's CPU provider is the reference runtime of `validate`
 PARITY_NOT_RUN = {"bf16": "ONNX Runtime's CPU provider has no bfloat16 MatMul (measured, onnxruntime 1.32)"}
@@ -35,7 +35,8 @@ def validate_bundle(folder, *, weights=None, tol: float | None = None):
         diff = variant_parity(Path(folder) / v.file, mp, v.size, geom, model["text_len"], dtype)
         results[v.size] = {"diff": diff, "limit": tol, "runtime": "ONNX Runtime"}
         if diff is None and manifest.aoti is not None:
-            diff, ref_max = aoti_parity(folder, manifest, mp, v.size, geom, model["text_len"], dtype)
+            diff, ref_max = aoti_parity(folder, aoti_section(Path(folder), manifest), mp, v.size, geom,
+                                        model["text_len"], dtype)
             results[v.size] = {"diff": diff, "limit": _parity_limit(tol, manifest.dtype, ref_max),
                                "runtime": "AOTInductor"}
     return results, manifest
