@@ -192,8 +192,12 @@ def schedule(trace_path, plot, overwrite):
               "its rows not run now join the report (new rows on an existing chart).")
 @click.option("--oracle", type=float, help="Pareto: also search the per-prompt oracle (the best monotone ladder per "
               "prompt by PSNR) at this FLOP budget, e.g. 0.5; quality columns only.")
+@click.option("--graded", is_flag=True, help="Pareto: the graded held-out captions (evaluate --graded) instead of the "
+              "held-out complexity buckets; per-grade FLOPs, PSNR and adherence in the report.")
+@click.option("--grades", help="Pareto, with --graded: the detail grades drawn in turn (default 1,2,3: grade 4 needs a "
+              "model continued on the graded grammar).")
 def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, threads, height, width, n_prompts,
-          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle):
+          seeds, wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle, graded, grades):
     """Median time of one transformer call at each patch size (PyTorch backend), sizes interleaved; or, with
     --pareto, the speed/quality chart of every method; with --replay, recorded schedules on a speed config."""
     import torch
@@ -207,8 +211,11 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
             from .api import check_family
 
             check_family(model, bundle)
+        if grades and not graded:
+            raise ConfigError("--grades applies with --graded")
         return _bench_pareto(model, weights, adapters, pareto_out, repeats, threads, n_prompts, seeds,
-                             wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle)
+                             wall_prompts, bundle, no_peers, cache_dit, methods_file, append_to, oracle,
+                             (_ints(grades, "--grades") or (1, 2, 3)) if graded else None)
     if replay_from:
         from .pareto_replay import replay_report
 
@@ -235,7 +242,7 @@ def bench(model, weights, adapters, sizes, pareto_out, replay_from, repeats, thr
 
 
 def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, seeds, wall_prompts, bundle,
-                  no_peers, cache_dit, methods_file, append_to, oracle):
+                  no_peers, cache_dit, methods_file, append_to, oracle, grades):
     import json
 
     from .pareto import Method, run_pareto
@@ -253,7 +260,7 @@ def _bench_pareto(model, weights, adapters, out, repeats, threads, n_prompts, se
     s = ParetoSettings(model=model, weights=weights, adapters=adapters, n_prompts=n_prompts,
                        seeds=_ints(seeds, "--seeds"), wall_prompts=wall_prompts, repeats=repeats or 3,
                        threads=threads or 1, bundle=bundle, peers=not no_peers, cache_dit=cache_dit,
-                       methods=methods, append=append_to, oracle=oracle, out=out)
+                       methods=methods, append=append_to, oracle=oracle, grades=grades, out=out)
     rep = run_pareto(s, log=click.echo)
     click.echo(Path(rep["files"][1]).read_text())
     for f in rep["files"]:

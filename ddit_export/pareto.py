@@ -232,7 +232,12 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
         raise ConfigError("the first method row must be fine-only (static all-1, no cache, no peer): the reference")
     enc = model.extras.get("text_encoder")
     max_words = getattr(getattr(enc, "config", None), "max_length", None)
-    scenes_ = eval_scenes(settings.n_prompts, "heldout", settings.prompt_seed, max_words)
+    if settings.grades is None:  # the held-out complexity buckets
+        scenes_ = eval_scenes(settings.n_prompts, "heldout", settings.prompt_seed, max_words)
+    else:  # the graded held-out captions (evaluate --graded), within the model's words
+        vocab = getattr(getattr(enc, "config", None), "vocab", None)
+        scenes_ = eval_scenes(settings.n_prompts, "graded", settings.prompt_seed, max_words, settings.grades,
+                              None if vocab is None else tuple(vocab))
     captions = [s.caption for s in scenes_]
     calib = [s.caption for s in eval_scenes(settings.calib_prompts, "train", settings.prompt_seed + 1, max_words)]
     geom = model.geometry()
@@ -270,6 +275,7 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
                         bar.update(1)
     bar.close()
     all_scenes = scenes_ * len(settings.seeds)
+    grades = np.array([s.grade for s in all_scenes])
     fine = rows[methods[0].name]
     fine_imgs = np.concatenate(fine["images"])
     fine_det = detector.detect(fine_imgs)
@@ -281,6 +287,7 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
         is_fine = m is methods[0]
         p = None if is_fine else psnr(imgs, fine_imgs)
         q = None if is_fine else ssim(imgs, fine_imgs)
+        adh = adherence(det, all_scenes)
         out_rows.append(dict(
             name=m.name, family=m.family, method=_method_dict(m),
             compute_ratio=float(np.mean(r["flops"])), compute_source="flop counter" if m.peer else "trace",
@@ -288,8 +295,9 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
             coarse_fraction=float(np.mean([sum(s != "1" for s in z) / len(z) for z in r["sizes"]])),
             psnr=None if p is None else float(p.mean()), psnr_min=None if p is None else float(p.min()),
             ssim=None if q is None else float(q.mean()),
-            adherence=adherence(det, all_scenes).summary()["accuracy"],
+            adherence=adh.summary()["accuracy"],
             fd_vs_fine=None if is_fine else frechet_distance(det.features, fine_det.features),
+            by_grade=_by_grade(grades, adh, p, np.asarray(r["flops"], float)),
             schedules=r["sizes"], kinds=r["kinds"]))
     log(f"quality pass: {time.perf_counter() - t_start:.0f} s")
     if settings.oracle is not None:
@@ -322,6 +330,9 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
                                                    **speedup_stats(f, t))
 
     report = dict(format="ddit-pareto/1", model=model.name, steps=steps, n_prompts=n, seeds=list(settings.seeds),
+                  split="heldout" if settings.grades is None else "graded",
+                  grades=None if settings.grades is None else list(settings.grades),
+                  grade_counts={str(g): int((grades == g).sum()) for g in sorted(set(grades.tolist()))},
                   wall_prompts=len(wall), repeats=settings.repeats, threads=settings.threads,
                   bundle=settings.bundle, torch=torch.__version__, notes=[x for x in [bundle_note] if x],
                   mag_ratios=runner.mag_ratios, rows=out_rows, prompts=captions,
@@ -334,6 +345,16 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
         report = append_rows(report, previous)
     report["files"] = write_report(report, Path(settings.out))
     return report
+
+
+def _by_grade(grades: np.ndarray, adh, p, flops) -> dict:
+    """Per detail grade (zoo/scenes.py ``Scene.grade``) of one row: adherence, FLOPs ratio and PSNR (where given)."""
+    gs = [g for g in sorted(set(grades.tolist()))]
+    out = {"adherence": {str(g): adh.summary(np.flatnonzero(grades == g))["accuracy"] for g in gs},
+           "flops_ratio": {str(g): float(flops[grades == g].mean()) for g in gs}}
+    if p is not None:
+        out["psnr"] = {str(g): float(np.asarray(p)[grades == g].mean()) for g in gs}
+    return out
 
 
 def _oracle_rows(model, scenes_, settings, fine_imgs, log) -> list[dict]:

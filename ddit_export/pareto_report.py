@@ -21,8 +21,10 @@ def _speed(s):
 
 
 def markdown(rep: dict) -> str:
+    what = ("held-out captions" if rep.get("split", "heldout") == "heldout"
+            else f"graded held-out captions (grades {','.join(map(str, rep['grades']))})")
     lines = [f"# Pareto bench: {rep['model']}", "",
-             f"{rep['n_prompts']} held-out captions x {len(rep['seeds'])} seed(s), {rep['steps']} steps, one prompt "
+             f"{rep['n_prompts']} {what} x {len(rep['seeds'])} seed(s), {rep['steps']} steps, one prompt "
              f"per generation; wall-clock: {rep['wall_prompts']} prompts x {rep['repeats']} interleaved rounds, "
              f"{rep['threads']} thread(s), median speed-up (min–max); torch {rep['torch']}.", "",
              "| method | family | compute ratio | cached | coarse | PyTorch speed-up | ORT speed-up | PSNR dB | SSIM "
@@ -35,9 +37,31 @@ def markdown(rep: dict) -> str:
     lines += ["", "compute ratio: transformer FLOPs done / fine-only (project rows: from the trace, cached steps 0; "
                   "diffusers/cache-dit rows: torch FlopCounterMode on the run). PSNR/SSIM/FD against fine-only on the "
                   "same prompt and noise."]
+    lines += _grade_lines(rep)
     if rep.get("notes"):
         lines += ["", "Notes:"] + [f"- {x}" for x in rep["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _grade_lines(rep: dict) -> list[str]:
+    """On the graded captions: per detail grade, each row's FLOPs ratio, PSNR and adherence."""
+    counts = rep.get("grade_counts") or {}
+    if rep.get("split") != "graded" or not counts:
+        return []
+    gs = list(counts)
+
+    def cells(d, fmt):
+        return "/".join(_f((d or {}).get(g), fmt) for g in gs)
+
+    lines = ["", f"Per detail grade {'/'.join(gs)} ({'/'.join(str(counts[g]) for g in gs)} images; "
+             "grade 1 = one large shape on a flat background ... 4 = 6-8 small shapes or a fine texture):", "",
+             "| method | compute ratio | PSNR dB | adherence |", "|---|---|---|---|"]
+    for r in rep["rows"]:
+        b = r.get("by_grade")
+        if b:
+            lines.append(f"| {r['name']} | {cells(b.get('flops_ratio'), '.3f')} | {cells(b.get('psnr'), '.1f')} "
+                         f"| {cells(b.get('adherence'), '.0%')} |")
+    return lines
 
 
 def _front(pts):
@@ -76,7 +100,8 @@ def chart(rep: dict, path: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{rep['model']}, {rep['steps']} steps, {rep['n_prompts']} held-out prompts")
+    graded = "" if rep.get("split", "heldout") == "heldout" else "graded "
+    fig.suptitle(f"{rep['model']}, {rep['steps']} steps, {rep['n_prompts']} {graded}held-out prompts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -109,6 +109,8 @@ def test_append_keeps_earlier_rows_of_the_same_prompts_only():
     (["bench", "--model", "tiny", "--pareto", "o", "--n-prompts", "1"], "n_prompts"),
     (["bench", "--model", "tiny", "--replay", "missing.json"], "cannot read"),
     (["generate", "--model", "tiny", "--cache", "taylor", "--cache-interval", "0"], "cache interval"),
+    (["bench", "--model", "tiny", "--pareto", "o", "--grades", "1,2"], "--grades applies with --graded"),
+    (["bench", "--model", "tiny", "--pareto", "o", "--graded", "--grades", "1,5"], "--grades must be"),
 ])
 def test_bad_bench_and_cache_options_end_in_one_error_line(args, msg, tmp_path, monkeypatch):
     from click.testing import CliRunner
@@ -197,3 +199,29 @@ def test_rows_run_without_carry_unless_they_say_so(tiny_model):
     finally:
         model.schedule_defaults = saved
     assert plain.schedule.carry == "off" and carried.schedule.carry == "fine"
+
+
+def test_graded_captions_give_per_grade_columns_and_do_not_mix_with_held_out_reports(tmp_path):
+    """--graded: the graded held-out captions evaluate --graded draws (the model's words), each row's FLOPs, PSNR and
+    adherence per grade; a held-out report cannot be appended to it (other prompts)."""
+    from ddit_export.models.registry import load_model
+    from ddit_export.pareto import append_rows
+    from ddit_export.quality.evaluate import eval_scenes
+
+    s = ParetoSettings(model="tiny", n_prompts=3, wall_prompts=1, repeats=1, steps=STEPS, methods=ROWS[:2],
+                       peers=False, grades=(1, 2, 3), out=str(tmp_path / "g"))
+    rep = run_pareto(s, log=lambda *a: None, progress=False)
+    enc = load_model("tiny").extras["text_encoder"].config
+    want = eval_scenes(3, "graded", s.prompt_seed, enc.max_length, (1, 2, 3), tuple(enc.vocab))
+    assert rep["prompts"] == [sc.caption for sc in want]
+    assert rep["split"] == "graded" and rep["grades"] == [1, 2, 3] and rep["grade_counts"] == {"1": 1, "2": 1, "3": 1}
+    fine, lad = rep["rows"]
+    assert set(fine["by_grade"]) == {"adherence", "flops_ratio"}
+    assert set(lad["by_grade"]["psnr"]) == {"1", "2", "3"}
+    assert sum(lad["by_grade"]["psnr"].values()) / 3 == pytest.approx(lad["psnr"])
+    assert lad["by_grade"]["flops_ratio"]["2"] == pytest.approx(lad["compute_ratio"])  # a static ladder: same FLOPs
+    md = (tmp_path / "g" / "pareto.md").read_text()
+    assert "graded held-out captions (grades 1,2,3)" in md and "Per detail grade 1/2/3" in md
+    held = dict(rep, prompts=["a held-out caption"] * 3, split="heldout")
+    with pytest.raises(ConfigError, match="prompts"):
+        append_rows(rep, held)

@@ -127,6 +127,7 @@ class ParetoSettings:
     methods: tuple | None = None  # pareto.Method rows; None: pareto.default_methods
     append: str | None = None  # an earlier pareto.json of the same prompts: its other rows join the report
     oracle: float | None = None  # also search the per-prompt oracle (best ladder per prompt) at this FLOP budget
+    grades: tuple[int, ...] | None = None  # None: the held-out complexity buckets; else the graded held-out split
     out: str = "out/pareto"
 
     def __post_init__(self):
@@ -142,6 +143,10 @@ class ParetoSettings:
             raise ConfigError(f"--oracle is a FLOP budget in (0, 1], got {self.oracle}")
         if self.wall_prompts > self.n_prompts:
             raise ConfigError(f"--wall-prompts ({self.wall_prompts}) must be <= --n-prompts ({self.n_prompts})")
+        if self.grades is not None:
+            object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
+            if not self.grades or not set(self.grades) <= set(DETAIL_GRADES) or len(set(self.grades)) < len(self.grades):
+                raise ConfigError(f"--grades must be distinct values of {DETAIL_GRADES}, got {self.grades}")
 
 
 @dataclass(frozen=True)
