@@ -349,7 +349,7 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
 
 def _by_grade(grades: np.ndarray, adh, p, flops) -> dict:
     """Per detail grade (zoo/scenes.py ``Scene.grade``) of one row: adherence, FLOPs ratio and PSNR (where given)."""
-    gs = [g for g in sorted(set(grades.tolist()))]
+    gs = sorted(set(grades.tolist()))
     out = {"adherence": {str(g): adh.summary(np.flatnonzero(grades == g))["accuracy"] for g in gs},
            "flops_ratio": {str(g): float(flops[grades == g].mean()) for g in gs}}
     if p is not None:

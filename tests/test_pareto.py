@@ -111,6 +111,7 @@ def test_append_keeps_earlier_rows_of_the_same_prompts_only():
     (["generate", "--model", "tiny", "--cache", "taylor", "--cache-interval", "0"], "cache interval"),
     (["bench", "--model", "tiny", "--pareto", "o", "--grades", "1,2"], "--grades applies with --graded"),
     (["bench", "--model", "tiny", "--pareto", "o", "--graded", "--grades", "1,5"], "--grades must be"),
+    (["bench", "--model", "tiny", "--pareto", "o", "--graded", "--grades", "1,4"], "checkered, pinstriped"),
 ])
 def test_bad_bench_and_cache_options_end_in_one_error_line(args, msg, tmp_path, monkeypatch):
     from click.testing import CliRunner
