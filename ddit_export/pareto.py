@@ -210,7 +210,7 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
 
     from .models.registry import load_model
     from .quality.detector import load_probe
-    from .quality.evaluate import _images, eval_scenes
+    from .quality.evaluate import _images, eval_scenes, grade_means
     from .quality.metrics import adherence, frechet_distance, psnr, ssim
     from .runtime.backends.torch import TorchBackend
     from .runtime.generate import initial_noise
@@ -297,7 +297,7 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
             ssim=None if q is None else float(q.mean()),
             adherence=adh.summary()["accuracy"],
             fd_vs_fine=None if is_fine else frechet_distance(det.features, fine_det.features),
-            by_grade=_by_grade(grades, adh, p, np.asarray(r["flops"], float)),
+            by_grade=grade_means(grades, adh, flops_ratio=r["flops"], psnr=p),
             schedules=r["sizes"], kinds=r["kinds"]))
     log(f"quality pass: {time.perf_counter() - t_start:.0f} s")
     if settings.oracle is not None:
@@ -345,16 +345,6 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
         report = append_rows(report, previous)
     report["files"] = write_report(report, Path(settings.out))
     return report
-
-
-def _by_grade(grades: np.ndarray, adh, p, flops) -> dict:
-    """Per detail grade (zoo/scenes.py ``Scene.grade``) of one row: adherence, FLOPs ratio and PSNR (where given)."""
-    gs = sorted(set(grades.tolist()))
-    out = {"adherence": {str(g): adh.summary(np.flatnonzero(grades == g))["accuracy"] for g in gs},
-           "flops_ratio": {str(g): float(flops[grades == g].mean()) for g in gs}}
-    if p is not None:
-        out["psnr"] = {str(g): float(np.asarray(p)[grades == g].mean()) for g in gs}
-    return out
 
 
 def _oracle_rows(model, scenes_, settings, fine_imgs, log) -> list[dict]:

@@ -45,23 +45,14 @@ def markdown(rep: dict) -> str:
 
 def _grade_lines(rep: dict) -> list[str]:
     """On the graded captions: per detail grade, each row's FLOPs ratio, PSNR and adherence."""
-    counts = rep.get("grade_counts") or {}
-    if rep.get("split") != "graded" or not counts:
+    from .quality.evaluate import grade_lines
+
+    if rep.get("split") != "graded":
         return []
-    gs = list(counts)
-
-    def cells(d, fmt):
-        return "/".join(_f((d or {}).get(g), fmt) for g in gs)
-
-    lines = ["", f"Per detail grade {'/'.join(gs)} ({'/'.join(str(counts[g]) for g in gs)} images; "
-             "grade 1 = one large shape on a flat background ... 4 = 6-8 small shapes or a fine texture):", "",
-             "| method | compute ratio | PSNR dB | adherence |", "|---|---|---|---|"]
-    for r in rep["rows"]:
-        b = r.get("by_grade")
-        if b:
-            lines.append(f"| {r['name']} | {cells(b.get('flops_ratio'), '.3f')} | {cells(b.get('psnr'), '.1f')} "
-                         f"| {cells(b.get('adherence'), '.0%')} |")
-    return lines
+    return grade_lines(rep.get("grade_counts") or {}, [(r["name"], r["by_grade"]) for r in rep["rows"]
+                                                       if r.get("by_grade")],
+                       "method", (("compute ratio", "flops_ratio", ".3f"), ("PSNR dB", "psnr", ".1f"),
+                                  ("adherence", "adherence", ".0%")))
 
 
 def _front(pts):

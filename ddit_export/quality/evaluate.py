@@ -240,14 +240,7 @@ def evaluate(settings: EvalSettings = EvalSettings(), *, progress: bool = True, 
         return {b: float(values[buckets == b].mean()) for b in S.COMPLEXITIES if (buckets == b).any()}
 
     def by_grade(adh, coarse=None, flops=None, p=None):
-        """Per detail grade: adherence (and coarse fraction, FLOPs ratio, PSNR where given)."""
-        out = {"adherence": {str(g): adh.summary(np.flatnonzero(grades == g))["accuracy"] for g in S.GRADES
-                             if (grades == g).any()}}
-        for k, vals in (("coarse_fraction", coarse), ("flops_ratio", flops), ("psnr", p)):
-            if vals is not None:
-                vals = np.asarray(vals, float)
-                out[k] = {str(g): float(vals[grades == g].mean()) for g in S.GRADES if (grades == g).any()}
-        return out
+        return grade_means(grades, adh, coarse_fraction=coarse, flops_ratio=flops, psnr=p)
 
     rows = []
     real_det = detector.detect(real)
@@ -383,9 +376,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def grade_table(report: dict) -> list[str]:
-    """Markdown lines: per detail grade (zoo/scenes.py ``Scene.grade``) adherence, coarse fraction, FLOPs, PSNR."""
-    counts = report.get("grade_counts") or {}
+def grade_means(grades: np.ndarray, adh, **columns) -> dict:
+    """Per detail grade present in ``grades`` (one per image, zoo/scenes.py ``Scene.grade``): the adherence of its
+    images and the mean of each per-image column given (``None``: left out), as ``{column: {"1": ..., ...}}``."""
+    gs = [g for g in S.GRADES if (grades == g).any()]
+    out = {"adherence": {str(g): adh.summary(np.flatnonzero(grades == g))["accuracy"] for g in gs}}
+    for k, vals in columns.items():
+        if vals is not None:
+            vals = np.asarray(vals, float)
+            out[k] = {str(g): float(vals[grades == g].mean()) for g in gs}
+    return out
+
+
+def grade_lines(counts: dict, rows, name: str, columns) -> list[str]:
+    """Markdown lines: per detail grade (``counts``: images per grade), one line per ``(label, by_grade)`` of
+    ``rows``, one cell per ``(header, key, format)`` of ``columns`` holding the grades' values joined by "/"."""
     if not counts:
         return []
     gs = list(counts)
@@ -395,12 +400,17 @@ def grade_table(report: dict) -> list[str]:
 
     lines = ["", f"Per detail grade {'/'.join(gs)} ({'/'.join(str(counts[g]) for g in gs)} images; grade 1 = one "
              "large shape on a flat background ... 4 = 6-8 small shapes or a fine texture):", "",
-             "| variant | adherence | coarse | FLOPs | PSNR dB |", "|---|---|---|---|---|"]
-    for r in report["variants"]:
-        b = r.get("by_grade") or {}
-        lines.append(f"| {r['key']} | {cells(b.get('adherence'), '.0%')} | {cells(b.get('coarse_fraction'), '.0%')} "
-                     f"| {cells(b.get('flops_ratio'), '.2f')} | {cells(b.get('psnr'), '.1f')} |")
+             "| " + " | ".join([name, *(c[0] for c in columns)]) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, b in rows:
+        lines.append("| " + " | ".join([label, *(cells((b or {}).get(k), fmt) for _, k, fmt in columns)]) + " |")
     return lines
+
+
+def grade_table(report: dict) -> list[str]:
+    """Markdown lines: per detail grade adherence, coarse fraction, FLOPs, PSNR of each variant."""
+    return grade_lines(report.get("grade_counts") or {}, [(r["key"], r.get("by_grade")) for r in report["variants"]],
+                       "variant", (("adherence", "adherence", ".0%"), ("coarse", "coarse_fraction", ".0%"),
+                                   ("FLOPs", "flops_ratio", ".2f"), ("PSNR dB", "psnr", ".1f")))
 
 
 def _grid(image_sets, labels, path, n=GRID_PROMPTS, scale=3):
