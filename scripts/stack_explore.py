@@ -27,7 +27,7 @@ class _SpaceCarry:
         self.geom, self.space, self.state, self.last = geom, space, state, None
 
     def apply(self, k, v):
-        from ddit_export.runtime.carry import block_mean
+        from ddit_export.runtime.carry import carry_detail
 
         x, s = self.state["x"].float(), self.state["sigma"]
         v = v.float()
@@ -37,8 +37,7 @@ class _SpaceCarry:
             return v
         if self.last is None:
             return v
-        sub = self.geom.token_channels // self.geom.latent_channels
-        f = self.last + block_mean(f - self.last, self.geom.grid, k, sub, channels_first=True)
+        f = carry_detail(f, self.last, self.geom, k)  # the velocity's carry, on x0 or the noise estimate
         return (x - f) / s if self.space == "x0" else (f - x) / (1 - s)
 
 
