@@ -13,6 +13,14 @@ EVAL_SPLITS = ("train", "heldout", "graded")  # graded: zoo/scenes.graded_scenes
 DETAIL_GRADES = (1, 2, 3, 4)  # zoo/scenes.GRADES
 
 
+def _grades(grades, distinct: bool = True) -> tuple[int, ...]:
+    """``--grades`` as a tuple of ints: at least one, each a detail grade, and (``distinct``) none twice."""
+    gs = tuple(int(g) for g in grades)
+    if not gs or not set(gs) <= set(DETAIL_GRADES) or distinct and len(set(gs)) < len(gs):
+        raise ConfigError(f"--grades must be {'distinct ' if distinct else ''}values of {DETAIL_GRADES}, got {gs}")
+    return gs
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """One ``ddit-export evaluate``: the fine-only baseline against DDiT (trained adapters and/or the training-free
@@ -42,9 +50,7 @@ class EvalSettings:
     grades: tuple[int, ...] = DETAIL_GRADES  # split="graded": the detail grades drawn, in turn
 
     def __post_init__(self):
-        object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
-        if not self.grades or not set(self.grades) <= set(DETAIL_GRADES) or len(set(self.grades)) < len(self.grades):
-            raise ConfigError(f"grades must be distinct values of {DETAIL_GRADES}, got {self.grades}")
+        object.__setattr__(self, "grades", _grades(self.grades))
         for p in self.policies:
             parse_policy(p)
         check_shape(side=self.side, steps=self.steps)
@@ -144,9 +150,7 @@ class ParetoSettings:
         if self.wall_prompts > self.n_prompts:
             raise ConfigError(f"--wall-prompts ({self.wall_prompts}) must be <= --n-prompts ({self.n_prompts})")
         if self.grades is not None:
-            object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
-            if not self.grades or not set(self.grades) <= set(DETAIL_GRADES) or len(set(self.grades)) < len(self.grades):
-                raise ConfigError(f"--grades must be distinct values of {DETAIL_GRADES}, got {self.grades}")
+            object.__setattr__(self, "grades", _grades(self.grades))
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,7 @@ class CalibrateSettings:
                 raise ConfigError(f"--change-ratio takes LOW,HIGH with 0 <= LOW <= 1 <= HIGH, got {lo:g},{hi:g}")
             object.__setattr__(self, "change_ratio", (lo, hi))
         if self.grades is not None:
-            object.__setattr__(self, "grades", tuple(int(g) for g in self.grades))
-            if not self.grades or not set(self.grades) <= set(DETAIL_GRADES):
-                raise ConfigError(f"grades must be values of {DETAIL_GRADES}, got {self.grades}")
+            object.__setattr__(self, "grades", _grades(self.grades, distinct=False))
         knob, values = self.sweep
         if knob == "policy" or knob not in {f.name for f in ScheduleSettings.__dataclass_fields__.values()}:
             raise ConfigError(f"--sweep: unknown knob {knob!r}")
