@@ -222,8 +222,8 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
     for k, file in tqdm(variants, desc="quantize", disable=not progress):
         scratch = folder / f"_int8_k{k}"
         cache = cal / f"ranges_k{k}.json"
-        excluded = q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache,
-                                    activations=settings.int8_activations)
+        excluded, weight_only = q.quantize_graph(fp32_dir / file, scratch / "model.onnx", feeds[k], cache,
+                                                 activations=settings.int8_activations)
         err = q.velocity_error(fp32_dir / file, scratch / "model.onnx", feeds[k])
         proto = strip_metadata(onnx.load(str(scratch / "model.onnx"), load_external_data=False))
         tensors[file] = writer.externalize(proto, scratch)
@@ -232,10 +232,12 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
         ranges[k] = q.keyed_ranges(q.range_summary(cache), q.matmul_inputs(fp32_dir / file, fp32_tables[file]))
         per_size[str(k)] = {"calibration_calls": len(feeds[k]), "velocity_rel_rms_vs_fp32": round(err, 5),
                             "activation_matmuls_excluded": len(excluded),
+                            "weight_only_matmuls": {g: len(v) for g, v in weight_only.items()},
                             "ranges": f"{q.CALIBRATION_DIR}/ranges_k{k}.json"}
         added.append(f"{q.CALIBRATION_DIR}/ranges_k{k}.json")
         log(f"k={k}: int8 ({settings.int8_activations} activations), {len(feeds[k])} calibration calls, "
-            f"{len(excluded)} activation x activation matmuls left in fp32, velocity vs fp32 graph: relative RMS "
+            f"{len(excluded)} activation x activation matmuls left in fp32, "
+            f"{sum(len(v) for v in weight_only.values())} weight-only, velocity vs fp32 graph: relative RMS "
             f"{err:.2e}")
     shutil.rmtree(fp32_dir)
     comparison = q.compare_ranges(ranges)
@@ -248,6 +250,9 @@ def _quantize_into(folder: Path, fp32_dir: Path, variants, tensors: dict, fp32_t
                "op_types": list(q.OP_TYPES),
                "excluded": "MatMul/Gemm nodes whose both inputs are activations (attention Q.K^T, P.V) stay fp32; "
                            "per size: activation_matmuls_excluded",
+               "weight_only": "int8 weights, fp32 activations (DequantizeLinear on the weight only) for the matmul "
+                              f"groups {', '.join(q.WEIGHT_ONLY_GROUPS)} (export.quantize.matmul_groups); per size: "
+                              "weight_only_matmuls",
                "calibration": {"prompts": f"{q.CALIBRATION_DIR}/prompts.txt", "prompts_source": Path(prompts_path).name,
                                "prompts_sha256": q.sha256_text(prompts_path), "samples": len(scenes),
                                "steps": model.default_steps, "schedule": "static, sizes rotated per prompt"},

@@ -39,6 +39,10 @@ from ..errors import ConfigError
 CALIBRATION_DIR = "calibration"
 OP_TYPES = ("MatMul", "Gemm")  # the matmuls: ORT CPU fuses DQ -> MatMul -> Q into integer matmuls (VNNI)
 QUANTIZER = "onnxruntime.quantization.quantize_static"
+#: the matmul groups (:func:`matmul_groups`) given int8 weights and fp32 activations: on flux-mini-64 quantizing
+#: their activations per tensor cost most of the coarse graphs' error (velocity rel. RMS k4 0.172 -> 0.055, k2
+#: 0.135 -> 0.034 weight-only; docs/results/int8-sensitivity-flux-mini-64.md); they are a small share of the time
+WEIGHT_ONLY_GROUPS = ("embed", "unembed", "low_rank", "conditioning", "text")
 #: ``--int8-activations`` -> (onnxruntime QuantType name, ActivationSymmetric, the manifest's description)
 ACTIVATIONS = {"u8": ("QUInt8", False, "uint8 asymmetric per-tensor, MinMax, each size its own ranges"),
                "s8": ("QInt8", True, "int8 symmetric per-tensor (zero point 0), MinMax, each size its own ranges")}
@@ -173,26 +177,157 @@ def activation_matmuls(graph) -> list[str]:
     return out
 
 
+def matmul_groups(graph, image_input: str = "hidden_states", text_input: str = "encoder_hidden_states") -> dict:
+    """The weight matmuls of a variant graph by role, found from the graph's structure (not the exporter's names):
+
+    - ``embed``: those whose activation comes from the image input through no other matmul (the size's patch
+      embedding); ``unembed``: those the graph's output follows through no other matmul (the size's projection out);
+    - ``low_rank``: adapter chains, a weight matmul feeding straight into another weight matmul (LoRA down, up);
+    - ``conditioning``: those that see neither the image nor the text tokens (timestep, pooled text, the adaLN
+      modulations: one row per sample); ``text``: those that see the text tokens and not the image (the context
+      stream of the double blocks);
+    - ``trunk``: the rest (the image stream and the joint tokens of the single blocks).
+
+    Returns ``{group: [node names]}`` (a node in the first group it matches, in the order above)."""
+    weights = weight_tensors(graph)
+    sees: dict[str, int] = {image_input: 1, text_input: 2}  # bit 1: image tokens, bit 2: text tokens
+    after_matmul: dict[str, bool] = {}  # the tensor is downstream of a weight matmul on the image path
+    producer = {}
+    mm = [n for n in graph.node if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in weights
+          and n.input[0] not in weights]
+    mm_names = {id(n) for n in mm}
+    for n in graph.node:
+        ins = [i for i in n.input if i]
+        s = 0
+        for i in ins:
+            s |= sees.get(i, 0)
+        down = any(after_matmul.get(i, False) for i in ins) or id(n) in mm_names and bool(s & 1)
+        for o in n.output:
+            if o:
+                sees[o] = s
+                after_matmul[o] = down
+                producer[o] = n
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # the matmuls the output reaches through non-matmul ops only
+    last, stack, seen = set(), [o.name for o in graph.output], set()
+    while stack:
+        t = stack.pop()
+        n = producer.get(t)
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if id(n) in mm_names:
+            last.add(id(n))
+            continue
+        stack.extend(i for i in n.input if i and i not in weights)
+    groups = {g: [] for g in ("embed", "unembed", "low_rank", "conditioning", "text", "trunk")}
+    for n in mm:
+        a = n.input[0]
+        feeds_mm = any(id(c) in mm_names and c.input[0] == o for o in n.output for c in consumers.get(o, []))
+        fed_by_mm = id(producer.get(a)) in mm_names if a in producer else False
+        if sees.get(a, 0) & 1 and not after_matmul.get(a, False):
+            g = "embed"
+        elif id(n) in last:
+            g = "unembed"
+        elif feeds_mm or fed_by_mm:
+            g = "low_rank"
+        elif not sees.get(a, 0):
+            g = "conditioning"
+        elif sees.get(a, 0) == 2:
+            g = "text"
+        else:
+            g = "trunk"
+        if not n.name:
+            raise ConfigError(f"cannot group an unnamed {n.op_type} node (inputs {n.input[0]}, {n.input[1]})")
+        groups[g].append(n.name)
+    return groups
+
+
+def weight_only(path: Path, nodes: list[str]) -> int:
+    """Give the named fp32 matmuls of the graph at ``path`` int8 weights and fp32 activations, in place: each weight
+    initializer becomes symmetric per-output-channel int8 + an fp32 scale behind a DequantizeLinear (the layout
+    ``quantize_static`` gives its weights, so the payload depends on the weight alone and is stored once; TensorRT
+    reads it as weight-only quantization). The activation is not quantized: for inputs whose range moves with the
+    noise level (the conditioning path, one row per sample) one calibrated per-tensor scale is what costs accuracy.
+    Returns the number of weights converted."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not nodes:
+        return 0
+    locations = {e.value for t in onnx.load(str(path), load_external_data=False).graph.initializer
+                 for e in t.external_data if e.key == "location"}
+    model = onnx.load(str(path))  # with its external data
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    done: dict[str, str] = {}
+    new_nodes = []
+    for name in nodes:
+        n = by_name.get(name)
+        if n is None:
+            raise ConfigError(f"weight-only int8: no node {name!r} in {Path(path).name}")
+        w = n.input[1]
+        if w not in init:
+            raise ConfigError(f"weight-only int8: {name}'s weight {w!r} is not an initializer")
+        if w not in done:
+            trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            axis = 0 if trans_b else 1  # the output channels: Gemm(transB) holds [N, K], MatMul [K, N]
+            arr = numpy_helper.to_array(init[w]).astype(np.float32)
+            amax = np.abs(arr).max(axis=1 - axis)
+            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            shape = (-1, 1) if axis == 0 else (1, -1)
+            q = np.clip(np.rint(arr / scale.reshape(shape)), -127, 127).astype(np.int8)
+            g.initializer.extend([numpy_helper.from_array(q, w + "_quantized"),
+                                  numpy_helper.from_array(scale, w + "_scale"),
+                                  numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), w + "_zero_point")])
+            new_nodes.append(helper.make_node("DequantizeLinear", [w + "_quantized", w + "_scale", w + "_zero_point"],
+                                              [w + "_dequantized"], name=w + "_DequantizeLinear", axis=axis))
+            done[w] = w + "_dequantized"
+        n.input[1] = done[w]
+    used = {i for n in list(g.node) + new_nodes for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]  # the fp32 weights now dequantized go
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    nodes_now = new_nodes + list(g.node)  # DQ of initializers first: topological order holds
+    del g.node[:]
+    g.node.extend(nodes_now)
+    for loc in locations:  # rewritten below without the dropped fp32 weights
+        (Path(path).parent / loc).unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=Path(path).name + ".data", size_threshold=1024)
+    return len(done)
+
+
 def quantize_graph(fp32_path: Path, out_path: Path, feeds: list[dict], cache_path: Path, *,
-                   ranges_from: Path | None = None, activations: str = "u8") -> list[str]:
+                   ranges_from: Path | None = None, activations: str = "u8") -> tuple[list[str], dict]:
     """Quantize one fp32 variant graph (external data beside it) into ``out_path`` (external data beside it);
     writes the activation ranges to ``cache_path``. ``ranges_from``: reuse another calibration's ranges instead of
     calibrating (measurements: one set of scales for every size). ``activations``: a key of :data:`ACTIVATIONS`
-    (``u8`` / ``s8``). Only the weight matmuls are quantized; returns the names of the activation x activation
-    matmuls left in fp32 (:func:`activation_matmuls`)."""
+    (``u8`` / ``s8``).
+
+    The trunk's weight matmuls are quantized (int8 weights and activations); the activation x activation matmuls
+    (:func:`activation_matmuls`) stay fp32; the matmuls of :data:`WEIGHT_ONLY_GROUPS` get int8 weights with fp32
+    activations (:func:`weight_only`). Returns the names left fp32 and ``{group: [names]}`` made weight-only."""
     import onnx
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     names = [i.name for i in graph.input]
     excluded = activation_matmuls(graph)
+    groups = matmul_groups(graph)
+    wo = {g: groups[g] for g in WEIGHT_ONLY_GROUPS if groups[g]}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if ranges_from is not None:
         shutil.copyfile(ranges_from, cache_path)
     with _quiet_root_log():
         _quantize_static(fp32_path, out_path, None if ranges_from is not None else FeedReader(feeds, names),
-                         cache_path, excluded, activations)
+                         cache_path, excluded + [n for v in wo.values() for n in v], activations)
+    weight_only(out_path, [n for v in wo.values() for n in v])
     cache_path.chmod(0o644)  # ORT writes it private (mkstemp); it is a bundle file like the others
-    return excluded
+    return excluded, wo
 
 
 @contextlib.contextmanager

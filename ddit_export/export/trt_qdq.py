@@ -15,8 +15,10 @@ TensorRT builds a graph with Q/DQ nodes by *explicit quantization*; the rules ch
   "Activations-quantization does not support per-axis quantization").
 - Placement: TensorRT's Q/DQ placement recommendation is to quantize all inputs of weighted operations
   (Convolution, GEMM; "Explicit Quantization", TensorRT docs). A MatMul/Gemm runs as an INT8/FP8 kernel when both
-  of its inputs are DequantizeLinear outputs; with only one, it runs in the float type: reported as a warning (the
-  engine builds, that matmul is not quantized), with counts and a few node names.
+  of its inputs are DequantizeLinear outputs; with only the activation's, it runs in the float type: reported as a
+  warning (the engine builds, that matmul is not quantized), with counts and a few node names. A DequantizeLinear
+  on the constant weight alone is weight-only quantization (int8 weight stored, dequantized into a float GEMM, as
+  Torch-TensorRT's weight-only examples build it): counted as ``int8 weight-only``, not a warning.
 - Strong typing: "Use explicit quantization with Strong Typing. Precision-control build flags are not required and
   should not be specified" ("Explicit Quantization", TensorRT 11.5): the plan keeps ``strongly_typed`` and sets no
   INT8/FP8 builder flag; the per-layer precision comes from the graph's types, as counted here.
@@ -187,6 +189,11 @@ def analyze(model, name: str, float_type: str = "fp32", base_dir=None) -> GraphQ
             gq.matmuls["mixed"] += 1
             gq.problems.append(Problem(name, "qdq-mixed", where, f"inputs quantized to {q[0]} and {q[1]}: not one "
                                                                  f"quantized kernel", WARNING))
+        elif len(q) == 1 and ix.constant(next(d for d in dqs if d is not None).input[0]) is not None:
+            # a DequantizeLinear on the (constant) weight only: weight-only quantization, the int8 weight is
+            # stored and dequantized into a float GEMM (Torch-TensorRT's weight-only examples: "storage + DQ +
+            # high-precision GEMM"); intended, not a placement problem
+            gq.matmuls[f"{q[0]} weight-only"] += 1
         elif len(q) == 1:
             gq.matmuls["one-input"] += 1
             gq.one_input.append(where)

@@ -76,10 +76,11 @@ def test_graphs_are_qdq_and_the_trunk_is_stored_once(int8_bundle, tiny_bundle):
     assert "precision" not in json.loads((tiny_bundle / MANIFEST).read_text())  # fp32 manifests unchanged
 
 
-def test_only_weight_matmuls_are_quantized(int8_bundle):
+def test_only_weight_matmuls_are_quantized(int8_bundle, tiny_bundle):
     """Attention's activation x activation matmuls (Q.K^T, P.V) stay fp32: neither input is a DequantizeLinear
-    output; every weight matmul is quantized: its weight comes through a DequantizeLinear of an int8 initializer
-    and its activation through a QuantizeLinear -> DequantizeLinear pair."""
+    output; every weight matmul has its weight through a DequantizeLinear of an int8 initializer. The trunk's take
+    their activation through a QuantizeLinear -> DequantizeLinear pair; the weight-only groups (embeddings,
+    adapters, conditioning, text stream: ``quantize.matmul_groups`` of the fp32 graph) are not quantized on it."""
     import onnx
 
     m = load(int8_bundle)
@@ -93,19 +94,29 @@ def test_only_weight_matmuls_are_quantized(int8_bundle):
         dq_of_activation = lambda name: (name in prod and prod[name].op_type == "DequantizeLinear"  # noqa: E731
                                          and prod[name].input[0] in prod
                                          and prod[prod[name].input[0]].op_type == "QuantizeLinear")
-        act_act = weight = 0
+        act_act, full, weight_only = 0, 0, set()
         for n in g.node:
             if n.op_type not in ("MatMul", "Gemm"):
                 continue
             a, b = n.input[0], n.input[1]
             if dq_of_weight(b) or b in inits:
-                weight += 1
-                assert dq_of_weight(b) and dq_of_activation(a), (v.file, n.name)  # weight matmul: quantized
+                assert dq_of_weight(b), (v.file, n.name)  # every weight matmul: int8 weight
+                if dq_of_activation(a):
+                    full += 1
+                else:
+                    weight_only.add(n.name)
             else:
                 act_act += 1
                 assert not dq_of_activation(a) and not dq_of_activation(b), (v.file, n.name)  # left in fp32
-        assert weight > 0 and act_act > 0
-        assert m.quantization["per_size"][str(v.size)]["activation_matmuls_excluded"] == act_act
+        assert full > 0 and act_act > 0
+        row = m.quantization["per_size"][str(v.size)]
+        assert row["activation_matmuls_excluded"] == act_act
+        groups = quantize_mod.matmul_groups(onnx.load(str(tiny_bundle / v.file), load_external_data=False).graph)
+        expect = {n for grp in quantize_mod.WEIGHT_ONLY_GROUPS for n in groups[grp]}
+        # a weight-only matmul reading a tensor that a trunk matmul quantizes reads its Q/DQ copy (LoRA's down
+        # projection beside the layer it adapts): the rest of them read fp32
+        assert weight_only and weight_only <= expect and sum(row["weight_only_matmuls"].values()) == len(expect)
+        assert ("low_rank" in row["weight_only_matmuls"]) == (v.size > 1)  # the adapters: coarse graphs only
 
 
 def test_activation_matmuls_found_by_walking_the_graph():
@@ -129,27 +140,75 @@ def test_weight_quantization_depends_on_the_weight_only(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "win"),
+             numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "wout")]
     tables = []
     for i, scale in enumerate((1.0, 50.0)):
-        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
-                              [numpy_helper.from_array(w, "w")])
+        # embed -> trunk matmul (w, quantized in full) -> projection out
+        g = helper.make_graph([helper.make_node("MatMul", ["hidden_states", "win"], ["h1"], name="embed"),
+                               helper.make_node("Relu", ["h1"], ["r1"], name="r1"),
+                               helper.make_node("MatMul", ["r1", "w"], ["h2"], name="trunk"),
+                               helper.make_node("Relu", ["h2"], ["r2"], name="r2"),
+                               helper.make_node("MatMul", ["r2", "wout"], ["y"], name="unembed")], "g",
+                              [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits)
+        assert quantize_mod.matmul_groups(g) == {"embed": ["embed"], "unembed": ["unembed"], "low_rank": [],
+                                                 "conditioning": [], "text": [], "trunk": ["trunk"]}
         src = tmp_path / f"g{i}" / "model.onnx"
         src.parent.mkdir()
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src)
-        feeds = [{"x": (np.random.default_rng(j).standard_normal((4, 64)) * scale).astype(np.float32)}
+        feeds = [{"hidden_states": (np.random.default_rng(j).standard_normal((4, 64)) * scale).astype(np.float32)}
                  for j in range(3)]
         out = tmp_path / f"q{i}" / "model.onnx"
-        quantize_mod.quantize_graph(src, out, feeds, tmp_path / f"ranges{i}.json")
+        excluded, weight_only = quantize_mod.quantize_graph(src, out, feeds, tmp_path / f"ranges{i}.json")
+        assert excluded == [] and weight_only == {"embed": ["embed"], "unembed": ["unembed"]}
         model = onnx.load(str(out))
+        prod = {o: n for n in model.graph.node for o in n.output}
+        act = {n.name: prod.get(n.input[0]) for n in model.graph.node if n.op_type == "MatMul"}
+        assert act["trunk"].op_type == "DequantizeLinear" and prod[act["trunk"].input[0]].op_type == "QuantizeLinear"
+        assert act["embed"] is None and act["unembed"].op_type == "Relu"  # weight-only: fp32 activations
         tables.append({t.name: numpy_helper.to_array(t) for t in model.graph.initializer
                        if t.name.startswith("w_")})
     a, b = tables
     assert set(a) == set(b) and any(v.dtype == np.int8 for v in a.values())
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_weight_only_keeps_the_activation_and_stores_int8_weights(tmp_path):
+    """``weight_only``: a Gemm (transB) and a MatMul get int8 per-output-channel weights behind a DequantizeLinear,
+    no QuantizeLinear on the activation, the fp32 weights gone; outputs stay within int8 weight rounding."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    wg = (rng.standard_normal((24, 16)) * np.linspace(0.1, 10, 24)[:, None]).astype(np.float32)  # [N, K]
+    wm = rng.standard_normal((24, 8)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "wg"], ["h"], name="gemm", transB=1),
+                           helper.make_node("MatMul", ["h", "wm"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])],
+                          [numpy_helper.from_array(wg, "wg"), numpy_helper.from_array(wm, "wm")])
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert quantize_mod.weight_only(path, ["gemm", "mm"]) == 2
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("DequantizeLinear") == 2 and "QuantizeLinear" not in ops
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert "wg" not in inits and "wm" not in inits and inits["wg_quantized"].dtype == np.int8
+    assert inits["wg_scale"].shape == (24,) and inits["wm_scale"].shape == (8,)  # one scale per output channel
+    out = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert 0 < np.abs(out - ref).max() < 0.02 * np.abs(ref).max()
+    with pytest.raises(ConfigError, match="no node 'nope'"):
+        quantize_mod.weight_only(path, ["nope"])
 
 
 def test_int8_bundle_generates_close_to_fp32(int8_bundle, tiny_bundle):
@@ -262,16 +321,24 @@ def test_int8_activations_pick_the_quantizers_activation_type(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    # the middle matmul is a trunk one (activation and weight int8); the first and last are weight-only
+    g = helper.make_graph([helper.make_node("MatMul", ["hidden_states", "win"], ["e"], name="embed"),
+                           helper.make_node("Identity", ["e"], ["x"], name="id"),  # not a matmul chain (adapters)
+                           helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                           helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                           helper.make_node("MatMul", ["r", "wout"], ["y"], name="unembed")], "g",
+                          [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, [4, 64])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
-                          [numpy_helper.from_array(w, "w")])
+                          [numpy_helper.from_array(np.eye(64, dtype=np.float32), "win"),
+                           numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "wout")])
     src = tmp_path / "src" / "model.onnx"
     src.parent.mkdir()
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src)
     # activations shifted off 0 (about -2 .. 4): an asymmetric uint8 range has a zero point far from 0
-    feeds = [{"x": (np.random.default_rng(j).standard_normal((4, 64)) + 1.0).astype(np.float32)}
+    feeds = [{"hidden_states": (np.random.default_rng(j).standard_normal((4, 64)) + 1.0).astype(np.float32)}
              for j in range(3)]
     out = {}
     for act in ("u8", "s8"):
@@ -279,7 +346,7 @@ def test_int8_activations_pick_the_quantizers_activation_type(tmp_path):
         quantize_mod.quantize_graph(src, path, feeds, tmp_path / f"ranges_{act}.json", activations=act)
         model = onnx.load(str(path))
         inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")  # the activation's
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")  # mm's input
         out[act] = (inits[q.input[2]], {n: v for n, v in inits.items() if n.startswith("w_")})
     zp_u8, zp_s8 = out["u8"][0], out["s8"][0]
     assert zp_u8.dtype == np.uint8 and int(zp_u8) != 0

@@ -24,8 +24,9 @@ from tests.export.test_trt_plan import FLUX_DEV, FLUX_GEOM
 
 # ---- crafted graphs: one rule each ------------------------------------------------------------------------
 def _graph(act_zp=(TensorProto.INT8, 0), w_type=TensorProto.INT8, w_scales=4, act_qdq=True, scale_const=True,
-           axis=1):
-    """x [2, 8] @ W [8, 4]: W through DequantizeLinear (per-channel), x through Q -> DQ (per tensor)."""
+           axis=1, w_dq=True):
+    """x [2, 8] @ W [8, 4]: W through DequantizeLinear (per-channel), x through Q -> DQ (per tensor);
+    ``w_dq=False``: W a float initializer."""
     w = numpy_helper.from_array(np.arange(32, dtype=np.int8).reshape(8, 4) - 16, "w_q")
     if w_type != TensorProto.INT8:
         w = helper.make_tensor("w_q", w_type, [8, 4], np.zeros(32, np.float32).tolist())
@@ -42,6 +43,9 @@ def _graph(act_zp=(TensorProto.INT8, 0), w_type=TensorProto.INT8, w_scales=4, ac
         nodes += [helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["x_q"], name="q_x"),
                   helper.make_node("DequantizeLinear", ["x_q", "x_s", "x_zp"], ["x_dq"], name="dq_x")]
         a = "x_dq"
+    if not w_dq:
+        nodes = [n for n in nodes if n.name != "dq_w"]
+        inits.append(numpy_helper.from_array(np.ones((8, 4), np.float32), "w"))
     nodes.append(helper.make_node("MatMul", [a, "w"], ["y"], name="mm"))
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
@@ -64,10 +68,19 @@ def test_fp8_on_both_inputs_is_one_fp8_matmul():
 
 
 def test_one_quantized_input_is_a_warning_naming_the_node():
-    gq = trt_qdq.analyze(_graph(act_qdq=False), "g.onnx", float_type="fp16")
+    """The activation quantized and the weight float: not an int8 kernel, a warning."""
+    gq = trt_qdq.analyze(_graph(w_dq=False), "g.onnx", float_type="fp16")
     assert _kinds(gq) == [] and _kinds(gq, "warning") == ["qdq-one-input"]
     assert dict(gq.matmuls) == {"one-input": 1} and gq.one_input == ["mm"]
     assert "runs it in fp16" in gq.problems[0].message
+
+
+def test_a_dequantized_weight_alone_is_weight_only_not_a_warning():
+    """The int8 weight through DequantizeLinear and a float activation: weight-only quantization (the build's
+    embeddings, adapters and conditioning matmuls), counted as such."""
+    gq = trt_qdq.analyze(_graph(act_qdq=False), "g.onnx", float_type="fp16")
+    assert gq.problems == [] and dict(gq.matmuls) == {"int8 weight-only": 1} and gq.one_input == []
+    assert "w_q" in gq.payload
 
 
 @pytest.mark.parametrize("kw, kind", [
@@ -84,7 +97,7 @@ def test_each_rule_is_an_error(kw, kind):
 def test_errors_and_warnings_group_to_one_line_per_class():
     problems = (trt_qdq.analyze(_graph(act_zp=(TensorProto.UINT8, 128)), "a.onnx").problems
                 + trt_qdq.analyze(_graph(act_zp=(TensorProto.UINT8, 7)), "b.onnx").problems
-                + trt_qdq.analyze(_graph(act_qdq=False), "b.onnx").problems)
+                + trt_qdq.analyze(_graph(w_dq=False), "b.onnx").problems)
     lines = trt_qdq.grouped(problems)
     assert [s for s, _ in lines] == ["error", "error", "warning"]
     assert lines[0][1].startswith("qdq-type: 4 node(s) (a.onnx 2, b.onnx 2)") and "e.g. q_x, dq_x" in lines[0][1]
@@ -239,9 +252,13 @@ def test_symmetric_int8_bundle_passes_and_counts_int8_matmuls(symmetric_int8_bun
     census = trt_qdq.bundle_quant(symmetric_int8_bundle, m)
     assert [p for p in check_bundle(symmetric_int8_bundle, census=census) if p.severity == "error"] == []
     for v in m.variants:
-        excluded = m.quantization["per_size"][str(v.size)]["activation_matmuls_excluded"]
+        row = m.quantization["per_size"][str(v.size)]
         counts = census[v.file].matmuls
-        assert counts["fp32"] == excluded and counts["int8"] > 0 and set(counts) == {"fp32", "int8"}
+        assert counts["fp32"] == row["activation_matmuls_excluded"] and counts["int8"] > 0
+        # weight-only matmuls (int8 weight, fp32 activation) are counted as such, not as one-input warnings (the
+        # adapters' down projections that read a Q/DQ'd trunk input count as int8)
+        assert 0 < counts["int8 weight-only"] <= sum(row["weight_only_matmuls"].values())
+        assert set(counts) == {"fp32", "int8", "int8 weight-only"} and not census[v.file].one_input
     spread = trt_qdq.activation_scale_spread(census)
     assert spread["trunk_matmuls"] > 0 and spread["differ_between_sizes"] <= spread["trunk_matmuls"]
     r, lines = _trt_check(symmetric_int8_bundle)
@@ -252,7 +269,10 @@ def test_symmetric_int8_bundle_passes_and_counts_int8_matmuls(symmetric_int8_bun
 
 
 def test_a_matmul_with_one_quantized_input_is_a_warning(symmetric_int8_bundle, tmp_path):
-    """Drop the activation Q/DQ pair in front of one weight matmul: it still builds (exit 0) and is named."""
+    """Replace one trunk matmul's int8 weight by a float one (its activation still Q/DQ): it still builds (exit
+    0) and is named."""
+    from onnx import numpy_helper
+
     b = tmp_path / "b"
     shutil.copytree(symmetric_int8_bundle, b)
     path = b / "transformer_k1.onnx"
@@ -262,8 +282,9 @@ def test_a_matmul_with_one_quantized_input_is_a_warning(symmetric_int8_bundle, t
     mm = next(n for n in g.node if n.op_type in ("MatMul", "Gemm") and n.input[0] in prod
               and prod[n.input[0]].op_type == "DequantizeLinear"
               and prod[n.input[0]].input[0] in prod)  # activation Q -> DQ -> matmul
-    q = prod[prod[mm.input[0]].input[0]]
-    mm.input[0] = q.input[0]  # the float activation, around its Q/DQ
+    shape = list(next(t for t in g.initializer if t.name == prod[mm.input[1]].input[0]).dims)
+    g.initializer.append(numpy_helper.from_array(np.ones(shape, np.float32), "float_weight"))
+    mm.input[1] = "float_weight"
     onnx.save(model, str(path))
     d = json.loads((b / "manifest.json").read_text())
     from ddit_export.bundle import sha256_file
