@@ -187,7 +187,8 @@ def schedule(trace_path, plot, overwrite):
 @click.option("--no-peers", is_flag=True, help="Pareto: leave out diffusers' caches.")
 @click.option("--cache-dit", is_flag=True, help="Pareto: add cache-dit's DBCache (pip install 'ddit-export[peers]').")
 @click.option("--methods", "methods_file", type=click.Path(), help="Pareto: JSON list of method rows "
-              "({name, family, generate, cache, peer}) instead of the default rows; the first must be fine-only.")
+              "({name, family, generate, cache, peer, bundle}) instead of the default rows; the first must be fine-only; a row "
+              "with a bundle runs on that ONNX Runtime bundle (an int8 build: a precision row).")
 @click.option("--append", "append_to", type=click.Path(), help="Pareto: an earlier pareto.json of the same prompts; "
               "its rows not run now join the report (new rows on an existing chart).")
 @click.option("--oracle", type=float, help="Pareto: also search the per-prompt oracle (the best monotone ladder per "

@@ -30,23 +30,32 @@ from .settings import ScheduleSettings, parse_policy, policy_spec
 
 @dataclass(frozen=True)
 class Method:
+    """One row of the chart. ``bundle``: the row runs on that ONNX Runtime bundle (a precision row: an int8 or
+    other build of the same model), in the quality pass and the ONNX Runtime column; it has no PyTorch column."""
+
     name: str
     family: str
     generate: dict = field(default_factory=dict)
     cache: dict | None = None
     peer: dict | None = None
+    bundle: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "Method":
         try:
             g = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("generate", {}).items()}
-            return cls(d["name"], d.get("family", d["name"]), g, d.get("cache"), d.get("peer"))
+            m = cls(d["name"], d.get("family", d["name"]), g, d.get("cache"), d.get("peer"), d.get("bundle"))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"bad method row {d}: {e}") from None
+        if m.bundle is not None and m.peer is not None:
+            raise ConfigError(f"method row {m.name!r}: a peer row runs on PyTorch; it cannot name a bundle")
+        return m
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["generate"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.generate.items()}
+        if d["bundle"] is None:  # rows on the benchmarked model read as before
+            del d["bundle"]
         return d
 
 
@@ -146,9 +155,22 @@ def default_methods(steps: int = 28, tau: float = 0.002, peers: bool = True, cac
 class _Runner:
     """Generates one row on one prompt with a backend that stays open for the row."""
 
-    def __init__(self, model, steps: int, calib_captions: list[str]):
-        self.model, self.steps, self.calib = model, steps, calib_captions
+    def __init__(self, model, steps: int, calib_captions: list[str], threads: int = 1):
+        self.model, self.steps, self.calib, self.threads = model, steps, calib_captions, threads
         self.mag_ratios = None
+        self.bundles: dict[str, tuple] = {}  # a precision row's bundle -> (its model, its ONNX Runtime backend)
+
+    def bundle(self, path: str):
+        """A precision row's bundle, opened once (its backend's sessions open when entered); it must hold the
+        benchmarked model."""
+        if path not in self.bundles:
+            from .runtime.bundle_model import open_bundle
+
+            bm, be = open_bundle(path, threads=self.threads, backend="onnxruntime")
+            if bm.name != self.model.name:
+                raise ConfigError(f"bundle {path} holds {bm.name!r}, not the benchmarked {self.model.name!r}")
+            self.bundles[path] = (bm, be)
+        return self.bundles[path]
 
     def settings(self, m: Method, prompts):
         from .api import build_settings
@@ -158,6 +180,8 @@ class _Runner:
                               cache=m.cache if m.cache is not None else {"mode": "off"})
 
     def backend(self, m: Method, base_backend):
+        if m.bundle is not None:
+            return self.bundle(m.bundle)[1]
         if m.peer is None:
             return base_backend
         from .peers import PeerBackend
@@ -191,8 +215,8 @@ class _Runner:
 
         if hasattr(backend, "reset"):
             backend.reset()
-        return generate(self.model, backend, self.settings(m, [prompt]), progress=False, decode=False,
-                        latents=noise)
+        model = self.bundle(m.bundle)[0] if m.bundle is not None else self.model
+        return generate(model, backend, self.settings(m, [prompt]), progress=False, decode=False, latents=noise)
 
 
 def _counted_flops(fn) -> float:
@@ -241,9 +265,11 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
     captions = [s.caption for s in scenes_]
     calib = [s.caption for s in eval_scenes(settings.calib_prompts, "train", settings.prompt_seed + 1, max_words)]
     geom = model.geometry()
-    runner = _Runner(model, steps, calib)
+    runner = _Runner(model, steps, calib, settings.threads)
     for m in methods:
         runner.settings(m, captions[:1])  # validate every row before the long run
+        if m.bundle is not None:
+            runner.bundle(m.bundle)
 
     # ---- quality: every row on every (prompt, seed) ----
     n = len(captions)
@@ -298,7 +324,9 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
             adherence=adh.summary()["accuracy"],
             fd_vs_fine=None if is_fine else frechet_distance(det.features, fine_det.features),
             by_grade=grade_means(grades, adh, flops_ratio=r["flops"], psnr=p),
-            schedules=r["sizes"], kinds=r["kinds"]))
+            schedules=r["sizes"], kinds=r["kinds"],
+            **({} if m.bundle is None else {"bundle": m.bundle,
+                                            "precision": runner.bundle(m.bundle)[0].manifest.effective_precision})))
     log(f"quality pass: {time.perf_counter() - t_start:.0f} s")
     if settings.oracle is not None:
         out_rows += _oracle_rows(model, scenes_, settings, fine_imgs, log)
@@ -307,7 +335,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
     wall = captions[:settings.wall_prompts]
     noise = initial_noise(geom, len(wall), settings.seeds[0])
     with TorchBackend(model.transformer) as base:
-        torch_times = _wall(runner, methods, base, wall, noise, settings.repeats, log, "torch")
+        torch_times = _wall(runner, [m for m in methods if m.bundle is None], base, wall, noise, settings.repeats,
+                            log, "torch")
     ort_times, bundle_note = {}, None
     if settings.bundle:
         from .runtime.bundle_model import open_bundle
@@ -315,7 +344,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
         bm, ort = open_bundle(settings.bundle, threads=settings.threads, backend="onnxruntime")
         if bm.name != model.name:
             raise ConfigError(f"bundle {settings.bundle} holds {bm.name!r}, not the benchmarked {model.name!r}")
-        ort_runner = _Runner(bm, steps, calib)
+        ort_runner = _Runner(bm, steps, calib, settings.threads)
+        ort_runner.bundles = runner.bundles  # precision rows: their own bundles, timed in the same rounds
         with ort:
             ort_times = _wall(ort_runner, [m for m in methods if m.peer is None], ort, wall, noise,
                               settings.repeats, log, "onnxruntime")

@@ -226,3 +226,45 @@ def test_graded_captions_give_per_grade_columns_and_do_not_mix_with_held_out_rep
     held = dict(rep, prompts=["a held-out caption"] * 3, split="heldout")
     with pytest.raises(ConfigError, match="prompts"):
         append_rows(rep, held)
+
+
+def test_a_precision_row_runs_on_its_own_bundle(tmp_path, tiny_bundle, bundle_copy):
+    """A row with ``bundle`` runs on that ONNX Runtime bundle in the quality pass and the ONNX Runtime column (no
+    PyTorch column), scored against the PyTorch fp32 fine-only images; the row records the bundle's precision."""
+    rows = (ROWS[0], Method("fine-only, bundle", "precision", FINE, bundle=str(bundle_copy)),
+            Method("ladder, bundle", "precision", ROWS[1].generate, bundle=str(bundle_copy)))
+    s = ParetoSettings(model="tiny", n_prompts=2, wall_prompts=1, repeats=1, steps=STEPS, methods=rows,
+                       peers=False, bundle=str(tiny_bundle), out=str(tmp_path / "p"))
+    rep = run_pareto(s, log=lambda *a: None, progress=False)
+    r = {x["name"]: x for x in rep["rows"]}
+    on = r["fine-only, bundle"]
+    assert on["bundle"] == str(bundle_copy) and on["precision"] == "fp32"
+    assert on["psnr"] > 50 and on["compute_ratio"] == 1.0  # the fp32 graphs: the same images within float error
+    assert r["ladder, bundle"]["compute_ratio"] < 1 and r["ladder, bundle"]["psnr"] < on["psnr"]
+    assert on["torch"] is None and on["onnxruntime"]["speedup"] > 0
+    assert r["fine-only"]["torch"] is not None and "bundle" not in r["fine-only"]["method"]
+    assert Method.from_dict(on["method"]).bundle == str(bundle_copy)  # the row reads back
+
+
+def test_a_precision_row_of_another_model_or_with_a_peer_is_refused(tmp_path, tiny_bundle, monkeypatch):
+    with pytest.raises(ConfigError, match="peer row runs on PyTorch"):
+        Method.from_dict({"name": "x", "generate": FINE, "peer": {"kind": "fbc"}, "bundle": str(tiny_bundle)})
+    from ddit_export import pareto
+
+    ran = []
+    monkeypatch.setattr(pareto, "_wall", lambda *a, **k: ran.append(1) or {})
+    rows = (ROWS[0], Method("b", "precision", FINE, bundle=str(tiny_bundle)))
+    s = ParetoSettings(model="tiny", n_prompts=2, wall_prompts=1, repeats=1, steps=STEPS, methods=rows,
+                       peers=False, out=str(tmp_path / "p"))
+    import ddit_export.runtime.bundle_model as bmod
+
+    real = bmod.open_bundle
+
+    def renamed(*a, **k):
+        bm, be = real(*a, **k)
+        bm.name = "another-model"
+        return bm, be
+    monkeypatch.setattr(bmod, "open_bundle", renamed)
+    with pytest.raises(ConfigError, match="holds 'another-model', not the benchmarked 'tiny'"):
+        run_pareto(s, log=lambda *a: None, progress=False)
+    assert not ran  # refused before the quality pass
