@@ -181,11 +181,12 @@ def matmul_groups(graph, image_input: str = "hidden_states", text_input: str = "
     """The weight matmuls of a variant graph by role, found from the graph's structure (not the exporter's names):
 
     - ``embed``: those whose activation comes from the image input through no other matmul (the size's patch
-      embedding); ``unembed``: those the graph's output follows through no other matmul (the size's projection out);
+      embedding and, in a coarse graph, its stem's residual map of the latent); ``unembed``: those the graph's
+      output follows through no other matmul (the size's projection out);
     - ``low_rank``: adapter chains, a weight matmul feeding straight into another weight matmul (LoRA down, up);
     - ``conditioning``: those that see neither the image nor the text tokens (timestep, pooled text, the adaLN
-      modulations: one row per sample); ``text``: those that see the text tokens and not the image (the context
-      stream of the double blocks);
+      modulations: one row per sample); ``text``: those that see the text tokens and not yet the image (the context
+      embedder and the first double block's context projections, before the joint attention);
     - ``trunk``: the rest (the image stream and the joint tokens of the single blocks).
 
     Returns ``{group: [node names]}`` (a node in the first group it matches, in the order above)."""
