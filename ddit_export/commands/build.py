@@ -87,10 +87,10 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
         if backend != "aoti":
             raise ConfigError(f"--device {device} applies to --backend aoti (the device AOTInductor compiles "
                               f"for); --backend {backend} exports on the CPU: leave --device out")
-    if backend != "onnx" and model_family(model, weights) == "wan":
+    if backend == "trt" and model_family(model, weights) == "wan":
         raise ConfigError(f"--backend {backend} is not built for video (Wan) models yet: build the ONNX bundle "
-                          f"(--backend onnx) and check its graphs and TensorRT plan with `ddit-export trt-check "
-                          f"BUNDLE`; README 'Wan 2.1' says what has run")
+                          f"(--backend onnx, or aoti) and check its graphs and TensorRT plan with `ddit-export "
+                          f"trt-check BUNDLE`; README 'Wan 2.1' says what has run")
 
     if backend == "trt":
         from ..export.trt_build import build_with_tensorrt

@@ -62,22 +62,27 @@ def require_compiler():
 
 
 class ExportedVariant:
-    """Lazy: size ``k`` of a MultiPatchFlux as a ``torch.export`` program (dynamic batch, float32 RoPE)."""
+    """Lazy: size ``k`` of a MultiPatchFlux or MultiPatchWan as a ``torch.export`` program (dynamic batch, float32
+    RoPE): the same module, inputs and names as the ONNX export (``export/onnx.py``)."""
 
     def __init__(self, mp, k: int, geom, text_len: int, dtype, device: str = "cpu"):
         self.mp, self.k, self.geom, self.text_len, self.dtype, self.device = mp, k, geom, text_len, dtype, device
 
-    def __call__(self):
-        from .onnx import VariantModule, example_inputs, float32_rope, transformer_input_names
+    def context(self):
+        """Float32 RoPE while exporting and compiling: FLUX's patch, or the Wan wrapper's own."""
+        from .onnx import rope_context
 
-        cfg = dict(self.mp.config)
-        guidance = bool(cfg.get("guidance_embeds"))
-        names = transformer_input_names(guidance)
-        module = VariantModule(self.mp, self.k, self.geom.grid, guidance).eval()
-        args = tuple(a.to(self.device) for a in example_inputs(cfg, self.geom, self.text_len, self.dtype))
+        return rope_context(self.mp)
+
+    def __call__(self):
+        from .onnx import variant_input_names, variant_inputs, variant_module
+
+        names = variant_input_names(self.mp)
+        module = variant_module(self.mp, self.k, self.geom).eval()
+        args = tuple(a.to(self.device) for a in variant_inputs(self.mp, self.geom, self.text_len, self.dtype))
         batch = torch.export.Dim("batch", min=1, max=64)
         dynamic = {n: (None if n in ("img_ids", "txt_ids") else {0: batch}) for n in names}
-        with float32_rope(), torch.no_grad():
+        with self.context(), torch.no_grad():
             return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
 
 
@@ -112,7 +117,8 @@ class CompiledVariant:
 
         self.program = self.exported()
         args, kwargs = self.program.example_inputs
-        with float32_rope(), torch.no_grad():
+        context = getattr(self.exported, "context", float32_rope)  # a transformer variant: its model's RoPE patch
+        with context(), torch.no_grad():
             return torch._inductor.aot_compile(self.program.module(), args, kwargs, options=dict(INDUCTOR_CONFIGS))
 
 
@@ -236,9 +242,11 @@ def prepare_aoti(folder, settings, *, model=None, device: str = "cpu", log=print
         from ..models.registry import load_model
 
         model = load_model(settings.model, settings.weights, adapters=settings.adapters, sizes=manifest.sizes)
+    from ..runtime.generate import model_geometry
+
     dtype = TORCH_DTYPES[manifest.dtype]
     mp = model.transformer.to(device=device, dtype=dtype).eval()
-    geom, text_len = model.geometry(settings.height, settings.width), manifest.model["text_len"]
+    geom, text_len = model_geometry(model, settings), manifest.model["text_len"]  # (frames,) height, width
     steps = {model_name(k): CompiledVariant(ExportedVariant(mp, k, geom, text_len, dtype, device))
              for k in manifest.sizes}
     text = model.extras.get("text_encoder") if manifest.text_encoder else None

@@ -105,8 +105,6 @@ def open_bundle(folder, *, weights=None, threads=None, providers=None, verify=Tr
 
         raise ConfigError(quantized_unsupported({"aoti": "AOTInductor", "tensorrt": "TensorRT"}[backend],
                                                 man.effective_precision))
-    if is_video(man) and backend == "aoti":
-        raise ConfigError("the AOTInductor backend runs image bundles only; run a video bundle with onnxruntime")
     if backend == "auto":
         backend = "tensorrt" if man.tensorrt and _tensorrt_importable() else "onnxruntime"
     if backend == "tensorrt":

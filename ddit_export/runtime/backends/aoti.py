@@ -129,8 +129,12 @@ class AotiBackend(BackendBase):
             raise BundleError(f"bundle {self.folder} has no AOTInductor variant for patch size {size} "
                               f"(has {sorted(self.models)})")
         dev, dt = self.device, self.dtype
-        feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states, "pooled_projections": cond.pooled,
-                 "timestep": timestep, "img_ids": image_ids(grid), "txt_ids": cond.txt_ids, "guidance": guidance}
+        if bundle_mod.is_video(self.manifest):  # Wan graphs: latents, timestep, text states
+            feeds = {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": cond.states}
+        else:
+            feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states,
+                     "pooled_projections": cond.pooled, "timestep": timestep, "img_ids": image_ids(grid),
+                     "txt_ids": cond.txt_ids, "guidance": guidance}
         args = [feeds[n].to(dev, dt).contiguous() for n in self.section["inputs"]]
         if self.threads and torch.get_num_threads() != self.threads:
             # the package is compiled with dynamic OpenMP threads: its kernels read this count at run time
