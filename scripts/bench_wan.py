@@ -3,7 +3,8 @@ process, medians over several runs (compare the ratios; the machine is shared an
 
     python scripts/bench_wan.py --model wan-mini --repeats 15 --threads 2 [--bundle engines/wan-mini]
 
-Without --bundle, the model is built into a temporary bundle first (ONNX, fp32, sizes 1,2,4).
+Without --bundle, the model is built into a temporary bundle first (ONNX, fp32, sizes 1,2,4). A bundle built with
+``--backend aoti`` is also timed on its AOTInductor package (the Python ``aoti`` backend).
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ def main(argv=None) -> int:
         with TorchBackend(model.transformer) as tb, ort:
             rows = {"torch": step_times(model, tb, repeats=a.repeats),
                     "onnxruntime": step_times(bm, ort, repeats=a.repeats)}
+        if bm.manifest.aoti:
+            am, aoti = open_bundle(bundle, threads=a.threads, backend="aoti")
+            with aoti:
+                rows["aoti"] = step_times(am, aoti, repeats=a.repeats)
     geom = model.geometry()
     print(f"{model.name}: grid {geom.grid} ({geom.tokens(1)} fine tokens), torch {torch.__version__}, "
           f"{a.threads} threads, median of {a.repeats}")
