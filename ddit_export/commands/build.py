@@ -88,9 +88,10 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
             raise ConfigError(f"--device {device} applies to --backend aoti (the device AOTInductor compiles "
                               f"for); --backend {backend} exports on the CPU: leave --device out")
     if backend == "trt" and model_family(model, weights) == "wan":
-        raise ConfigError(f"--backend {backend} is not built for video (Wan) models yet: build the ONNX bundle "
-                          f"(--backend onnx, or aoti) and check its graphs and TensorRT plan with `ddit-export "
-                          f"trt-check BUNDLE`; README 'Wan 2.1' says what has run")
+        raise ConfigError(f"--backend {backend} is not built for video (Wan) models yet (the split graphs export, "
+                          f"but the TensorRT runtime does not run Wan): build the ONNX bundle (--backend onnx, or "
+                          f"aoti) and check its graphs and TensorRT plan with `ddit-export trt-check BUNDLE`; the "
+                          f"video guide says what has run")
 
     if backend == "trt":
         from ..export.trt_build import build_with_tensorrt

@@ -1,6 +1,7 @@
 """``build --backend trt``: split export (trunk / stems / heads) into the bundle, then TensorRT engines.
 
-1. :func:`export_split` writes the graphs of the plan (``trt_plan``) from a ``MultiPatchFlux``: ONE trunk graph with
+1. :func:`export_split` writes the graphs of the plan (``trt_plan``) from a ``MultiPatchFlux`` (or a ``MultiPatchWan``:
+   its trunk takes the tokens' positions ``pos_ids`` for RoPE; the engines and runtime are FLUX-only): ONE trunk graph with
    a dynamic token axis and the per-size LoRA stacked and picked by ``size_index``, and a static stem and head graph
    per size. Their large tensors go into the bundle's existing ``weights.bin``, deduplicated by content, so the
    trunk adds nothing on disk (only the stacked LoRA is new).
@@ -21,7 +22,7 @@ from ..bundle import WEIGHTS, sha256_file
 from ..errors import DDiTError
 from . import trt_plan
 from .shared_weights import SharedWeightsWriter
-from .trt_graphs import HeadGraph, StemGraph, TrunkGraph
+from .trt_graphs import HeadGraph, StemGraph, TrunkGraph, WanHeadGraph, WanStemGraph, WanTrunkGraph
 
 NP_TO_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,10 +57,10 @@ def symbolic_shapes(engine: dict) -> dict:
             for n, s in engine["profiles"][0]["shapes"].items()}
 
 
-def _export(module, args, names, outputs, dynamic):
+def _export(module, args, names, outputs, dynamic, rope=None):
     from .onnx import OPSET, float32_rope, quiet_export
 
-    with float32_rope(), torch.no_grad(), quiet_export():
+    with (rope or float32_rope)(), torch.no_grad(), quiet_export():
         return torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET, input_names=list(names),
                                  output_names=list(outputs), dynamic_shapes=dynamic, verbose=False)
 
@@ -75,8 +76,12 @@ def _graph_specs(mp, plan: dict):
         for n, axis in e["token_axes"].items():
             dyn[n][axis] = tokens
         dyn = tuple(v or None for v in dyn.values())  # positional: the trunk's optional inputs are extra1/2
+        wan = getattr(mp, "family", "flux") == "wan"
         if e["role"] == "trunk":
-            module = TrunkGraph(mp, plan["sizes"], bool(mp.config.get("guidance_embeds")))
+            module = WanTrunkGraph(mp, plan["sizes"]) if wan else \
+                TrunkGraph(mp, plan["sizes"], bool(mp.config.get("guidance_embeds")))
+        elif wan:
+            module = (WanStemGraph if e["role"] == "stem" else WanHeadGraph)(mp, e["size"], grid)
         else:
             module = (StemGraph if e["role"] == "stem" else HeadGraph)(mp, e["size"], grid)
         yield e["onnx"], module, shapes, e["outputs"], dyn
@@ -125,9 +130,11 @@ def export_split(mp, plan: dict, folder: Path, tables: dict, *, log=print) -> tu
     writer = AppendingWeights(folder, tables)
     new, written = {}, []
     try:
+        from .onnx import rope_context
+
         for file, module, shapes, outputs, dyn in _graph_specs(mp, plan):
             log(f"export {file}")
-            prog = _export(module, _example(shapes, dtype), shapes, outputs, dyn)
+            prog = _export(module, _example(shapes, dtype), shapes, outputs, dyn, rope=lambda: rope_context(mp))
             written.append(folder / file)
             new[file] = _save_shared(prog, writer, folder, file)
             onnx.checker.check_model(str(folder / file))
@@ -153,24 +160,33 @@ def split_parity(folder, plan: dict, manifest, *, seed: int = 0) -> dict:
     import numpy as np
     import onnxruntime as ort
 
+    from ..bundle import is_video
+    from ..models.wan import token_positions
     from ..runtime.backends.tensorrt import coarse_image_ids
 
     folder = Path(folder)
     sess = lambda f: ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"])  # noqa: E731
     trunk = sess(plan["engines"][0]["onnx"])
     dt = {"fp32": np.float32, "fp16": np.float16}[plan.get("dtype", plan["precision"])]
+    grid, wan = tuple(plan["grid"]), is_video(manifest)
     out = {}
     for k in plan["sizes"]:
         v = manifest.variant(k)
         feeds = _feeds({s.name: s.shape for s in v.inputs}, np.random.default_rng(seed), dt)
-        feeds.update(timestep=np.full((1,), 0.7, dt), img_ids=coarse_image_ids(tuple(plan["grid"]), 1).astype(dt),
-                     txt_ids=np.zeros_like(feeds["txt_ids"]))
+        if wan:  # Wan's timestep is the scheduler's 0..1000
+            feeds["timestep"] = np.full((1,), 700.0, dt)
+        else:
+            feeds.update(timestep=np.full((1,), 0.7, dt), img_ids=coarse_image_ids(grid, 1).astype(dt),
+                         txt_ids=np.zeros_like(feeds["txt_ids"]))
         if "guidance" in feeds:
             feeds["guidance"] = np.full((1,), 3.5, dt)
         full = sess(v.file).run(["velocity"], feeds)[0]
         hidden = sess(trt_plan.stem_onnx(k)).run(["hidden"], {"hidden_states": feeds["hidden_states"]})[0]
         tf = {n: feeds[n] for n in plan["engines"][0]["inputs"] if n in feeds}
-        tf.update(hidden=hidden, img_ids=coarse_image_ids(tuple(plan["grid"]), k).astype(dt))
+        if wan:
+            tf.update(hidden=hidden, pos_ids=token_positions(grid, k).numpy().astype(dt))
+        else:
+            tf.update(hidden=hidden, img_ids=coarse_image_ids(grid, k).astype(dt))
         if "size_index" in plan["engines"][0]["inputs"]:
             tf["size_index"] = np.array([plan["size_index"][str(k)]], np.int32)
         t_out = trunk.run(["trunk_out"], tf)[0]

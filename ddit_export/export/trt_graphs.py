@@ -1,5 +1,7 @@
 """The TensorRT plan's split graphs as torch modules, exported by ``trt_build.export_split``: one trunk for every
-size (per-size LoRA stacked and picked by ``size_index``), and a stem and a head per size."""
+size (per-size LoRA stacked and picked by ``size_index``), and a stem and a head per size. FLUX
+(:class:`TrunkGraph`, :class:`StemGraph`, :class:`HeadGraph`) and Wan (:class:`WanTrunkGraph`,
+:class:`WanStemGraph`, :class:`WanHeadGraph`: RoPE from a ``pos_ids`` input instead of FLUX's ``img_ids``)."""
 from __future__ import annotations
 
 import contextlib
@@ -96,6 +98,62 @@ class HeadGraph(nn.Module):
 
             raise ConfigError("the TensorRT split export does not take adapters with the sigma residual yet (its head "
                               "graph has no timestep input); build --backend onnxruntime or aoti")
+        self.mp, self.k, self.grid = mp, k, tuple(grid)
+
+    def forward(self, trunk_out, hidden_states=None):
+        from ..models.patching import merge_tokens, unmerge_tokens
+
+        if self.k == 1:
+            return self.mp.trunk.proj_out(trunk_out)
+        stem = self.mp.stems[str(self.k)]
+        x = merge_tokens(hidden_states, self.grid, self.k)
+        return unmerge_tokens(stem.deembed(trunk_out) + stem.residual(x), self.grid, self.k)
+
+
+class WanTrunkGraph(TrunkGraph):
+    """Wan's shared trunk: embedded tokens (B, N, d), text states, timestep (0..1000) and the tokens' (frame, row,
+    column) positions (N, 3) in, the modulated ``norm_out`` output (B, N, d) out, any N; size k's LoRA through the
+    stacked weights indexed by ``size_index``."""
+
+    def __init__(self, mp, sizes):
+        super().__init__(mp, sizes, guidance=False)
+        self.names = trt_plan.trunk_inputs(False, self.lora, wan=True)
+
+    def forward(self, hidden, encoder_hidden_states, timestep, pos_ids, size_index=None):
+        self._index = size_index
+        try:
+            with self._lora_hooks():  # size 1 for the model: its own LoRA hooks stay off
+                return self.mp._trunk_at(hidden, timestep, encoder_hidden_states, pos_ids, 1)
+        finally:
+            self._index = None
+
+
+class WanStemGraph(nn.Module):
+    """Wan size k's input side: fine video tokens (B, N1, C_tok) -> embedded tokens (B, N_k, d)."""
+
+    def __init__(self, mp, k: int, grid):
+        super().__init__()
+        self.mp, self.k, self.grid = mp, k, tuple(grid)
+
+    def forward(self, hidden_states):
+        from ..models.patching import merge_tokens
+        from ..models.wan import unpack_video
+
+        if self.k == 1:  # the trunk's own patch embedding (a strided Conv3d) on the unpacked latent
+            f, h, w = self.grid
+            p_t, p_h, p_w = self.mp.patch
+            x = unpack_video(hidden_states, (f * p_t, h * p_h, w * p_w), self.mp.patch)
+            return self.mp.trunk.patch_embedding(x).flatten(2).transpose(1, 2)
+        stem = self.mp.stems[str(self.k)]
+        return stem.embed(merge_tokens(hidden_states, self.grid, self.k)) + stem.size_id
+
+
+class WanHeadGraph(nn.Module):
+    """Wan size k's output side: trunk output (B, N_k, d) (+ the latents, for the residual) -> velocity (B, N1, C).
+    At size 1, ``proj_out`` alone: its (pt, ph, pw, C) output per token is already the fine-token packing."""
+
+    def __init__(self, mp, k: int, grid):
+        super().__init__()
         self.mp, self.k, self.grid = mp, k, tuple(grid)
 
     def forward(self, trunk_out, hidden_states=None):

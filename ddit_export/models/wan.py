@@ -157,6 +157,12 @@ class MultiPatchWan(MultiPatchFlux):
 
     def _trunk_body(self, hidden, timestep, encoder_hidden_states, grid, size, attention_kwargs=None):
         """WanTransformer3DModel.forward between patch_embedding and proj_out, with size's LoRA and RoPE."""
+        return self._trunk_at(hidden, timestep, encoder_hidden_states, token_positions(grid, size), size,
+                              attention_kwargs)
+
+    def _trunk_at(self, hidden, timestep, encoder_hidden_states, positions, size, attention_kwargs=None):
+        """:meth:`_trunk_body` with the tokens' (frame, row, column) ``positions`` given (N, 3) instead of computed
+        from the grid: what the TensorRT split trunk takes as an input (export/trt_graphs.py)."""
         from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 
         t = self.trunk
@@ -165,7 +171,7 @@ class MultiPatchWan(MultiPatchFlux):
         lora_scale = dict(attention_kwargs or {}).get("scale", 1.0)
         temb, timestep_proj, enc, _ = t.condition_embedder(timestep, encoder_hidden_states, None)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
-        rope = rope_at(t.rope, token_positions(grid, size), self._rope_dtype, hidden.device)
+        rope = rope_at(t.rope, positions, self._rope_dtype, hidden.device)
         if USE_PEFT_BACKEND:
             scale_lora_layers(t, lora_scale)
         try:
