@@ -87,11 +87,6 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
         if backend != "aoti":
             raise ConfigError(f"--device {device} applies to --backend aoti (the device AOTInductor compiles "
                               f"for); --backend {backend} exports on the CPU: leave --device out")
-    if backend == "trt" and model_family(model, weights) == "wan":
-        raise ConfigError(f"--backend {backend} is not built for video (Wan) models yet (the split graphs export, "
-                          f"but the TensorRT runtime does not run Wan): build the ONNX bundle (--backend onnx, or "
-                          f"aoti) and check its graphs and TensorRT plan with `ddit-export trt-check BUNDLE`; the "
-                          f"video guide says what has run")
 
     if backend == "trt":
         from ..export.trt_build import build_with_tensorrt

@@ -1,7 +1,7 @@
 """``build --backend trt``: split export (trunk / stems / heads) into the bundle, then TensorRT engines.
 
 1. :func:`export_split` writes the graphs of the plan (``trt_plan``) from a ``MultiPatchFlux`` (or a ``MultiPatchWan``:
-   its trunk takes the tokens' positions ``pos_ids`` for RoPE; the engines and runtime are FLUX-only): ONE trunk graph with
+   its trunk takes the tokens' positions ``pos_ids`` for RoPE instead of FLUX's ids): ONE trunk graph with
    a dynamic token axis and the per-size LoRA stacked and picked by ``size_index``, and a static stem and head graph
    per size. Their large tensors go into the bundle's existing ``weights.bin``, deduplicated by content, so the
    trunk adds nothing on disk (only the stacked LoRA is new).

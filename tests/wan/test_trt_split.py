@@ -68,3 +68,30 @@ def test_the_split_reuses_the_variants_weights(wan_split):
     assert len(trunk_offsets & fine_offsets) > 10  # the trunk graph points at the variants' copy of the trunk
     added = (out / "weights.bin").stat().st_size - before
     assert added < 0.5 * before  # only the stacked LoRA and the per-size stems/heads are new
+
+
+def test_the_tensorrt_backend_binds_each_sizes_positions(wan_split, tmp_path):
+    """The TensorRT runtime on Wan engines (fake engines from tests/runtime/test_tensorrt.py, CPU buffers): the
+    trunk reads the (frame, row, column) positions of the size it runs, from a buffer written once; no FLUX-only
+    buffers (pooled, txt_ids, img_ids)."""
+    import shutil
+
+    from ddit_export.models.wan import token_positions
+    from ddit_export.export.trt_plan import update_manifest
+
+    from ..runtime.test_tensorrt import BUILT, _fake_backend, _fake_engines
+
+    out, plan, _ = wan_split
+    folder = tmp_path / "b"
+    shutil.copytree(out, folder)
+    update_manifest(folder, plan=plan)
+    _fake_engines(folder, plan, build=dict(BUILT, activation_buffer_bytes=4096))
+    be = _fake_backend(folder)
+    assert be.video and not {"pooled_projections", "txt_ids"} & set(be.buffers)
+    for k in plan["sizes"]:
+        pos = be.buffers[f"pos_ids_k{k}"]
+        assert torch.equal(pos, token_positions(tuple(plan["grid"]), k).float())
+        v = be._variant(k, 1)
+        trunk = next(ctx for ctx, name in v.contexts if name == "trunk")
+        assert trunk.addresses["pos_ids"] == pos.data_ptr() and trunk.shapes["pos_ids"] == (plan["tokens"][str(k)], 3)
+        assert trunk.shapes["hidden"] == (1, plan["tokens"][str(k)], be.buffers["hidden"].shape[2])

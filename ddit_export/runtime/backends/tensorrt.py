@@ -86,7 +86,7 @@ def check_latents(plan: dict, latents_shape, text_len: int | None = None):
     shape = tuple(latents_shape)
     if len(shape) != 3 or shape[1:] != (n1, c):
         raise ConfigError(f"latents of shape {shape} are outside every TensorRT profile: the engines take "
-                          f"(batch, {n1}, {c}) fine tokens (grid {plan['grid'][0]}x{plan['grid'][1]}); rebuild "
+                          f"(batch, {n1}, {c}) fine tokens (grid {'x'.join(map(str, plan['grid']))}); rebuild "
                           f"the bundle with --height/--width for this resolution")
     if not b["min"] <= shape[0] <= b["max"]:
         raise ConfigError(f"batch {shape[0]} is outside the engines' profiles (batch {b['min']}..{b['max']}); "
@@ -121,6 +121,7 @@ class TensorRTBackend(BackendBase):
         if missing:
             raise BundleError(f"bundle {self.folder} lacks TensorRT engine(s) {', '.join(missing)}; {REBUILD}")
         self.sizes = tuple(self.plan["sizes"])
+        self.video = bundle_mod.is_video(self.manifest)  # Wan engines: pos_ids, no pooled/txt_ids inputs
         self.cuda_graphs = cuda_graphs
         self.device = "cuda"
         self.log = print
@@ -194,12 +195,17 @@ class TensorRTBackend(BackendBase):
         c = stem["profiles"][0]["shapes"]["hidden_states"][0][2]
         buf = {"latent": (b, n1, c), "velocity": (b, n1, c)}
         buf.update({n: ((b,) + tuple(s[1:]) if n in trunk["batch_inputs"] else tuple(s)) for n, s in shapes.items()
-                    if n not in ("img_ids", "size_index")})
+                    if n not in ("img_ids", "pos_ids", "size_index")})
         buf["trunk_out"] = buf["hidden"]  # the same SHAPE; its own memory below (no in-place I/O in TensorRT)
         self.buffers = {n: torch.zeros(s, dtype=dt, device=self.device) for n, s in buf.items()}
-        for k in self.sizes:
-            ids = torch.from_numpy(coarse_image_ids(tuple(self.plan["grid"]), k))
-            self.buffers[f"img_ids_k{k}"] = ids.to(self.device, dt)
+        grid = tuple(self.plan["grid"])
+        for k in self.sizes:  # the tokens' RoPE coordinates per size, constant: written once here
+            if self.video:  # Wan: (frame, row, column) positions
+                from ...models.wan import token_positions
+
+                self.buffers[f"pos_ids_k{k}"] = token_positions(grid, k).to(self.device, dt)
+            else:
+                self.buffers[f"img_ids_k{k}"] = torch.from_numpy(coarse_image_ids(grid, k)).to(self.device, dt)
             if self.plan["size_index"]:
                 self.buffers[f"size_index_k{k}"] = torch.tensor([self.plan["size_index"][str(k)]], dtype=torch.int32,
                                                                 device=self.device)
@@ -210,8 +216,8 @@ class TensorRTBackend(BackendBase):
             return {"hidden_states": "latent", "hidden": "hidden"}
         if e["role"] == "head":
             return {"trunk_out": "trunk_out", "hidden_states": "latent", "velocity": "velocity"}
-        names = {n: n for n in e["inputs"]} | {"img_ids": f"img_ids_k{k}", "size_index": f"size_index_k{k}",
-                                               "trunk_out": "trunk_out"}
+        names = {n: n for n in e["inputs"]} | {"img_ids": f"img_ids_k{k}", "pos_ids": f"pos_ids_k{k}",
+                                               "size_index": f"size_index_k{k}", "trunk_out": "trunk_out"}
         return names
 
     def _new_stream(self):
@@ -306,9 +312,10 @@ class TensorRTBackend(BackendBase):
         with torch.cuda.stream(self.stream):
             buf["latent"][:b].copy_(latents)
             buf["encoder_hidden_states"][:b].copy_(cond.states)
-            buf["pooled_projections"][:b].copy_(cond.pooled)
             buf["timestep"][:b].copy_(timestep)
-            buf["txt_ids"].copy_(cond.txt_ids)
+            if not self.video:  # FLUX's other conditioning; Wan takes the text states and the timestep only
+                buf["pooled_projections"][:b].copy_(cond.pooled)
+                buf["txt_ids"].copy_(cond.txt_ids)
             if "guidance" in buf:
                 buf["guidance"][:b].copy_(guidance)
             if v.graph is not None:
