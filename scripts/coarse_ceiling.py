@@ -29,24 +29,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ddit_export.runtime.backends.base import BackendBase  # noqa: E402 (after the checkout is on the path)
 
-class _Record:
+
+class _Record(BackendBase):
     """Wraps a backend: keeps (fine-token latents, sigma, velocity) of every fine call."""
 
     def __init__(self, inner):
         self.inner, self.sizes, self.calls = inner, inner.sizes, []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def activate(self):
-        pass
-
-    def deactivate(self):
-        pass
 
     def run(self, size, latents, cond, timestep, guidance, grid):
         v = self.inner.run(size, latents, cond, timestep, guidance, grid)

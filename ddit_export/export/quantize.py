@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..runtime.backends.base import BackendBase, variant_feeds
 
 CALIBRATION_DIR = "calibration"
 OP_TYPES = ("MatMul", "Gemm")  # the matmuls: ORT CPU fuses DQ -> MatMul -> Q into integer matmuls (VNNI)
@@ -69,7 +70,7 @@ def calibration_schedule(sizes: tuple, steps: int, offset: int) -> tuple:
     return tuple(sizes[(i + offset) % len(sizes)] for i in range(steps))
 
 
-class RecordingBackend:
+class RecordingBackend(BackendBase):
     """The torch backend, recording every call's graph inputs (numpy, as the ONNX Runtime backend feeds them)."""
 
     name = "record"
@@ -82,25 +83,8 @@ class RecordingBackend:
         self.guidance = guidance
         self.feeds: dict[int, list[dict]] = {}
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def activate(self):
-        pass
-
-    def deactivate(self):
-        pass
-
     def run(self, size, latents, cond, timestep, guidance, grid):
-        from ..runtime.backends.base import image_ids
-
-        f = {"hidden_states": latents, "encoder_hidden_states": cond.states, "pooled_projections": cond.pooled,
-             "timestep": timestep, "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
-        if self.guidance:
-            f["guidance"] = guidance
+        f = variant_feeds(False, latents, cond, timestep, guidance, grid, self.guidance)
         self.feeds.setdefault(size, []).append(
             {k: v.detach().cpu().float().numpy().copy() for k, v in f.items()})
         return self.inner.run(size, latents, cond, timestep, guidance, grid)

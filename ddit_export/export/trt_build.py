@@ -22,7 +22,7 @@ from ..bundle import WEIGHTS, sha256_file
 from ..errors import DDiTError
 from . import trt_plan
 from .shared_weights import SharedWeightsWriter
-from .trt_graphs import HeadGraph, StemGraph, TrunkGraph, WanHeadGraph, WanStemGraph, WanTrunkGraph
+from .trt_graphs import HeadGraph, StemGraph, TrunkGraph, WanStemGraph, WanTrunkGraph
 
 NP_TO_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -80,10 +80,8 @@ def _graph_specs(mp, plan: dict):
         if e["role"] == "trunk":
             module = WanTrunkGraph(mp, plan["sizes"]) if wan else \
                 TrunkGraph(mp, plan["sizes"], bool(mp.config.get("guidance_embeds")))
-        elif wan:
-            module = (WanStemGraph if e["role"] == "stem" else WanHeadGraph)(mp, e["size"], grid)
         else:
-            module = (StemGraph if e["role"] == "stem" else HeadGraph)(mp, e["size"], grid)
+            module = ((WanStemGraph if wan else StemGraph) if e["role"] == "stem" else HeadGraph)(mp, e["size"], grid)
         yield e["onnx"], module, shapes, e["outputs"], dyn
 
 

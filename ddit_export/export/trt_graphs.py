@@ -1,7 +1,7 @@
 """The TensorRT plan's split graphs as torch modules, exported by ``trt_build.export_split``: one trunk for every
 size (per-size LoRA stacked and picked by ``size_index``), and a stem and a head per size. FLUX
 (:class:`TrunkGraph`, :class:`StemGraph`, :class:`HeadGraph`) and Wan (:class:`WanTrunkGraph`,
-:class:`WanStemGraph`, :class:`WanHeadGraph`: RoPE from a ``pos_ids`` input instead of FLUX's ``img_ids``)."""
+:class:`WanStemGraph`, and FLUX's :class:`HeadGraph`; RoPE from a ``pos_ids`` input instead of FLUX's ``img_ids``)."""
 from __future__ import annotations
 
 import contextlib
@@ -128,39 +128,18 @@ class WanTrunkGraph(TrunkGraph):
             self._index = None
 
 
-class WanStemGraph(nn.Module):
-    """Wan size k's input side: fine video tokens (B, N1, C_tok) -> embedded tokens (B, N_k, d)."""
-
-    def __init__(self, mp, k: int, grid):
-        super().__init__()
-        self.mp, self.k, self.grid = mp, k, tuple(grid)
+class WanStemGraph(StemGraph):
+    """Wan size k's input side: fine video tokens (B, N1, C_tok) -> embedded tokens (B, N_k, d). A coarse size is
+    FLUX's (its stem on the merged tokens); size 1 is the trunk's own patch embedding (a strided Conv3d) on the
+    unpacked latent. The output side needs nothing of its own: :class:`HeadGraph` serves Wan too (size 1's
+    ``proj_out`` gives the (pt, ph, pw, C) fine-token packing per token)."""
 
     def forward(self, hidden_states):
-        from ..models.patching import merge_tokens
         from ..models.wan import unpack_video
 
-        if self.k == 1:  # the trunk's own patch embedding (a strided Conv3d) on the unpacked latent
-            f, h, w = self.grid
-            p_t, p_h, p_w = self.mp.patch
-            x = unpack_video(hidden_states, (f * p_t, h * p_h, w * p_w), self.mp.patch)
-            return self.mp.trunk.patch_embedding(x).flatten(2).transpose(1, 2)
-        stem = self.mp.stems[str(self.k)]
-        return stem.embed(merge_tokens(hidden_states, self.grid, self.k)) + stem.size_id
-
-
-class WanHeadGraph(nn.Module):
-    """Wan size k's output side: trunk output (B, N_k, d) (+ the latents, for the residual) -> velocity (B, N1, C).
-    At size 1, ``proj_out`` alone: its (pt, ph, pw, C) output per token is already the fine-token packing."""
-
-    def __init__(self, mp, k: int, grid):
-        super().__init__()
-        self.mp, self.k, self.grid = mp, k, tuple(grid)
-
-    def forward(self, trunk_out, hidden_states=None):
-        from ..models.patching import merge_tokens, unmerge_tokens
-
-        if self.k == 1:
-            return self.mp.trunk.proj_out(trunk_out)
-        stem = self.mp.stems[str(self.k)]
-        x = merge_tokens(hidden_states, self.grid, self.k)
-        return unmerge_tokens(stem.deembed(trunk_out) + stem.residual(x), self.grid, self.k)
+        if self.k > 1:
+            return super().forward(hidden_states)
+        f, h, w = self.grid
+        p_t, p_h, p_w = self.mp.patch
+        x = unpack_video(hidden_states, (f * p_t, h * p_h, w * p_w), self.mp.patch)
+        return self.mp.trunk.patch_embedding(x).flatten(2).transpose(1, 2)

@@ -21,19 +21,24 @@ def _no_compiler_reason():
     return None
 
 
-@pytest.fixture(scope="session")
-def aoti_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny 3-size bundle with its AOTInductor package (about 1 minute on 2 cores)."""
+def with_aoti(bundle, out, model: str):
+    """A copy of ``bundle`` at ``out`` with its AOTInductor package compiled for preset ``model`` (the test skips
+    where there is no C++ compiler)."""
     from ddit_export.export.aoti import prepare_aoti
     from ddit_export.settings import BuildSettings
 
     reason = _no_compiler_reason()
     if reason:
         pytest.skip(f"no C++ compiler for AOTInductor: {reason}")
-    out = tmp_path_factory.mktemp("aoti") / "tiny"
-    shutil.copytree(tiny_bundle, out)
-    prepare_aoti(out, BuildSettings(model="tiny"), log=lambda *a: None)
+    shutil.copytree(bundle, out)
+    prepare_aoti(out, BuildSettings(model=model), log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def aoti_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny 3-size bundle with its AOTInductor package (about 1 minute on 2 cores)."""
+    return with_aoti(tiny_bundle, tmp_path_factory.mktemp("aoti") / "tiny", "tiny")
 
 
 @pytest.fixture(scope="session")

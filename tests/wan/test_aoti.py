@@ -1,27 +1,16 @@
 """``build --backend aoti`` for a video (Wan) model (issue 23 item 3): every size compiled by AOTInductor with the
 weights once in weights.bin, the word encoder in the package, and the Python ``aoti`` backend generating the
 clip the ONNX Runtime bundle generates."""
-import shutil
-
 import pytest
 
 from ddit_export.bundle import load
 
-from ..runtime.conftest import _no_compiler_reason
+from ..runtime.conftest import with_aoti
 
 
 @pytest.fixture(scope="module")
 def wan_aoti(wan_bundle, tmp_path_factory):
-    from ddit_export.export.aoti import prepare_aoti
-    from ddit_export.settings import BuildSettings
-
-    reason = _no_compiler_reason()
-    if reason:
-        pytest.skip(f"no C++ compiler for AOTInductor: {reason}")
-    out = tmp_path_factory.mktemp("wan-aoti") / "tiny-wan"
-    shutil.copytree(wan_bundle, out)
-    prepare_aoti(out, BuildSettings(model="tiny-wan"), log=lambda *a: None)
-    return out
+    return with_aoti(wan_bundle, tmp_path_factory.mktemp("wan-aoti") / "tiny-wan", "tiny-wan")
 
 
 def test_every_size_and_the_word_encoder_compiled_with_shared_constants(wan_aoti):

@@ -15,7 +15,7 @@ import torch
 
 from ... import bundle as bundle_mod
 from ...errors import BundleError, ConfigError
-from .base import BackendBase, image_ids
+from .base import BackendBase, variant_feeds
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int8": torch.int8,
@@ -129,12 +129,8 @@ class AotiBackend(BackendBase):
             raise BundleError(f"bundle {self.folder} has no AOTInductor variant for patch size {size} "
                               f"(has {sorted(self.models)})")
         dev, dt = self.device, self.dtype
-        if bundle_mod.is_video(self.manifest):  # Wan graphs: latents, timestep, text states
-            feeds = {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": cond.states}
-        else:
-            feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states,
-                     "pooled_projections": cond.pooled, "timestep": timestep, "img_ids": image_ids(grid),
-                     "txt_ids": cond.txt_ids, "guidance": guidance}
+        feeds = variant_feeds(bundle_mod.is_video(self.manifest), latents, cond, timestep, guidance, grid,
+                              "guidance" in self.section["inputs"])
         args = [feeds[n].to(dev, dt).contiguous() for n in self.section["inputs"]]
         if self.threads and torch.get_num_threads() != self.threads:
             # the package is compiled with dynamic OpenMP threads: its kernels read this count at run time

@@ -29,6 +29,19 @@ def image_ids(grid: tuple[int, int], device: str = "cpu", dtype: torch.dtype = t
     return make(grid, dtype=dtype, device=device)
 
 
+def variant_feeds(video: bool, latents, cond, timestep, guidance, grid, guidance_embeds: bool = False) -> dict:
+    """The inputs of a variant graph by name, as the bundle's graphs take them (``export/onnx.py``): Wan's
+    (latents, timestep, text states), or FLUX's with its pooled text, position ids and, for guidance-distilled
+    models, the guidance."""
+    if video:
+        return {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": cond.states}
+    feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states, "pooled_projections": cond.pooled,
+             "timestep": timestep, "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
+    if guidance_embeds:
+        feeds["guidance"] = guidance
+    return feeds
+
+
 class BackendBase:
     """Context-manager plumbing shared by the backends."""
 

@@ -20,7 +20,7 @@ import torch
 
 from ... import bundle as bundle_mod
 from ...errors import BundleError, ConfigError
-from .base import BackendBase, image_ids
+from .base import BackendBase, variant_feeds
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # measured with onnxruntime 1.32: a bf16 transformer graph does not load on the CPU provider ("Could not find an
@@ -150,14 +150,8 @@ class OrtBundleBackend(BackendBase):
 
     def run(self, size, latents, cond, timestep, guidance, grid):
         dt = np_dtype(self.manifest.dtype)
-        if bundle_mod.is_video(self.manifest):  # Wan graphs: latents, timestep, text states
-            feeds = {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": cond.states}
-        else:
-            feeds = {"hidden_states": latents, "encoder_hidden_states": cond.states,
-                     "pooled_projections": cond.pooled, "timestep": timestep,
-                     "img_ids": image_ids(grid), "txt_ids": cond.txt_ids}
-        if self.manifest.model.get("guidance_embeds"):
-            feeds["guidance"] = guidance
+        feeds = variant_feeds(bundle_mod.is_video(self.manifest), latents, cond, timestep, guidance, grid,
+                              bool(self.manifest.model.get("guidance_embeds")))
         feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v).astype(dt, copy=False)
                  for k, v in feeds.items()}
         return torch.from_numpy(self.run_numpy(size, feeds)).to(latents.device, torch.float32)
