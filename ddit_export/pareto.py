@@ -160,9 +160,13 @@ class _Runner:
         self.mag_ratios = None
         self.bundles: dict[str, tuple] = {}  # a precision row's bundle -> (its model, its ONNX Runtime backend)
 
+    def scope(self, m: Method, be, base):
+        """A row's peer backend (its hooks, entered per row); the base backend and a precision row's bundle stay
+        open for the whole bench (re-entering one would re-create its sessions inside the timed rounds)."""
+        return _nullctx() if be is base or m.bundle is not None else be
+
     def bundle(self, path: str):
-        """A precision row's bundle, opened once (its backend's sessions open when entered); it must hold the
-        benchmarked model."""
+        """A precision row's bundle, opened (and activated) once; it must hold the benchmarked model."""
         if path not in self.bundles:
             from .runtime.bundle_model import open_bundle
 
@@ -285,7 +289,7 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
             for m in methods:
                 r = rows[m.name]
                 be = runner.backend(m, base)
-                with be if be is not base else _nullctx():
+                with runner.scope(m, be, base):
                     for i, c in enumerate(captions):
                         t0 = time.perf_counter()
                         if m.peer is not None:
@@ -351,6 +355,8 @@ def run_pareto(settings, *, log=print, progress: bool = True) -> dict:
                               settings.repeats, log, "onnxruntime")
     else:
         bundle_note = "no bundle given: ONNX Runtime column skipped"
+    for _, be in runner.bundles.values():  # the precision rows' bundles, open since the rows were checked
+        be.deactivate()
     for row in out_rows:
         if row.get("no_wall"):
             continue
@@ -423,12 +429,12 @@ def _wall(runner, methods, base, prompts, noise, repeats, log, what) -> dict:
     backends = {m.name: runner.backend(m, base) for m in methods}
     for m in methods:  # warm-up: first calls allocate
         be = backends[m.name]
-        with be if be is not base else _nullctx():
+        with runner.scope(m, be, base):
             runner.generate(m, be, prompts[0], noise[:1])
     for rep in range(repeats):
         for m in random.sample(methods, len(methods)):
             be = backends[m.name]
-            with be if be is not base else _nullctx():
+            with runner.scope(m, be, base):
                 t0 = time.perf_counter()
                 for i, c in enumerate(prompts):
                     runner.generate(m, be, c, noise[i:i + 1])
