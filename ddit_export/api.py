@@ -163,12 +163,12 @@ def _bundle_model_name(bundle) -> str | None:
 
 def generate_images(*, model=None, weights=None, adapters=None, sizes=None, prompts=None, out=None,
                     trace_path=None, bundle=None, device="cpu", threads=None, backend="auto", fallback=False,
-                    warn=None, memory="shared", fps: int = 8, **settings_kw):
+                    warn=None, memory="shared", fps: int = 8, progress: bool = True, **settings_kw):
     """Load a model (or a bundle, run by ONNX Runtime), generate, save images (or, for a video model, one GIF or
     MP4 per prompt) and trace. ``model=None``: the default model, or with a bundle whatever the bundle holds; a
     named model that is not the bundle's (the other family, or another model's name) is an error. ``sizes``: the patch sizes the schedule may use (None:
     all the model or bundle has; asking for one it lacks is an error). ``warn``: where a warning line goes
-    (default: stderr). Returns (GenerationResult, written paths)."""
+    (default: stderr). ``progress``: the per-step bar on stderr. Returns (GenerationResult, written paths)."""
     from .runtime.generate import generate
 
     sizes = None if sizes is None else check_sizes(sizes)
@@ -217,7 +217,7 @@ def generate_images(*, model=None, weights=None, adapters=None, sizes=None, prom
     settings = build_settings(loaded, prompts=prompts, sizes=sizes, **settings_kw)
     settings = _check_all(settings, loaded, have, what, warn or _stderr)
     with backend:
-        result = generate(loaded, backend, settings)
+        result = generate(loaded, backend, settings, progress=progress)
     writes = [] if not out else video_writes(result.images, out, fps) if family == "wan" else \
         image_writes(result.images, out)
     paths = [p for p, _ in writes]

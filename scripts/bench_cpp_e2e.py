@@ -1,4 +1,4 @@
-"""Whole generations through the C++ runtime (issue 21): prompt in, image out, with ``ddit-run`` against the Python
+"""Whole generations through the C++ runtime (issue 21): prompt in, image (or clip) out, with ``ddit-run`` against the Python
 AOTInductor path (``generate --backend aoti``) with the same settings, and the cost of opening a bundle with and
 without the sha256 check.
 
@@ -8,7 +8,7 @@ BUNDLE is built with ``ddit-export build --backend aoti``. Each round runs every
 settings interleaved, so a busy machine slows all of them alike; the reported time is the median over rounds of
 one whole generation (C++: ``ddit_generate`` = encode + denoise + decode, timed inside ``ddit-run``, the median
 of three runs in one process; Python: ``generate`` with decoding, in this process, after a warm-up run). Every
-setting's C++ image is compared with Python's, pixel for pixel.
+setting's C++ image is compared with Python's, pixel for pixel (a video bundle: every frame of the clip).
 """
 from __future__ import annotations
 
@@ -61,6 +61,17 @@ def open_seconds(exe: Path, bundle: Path, verify: bool, threads: int) -> float:
     return float(re.search(r"open ([0-9.]+) s", r.stdout).group(1))
 
 
+def pixels(out: Path, py_image):
+    """(C++, Python) uint8 arrays of one generation: the image, or a clip's frames (ddit-run writes NAME_fNN.png)."""
+    from PIL import Image
+
+    if isinstance(py_image, list):  # a video: its frames
+        frames = sorted(out.parent.glob(f"{out.stem}_f*.png"))
+        return (np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frames]),
+                np.stack([np.asarray(f.convert("RGB")) for f in py_image]))
+    return np.asarray(Image.open(out).convert("RGB")), np.asarray(py_image.convert("RGB"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
@@ -70,7 +81,6 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     import torch
-    from PIL import Image
 
     from ddit_export.api import build_settings
     from ddit_export.runtime.bundle_model import open_bundle
@@ -88,7 +98,7 @@ def main():
             out = Path(tmp) / f"{len(identical)}.png"
             run_cpp(exe, bundle, prompt, cpp_flags(n, steps), out, a.threads, 1)
             r = generate(model, backend, py_s[n], progress=False)
-            cpp_px, py_px = np.asarray(Image.open(out).convert("RGB")), np.asarray(r.images[0].convert("RGB"))
+            cpp_px, py_px = pixels(out, r.images[0])
             identical[n] = {"identical": bool(np.array_equal(cpp_px, py_px)),
                             "pixels_differing": int((cpp_px != py_px).any(-1).sum())}
             traces[n] = {"flops_ratio": r.trace.flops_ratio, "sizes": "".join(map(str, r.trace.sizes)),

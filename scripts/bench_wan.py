@@ -1,10 +1,11 @@
 """Per-step time of each patch size of a video model on the CPU: PyTorch eager and the bundle on ONNX Runtime, in one
 process, medians over several runs (compare the ratios; the machine is shared and noisy).
 
-    python scripts/bench_wan.py --model wan-mini --repeats 15 --threads 2 [--bundle engines/wan-mini]
+    python scripts/bench_wan.py --model wan-mini --repeats 15 --threads 2 [--bundle engines/wan-mini] [--cpp build/cpp]
 
 Without --bundle, the model is built into a temporary bundle first (ONNX, fp32, sizes 1,2,4). A bundle built with
-``--backend aoti`` is also timed on its AOTInductor package (the Python ``aoti`` backend).
+``--backend aoti`` is also timed on its AOTInductor package (the Python ``aoti`` backend) and, with ``--cpp`` (the
+CMake build folder of runtime/cpp), by the C++ runtime (``ddit-run --bench-steps``: the C API's per-size call).
 """
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def cpp_step_times(build: Path, bundle, model, like: list, repeats: int, threads: int) -> list:
+    """The C++ runtime's median call per size (``ddit-run --bench-steps``, one process), as SizeTimings beside the
+    Python rows ``like`` (the same sizes, tokens and FLOPs)."""
+    import subprocess
+
+    from ddit_export.bench import SizeTiming
+
+    r = subprocess.run([str(build / "ddit-run"), str(bundle), "--prompt", model.default_prompt, "--bench-steps",
+                        str(repeats), "--threads", str(threads)], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"ddit-run failed: {r.stderr.strip()}")
+    got = json.loads(r.stdout.strip().splitlines()[-1])["sizes"]
+    return [SizeTiming(x.size, x.tokens, got[str(x.size)]["step_s"], [], x.flops) for x in like]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="wan-mini")
@@ -25,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--cpp", type=Path, help="runtime/cpp's build folder: time the C++ runtime too (aoti bundles)")
     a = p.parse_args(argv)
     import torch
 
@@ -48,6 +65,8 @@ def main(argv=None) -> int:
             am, aoti = open_bundle(bundle, threads=a.threads, backend="aoti")
             with aoti:
                 rows["aoti"] = step_times(am, aoti, repeats=a.repeats)
+            if a.cpp:
+                rows["cpp"] = cpp_step_times(a.cpp, bundle, am, rows["aoti"], a.repeats, a.threads)
     geom = model.geometry()
     print(f"{model.name}: grid {geom.grid} ({geom.tokens(1)} fine tokens), torch {torch.__version__}, "
           f"{a.threads} threads, median of {a.repeats}")

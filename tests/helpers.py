@@ -3,8 +3,10 @@ invocation and its one-line-error check that the command tests share."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 WORDS = ["a", "red", "circle", "blue", "square", "cat"]
@@ -122,3 +124,28 @@ def tiny_wan_pipeline(rope_max_seq_len: int = 32):
                        scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def no_compiler_reason():
+    from ddit_export.errors import DDiTError
+    from ddit_export.export.aoti import require_compiler
+
+    try:
+        require_compiler()
+    except DDiTError as e:
+        return str(e)
+    return None
+
+
+def with_aoti(bundle, out, model: str):
+    """A copy of ``bundle`` at ``out`` with its AOTInductor package compiled for preset ``model`` (the test skips
+    where there is no C++ compiler)."""
+    from ddit_export.export.aoti import prepare_aoti
+    from ddit_export.settings import BuildSettings
+
+    reason = no_compiler_reason()
+    if reason:
+        pytest.skip(f"no C++ compiler for AOTInductor: {reason}")
+    shutil.copytree(bundle, out)
+    prepare_aoti(out, BuildSettings(model=model), log=lambda *a: None)
+    return out

@@ -4,13 +4,17 @@ on the procedural clips of zoo/clips.py, with its own word-level text encoder. R
     python -m ddit_export.zoo.train_wan --work runs/wan-mini --minutes 70 [--out ddit_export/zoo/weights/wan-mini]
         [--threads 1|2|auto] [--init MODEL_FOLDER] [--layers N] [--batch N]
     python -m ddit_export.zoo.train_wan --time-steps 8 --layers 4 --batch 16 --threads 1   # median s/step, no run
+    python -m ddit_export.zoo.train_wan --work W --minutes 8 --device cuda --bf16 ...    # the GPU machine
 
 Every checkpoint (``--ckpt-minutes``) writes ``WORK/ckpt.pt`` atomically and exports the EMA weights as a pixel
 video model folder (``WORK/model``, or ``--out``; written beside and renamed into place), with a loss curve and a
 sample sheet, so a stopped run always leaves a usable model. Rerunning the same command resumes; a run with other
 settings in the same ``--work`` is refused (``error: ...``, exit 2). Batches are a function of (seed, step): a
 resumed run sees the batches an uninterrupted one would. ``--init`` starts a fresh run from an exported model folder
-of the same architecture. ``--threads auto`` uses zoo/train.py's ThreadTuner: on 2 cores shared with other work, 2
+of the same architecture. ``--device cuda --bf16`` is the GPU path (bf16 autocast; weights, EMA and optimizer
+moments stay fp32; the held-out loss, probe, samples and export run on CPU copies of the EMA weights): the
+checkpoint is the same file on either device, so a run can move between the CPU and the GPU machine and back.
+``--threads auto`` uses zoo/train.py's ThreadTuner: on 2 cores shared with other work, 2
 intra-op threads stall whenever the other core is busy (the first wan-mini run, at 2 threads: 1.2 s/step, then
 4.8 s/step while a test suite ran beside it).
 """
@@ -102,15 +106,17 @@ def probe_motion(model: Pair, cfg: WanTrainConfig, n: int = 32, split: str = "he
 
 
 def _ema_copy(cfg: WanTrainConfig, ema: dict) -> Pair:
+    """A CPU model of the EMA weights (wherever the run trains)."""
     trunk, text, _ = build(cfg)
     m = Pair(trunk, text)
-    m.load_state_dict(ema)
+    m.load_state_dict({k: v.detach().cpu() for k, v in ema.items()})
     return m.eval()
 
 
 def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: float | None = None,
           steps: int | None = None, ckpt_minutes: float = 5.0, threads: int | str | None = None, log=print,
-          init: str | Path | None = None, samples: bool = True, probe_n: int = 16) -> dict:
+          init: str | Path | None = None, samples: bool = True, probe_n: int = 16, device: str = "cpu",
+          bf16: bool = False) -> dict:
     """Train (or resume) until ``minutes`` of wall time (this run) or ``steps`` total steps. ``threads``: a count,
     "auto" (zoo/train.py's ThreadTuner) or None (torch's default). Every checkpoint also generates ``probe_n``
     held-out clips with the EMA model and logs quality/motion.py's rates (0: no probe)."""
@@ -122,13 +128,17 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(out) if out else work / "model"
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch has no CUDA device (torch {torch.__version__})")
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = True
     trunk, text, _ = build(cfg)
-    model = Pair(trunk, text).train()
+    model = Pair(trunk, text).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ckpt, state = work / "ckpt.pt", {"step": 0, "seconds": 0.0, "losses": []}
     if ckpt.is_file():
-        d = torch.load(ckpt, weights_only=False)
+        d = torch.load(ckpt, weights_only=False, map_location=device)  # a CPU checkpoint on the GPU and back
         if d["config"] != dataclasses.asdict(cfg):
             raise ConfigError(f"{work} holds a run with other settings; use another --work")
         model.load_state_dict(d["model"])
@@ -137,12 +147,15 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
         log(f"resumed at step {state['step']}")
     elif init:
         init_from(model, init)
+        model.to(device)
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log(f"starting from {init}")
     n_params = sum(p.numel() for p in model.trunk.parameters())
     log(f"wan-mini trunk {n_params / 1e6:.2f} M parameters, text encoder "
         f"{sum(p.numel() for p in model.text.parameters()) / 1e6:.2f} M; batch {cfg.batch}, "
-        f"{torch.get_num_threads()} threads")
+        f"{torch.get_num_threads()} threads" + (f", {device}{' bf16' if bf16 else ''}" if device != "cpu" or bf16
+                                                else ""))
+    amp = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     stop = {"flag": False}
 
     def on_signal(signum, frame):
@@ -190,7 +203,10 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
             t_step = time.perf_counter()
             x0, caps = batch_at(cfg, state["step"])
             gen.manual_seed(cfg.seed * 7_919 + state["step"])
-            loss = flow_loss(model, cfg, x0, caps, gen)
+            with amp:
+                loss = flow_loss(model, cfg, x0.to(device, non_blocking=True), caps, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -264,6 +280,8 @@ def main(argv=None):
     p.add_argument("--micro", action="store_true", help="a tiny config for tests")
     p.add_argument("--init", type=Path, help="an exported wan-mini folder to start from (same architecture)")
     p.add_argument("--no-samples", action="store_true", help="no sample sheet at checkpoints")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU machine)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (weights, EMA, optimizer moments stay fp32)")
     p.add_argument("--probe", type=Path, metavar="MODEL_FOLDER",
                    help="generate --probe-n clips per split with an exported model, print the motion probe's rates")
     p.add_argument("--probe-n", type=int, default=16, help="clips per probe (--probe; and at every checkpoint)")
@@ -296,7 +314,7 @@ def main(argv=None):
     try:
         train(cfg, a.work, a.out, a.minutes, a.steps, a.ckpt_minutes, a.threads,
               log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True), init=a.init,
-              samples=not a.no_samples, probe_n=a.probe_n)
+              samples=not a.no_samples, probe_n=a.probe_n, device=a.device, bf16=a.bf16)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,8 @@ class Schedule(C.Structure):
     _fields_ = [("policy", C.c_char * 16), ("tau", C.c_double), ("eps", C.c_double), ("warmup", C.c_int),
                 ("window_same_size", C.c_int), ("head", C.c_int), ("n4", C.c_int), ("tail", C.c_int),
                 ("coarse_steps", C.c_int), ("coarse_size", C.c_int), ("static_sizes", C.POINTER(C.c_int)),
-                ("n_static", C.c_int), ("carry", C.c_int)]  # carry: C API 3, at the end as in ddit.h
+                ("n_static", C.c_int), ("carry", C.c_int),  # carry: C API 3, at the end as in ddit.h
+                ("video_std", C.c_int)]  # C API 4
 
 
 class Info(C.Structure):
@@ -20,7 +21,8 @@ class Info(C.Structure):
                                        "joint_dim", "pooled_dim", "guidance_embeds", "default_steps",
                                        "latent_channels", "n_sizes")] + [
         ("sizes", C.c_int * MAX_SIZES), ("device", C.c_char * 16)] + [
-        (n, C.c_int) for n in ("has_text_encoder", "has_decoder", "max_words", "threads", "verified")]
+        (n, C.c_int) for n in ("has_text_encoder", "has_decoder", "max_words", "threads", "verified",
+                               "is_video", "frames", "grid_f")]  # the last three: C API 4
 
 
 class Cache(C.Structure):
@@ -117,10 +119,11 @@ class Lib:
                 batch=None):
         info = self.info(rt)
         states = np.ascontiguousarray(states, np.float32)
-        pooled = np.ascontiguousarray(pooled, np.float32)
-        b = pooled.shape[0] if batch is None else batch
-        q = Request(batch=b, states=fptr(states), states_len=states.size, pooled=fptr(pooled),
-                    pooled_len=pooled.size, steps=steps, guidance=guidance, seed=seed)
+        b = (states if pooled is None else pooled).shape[0] if batch is None else batch
+        q = Request(batch=b, states=fptr(states), states_len=states.size, steps=steps, guidance=guidance, seed=seed)
+        if pooled is not None:  # None: a video bundle's request (no pooled text)
+            pooled = np.ascontiguousarray(pooled, np.float32)
+            q.pooled, q.pooled_len = fptr(pooled), pooled.size
         if latents is not None:
             latents = np.ascontiguousarray(latents, np.float32)
             q.init_latents, q.init_len = fptr(latents), latents.size
@@ -155,11 +158,13 @@ def cache(mode="taylor", *, interval=4, order=1, warmup=3, tail=1, threshold=Non
 
 
 def schedule(policy: str, *, tau=0.001, eps=0.4, warmup=3, same_size=False, head=0, n4=0, tail=4,
-             coarse=(0, 2), static=None, carry="off") -> Schedule:
-    """A ddit_schedule; ``carry`` "off"/"fine" is 0/1 (an int is passed as it is, for the bad-value checks)."""
+             coarse=(0, 2), static=None, carry="off", video_std="clip") -> Schedule:
+    """A ddit_schedule; ``carry`` "off"/"fine" is 0/1, ``video_std`` "clip"/"frame" 0/1 (an int is passed as it
+    is, for the bad-value checks)."""
     s = Schedule(policy=policy.encode(), tau=tau, eps=eps, warmup=warmup, window_same_size=int(same_size),
                  head=head, n4=n4, tail=tail, coarse_steps=coarse[0], coarse_size=coarse[1],
-                 carry=carry if isinstance(carry, int) else {"off": 0, "fine": 1}[carry])
+                 carry=carry if isinstance(carry, int) else {"off": 0, "fine": 1}[carry],
+                 video_std=video_std if isinstance(video_std, int) else {"clip": 0, "frame": 1}[video_std])
     if static is not None:
         s._static = (C.c_int * len(static))(*static)  # kept alive with the struct
         s.static_sizes, s.n_static = C.cast(s._static, C.POINTER(C.c_int)), len(static)

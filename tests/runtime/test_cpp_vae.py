@@ -18,9 +18,9 @@ STATIC = (1, 1, 2, 2, 1)
 def flux_aoti(flux_dir, tmp_path_factory):
     """The tiny FLUX folder built into a 2-size bundle with its AOTInductor package (about 2 minutes)."""
     from tests.helpers import invoke
-    from tests.runtime.conftest import _no_compiler_reason
+    from tests.helpers import no_compiler_reason
 
-    reason = _no_compiler_reason()
+    reason = no_compiler_reason()
     if reason:
         pytest.skip(f"no C++ compiler for AOTInductor: {reason}")
     out = tmp_path_factory.mktemp("flux-aoti") / "b"

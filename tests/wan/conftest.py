@@ -1,4 +1,5 @@
-"""Session fixtures of the Wan (video) tests: the tiny-wan preset, its bundle, and a tiny Wan 2.1 diffusers folder."""
+"""Session fixtures of the Wan (video) tests: the tiny-wan preset, its bundle (and with its AOTInductor package), and a
+tiny Wan 2.1 diffusers folder."""
 import pytest
 
 
@@ -17,6 +18,14 @@ def wan_bundle(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("wan-bundle") / "tiny-wan"
     return build_bundle(BuildSettings(model="tiny-wan", out=str(out)), progress=False, log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def wan_aoti(wan_bundle, tmp_path_factory):
+    """The tiny-wan bundle with its AOTInductor package (every size and the word encoder; about 1 minute)."""
+    from tests.helpers import with_aoti
+
+    return with_aoti(wan_bundle, tmp_path_factory.mktemp("wan-aoti") / "tiny-wan", "tiny-wan")
 
 
 @pytest.fixture(scope="session")

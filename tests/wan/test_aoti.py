@@ -5,13 +5,6 @@ import pytest
 
 from ddit_export.bundle import load
 
-from ..runtime.conftest import with_aoti
-
-
-@pytest.fixture(scope="module")
-def wan_aoti(wan_bundle, tmp_path_factory):
-    return with_aoti(wan_bundle, tmp_path_factory.mktemp("wan-aoti") / "tiny-wan", "tiny-wan")
-
 
 def test_every_size_and_the_word_encoder_compiled_with_shared_constants(wan_aoti):
     m = load(wan_aoti)  # hashes of the package and the grown weights.bin checked

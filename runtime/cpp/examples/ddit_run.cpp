@@ -1,12 +1,14 @@
 // ddit-run: a generation through the ddit C API: prompts (the bundle's word encoder) or saved text embeddings in;
-// an image (.png, pixel bundles) or the final latents (.npy) out, and the per-step trace (JSON). A small program to
-// copy: everything it does goes through include/ddit/ddit.h.
+// an image (.png, pixel bundles), a clip's frames (.png per frame, wan-pixel bundles) or the final latents (.npy)
+// out, and the per-step trace (JSON). A small program to copy: everything it does goes through include/ddit/ddit.h.
 //
 //   ddit-run BUNDLE --prompt "a red circle" [--prompt ...] --seed 0 --out image.png
 //   ddit-run BUNDLE --states states.npy --pooled pooled.npy [--latents init.npy] --out latents.npy
+//   ddit-run VIDEO_BUNDLE --prompt "a red circle moving left on a black background" --out clip.png
 //
 // Every option is in the table kOptions (ddit-run --help prints it). Several prompts write NAME_0.png,
-// NAME_1.png, ... as `ddit-export generate --out NAME.png` does. --bench-steps N: instead of a generation, time N
+// NAME_1.png, ... as `ddit-export generate --out NAME.png` does; a video bundle writes one PNG per frame,
+// NAME_f00.png, NAME_f01.png, ... (NAME_0_f00.png, ... for a batch), and takes --states without --pooled. --bench-steps N: instead of a generation, time N
 // calls of every loaded size (sizes interleaved) and the switch cost (a call of size a right after size b vs after
 // size a); prints JSON. Peak RSS (VmHWM) is printed last. Bad options: one "error: ..." line on stderr, exit 2.
 #include <ddit/ddit.h>
@@ -102,7 +104,7 @@ struct Option {
 static const Option kOptions[] = {
     {"prompt", Arg::Many, "TEXT", "a prompt, encoded by the bundle's word encoder (repeat for a batch)"},
     {"states", Arg::Text, "S.npy", "text states (batch, text_len, joint_dim), float32, instead of --prompt"},
-    {"pooled", Arg::Text, "P.npy", "pooled text embeddings (batch, pooled_dim), float32, with --states"},
+    {"pooled", Arg::Text, "P.npy", "pooled text embeddings (batch, pooled_dim), float32, with --states (images)"},
     {"latents", Arg::Text, "INIT.npy", "initial latents (batch, tokens, channels) instead of the seed's noise"},
     {"seed", Arg::Int, "N", "seed of the initial noise (>= 0; default 0)"},
     {"steps", Arg::Int, "N", "denoising steps (>= 1; default: the bundle's)"},
@@ -114,6 +116,7 @@ static const Option kOptions[] = {
     {"coarse-first", Arg::Ints, "K[:SIZE]", "SIZE (default 2) for the first K steps, then fine"},
     {"ladder", Arg::Ints, "HEAD,N4,TAIL", "HEAD fine steps, N4 at size 4, size 2, TAIL fine steps"},
     {"carry", Arg::Text, "MODE", "detail carry: off or fine, with any policy (default: the bundle's)"},
+    {"video-std", Arg::Text, "SPAN", "ddit rule on video: the patch std across the clip or per frame: clip, frame"},
     {"sizes", Arg::Ints, "1,2,4", "patch sizes to load (default: every size of the package)"},
     {"threads", Arg::Int, "N", "intra-op threads of the model runs (>= 1; default 1)"},
     {"no-verify", Arg::Flag, "", "skip the sha256 check of the bundle's files at open"},
@@ -123,7 +126,7 @@ static const Option kOptions[] = {
     {"cache-warmup", Arg::Int, "N", "step cache: computed steps at the start (>= 1)"},
     {"cache-tail", Arg::Int, "N", "step cache: computed steps at the end (>= 0)"},
     {"cache-threshold", Arg::Number, "X", "step cache: error threshold > 0"},
-    {"out", Arg::Text, "PATH", "image.png (pixels; NAME_0.png, ... for a batch) or latents.npy"},
+    {"out", Arg::Text, "PATH", "image.png (pixels; NAME_0.png, ... for a batch; video: NAME_f00.png, ...) or latents.npy"},
     {"trace", Arg::Text, "PATH", "write the per-step trace JSON here"},
     {"repeat", Arg::Int, "N", "run the generation N times, report the median time (>= 1)"},
     {"bench-steps", Arg::Int, "N", "time N model calls of every size instead of a generation (>= 1)"},
@@ -131,7 +134,7 @@ static const Option kOptions[] = {
 };
 
 static void usage(FILE* f) {
-  std::fprintf(f, "usage: ddit-run BUNDLE (--prompt TEXT ... | --states S.npy --pooled P.npy) [options]\n\noptions:\n");
+  std::fprintf(f, "usage: ddit-run BUNDLE (--prompt TEXT ... | --states S.npy [--pooled P.npy]) [options]\n\noptions:\n");
   for (const Option& o : kOptions) {
     const std::string lhs = std::string("--") + o.name + (o.meta[0] ? std::string(" ") + o.meta : "");
     std::fprintf(f, "  %-26s %s\n", lhs.c_str(), o.help);
@@ -256,7 +259,9 @@ static void check(const Args& a) {
   if (a.has("coarse-first") && a.list("coarse-first").size() > 2) throw Error{"--coarse-first takes K or K:SIZE"};
   if (a.has("prompt") == (a.has("states") || a.has("pooled")))
     throw Error{"give --prompt TEXT (the bundle's word encoder), or --states and --pooled (.npy), not both"};
-  if (!a.has("prompt") && !(a.has("states") && a.has("pooled"))) throw Error{"give both --states and --pooled"};
+  if (!a.has("prompt") && !a.has("states")) throw Error{"--pooled needs --states"};
+  if (a.has("video-std") && a.text("video-std") != "clip" && a.text("video-std") != "frame")
+    throw Error{"--video-std takes clip or frame, got " + a.text("video-std")};
   for (const char* n : {"out", "trace"}) {
     if (!a.has(n)) continue;
     const std::string p = a.text(n);
@@ -327,6 +332,14 @@ static std::string numbered(const std::string& out, int i, int n) {
   return out.substr(0, out.size() - 4) + "_" + std::to_string(i) + ".png";
 }
 
+// A clip's frame f of `frames`: NAME_f00.png ... (at least two digits, zero-padded to sort).
+static std::string frame_path(const std::string& clip, int f, int frames) {
+  const int width = std::max(2, int(std::to_string(std::max(frames - 1, 0)).size()));
+  std::string num = std::to_string(f);
+  num.insert(0, size_t(std::max(0, width - int(num.size()))), '0');
+  return clip.substr(0, clip.size() - 4) + "_f" + num + ".png";
+}
+
 static bool finite(const std::vector<float>& v) {
   return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
 }
@@ -361,8 +374,19 @@ static int run(int argc, char** argv) {
   if (a.has("prompt")) {
     for (const auto& p : a.given.at("prompt")) prompts.push_back(p.c_str());
   } else {
-    if (!read_npy(a.text("states"), states, err) || !read_npy(a.text("pooled"), pooled, err)) return fail(err);
-    if (pooled.empty() || pooled.size() % size_t(info.pooled_dim) != 0)
+    if (info.is_video && a.has("pooled"))
+      return fail("this video bundle takes text states only: give --states without --pooled");
+    if (!info.is_video && !a.has("pooled")) return fail("give both --states and --pooled");
+    if (!read_npy(a.text("states"), states, err)) return fail(err);
+    if (info.is_video) {  // batch from the states alone
+      const size_t one = size_t(info.text_len) * size_t(info.joint_dim);
+      if (states.empty() || states.size() % one != 0)
+        return fail("--states has " + std::to_string(states.size()) + " floats; this bundle needs batch * " +
+                    std::to_string(one));
+      if (!finite(states)) return fail("--states holds NaN or infinite values");
+    } else if (!read_npy(a.text("pooled"), pooled, err)) {
+      return fail(err);
+    } else if (pooled.empty() || pooled.size() % size_t(info.pooled_dim) != 0)
       return fail("--pooled has " + std::to_string(pooled.size()) + " floats; this bundle needs batch * " +
                   std::to_string(info.pooled_dim));
     const size_t batch = pooled.size() / size_t(info.pooled_dim);
@@ -372,7 +396,9 @@ static int run(int argc, char** argv) {
                   std::to_string(batch * size_t(info.text_len) * size_t(info.joint_dim)));
     if (!finite(states) || !finite(pooled)) return fail("--states or --pooled holds NaN or infinite values");
   }
-  const int batch = prompts.empty() ? int(pooled.size() / size_t(info.pooled_dim)) : int(prompts.size());
+  const int batch = !prompts.empty() ? int(prompts.size())
+                    : info.is_video ? int(states.size() / (size_t(info.text_len) * size_t(info.joint_dim)))
+                                    : int(pooled.size() / size_t(info.pooled_dim));
   if (a.has("latents")) {
     if (!read_npy(a.text("latents"), init, err)) return fail(err);
     if (!finite(init)) return fail("--latents holds NaN or infinite values");
@@ -391,7 +417,8 @@ static int run(int argc, char** argv) {
     std::map<int, std::vector<double>> same, switched;
     auto call = [&](int k) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (ddit_run_variant(rt, k, batch, x.data(), states.data(), pooled.data(), 0.5f, 3.5f, v.data()) != DDIT_OK)
+      if (ddit_run_variant(rt, k, batch, x.data(), states.data(), info.pooled_dim ? pooled.data() : nullptr, 0.5f,
+                           3.5f, v.data()) != DDIT_OK)
         std::exit(fail(ddit_last_error()));
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
@@ -445,6 +472,7 @@ static int run(int argc, char** argv) {
   // without it unless --carry says so (as Python's build_settings)
   if (profile_policy != sched.policy) sched.carry = 0;
   if (a.has("carry")) sched.carry = a.text("carry") == "fine";
+  if (a.has("video-std")) sched.video_std = a.text("video-std") == "frame";
   ddit_cache cache;
   bool cache_given = false;
   for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold"})
@@ -463,7 +491,7 @@ static int run(int argc, char** argv) {
   req.batch = batch;
   if (prompts.empty()) {
     req.states = states.data(), req.states_len = states.size();
-    req.pooled = pooled.data(), req.pooled_len = pooled.size();
+    if (!pooled.empty()) req.pooled = pooled.data(), req.pooled_len = pooled.size();
   } else {
     req.prompts = prompts.data();
   }
@@ -474,7 +502,7 @@ static int run(int argc, char** argv) {
   req.schedule = &sched;
   req.cache = cache_given ? &cache : nullptr;
   std::vector<float> out(png ? 0 : size_t(batch) * info.tokens * info.channels);
-  std::vector<uint8_t> pixels(png ? size_t(batch) * info.height * info.width * 3 : 0);
+  std::vector<uint8_t> pixels(png ? size_t(batch) * info.frames * info.height * info.width * 3 : 0);
   const int repeat = a.has("repeat") ? int(a.integer("repeat")) : 1;
   std::vector<double> secs;
   for (int r = 0; r < repeat; ++r) {
@@ -486,12 +514,14 @@ static int run(int argc, char** argv) {
   }
   std::vector<std::string> wrote;
   if (png) {
-    const size_t one = size_t(info.height) * info.width * 3;
-    for (int i = 0; i < batch; ++i) {
-      wrote.push_back(numbered(a.text("out"), i, batch));
-      if (!write_png(wrote.back(), pixels.data() + i * one, info.height, info.width))
-        return fail("cannot write " + wrote.back());
-    }
+    const size_t one = size_t(info.height) * info.width * 3;  // one image or one frame
+    for (int i = 0; i < batch; ++i)
+      for (int f = 0; f < info.frames; ++f) {
+        const std::string name = numbered(a.text("out"), i, batch);
+        wrote.push_back(info.is_video ? frame_path(name, f, info.frames) : name);
+        if (!write_png(wrote.back(), pixels.data() + (size_t(i) * info.frames + f) * one, info.height, info.width))
+          return fail("cannot write " + wrote.back());
+      }
   } else if (a.has("out")) {
     write_npy(a.text("out"), out, {batch, info.tokens, info.channels});
     wrote.push_back(a.text("out"));

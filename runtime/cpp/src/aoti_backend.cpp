@@ -28,7 +28,11 @@ class AotiBackend : public Backend {
   AotiBackend(const Bundle& b, const std::vector<int>& sizes)
       : weights_(b.folder + "/weights.bin"),
         device_(b.device == "cpu" ? at::Device(at::kCPU) : at::Device(b.device)),
-        dtype_(model_dtype(b.dtype)) {
+        dtype_(model_dtype(b.dtype)),
+        inputs_(b.inputs) {
+    for (const auto& n : inputs_)
+      if (!input_named(StepInputs{}, n))
+        throw bundle_error("the AOTInductor package takes an input '" + n + "' this runtime does not know");
     std::vector<int> want = sizes;
     if (want.empty())
       for (const auto& v : b.variants) want.push_back(v.size);
@@ -65,16 +69,30 @@ class AotiBackend : public Backend {
     auto it = loaders_.find(size);
     if (it == loaders_.end()) throw bundle_error("size " + std::to_string(size) + " is not loaded");
     // the loop's tensors are float32; a bf16 package takes its inputs in bf16 (generate.py: cast at the call)
-    std::vector<at::Tensor> args;
-    for (const at::Tensor* t : {&in.hidden_states, &in.encoder_hidden_states, &in.pooled_projections, &in.timestep,
-                                &in.img_ids, &in.txt_ids, &in.guidance})
-      if (t->defined()) args.push_back(t->to(dtype_).contiguous());
+    std::vector<at::Tensor> args;  // in the package's order (manifest aoti.inputs): FLUX's seven, Wan's three
+    for (const auto& n : inputs_) {
+      const at::Tensor* t = input_named(in, n);
+      if (!t->defined()) throw argument_error("the model input '" + n + "' was not given");
+      args.push_back(t->to(dtype_).contiguous());
+    }
     auto out = it->second->run(args);
     if (out.empty()) throw Error(DDIT_ERR_RUNTIME, "the AOTInductor model returned no output");
     return out[0].to(at::kFloat);  // the velocity back to float32
   }
 
  private:
+  // the StepInputs field of a manifest input name (nullptr: not one of them)
+  static const at::Tensor* input_named(const StepInputs& in, const std::string& n) {
+    if (n == "hidden_states") return &in.hidden_states;
+    if (n == "encoder_hidden_states") return &in.encoder_hidden_states;
+    if (n == "pooled_projections") return &in.pooled_projections;
+    if (n == "timestep") return &in.timestep;
+    if (n == "img_ids") return &in.img_ids;
+    if (n == "txt_ids") return &in.txt_ids;
+    if (n == "guidance") return &in.guidance;
+    return nullptr;
+  }
+
   static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
   // One model of the package with its constants loaded as user-managed views of weights.bin (shared_).
@@ -132,6 +150,7 @@ class AotiBackend : public Backend {
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> text_;  // the word encoder, when the package has it
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> vae_;   // FLUX's VAE decoder, when the package has it
   std::vector<int> sizes_;
+  std::vector<std::string> inputs_;  // the package's input names, in order
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -43,6 +44,10 @@ static ScheduleSettings read_schedule(const json& s) {
     throw Error(DDIT_ERR_UNSUPPORTED, "schedule carry '" + out.carry +
                                           "' is not known to the C++ runtime (it reads carry off and fine)");
   out.same_size_window = window == "same-size";
+  out.video_std = s.value("video_std", std::string("clip"));
+  if (out.video_std != "clip" && out.video_std != "frame")
+    throw Error(DDIT_ERR_UNSUPPORTED, "schedule video_std '" + out.video_std + "' is not known to the C++ runtime "
+                                      "(it reads clip and frame)");
   out.head = s.value("head", 0);
   out.n4 = s.value("n4", 0);
   out.tail = s.value("tail", 4);
@@ -61,6 +66,44 @@ static FluxDims read_dims(const json& c) {
   m.single_blocks = c.at("num_single_layers").get<int64_t>();
   m.guidance = c.value("guidance_embeds", false);
   return m;
+}
+
+static WanDims read_wan_dims(const json& c) {
+  WanDims m;  // flops.wan_step_flops's fields; out_channels null -> in_channels
+  m.width = c.at("num_attention_heads").get<int64_t>() * c.at("attention_head_dim").get<int64_t>();
+  m.ffn_dim = c.at("ffn_dim").get<int64_t>();
+  m.freq_dim = c.at("freq_dim").get<int64_t>();
+  m.text_dim = c.at("text_dim").get<int64_t>();
+  m.in_channels = c.at("in_channels").get<int64_t>();
+  m.out_channels = c.contains("out_channels") && !c["out_channels"].is_null() ? c["out_channels"].get<int64_t>()
+                                                                              : m.in_channels;
+  for (int64_t p : c.at("patch_size").get<std::vector<int64_t>>()) m.patch *= p;
+  m.layers = c.at("num_layers").get<int64_t>();
+  return m;
+}
+
+// The fine token grid of a video bundle, as shapes.VideoGeometry has it: a VAE with temporal factor > 1 keeps the
+// first frame and compresses the rest; a fine token is one (patch_t, patch_h, patch_w) patch of the latent.
+static void video_grid(const json& m, Bundle& b, const std::string& path) {
+  b.frames = m.at("frames").get<int>();
+  b.vae_temporal = m.value("vae_temporal", 1);
+  const auto patch = m.at("patch").get<std::vector<int>>();
+  if (patch.size() != 3 || *std::min_element(patch.begin(), patch.end()) < 1)
+    throw bundle_error(path + ": field 'model.patch' must be three positive integers");
+  b.patch_t = patch[0], b.patch_h = patch[1], b.patch_w = patch[2];
+  if (b.frames < 1 || b.vae_temporal < 1 || (b.vae_temporal > 1 && (b.frames - 1) % b.vae_temporal))
+    throw bundle_error(path + ": model.frames " + std::to_string(b.frames) + " do not fit the VAE's temporal factor " +
+                       std::to_string(b.vae_temporal));
+  b.latent_frames = b.vae_temporal > 1 ? (b.frames - 1) / b.vae_temporal + 1 : b.frames;
+  if (b.latent_frames % b.patch_t)
+    throw bundle_error(path + ": model.frames " + std::to_string(b.frames) + " do not fit the temporal patch " +
+                       std::to_string(b.patch_t));
+  b.grid_f = b.latent_frames / b.patch_t;
+  const int uh = b.vae_scale * b.patch_h, uw = b.vae_scale * b.patch_w;
+  if (b.height % uh || b.width % uw)
+    throw bundle_error(path + ": model height/width do not fit the VAE factor x patch");
+  b.grid_h = b.height / uh;
+  b.grid_w = b.width / uw;
 }
 
 // The manifest's cache profile, as CacheSettings.to_dict() writes it (threshold / plan null: none).
@@ -89,6 +132,10 @@ static SchedulerConfig read_scheduler(const json& c, const std::string& path) {
       throw Error(DDIT_ERR_UNSUPPORTED, path + ": scheduler option '" + key + "' is not ported to the C++ runtime");
   if (c.contains("shift_terminal") && !c["shift_terminal"].is_null())
     throw Error(DDIT_ERR_UNSUPPORTED, path + ": scheduler option 'shift_terminal' is not ported to the C++ runtime");
+  const std::string cls = c.value("_class_name", std::string("FlowMatchEulerDiscreteScheduler"));
+  if (cls != "FlowMatchEulerDiscreteScheduler")  // Wan 2.1's UniPCMultistepScheduler: multistep, not ported
+    throw Error(DDIT_ERR_UNSUPPORTED, path + ": scheduler " + cls + " is not ported to the C++ runtime (it runs "
+                "FlowMatchEulerDiscreteScheduler); use the Python runtime for this bundle");
   out.num_train_timesteps = c.value("num_train_timesteps", 1000);
   out.shift = c.value("shift", 1.0);
   out.base_shift = c.value("base_shift", 0.5);
@@ -191,27 +238,43 @@ Bundle read_bundle(const std::string& folder) {
     b.default_steps = m.at("default_steps").get<int>();
     b.guidance_embeds = m.at("guidance_embeds").get<bool>();
     const json& tc = m.at("transformer_config");
-    b.joint_dim = tc.at("joint_attention_dim").get<int>();
-    b.pooled_dim = tc.at("pooled_projection_dim").get<int>();
+    b.video = b.kind == "wan-pixel" || b.kind == "wan";
+    if (b.video && version < 2)
+      throw bundle_error(path + ": a video bundle (kind '" + b.kind + "') needs format_version >= 2");
+    if (b.video) {  // Wan: text states only (no pooled text, no position ids)
+      b.wan = read_wan_dims(tc);
+      b.joint_dim = int(b.wan.text_dim);
+      b.pooled_dim = 0;
+      video_grid(m, b, path);
+    } else {
+      b.joint_dim = tc.at("joint_attention_dim").get<int>();
+      b.pooled_dim = tc.at("pooled_projection_dim").get<int>();
+      b.dims = read_dims(tc);
+    }
     b.scheduler = read_scheduler(m.at("scheduler_config"), path);
     b.schedule = read_schedule(d.at("schedule"));
     b.name = m.value("name", std::string());
     b.lora_rank = m.value("lora_rank", 0);
-    b.dims = read_dims(tc);
     b.files = d.at("files").get<std::map<std::string, std::string>>();
     if (d.contains("cache") && !d["cache"].is_null()) b.cache = read_cache(d["cache"], path);
   } catch (const json::exception& e) {
     throw bundle_error(path + ": missing or malformed field (" + e.what() + ")");
   }
-  // the token grid, as shapes.TokenGeometry has it: pixels / vae_scale latents, packed 2x2 into fine tokens
-  b.grid_h = b.height / b.vae_scale / 2;
-  b.grid_w = b.width / b.vae_scale / 2;
+  if (!b.video) {  // the token grid, as shapes.TokenGeometry has it: pixels / vae_scale latents, packed 2x2
+    b.grid_h = b.height / b.vae_scale / 2;
+    b.grid_w = b.width / b.vae_scale / 2;
+  }
   if (b.grid_h < 1 || b.grid_w < 1 || b.variants.empty()) throw bundle_error(path + ": no token grid or no variants");
   // bf16: the package's inputs are cast at each call and its velocity back to float32 (aoti_backend.cpp)
   if (b.dtype != "fp32" && b.dtype != "bf16")
     throw Error(DDIT_ERR_UNSUPPORTED, path + ": the C++ runtime runs fp32 and bf16 bundles; this is " + b.dtype +
                                           " (rebuild with --dtype bf16 or fp32)");
   return b;
+}
+
+int64_t Bundle::step_flops(int k, int64_t lora_rank, int64_t batch) const {
+  return video ? wan_step_flops(wan, tokens(), text_len, k, lora_rank, batch)
+               : ddit::step_flops(dims, tokens(), text_len, k, lora_rank, batch);
 }
 
 std::vector<std::string> runtime_files(const Bundle& b) { return {"weights.bin", b.package}; }

@@ -13,7 +13,7 @@
 
 namespace ddit {
 
-constexpr int kFormatVersion = 1;  // ddit_export/bundle.py FORMAT_VERSION
+constexpr int kFormatVersion = 2;  // ddit_export/bundle.py FORMAT_VERSION (2: video bundles, model.frames)
 constexpr int kAotiVersion = 1;    // ddit_export/bundle.py AOTI_VERSION
 
 struct Constant {
@@ -38,7 +38,12 @@ struct SchedulerConfig {  // diffusers FlowMatchEulerDiscreteScheduler config fi
 
 struct Bundle {
   std::string folder;
-  std::string kind;                 // model.kind: "pixel" (decoded by images.pixels_to_pil), "flux", ...
+  std::string kind;                 // model.kind: "pixel" (decoded by images.pixels_to_pil), "flux", "wan-pixel", "wan"
+  bool video = false;               // kind "wan-pixel" / "wan" (bundle.py VIDEO_KINDS): Wan graphs, (F, h, w) grids
+  int frames = 0;                   // video: pixel frames of a clip (model.frames); 0 for images
+  int vae_temporal = 1;             // video: the VAE's temporal factor (Wan 2.1: 4; pixel models 1)
+  int patch_t = 1, patch_h = 2, patch_w = 2;  // a fine token's latent patch (FLUX packs 2x2; Wan's patch_size)
+  int latent_frames = 1, grid_f = 1;  // video: latent frames and token frames (grid_f = latent_frames / patch_t)
   std::vector<std::string> vocab;   // the word tokenizer (manifest text_encoder; empty without one)
   int max_words = 0;                // its max_length
   bool has_text_model = false;      // the word encoder is compiled into the package (aoti.text_encoder)
@@ -54,13 +59,15 @@ struct Bundle {
   ScheduleSettings schedule;
   SchedulerConfig scheduler;
   std::string name;                          // model.name (a trace's "model")
-  FluxDims dims;                             // model.transformer_config, for the FLOPs
+  FluxDims dims;                             // model.transformer_config, for the FLOPs (FLUX)
+  WanDims wan;                               // ... of a video bundle (WanTransformer3DModel)
   int lora_rank = 0;
   CacheSettings cache;                       // the manifest's cache profile ("cache"; absent: off)
   std::map<std::string, std::string> files;  // relative path -> sha256
 
-  int tokens() const { return grid_h * grid_w; }
-  int channels() const { return latent_channels * 4; }
+  int tokens() const { return grid_f * grid_h * grid_w; }
+  int channels() const { return latent_channels * patch_t * patch_h * patch_w; }
+  int64_t step_flops(int k, int64_t lora_rank, int64_t batch) const;  // flops.py step_flops for this bundle
   const AotiVariant& variant(int size) const;
 };
 

@@ -25,4 +25,21 @@ int64_t step_flops(const FluxDims& m, int64_t image_tokens, int64_t text_tokens,
   return batch * f;
 }
 
+// flops.wan_step_flops: per block self-attention, cross-attention to the text, the feed-forward and (k > 1) its
+// LoRA; once per call the timestep MLP and its 6-way projection, the text embedder, this size's stem and head.
+int64_t wan_step_flops(const WanDims& m, int64_t tokens, int64_t text_tokens, int64_t k, int64_t lora_rank,
+                       int64_t batch) {
+  const int64_t d = m.width, t = text_tokens, n = tokens / (k * k), r = k > 1 ? lora_rank : 0;
+  int64_t f = lin(1, m.freq_dim, d) + lin(1, d, d) + lin(1, d, 6 * d);
+  f += lin(t, m.text_dim, d) + lin(t, d, d);
+  const int64_t cin = k * k * m.in_channels * m.patch, cout = k * k * m.out_channels * m.patch;
+  f += lin(n, cin, d) + lin(n, d, cout);
+  if (k > 1) f += lin(n, cin, cout);
+  const int64_t block = 4 * lin(n, d, d) + 2 * 2 * n * n * d + 2 * lin(n, d, d) + 2 * lin(t, d, d) + 2 * 2 * n * t * d +
+                        lin(n, d, m.ffn_dim) + lin(n, m.ffn_dim, d) +
+                        (r ? lin(n, d, r) + lin(n, r, m.ffn_dim) + lin(n, m.ffn_dim, r) + lin(n, r, d) : 0);
+  f += m.layers * block;
+  return batch * f;
+}
+
 }  // namespace ddit

@@ -37,7 +37,7 @@ void ddit::use_threads(const ddit_runtime* rt) {
 
 struct ddit_scheduler {
   std::unique_ptr<ddit::Scheduler> impl;
-  int gh, gw;
+  int gf, gh, gw;
 };
 
 namespace {
@@ -61,6 +61,9 @@ ddit::ScheduleSettings to_settings(const ddit_schedule& s) {
   if (s.carry != 0 && s.carry != 1)
     throw argument_error("schedule.carry must be 0 (off) or 1 (fine), got " + std::to_string(s.carry));
   o.carry = s.carry ? "fine" : "off";
+  if (s.video_std != 0 && s.video_std != 1)
+    throw argument_error("schedule.video_std must be 0 (clip) or 1 (frame), got " + std::to_string(s.video_std));
+  o.video_std = s.video_std ? "frame" : "clip";
   return o;
 }
 
@@ -95,6 +98,7 @@ std::string settings_json(const ddit_request& q, int steps, const ddit::Schedule
                                   {"window", s.same_size_window ? "same-size" : "any"}, {"head", s.head},
                                   {"n4", s.n4}, {"tail", s.tail}};
   if (s.carry != "off") sched["carry"] = s.carry;  // named only when set, as the manifest has it
+  if (s.video_std != "clip") sched["video_std"] = s.video_std;
   using ojson = nlohmann::ordered_json;
   ojson g = {{"batch", q.batch}, {"seed", q.init_latents ? ojson() : ojson(q.seed)}, {"steps", steps},
              {"guidance", q.guidance}, {"schedule", sched}};
@@ -123,9 +127,19 @@ void fill_step(ddit_step& st, int i, double sigma, const ddit::Decision& d, int 
   }
 }
 
-// FluxPipeline's initial latents: randn (B, C, 2h, 2w) from a CPU generator seeded with `seed`, packed 2x2.
+// FluxPipeline's initial latents: randn (B, C, 2h, 2w) from a CPU generator seeded with `seed`, packed 2x2. A
+// video bundle: randn (B, C, F, H, W) (WanPipeline's latent shape), packed into Wan patches (models/wan.py
+// pack_video: tokens (f, y, x), channels (t, y, x, c)).
 at::Tensor initial_noise(const ddit::Bundle& b, int batch, int64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
+  if (b.video) {
+    const int64_t pt = b.patch_t, ph = b.patch_h, pw = b.patch_w;
+    at::Tensor n = at::randn({batch, b.latent_channels, b.latent_frames, b.grid_h * ph, b.grid_w * pw}, gen, at::kFloat);
+    return n.reshape({batch, b.latent_channels, b.grid_f, pt, b.grid_h, ph, b.grid_w, pw})
+        .permute({0, 2, 4, 6, 3, 5, 7, 1})
+        .reshape({batch, b.tokens(), b.channels()})
+        .contiguous();
+  }
   at::Tensor n = at::randn({batch, b.latent_channels, 2 * b.grid_h, 2 * b.grid_w}, gen, at::kFloat);
   return n.reshape({batch, b.latent_channels, b.grid_h, 2, b.grid_w, 2})
       .permute({0, 2, 4, 1, 3, 5})
@@ -159,7 +173,7 @@ ddit::StepInputs inputs(ddit_runtime* rt, const at::Tensor& x, const at::Tensor&
   ddit::StepInputs in;
   in.hidden_states = x.to(dev).contiguous();
   in.encoder_hidden_states = states;
-  in.pooled_projections = pooled;
+  if (pooled.defined()) in.pooled_projections = pooled;
   in.timestep = at::full({batch}, timestep, at::TensorOptions().dtype(at::kFloat).device(dev));
   in.img_ids = rt->img_ids;
   in.txt_ids = rt->txt_ids;
@@ -174,7 +188,9 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     throw argument_error("request.steps must be >= 1 (0: the bundle's default), got " + std::to_string(q.steps));
   if (!std::isfinite(q.guidance)) throw argument_error("request.guidance must be a finite number");
   need(q.states, "request.states");
-  need(q.pooled, "request.pooled");
+  if (b.pooled_dim) need(q.pooled, "request.pooled");
+  else if (q.pooled && q.pooled_len)  // a video bundle: text states only
+    throw argument_error("request.pooled: this " + b.kind + " bundle takes no pooled text (give NULL, 0)");
   need(out, "out_latents");
   const size_t B = size_t(q.batch), N = size_t(b.tokens()), C = size_t(b.channels());
   check_len("request.states", q.states_len, B * b.text_len * b.joint_dim);
@@ -182,7 +198,7 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   check_len("out_latents", out_len, B * N * C);
   const int steps = q.steps > 0 ? q.steps : b.default_steps;
   ddit::ScheduleSettings ss = q.schedule ? to_settings(*q.schedule) : b.schedule;
-  ddit::Scheduler sched(ss, b.grid_h, b.grid_w, rt->backend->sizes(), steps);
+  ddit::Scheduler sched(ss, b.grid_h, b.grid_w, rt->backend->sizes(), steps, b.grid_f);
   const ddit::CacheSettings cs = q.cache ? to_cache(*q.cache) : b.cache;
   cs.check(steps);
   at::Tensor x;
@@ -197,11 +213,14 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   const at::Device dev = rt->backend->device();
   x = x.to(dev);
   const at::Tensor states_host = wrap(q.states, {q.batch, b.text_len, b.joint_dim});
-  const at::Tensor pooled_host = wrap(q.pooled, {q.batch, b.pooled_dim});
   check_finite(states_host, "request.states");
-  check_finite(pooled_host, "request.pooled");
   at::Tensor states = states_host.to(dev).contiguous();
-  at::Tensor pooled = pooled_host.to(dev).contiguous();
+  at::Tensor pooled;  // undefined for a video bundle
+  if (b.pooled_dim) {
+    const at::Tensor pooled_host = wrap(q.pooled, {q.batch, b.pooled_dim});
+    check_finite(pooled_host, "request.pooled");
+    pooled = pooled_host.to(dev).contiguous();
+  }
   const std::vector<float> sigmas = ddit::flux_sigmas(b.scheduler, steps, b.tokens());
   const float T = float(b.scheduler.num_train_timesteps);
   std::vector<ddit_step> trace(steps);
@@ -211,12 +230,13 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
   if (cs.enabled()) cache = std::make_unique<ddit::StepCache>(cs, steps);
   // detail carry (carry.cpp): computed steps only, before the cache keeps their velocity (generate.py's order)
   std::unique_ptr<ddit::DetailCarry> carry;
-  if (ss.carry == "fine")  // sub: the latent pixels packed in a fine token (FLUX: 2x2)
-    carry = std::make_unique<ddit::DetailCarry>(b.grid_h, b.grid_w, b.channels() / b.latent_channels);
+  if (ss.carry == "fine")  // sub: the latent pixels packed in a fine token (FLUX: 2x2; Wan: its patch)
+    carry = std::make_unique<ddit::DetailCarry>(b.grid_h, b.grid_w, b.channels() / b.latent_channels, b.grid_f,
+                                                b.video);
   ddit::use_threads(rt);
   c10::InferenceMode guard;
   for (int i = 0; i < steps; ++i) {
-    const float t = sigmas[i] * T;  // diffusers' timesteps; the model gets t / 1000
+    const float t = sigmas[i] * T;  // diffusers' timesteps; FLUX's model gets t / 1000, Wan's t as it is
     at::Tensor host;  // a device-to-host copy per step only for policies that read the latents
     if (sched.needs_history()) host = x.to(at::kCPU).contiguous();
     const ddit::Decision d = sched.decide(i, host.defined() ? host.data_ptr<float>() : nullptr, q.batch, int(C));
@@ -225,7 +245,8 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     at::Tensor v;
     const bool computed = !cache || cache->should_compute(i, sigma);
     if (computed) {
-      v = rt->backend->run(d.size, inputs(rt, x, states, pooled, t / 1000.0f, q.guidance)).to(at::kFloat);
+      v = rt->backend->run(d.size, inputs(rt, x, states, pooled, b.video ? t : t / 1000.0f, q.guidance))
+              .to(at::kFloat);
       if (carry) v = carry->apply(d.size, v);
       if (cache) cache->update(i, sigma, v);
     } else {
@@ -234,17 +255,16 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     x = x + (sigmas[i + 1] - sigmas[i]) * v;  // FlowMatchEulerDiscreteScheduler.step, float32
     if (dev.type() != at::kCPU)  // the step's time includes the device work
       at::accelerator::synchronizeDevice(dev.has_index() ? dev.index() : at::accelerator::getDeviceIndex());
-    fill_step(trace[i], i, sigma, d, b.tokens() / (d.size * d.size));
+    fill_step(trace[i], i, sigma, d, b.tokens() / (d.size * d.size));  // frames are never merged
     trace[i].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::strncpy(trace[i].kind, computed ? "model" : "cached", sizeof(trace[i].kind) - 1);
-    trace[i].flops = computed ? double(ddit::step_flops(b.dims, b.tokens(), b.text_len, d.size, b.lora_rank, q.batch))
-                              : 0.0;
+    trace[i].flops = computed ? double(b.step_flops(d.size, b.lora_rank, q.batch)) : 0.0;
   }
   x = x.to(at::kCPU).contiguous();
   std::memcpy(out, x.data_ptr<float>(), B * N * C * sizeof(float));
   rt->trace = std::move(trace);
-  rt->fine_flops = ddit::step_flops(b.dims, b.tokens(), b.text_len, 1, 0, q.batch);
-  std::vector<int> usable;  // generate.py's "sizes": the loaded sizes dividing the grid
+  rt->fine_flops = b.step_flops(1, 0, q.batch);
+  std::vector<int> usable;  // generate.py's "sizes": the loaded sizes dividing the (spatial) grid
   for (int k : rt->backend->sizes())
     if (b.grid_h % k == 0 && b.grid_w % k == 0) usable.push_back(k);
   std::sort(usable.begin(), usable.end());
@@ -269,7 +289,8 @@ std::string trace_json(const ddit_runtime* rt) {
   const double n = double(rt->trace.size());
   ojson d;
   d["model"] = rt->bundle.name;
-  d["grid"] = {rt->bundle.grid_h, rt->bundle.grid_w};
+  const auto& b = rt->bundle;  // a video's grid is (F, h, w), as Python's trace has it
+  d["grid"] = b.video ? ojson({b.grid_f, b.grid_h, b.grid_w}) : ojson({b.grid_h, b.grid_w});
   d["settings"] = rt->trace_settings.empty() ? ojson::object() : ojson::parse(rt->trace_settings);
   d["steps"] = steps;
   d["fine_flops_per_step"] = rt->fine_flops;
@@ -290,7 +311,7 @@ std::string trace_json(const ddit_runtime* rt) {
 extern "C" {
 
 const char* ddit_last_error(void) { return ddit::last_error().c_str(); }
-const char* ddit_version(void) { return "ddit-cpp 0.3.0 (C API 3)"; }
+const char* ddit_version(void) { return "ddit-cpp 0.4.0 (C API 4)"; }
 
 void ddit_open_options_init(ddit_open_options* opts) {
   if (!opts) return;
@@ -322,8 +343,10 @@ int ddit_open_ex(const char* bundle_dir, const ddit_open_options* opts, ddit_run
                                ", and this libtorch has no GPU; rebuild with `build --backend aoti` for cpu");
     rt->backend = ddit::make_aoti_backend(rt->bundle, want);
     const at::Device dev = rt->backend->device();
-    rt->img_ids = image_ids(rt->bundle.grid_h, rt->bundle.grid_w).to(dev);
-    rt->txt_ids = at::zeros({rt->bundle.text_len, 3}, at::kFloat).to(dev);
+    if (!rt->bundle.video) {  // FLUX's position ids (Wan computes its 3-D RoPE inside the package)
+      rt->img_ids = image_ids(rt->bundle.grid_h, rt->bundle.grid_w).to(dev);
+      rt->txt_ids = at::zeros({rt->bundle.text_len, 3}, at::kFloat).to(dev);
+    }
     *out = rt.release();
   });
 }
@@ -385,6 +408,9 @@ int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
     o->has_text_encoder = rt->backend->has_text_encoder() && !b.vocab.empty();
     o->has_decoder = ddit::has_decoder(*rt);
     o->max_words = o->has_text_encoder ? b.max_words : 0;
+    o->is_video = b.video;
+    o->frames = b.video ? b.frames : 1;
+    o->grid_f = b.grid_f;
   });
 }
 
@@ -404,6 +430,7 @@ int ddit_schedule_defaults(const ddit_runtime* rt, ddit_schedule* o) {
     o->tail = s.tail;
     o->coarse_size = 2;
     o->carry = s.carry == "fine" ? 1 : 0;
+    o->video_std = s.video_std == "frame" ? 1 : 0;
   });
 }
 
@@ -451,10 +478,10 @@ int ddit_run_variant(ddit_runtime* rt, int size, int batch, const float* latents
     need(rt, "runtime");
     need(latents, "latents");
     need(states, "states");
-    need(pooled, "pooled");
     need(out, "out");
     if (batch < 1) throw argument_error("batch must be >= 1");
     const auto& b = rt->bundle;
+    if (b.pooled_dim) need(pooled, "pooled");
     const auto have = rt->backend->sizes();
     if (std::find(have.begin(), have.end(), size) == have.end())
       throw ddit::bundle_error("size " + std::to_string(size) + " is not loaded");
@@ -463,27 +490,36 @@ int ddit_run_variant(ddit_runtime* rt, int size, int batch, const float* latents
     c10::InferenceMode guard;
     at::Tensor x = wrap(latents, {batch, b.tokens(), b.channels()});
     at::Tensor s = wrap(states, {batch, b.text_len, b.joint_dim}).to(dev).contiguous();
-    at::Tensor p = wrap(pooled, {batch, b.pooled_dim}).to(dev).contiguous();
-    at::Tensor v = rt->backend->run(size, inputs(rt, x, s, p, timestep, guidance)).to(at::kCPU).to(at::kFloat).contiguous();
+    at::Tensor p;  // undefined for a video bundle
+    if (b.pooled_dim) p = wrap(pooled, {batch, b.pooled_dim}).to(dev).contiguous();
+    // timestep is sigma in [0, 1]: FLUX's model takes it so, Wan's takes it in diffusers' 0..1000 timesteps
+    const float t = b.video ? timestep * float(b.scheduler.num_train_timesteps) : timestep;
+    at::Tensor v = rt->backend->run(size, inputs(rt, x, s, p, t, guidance)).to(at::kCPU).to(at::kFloat).contiguous();
     std::memcpy(out, v.data_ptr<float>(), size_t(v.numel()) * sizeof(float));
   });
 }
 
-int ddit_scheduler_create(const ddit_schedule* schedule, int grid_h, int grid_w, const int* sizes, int n_sizes,
-                          int steps, ddit_scheduler** out) {
+int ddit_scheduler_create_video(const ddit_schedule* schedule, int grid_f, int grid_h, int grid_w, const int* sizes,
+                                int n_sizes, int steps, ddit_scheduler** out) {
   return guarded([&] {
     need(schedule, "schedule");
     need(sizes, "sizes");
     need(out, "out");
     *out = nullptr;
-    if (grid_h < 1 || grid_w < 1 || n_sizes < 1) throw argument_error("grid and sizes must be non-empty");
+    if (grid_f < 1 || grid_h < 1 || grid_w < 1 || n_sizes < 1) throw argument_error("grid and sizes must be non-empty");
     auto s = std::make_unique<ddit_scheduler>();
     s->impl = std::make_unique<ddit::Scheduler>(to_settings(*schedule), grid_h, grid_w,
-                                                std::vector<int>(sizes, sizes + n_sizes), steps);
+                                                std::vector<int>(sizes, sizes + n_sizes), steps, grid_f);
+    s->gf = grid_f;
     s->gh = grid_h;
     s->gw = grid_w;
     *out = s.release();
   });
+}
+
+int ddit_scheduler_create(const ddit_schedule* schedule, int grid_h, int grid_w, const int* sizes, int n_sizes,
+                          int steps, ddit_scheduler** out) {
+  return ddit_scheduler_create_video(schedule, 1, grid_h, grid_w, sizes, n_sizes, steps, out);
 }
 
 int ddit_scheduler_decide(ddit_scheduler* s, int step, const float* latents, int batch, int channels, ddit_step* out) {
@@ -493,7 +529,7 @@ int ddit_scheduler_decide(ddit_scheduler* s, int step, const float* latents, int
     if (s->impl->needs_history()) need(latents, "latents");
     if (batch < 1 || channels < 1) throw argument_error("batch and channels must be >= 1");
     const ddit::Decision d = s->impl->decide(step, latents, batch, channels);
-    fill_step(*out, step, 0.0, d, s->gh * s->gw / (d.size * d.size));
+    fill_step(*out, step, 0.0, d, s->gf * s->gh * s->gw / (d.size * d.size));
   });
 }
 

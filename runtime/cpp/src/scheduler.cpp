@@ -30,26 +30,30 @@ static double percentile(std::vector<double> v, double q) {
 }
 
 std::vector<double> sigma_at(const std::vector<double>& d, int batch, int gh, int gw, int channels, int k,
-                             double eps) {
-  const int ph = gh / k, pw = gw / k, per = k * k * channels;
-  std::vector<double> out(batch), stds(size_t(ph) * pw), vals(per);
+                             double eps, int gf, bool frame_std) {
+  const int ph = gh / k, pw = gw / k;
+  const int groups = frame_std ? gf : 1, span = frame_std ? 1 : gf;  // patches per sample: groups * ph * pw
+  const int per = span * k * k * channels;
+  std::vector<double> out(batch), stds(size_t(groups) * ph * pw), vals(per);
   for (int b = 0; b < batch; ++b) {
-    for (int py = 0; py < ph; ++py)
-      for (int px = 0; px < pw; ++px) {
-        int n = 0;
-        for (int dy = 0; dy < k; ++dy)
-          for (int dx = 0; dx < k; ++dx) {
-            const size_t tok = size_t(py * k + dy) * gw + (px * k + dx);
-            const double* src = &d[(size_t(b) * gh * gw + tok) * channels];
-            for (int c = 0; c < channels; ++c) vals[n++] = src[c];
-          }
-        double mean = 0;
-        for (double x : vals) mean += x;
-        mean /= per;
-        double var = 0;
-        for (double x : vals) var += (x - mean) * (x - mean);
-        stds[size_t(py) * pw + px] = std::sqrt(var / per);
-      }
+    for (int g = 0; g < groups; ++g)
+      for (int py = 0; py < ph; ++py)
+        for (int px = 0; px < pw; ++px) {
+          int n = 0;
+          for (int f = g * span; f < (g + 1) * span; ++f)
+            for (int dy = 0; dy < k; ++dy)
+              for (int dx = 0; dx < k; ++dx) {
+                const size_t tok = (size_t(f) * gh + size_t(py * k + dy)) * gw + (px * k + dx);
+                const double* src = &d[(size_t(b) * gf * gh * gw + tok) * channels];
+                for (int c = 0; c < channels; ++c) vals[n++] = src[c];
+              }
+          double mean = 0;
+          for (double x : vals) mean += x;
+          mean /= per;
+          double var = 0;
+          for (double x : vals) var += (x - mean) * (x - mean);
+          stds[(size_t(g) * ph + py) * pw + px] = std::sqrt(var / per);
+        }
     out[b] = percentile(stds, eps);
   }
   return out;
@@ -69,8 +73,11 @@ std::vector<int> ladder_sizes(int steps, int head, int n4, int tail) {
   return out;
 }
 
-Scheduler::Scheduler(const ScheduleSettings& s, int gh, int gw, const std::vector<int>& sizes, int steps)
-    : s_(s), gh_(gh), gw_(gw) {
+Scheduler::Scheduler(const ScheduleSettings& s, int gh, int gw, const std::vector<int>& sizes, int steps, int gf)
+    : s_(s), gh_(gh), gw_(gw), gf_(gf) {
+  if (gf < 1 || gh < 1 || gw < 1) throw argument_error("the token grid must be non-empty");
+  if (s.video_std != "clip" && s.video_std != "frame")
+    throw argument_error("schedule.video_std must be clip or frame, got '" + s.video_std + "'");
   for (int k : sizes)
     if (k >= 1 && gh % k == 0 && gw % k == 0) sizes_.push_back(k);
   std::sort(sizes_.begin(), sizes_.end());
@@ -130,7 +137,7 @@ Decision Scheduler::decide(int step, const float* latents, int batch, int channe
     d.size = static_[step];
     d.reason = "static";
   } else {
-    const size_t n = size_t(batch) * gh_ * gw_ * channels;
+    const size_t n = size_t(batch) * gf_ * gh_ * gw_ * channels;
     history_.emplace_back(latents, latents + n);
     if (history_.size() > 4) history_.pop_front();
     const size_t m = taken_.size();
@@ -146,7 +153,7 @@ Decision Scheduler::decide(int step, const float* latents, int batch, int channe
       d.reason = "rule";
       for (int k : sizes_) {
         if (k == 1) continue;
-        const auto per = sigma_at(d3, batch, gh_, gw_, channels, k, s_.eps);
+        const auto per = sigma_at(d3, batch, gh_, gw_, channels, k, s_.eps, gf_, s_.video_std == "frame");
         const double sk = *std::max_element(per.begin(), per.end());
         d.sigmas[k] = sk;
         if (sk < s_.tau) d.size = std::max(d.size, k);

@@ -161,12 +161,14 @@ void encode(ddit_runtime* rt, const std::vector<std::string>& prompts, float* st
   at::Tensor t = at::from_blob(const_cast<int64_t*>(ids.data()), {n, b.max_words}, at::kLong).to(dev).contiguous();
   at::Tensor mask = t.ne(0).contiguous();
   auto out = rt->backend->encode(t, mask);
-  at::Tensor s = out[0].to(at::kCPU).to(at::kFloat).contiguous(), p = out[1].to(at::kCPU).to(at::kFloat).contiguous();
+  // a Wan bundle's transformer takes the states only: the encoder's pooled output is dropped (pooled_dim 0)
+  at::Tensor s = out[0].to(at::kCPU).to(at::kFloat).contiguous();
+  at::Tensor p = b.pooled_dim ? out[1].to(at::kCPU).to(at::kFloat).contiguous() : at::empty({0}, at::kFloat);
   if (s.numel() != n * b.text_len * b.joint_dim || p.numel() != n * b.pooled_dim)
     throw bundle_error("the text encoder's outputs do not match the transformer's text_len/joint_dim/pooled_dim: "
                        "rebuild the bundle");
   std::memcpy(states, s.data_ptr<float>(), size_t(s.numel()) * sizeof(float));
-  std::memcpy(pooled, p.data_ptr<float>(), size_t(p.numel()) * sizeof(float));
+  if (p.numel()) std::memcpy(pooled, p.data_ptr<float>(), size_t(p.numel()) * sizeof(float));
 }
 
 // images.pixels_to_pil: (B, h*w, C*4) fine tokens -> (B, H, W, C) uint8, FLUX's 2x2 packing inverted, clipped to
@@ -185,6 +187,24 @@ void pixels_to_rgb(const Bundle& b, const float* x, int batch, uint8_t* out) {
         }
 }
 
+// models/wan.py video_pixels_to_frames: (B, F*h*w, pt*ph*pw*C) fine video tokens (channels (t, y, x, c)) -> (B,
+// frames, H, W, C) uint8, clipped and scaled as pixels_to_rgb does.
+void video_pixels_to_rgb(const Bundle& b, const float* x, int batch, uint8_t* out) {
+  const int gh = b.grid_h, gw = b.grid_w, pt = b.patch_t, ph = b.patch_h, pw = b.patch_w, c = b.latent_channels;
+  const int F = b.frames, H = b.height, W = b.width;
+  const size_t ct = size_t(pt) * ph * pw * c;
+  for (int n = 0; n < batch; ++n)
+    for (int f = 0; f < F; ++f)
+      for (int y = 0; y < H; ++y)
+        for (int xx = 0; xx < W; ++xx)
+          for (int ch = 0; ch < c; ++ch) {
+            const size_t token = (size_t(n) * b.grid_f + f / pt) * gh * gw + size_t(y / ph) * gw + size_t(xx / pw);
+            float v = x[token * ct + ((size_t(f % pt) * ph + y % ph) * pw + xx % pw) * c + ch];
+            v = std::isnan(v) ? 0.0f : std::min(std::max(v, -1.0f), 1.0f);
+            out[(((size_t(n) * F + f) * H + y) * W + xx) * c + ch] = uint8_t(std::nearbyint((v + 1.0f) * 127.5f));
+          }
+}
+
 void decode(ddit_runtime* rt, const float* latents, size_t latents_len, int batch, uint8_t* pixels,
             size_t pixels_len) {
   const Bundle& b = rt->bundle;
@@ -192,8 +212,12 @@ void decode(ddit_runtime* rt, const float* latents, size_t latents_len, int batc
   need(pixels, "pixels");
   if (batch < 1) throw argument_error("batch must be >= 1");
   check_len("latents", latents_len, size_t(batch) * b.tokens() * b.channels());
-  check_len("pixels", pixels_len, size_t(batch) * b.height * b.width * 3);
-  if (b.kind == "pixel") {
+  check_len("pixels", pixels_len, size_t(batch) * std::max(b.frames, 1) * b.height * b.width * 3);
+  if (b.kind == "wan-pixel") {
+    if (b.latent_channels != 3 || b.vae_scale != 1 || b.vae_temporal != 1)
+      throw bundle_error("a wan-pixel bundle with " + std::to_string(b.latent_channels) + " channels is not RGB");
+    video_pixels_to_rgb(b, latents, batch, pixels);
+  } else if (b.kind == "pixel") {
     if (b.latent_channels != 3 || b.vae_scale != 1)
       throw bundle_error("a pixel bundle with " + std::to_string(b.latent_channels) + " channels is not RGB");
     pixels_to_rgb(b, latents, batch, pixels);
@@ -256,7 +280,8 @@ const ddit_request& with_prompts(ddit_runtime* rt, const ddit_request& q, Prompt
 }
 
 bool has_decoder(const ddit_runtime& rt) {
-  return (rt.bundle.kind == "pixel" && rt.bundle.latent_channels == 3) || has_vae_decoder(rt);
+  const auto& b = rt.bundle;
+  return ((b.kind == "pixel" || b.kind == "wan-pixel") && b.latent_channels == 3) || has_vae_decoder(rt);
 }
 
 }  // namespace ddit
@@ -268,9 +293,9 @@ int ddit_encode(ddit_runtime* rt, const char* const* prompts, int n, float* stat
   return guarded([&] {
     need(rt, "runtime");
     need(states, "states");
-    need(pooled, "pooled");
-    const auto list = ddit::prompt_list(prompts, n);
     const ddit::Bundle& b = rt->bundle;
+    if (b.pooled_dim) need(pooled, "pooled");  // a video bundle has none: pooled may be NULL, pooled_len 0
+    const auto list = ddit::prompt_list(prompts, n);
     ddit::check_len("states", states_len, size_t(n) * b.text_len * b.joint_dim);
     ddit::check_len("pooled", pooled_len, size_t(n) * b.pooled_dim);
     ddit::encode(rt, list, states, pooled);
@@ -292,7 +317,7 @@ int ddit_generate(ddit_runtime* rt, const ddit_request* req, uint8_t* pixels, si
     need(pixels, "pixels");
     const ddit::Bundle& b = rt->bundle;
     if (req->batch < 1) throw argument_error("batch must be >= 1");
-    ddit::check_len("pixels", pixels_len, size_t(req->batch) * b.height * b.width * 3);
+    ddit::check_len("pixels", pixels_len, size_t(req->batch) * std::max(b.frames, 1) * b.height * b.width * 3);
     if (!ddit::has_decoder(*rt))
       throw ddit::Error(DDIT_ERR_UNSUPPORTED, "no decoder in this bundle (a " + b.kind +
                                                   " bundle without a compiled VAE decoder): use ddit_denoise");

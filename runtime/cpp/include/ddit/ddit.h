@@ -1,6 +1,7 @@
 /* ddit: the DDiT runtime as a C library (runtime/cpp). Opens a ddit-export bundle built with
  * `ddit-export build --backend aoti`, holds the shared weights once in memory for every patch-size variant, and
- * denoises FLUX latents from text embeddings with the DDiT scheduler deciding the patch size of every step.
+ * denoises FLUX latents (images) or Wan latents (video, bundle format 2) from text embeddings or prompts with the
+ * DDiT scheduler deciding the patch size of every step.
  *
  * Conventions: every function returns DDIT_OK (0) or an error code; the message of the last error of the calling
  * thread is ddit_last_error(). No C++ exception crosses this boundary. Handles are opaque; a handle is used by one
@@ -9,7 +10,13 @@
  * C API 3 (DDIT_API_VERSION 3): ddit_schedule gained `int carry` at its end (detail carry, ddit_export/runtime/
  * carry.py). Rebuild callers of API 2: on LP64 the field takes the struct's tail padding (sizeof unchanged), so an
  * old caller's unset padding would be read as `carry`; a value other than 0/1 is DDIT_ERR_ARGUMENT. A zeroed
- * struct (or ddit_schedule_defaults on a bundle without carry) is carry off, as before. */
+ * struct (or ddit_schedule_defaults on a bundle without carry) is carry off, as before.
+ *
+ * C API 4 (DDIT_API_VERSION 4): video bundles (format 2: kind "wan-pixel", "wan"). ddit_schedule gained
+ * `int video_std` and ddit_info `is_video`, `frames`, `grid_f` at their ends, so both structs grew: rebuild
+ * callers of API 3 (the library writes the whole struct). A video bundle's latents are (batch, grid_f * grid_h *
+ * grid_w, channels) Wan patches; it takes text states only (pooled NULL, pooled_len 0); its pixels are
+ * (batch, frames, height, width, 3). Image bundles behave as in API 3. */
 #ifndef DDIT_DDIT_H
 #define DDIT_DDIT_H
 
@@ -20,7 +27,7 @@
 extern "C" {
 #endif
 
-#define DDIT_API_VERSION 3
+#define DDIT_API_VERSION 4
 #define DDIT_MAX_SIZES 8
 
 typedef enum {
@@ -47,14 +54,16 @@ typedef struct {
   int n_static;
   int carry;              /* every policy: 0 off; 1 "fine" (detail carry): a computed coarse step after a fine one
                              takes the last fine velocity plus the coarse variant's per-block mean change (API 3) */
+  int video_std;          /* ddit on a video grid: 0 "clip" (a k x k patch's std across all token frames), 1 "frame"
+                             (each frame's patch alone); images ignore it (API 4) */
 } ddit_schedule;
 
 typedef struct {
   int height, width;           /* pixels */
-  int grid_h, grid_w;          /* fine token grid */
+  int grid_h, grid_w;          /* fine token grid (per token frame for video) */
   int tokens, channels;        /* fine tokens and channels of the latents (B, tokens, channels) */
   int text_len, joint_dim;     /* encoder_hidden_states: (B, text_len, joint_dim) */
-  int pooled_dim;              /* pooled_projections: (B, pooled_dim) */
+  int pooled_dim;              /* pooled_projections: (B, pooled_dim); 0 for video (no pooled text) */
   int guidance_embeds;         /* 1: the model takes a guidance input */
   int default_steps;
   int latent_channels;         /* C of the (B, C, 2*grid_h, 2*grid_w) noise the seed draws */
@@ -66,6 +75,9 @@ typedef struct {
   int max_words;               /* the word tokenizer's max_length (0 without a text encoder) */
   int threads;                 /* intra-op threads the model runs use (ddit_open_options.threads) */
   int verified;                /* 1: every file this runtime reads matched the manifest's sha256 at open */
+  int is_video;                /* 1: a video bundle (API 4) */
+  int frames;                  /* pixel frames of a clip (1 for an image); pixels are batch * frames * H * W * 3 */
+  int grid_f;                  /* token frames (1 for an image): tokens = grid_f * grid_h * grid_w */
 } ddit_info;
 
 /* The step cache (ddit_export/runtime/cache.py, ported): TaylorSeer on the model's output. mode "off", "taylor"
@@ -91,7 +103,7 @@ typedef struct {
 typedef struct {
   int batch;
   const float* states; size_t states_len;   /* batch * text_len * joint_dim */
-  const float* pooled; size_t pooled_len;   /* batch * pooled_dim */
+  const float* pooled; size_t pooled_len;   /* batch * pooled_dim (video: NULL, 0) */
   int steps;                                /* 0: the bundle's default */
   float guidance;                           /* guidance-distilled models only */
   int64_t seed;                             /* initial noise as FluxPipeline draws it (torch CPU generator) */
@@ -137,7 +149,9 @@ int ddit_denoise(ddit_runtime* rt, const ddit_request* req, float* out_latents, 
 int ddit_encode(ddit_runtime* rt, const char* const* prompts, int n, float* states, size_t states_len,
                 float* pooled, size_t pooled_len);
 /* Final latents (batch * tokens * channels) -> RGB pixels, uint8 (batch, height, width, 3), exactly as the Python
- * runtime decodes them (images.pixels_to_pil for pixel models; the compiled VAE decoder for FLUX bundles). */
+ * runtime decodes them (images.pixels_to_pil for pixel models; the compiled VAE decoder for FLUX bundles). A
+ * wan-pixel bundle: (batch, frames, height, width, 3) as models/wan.py video_pixels_to_frames makes them; a "wan"
+ * bundle (VAE latents) has no decoder here (DDIT_ERR_UNSUPPORTED). */
 int ddit_decode(ddit_runtime* rt, const float* latents, size_t latents_len, int batch, uint8_t* pixels,
                 size_t pixels_len);
 /* ddit_denoise then ddit_decode: prompts (or embeddings) in, pixels out. */
@@ -150,14 +164,18 @@ int ddit_trace_step(const ddit_runtime* rt, int i, ddit_step* out);
 int ddit_trace_json(const ddit_runtime* rt, char* buf, size_t cap, size_t* needed);
 
 /* One model call of variant `size` (the per-step dispatch, for benchmarks): latents (batch * tokens * channels),
- * timestep in [0, 1]; writes the velocity into out (same length as latents). */
+ * timestep = sigma in [0, 1] (a Wan model gets it as diffusers' timestep, sigma * 1000); pooled NULL for video;
+ * writes the velocity into out (same length as latents). */
 int ddit_run_variant(ddit_runtime* rt, int size, int batch, const float* latents, const float* states,
                      const float* pooled, float timestep, float guidance, float* out);
 
 /* The scheduler alone (pure C++; checked against the Python scheduler on recorded latents). */
 int ddit_scheduler_create(const ddit_schedule* schedule, int grid_h, int grid_w, const int* sizes, int n_sizes,
                           int steps, ddit_scheduler** out);
-/* Decide step `step` given the current latents (batch * grid_h * grid_w * channels floats). */
+/* The same on a video grid of grid_f token frames (schedule->video_std picks the std's span; API 4). */
+int ddit_scheduler_create_video(const ddit_schedule* schedule, int grid_f, int grid_h, int grid_w, const int* sizes,
+                                int n_sizes, int steps, ddit_scheduler** out);
+/* Decide step `step` given the current latents (batch * grid_f * grid_h * grid_w * channels floats). */
 int ddit_scheduler_decide(ddit_scheduler* s, int step, const float* latents, int batch, int channels,
                           ddit_step* out);
 void ddit_scheduler_free(ddit_scheduler* s);
