@@ -66,7 +66,7 @@ typedef struct {
   int pooled_dim;              /* pooled_projections: (B, pooled_dim); 0 for video (no pooled text) */
   int guidance_embeds;         /* 1: the model takes a guidance input */
   int default_steps;
-  int latent_channels;         /* C of the (B, C, 2*grid_h, 2*grid_w) noise the seed draws */
+  int latent_channels;         /* C of the (B, C, 2*grid_h, 2*grid_w) noise the seed draws (video: (B, C, F, H, W)) */
   int n_sizes;                 /* the sizes loaded (ddit_open_sizes) */
   int sizes[DDIT_MAX_SIZES];
   char device[16];
