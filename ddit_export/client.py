@@ -34,7 +34,7 @@ class ServiceError(DDiTError):
 @dataclass
 class GenerationResponse:
     body: dict
-    images: list = field(default_factory=list)  # PIL images
+    images: list = field(default_factory=list)  # PIL images; a video service: one list of PIL frames per clip
     attempts: int = 1
 
     @property
@@ -114,8 +114,17 @@ class Client:
 
     def generate(self, prompt: str | None = None, **options) -> GenerationResponse:
         """One request: ``prompt`` and any request field (n, seed, steps, size, policy, schedule, cache, ...)."""
-        from .serve.schemas import decode_png
-
         body = {k: v for k, v in dict(prompt=prompt, **options).items() if v is not None}
         out, attempts = self.generate_raw(body)
-        return GenerationResponse(out, [decode_png(d["b64_json"]) for d in out["data"]], attempts)
+        return GenerationResponse(out, [_decoded(d) for d in out["data"]], attempts)
+
+
+def _decoded(entry: dict):
+    """A response's data entry -> a PIL image, or a clip's PIL frames (a GIF, or PNG frames)."""
+    from .serve.schemas import decode_gif, decode_png
+
+    if "b64_gif" in entry:
+        return decode_gif(entry["b64_gif"])
+    if "b64_json_frames" in entry:
+        return [decode_png(b) for b in entry["b64_json_frames"]]
+    return decode_png(entry["b64_json"])

@@ -92,11 +92,14 @@ def command(bundle, host, port, address, num_cpus, num_replicas, min_replicas, m
                                max_ongoing_requests=max_ongoing, max_queued_requests=max_queued,
                                retry_after_s=retry_after, timeout_s=timeout, max_n=max_n, threads=threads,
                                replica_cpus=replica_cpus, retries=retries, max_body_bytes=max_body_bytes)
-    from ..bundle import is_video, read_manifest
+    from ..bundle import read_manifest
 
-    if is_video(read_manifest(options.bundle)):  # before Ray starts: a one-line error, not a replica crash
-        raise ConfigError(f"{options.bundle} is a video bundle; the service serves image bundles (its API returns "
-                          f"images); generate clips with `ddit-export generate --bundle {options.bundle}`")
+    kind = read_manifest(options.bundle).model.get("kind")
+    if kind == "wan":  # before Ray starts: a one-line error, not a replica crash
+        raise ConfigError(f"{options.bundle} is a Wan 2.1 bundle (the transformer only; its text encoder and VAE are "
+                          f"in the diffusers folder, and it runs true classifier-free guidance): the service serves "
+                          f"bundles that hold their text encoder (image bundles, wan-mini); generate clips with "
+                          f"`ddit-export generate --bundle {options.bundle} --weights DIR`")
     from ..serve import app
 
     if write_config:

@@ -307,6 +307,8 @@ class Frontend:
                  "default_steps": m.default_steps, "default_prompt": m.default_prompt,
                  "schedule": policy_spec(m.schedule_defaults), "cache": m.cache_defaults.to_dict(),
                  "tensorrt": bool(man.tensorrt)}
+        if "frames" in man.model:  # a video bundle: its clip length, and the clips' response formats
+            entry.update(frames=man.model["frames"], response_formats=["b64_gif", "b64_json"])
         return _json({"object": "list", "data": [entry]}, 200)
 
     @api.get("/v1/stats")

@@ -24,7 +24,8 @@ from ..errors import DDiTError
 from ..flops import step_flops
 from ..runtime.cache import make_cache
 from ..runtime.carry import make_carry
-from ..runtime.generate import GenerationResult, _jsonable, flux_timesteps, initial_noise, usable_sizes
+from ..runtime.generate import (GenerationResult, _jsonable, initial_noise, model_geometry, model_timesteps,
+                                usable_sizes)
 from ..schedule import StepRecord, Trace, make_policy
 from ..settings import GenerateSettings
 
@@ -213,7 +214,7 @@ def run_jobs(model, backend, jobs: list[GenerateSettings], cancelled=None, decod
 def _setup(model, backend, st: _State):
     """What ``generate`` does before its loop, for one job."""
     s = st.settings
-    geom = st.geom = model.geometry(s.height, s.width)
+    geom = st.geom = model_geometry(model, s)  # a video bundle's (F, h, w) grid with the request's frames
     st.cond = model.encode(list(s.prompts))
     st.b = len(s.prompts)
     sizes = usable_sizes(s, geom, tuple(backend.sizes))
@@ -221,7 +222,7 @@ def _setup(model, backend, st: _State):
     device = st.cond.states.device
     st.x = initial_noise(geom, st.b, s.seed, device)
     st.guidance = torch.full((st.b,), s.guidance, device=device) if model.guidance_embeds else None
-    st.sched = flux_timesteps(model.scheduler_config, s.steps, geom.tokens(1))
+    st.sched = model_timesteps(model.scheduler_config, s.steps, geom.tokens(1))
     text_tokens = st.cond.states.shape[1]
     st.trace = Trace(model.name, geom.grid, {"generate": _jsonable(s), "sizes": list(sizes)},
                      fine_flops_per_step=step_flops(model.transformer_config, geom.tokens(1), text_tokens, 1,
@@ -290,9 +291,9 @@ def _run_size(backend, k: int, members: list[_State]):
     own job's timestep; each job gets its slice of v."""
     from ..models.registry import Conditioning
 
-    def timestep(st):
+    def timestep(st):  # FLUX's transformer takes t / 1000; Wan's the scheduler's timestep as is (generate.py)
         t = st.sched.timesteps[st.step]
-        return (t / 1000).expand(st.b).to(st.x.device)
+        return (t if getattr(st.geom, "is_video", False) else t / 1000).expand(st.b).to(st.x.device)
 
     grid = members[0].geom.grid
     if len(members) == 1:
@@ -300,8 +301,8 @@ def _run_size(backend, k: int, members: list[_State]):
         st.v = backend.run(k, st.x, st.cond, timestep(st), st.guidance, grid)
         return
     x = torch.cat([st.x for st in members])
-    cond = Conditioning(torch.cat([st.cond.states for st in members]), torch.cat([st.cond.pooled for st in members]),
-                        members[0].cond.txt_ids)
+    pooled = None if members[0].cond.pooled is None else torch.cat([st.cond.pooled for st in members])
+    cond = Conditioning(torch.cat([st.cond.states for st in members]), pooled, members[0].cond.txt_ids)
     guidance = None if members[0].guidance is None else torch.cat([st.guidance for st in members])
     v = backend.run(k, x, cond, torch.cat([timestep(st) for st in members]), guidance, grid)
     start = 0

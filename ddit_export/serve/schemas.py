@@ -3,7 +3,9 @@
 ``POST /v1/images/generations`` takes a JSON object in the shape of OpenAI's images endpoint where it fits
 (``prompt``, ``n``, ``size`` "WxH", ``response_format`` "b64_json") plus this project's generation options under the
 CLI's names (``seed``, ``steps``, ``guidance``, ``policy``, ``schedule``, ``coarse_first``, ``tau``, ``eps``,
-``warmup``, ``window``, ``sizes``, ``carry``, ``cache``, ``cache_interval``, ...). Validation runs the same code as
+``warmup``, ``window``, ``sizes``, ``carry``, ``cache``, ``cache_interval``, ...). A video bundle (wan-mini) takes
+``frames`` too and answers with clips: ``response_format`` "b64_gif" (default: one GIF per clip) or "b64_json" (the
+clip's frames as PNGs). Validation runs the same code as
 ``ddit-export generate`` (``api.build_settings``, the size checks, the tokenizer), so an HTTP 400 body carries the
 CLI's ``error:`` message word for word.
 """
@@ -22,14 +24,15 @@ from ..settings import GenerateSettings
 
 #: Request fields (JSON name -> expected JSON type). Everything else is an error naming the field.
 FIELDS = {
-    "prompt": str, "n": int, "size": str, "seed": int, "steps": int, "height": int, "width": int,
+    "prompt": str, "n": int, "size": str, "seed": int, "steps": int, "height": int, "width": int, "frames": int,
     "guidance": float, "tau": float, "eps": float, "warmup": int, "window": str, "policy": str,
     "schedule": (str, list), "coarse_first": (str, list), "sizes": (str, list), "carry": str,
     "cache": str, "cache_interval": int, "cache_order": int, "cache_warmup": int, "cache_tail": int,
     "cache_threshold": float, "response_format": str, "trace": bool, "timeout": float, "model": str,
     "user": str,
 }
-RESPONSE_FORMATS = ("b64_json",)
+RESPONSE_FORMATS = ("b64_json", "b64_gif")  # b64_gif: video bundles only
+VIDEO_FPS = 8  # a served clip's GIF frame rate (generate's default)
 #: A request body nested deeper than this is refused (a valid request is at most 2 levels: an object of lists).
 MAX_JSON_DEPTH = 16
 #: Default request-size limit (``serve --max-body-bytes``): a request is a prompt and a few options.
@@ -58,6 +61,7 @@ class Job:
     timeout_s: float = 120.0
     accepted_at: float = 0.0  # time.time() at the front end
     warnings: tuple[str, ...] = ()
+    response_format: str = "b64_json"  # video: "b64_gif" (default) or "b64_json" (PNG frames)
 
 
 def _typed(body: dict, name: str):
@@ -112,9 +116,12 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise ConfigError(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
-    fmt = _typed(body, "response_format") or "b64_json"
-    if fmt not in RESPONSE_FORMATS:
-        raise ConfigError(f"response_format {fmt!r} is not supported: use b64_json (images come back inline)")
+    video = getattr(model, "family", "flux") == "wan"
+    fmt = _typed(body, "response_format") or ("b64_gif" if video else "b64_json")
+    if fmt not in RESPONSE_FORMATS or (fmt == "b64_gif" and not video):
+        raise ConfigError(f"response_format {fmt!r} is not supported: use b64_json (images come back inline)"
+                          if not video else f"response_format {fmt!r} is not supported: use b64_gif (one GIF per "
+                          f"clip) or b64_json (the clip's frames as PNGs)")
     name = _typed(body, "model")
     if name is not None and name != model.name:
         raise ConfigError(f"model {name!r} is not served here; this service serves {model.name!r}")
@@ -152,7 +159,7 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
     seed = _typed(body, "seed")
     settings = build_settings(
         model, prompts=None if prompt is None else [prompt] * n, seed=0 if seed is None else seed, steps=steps,
-        height=height, width=width, guidance=3.5 if _typed(body, "guidance") is None else _typed(body, "guidance"),
+        height=height, width=width, frames=_typed(body, "frames"), guidance=3.5 if _typed(body, "guidance") is None else _typed(body, "guidance"),
         tau=_typed(body, "tau"), eps=_typed(body, "eps"), warmup=_typed(body, "warmup"),
         window=_typed(body, "window"), policy=_typed(body, "policy"),
         static=_int_list(body, "schedule", "--schedule"), coarse_first=_coarse(coarse), sizes=sizes, cache=cache,
@@ -168,7 +175,7 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
 
         tokenize(te["vocab"], te["max_length"], list(settings.prompts[:1]))
     return Job(settings, n, True if _typed(body, "trace") is None else _typed(body, "trace"), timeout,
-               time.time(), tuple(warnings))
+               time.time(), tuple(warnings), fmt)
 
 
 def _check_schedule(settings: GenerateSettings, model):
@@ -176,7 +183,9 @@ def _check_schedule(settings: GenerateSettings, model):
     from ..runtime.generate import usable_sizes
     from ..schedule import make_policy
 
-    geom = model.geometry(settings.height, settings.width)
+    from ..runtime.generate import model_geometry
+
+    geom = model_geometry(model, settings)  # a video bundle's frames checked here: HTTP 400, not a replica error
     make_policy(settings, geom.grid, usable_sizes(settings, geom, tuple(model.manifest.sizes)))
 
 
@@ -241,13 +250,44 @@ def decode_png(b64: str):
     return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
 
+def gif_b64(frames, fps: int = VIDEO_FPS) -> str:
+    """A clip (PIL frames) as one looping GIF, base64 (video_io's GIF writer)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..video_io import video_writer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.gif"
+        video_writer(frames, path, fps)(path)
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def decode_gif(b64: str) -> list:
+    """A b64_gif entry -> its frames (PIL RGB)."""
+    from PIL import Image, ImageSequence
+
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    return [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+
+
+def _data(job: Job, item) -> dict:
+    """One response entry: an image (base64 PNG), or a clip (a list of frames) as a GIF or PNG frames."""
+    if not isinstance(item, list):
+        return {"b64_json": png_b64(item)}
+    if job.response_format == "b64_gif":
+        return {"b64_gif": gif_b64(item), "frames": len(item), "fps": VIDEO_FPS}
+    return {"b64_json_frames": [png_b64(f) for f in item], "frames": len(item)}
+
+
 def response_body(job: Job, result, model_name: str, timings: dict) -> dict:
-    """A finished job -> the response JSON: images (base64 PNG), the per-step trace, schedule summary, timings."""
+    """A finished job -> the response JSON: images (base64 PNG) or clips (GIF or PNG frames), the per-step trace,
+    schedule summary, timings."""
     t = result.trace
     body = {
         "created": int(job.accepted_at or time.time()),
         "model": model_name,
-        "data": [{"b64_json": png_b64(im)} for im in result.images],
+        "data": [_data(job, im) for im in result.images],
         "schedule": {"sizes": t.sizes, "kinds": t.kinds, "coarse_fraction": t.coarse_fraction,
                      "cached_fraction": t.cached_fraction, "flops_ratio": t.flops_ratio},
         "timings": timings,

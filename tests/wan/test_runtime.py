@@ -172,10 +172,18 @@ def test_gpu_wan_bench_dry_run_on_the_cpu(tmp_path):
     assert set(res["step_ms"]) == {"1", "2", "4"} and res["generations"][0]["flop_bound"] > 1
 
 
-def test_inspect_and_validate_a_video_bundle_and_serve_refuses_it(wan_bundle):
+def test_inspect_and_validate_a_video_bundle_and_serve_refuses_a_wan_21_one(wan_bundle, tmp_path):
+    import shutil
+
     r = invoke("inspect", wan_bundle)
     assert r.exit_code == 0 and "format v2" in r.output and "4x8x8" in r.output, r.output
     r = invoke("validate", wan_bundle)
     assert r.exit_code == 0 and "bundle valid" in r.output, r.output
-    r = invoke("serve", wan_bundle)
-    assert r.exit_code == 2 and "video bundle" in r.output, r.output
+    # a wan-pixel bundle is served (tests/serve/test_video.py); a Wan 2.1 bundle (transformer only) is refused in
+    # one line before Ray starts
+    b = shutil.copytree(wan_bundle, tmp_path / "w")
+    m = json.loads((b / "manifest.json").read_text())
+    m["model"]["kind"] = "wan"
+    (b / "manifest.json").write_text(json.dumps(m))
+    r = invoke("serve", b)
+    assert r.exit_code == 2 and "Wan 2.1 bundle" in r.output and r.output.count("\n") == 1, r.output
