@@ -1,6 +1,6 @@
 """A video bundle's schedules with and without the step cache, on held-out clip captions: FLOP ratio, per-frame PSNR
-against fine-only (the same caption and noise; mean over frames and clips, and the worst frame) and the motion
-probe's adherence (quality/motion.py: colour present, motion right). `evaluate` and `calibrate` have no cache axis
+and SSIM against fine-only (the same caption and noise; mean over frames and clips, and the worst frame), the
+frame-change ratio (quality/video.py: 1 = as much frame-to-frame change as fine-only) and the motion probe's adherence (quality/motion.py: colour present, motion right). `evaluate` and `calibrate` have no cache axis
 for video; this measures the issue-23 "stacked with the cache" rows.
 
     python scripts/wan_stack_quality.py --bundle B [--prompts 32] [--backend aoti] [--threads 1] [--json OUT] \\
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
 
     from ddit_export.api import build_settings
     from ddit_export.quality import motion as M
+    from ddit_export.quality.video import compare_clips, mean_scores
     from ddit_export.runtime.bundle_model import open_bundle
     from ddit_export.runtime.generate import generate
     from ddit_export.zoo import clips as C
@@ -71,10 +72,13 @@ def main(argv=None) -> int:
         got, ratio = run(parse_setting(text))
         mse = ((got.astype(np.float64) - ref.astype(np.float64)) ** 2).mean(axis=(2, 3, 4))  # (n, F)
         psnr = 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12))
+        sc = mean_scores([compare_clips(g, r) for g, r in zip(got, ref)])
         rows.append({"setting": text, "flops_ratio": ratio, "psnr_db": float(psnr.mean()),
-                     "psnr_worst_frame_db": float(psnr.min(axis=1).mean()), **probe(got)})
+                     "psnr_worst_frame_db": float(psnr.min(axis=1).mean()), "ssim": sc["ssim_mean"],
+                     "change_ratio": sc["change_ratio"], **probe(got)})
     for r in rows:
-        q = f"{r['psnr_db']:.1f} dB (worst frame {r['psnr_worst_frame_db']:.1f})" if "psnr_db" in r else "-"
+        q = (f"{r['psnr_db']:.1f} dB (worst frame {r['psnr_worst_frame_db']:.1f}), SSIM {r['ssim']:.3f}, change "
+             f"ratio {r['change_ratio']:.3f}" if "psnr_db" in r else "-")
         print(f"{r['setting']:<28} FLOP ratio {r['flops_ratio']:.3f} ({1 / r['flops_ratio']:.2f}x)  {q}  "
               f"colour {r['colour']:.0%} motion {r['motion']:.0%}")
     if a.json:
