@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Continue wan-mini's training on the GPU machine (issue 23 item 1): the same resumable run the CPU sessions
+# continue (zoo/train_wan.py), on CUDA with bf16 autocast, then the motion probe on both splits.
+#
+#   WORK=runs/wan-cont MINUTES=7 OUT=/some/folder bash scripts/gpu_wan_train.sh       # from the repository root
+#   bash scripts/gpu_wan_train.sh --dry-run      only the checks (CUDA, the run folder), then exit
+#
+# WORK: a train_wan run folder (ckpt.pt, state.json; git-ignored under runs/: carry it, e.g. carry=["runs/wan-cont"]:
+# its ckpt.pt is about 30 MB). Without WORK/ckpt.pt the run starts from the shipped wan-mini (--init). The
+# checkpoint is the same file on either device: copy WORK back and a CPU session resumes it. MINUTES of training
+# (default 7) leave room in a 10-minute call for the probe; checkpoints every CKPT_MINUTES (default 2).
+# Output in $OUT: train.log, probe.jsonl (the probe on PROBE_N clips per split, default 32), env.txt, and WORK's
+# state.json, loss.png, samples.png, ckpt.pt and model/ (the exported EMA weights).
+set -uo pipefail
+
+DRY=0
+for a in "$@"; do
+  case "$a" in
+    --dry-run|--check-only) DRY=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "gpu_wan_train: unknown argument $a (see --help)" >&2; exit 2 ;;
+  esac
+done
+: "${WORK:=runs/wan-cont}"
+: "${MINUTES:=7}"
+: "${CKPT_MINUTES:=2}"
+: "${PROBE_N:=32}"
+: "${OUT:=out/gpu-wan-train}"
+PY=${PYTHON:-python}
+
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "error: gpu_wan_train needs a CUDA device (torch sees none); on the CPU run python -m ddit_export.zoo.train_wan" >&2
+  exit 3
+fi
+if [[ -f "$WORK/ckpt.pt" ]]; then echo "resuming $WORK"; else echo "no $WORK/ckpt.pt: starting from the shipped wan-mini"; fi
+[[ "$DRY" == 1 ]] && { echo "checks passed"; exit 0; }
+
+mkdir -p "$OUT"
+{ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; } > "$OUT/env.txt"
+$PY -m ddit_export.zoo.train_wan --work "$WORK" --minutes "$MINUTES" --ckpt-minutes "$CKPT_MINUTES" --device cuda \
+  --bf16 --layers 6 --batch 32 --probe-n 16 --init ddit_export/zoo/weights/wan-mini 2>&1 | tee "$OUT/train.log"
+rc=${PIPESTATUS[0]}
+cp -r "$WORK/state.json" "$WORK/loss.png" "$WORK/samples.png" "$WORK/ckpt.pt" "$WORK/model" "$OUT/" 2>/dev/null
+[[ $rc == 0 ]] || { echo "error: training exited with $rc (see $OUT/train.log)" >&2; exit "$rc"; }
+$PY -m ddit_export.zoo.train_wan --probe "$WORK/model" --probe-n "$PROBE_N" --threads 8 > "$OUT/probe.jsonl"
+cat "$OUT/probe.jsonl"
