@@ -1,8 +1,6 @@
 """``build --backend aoti`` for a video (Wan) model (issue 23 item 3): every size compiled by AOTInductor with the
 weights once in weights.bin, the word encoder in the package, and the Python ``aoti`` backend generating the
 clip the ONNX Runtime bundle generates."""
-import pytest
-
 from ddit_export.bundle import load
 
 
