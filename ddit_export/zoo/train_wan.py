@@ -125,11 +125,11 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
     tuner = ThreadTuner() if threads == "auto" else None
     if threads and not tuner:
         torch.set_num_threads(int(threads))
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch has no CUDA device (torch {torch.__version__})")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(out) if out else work / "model"
-    if device != "cpu" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this torch has no CUDA device (torch {torch.__version__})")
     if device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True
     trunk, text, _ = build(cfg)

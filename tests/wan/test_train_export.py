@@ -47,4 +47,4 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert main(["--work", str(tmp_path / "w"), "--steps", "1", "--micro", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device" in err
-    assert not (tmp_path / "w" / "ckpt.pt").exists()
+    assert not (tmp_path / "w").exists()  # refused before the run folder is made
