@@ -10,7 +10,10 @@ fine-only with the same caption and noise: per-frame PSNR, the frame-change rati
 a temporal merge could freeze or smear motion) and the FLOP ratio (flops.wan_step_flops at each variant's tokens).
 
     python scripts/temporal_merge.py --model wan-mini --work runs/temporal-merge [--train-steps 600] \\
-        [--captions 48] [--prompts 16] [--threads 1] [--json OUT]
+        [--captions 48] [--prompts 16] [--threads 1] [--json OUT] [--mixes "t1x6+s2x4,s2x4+t1x6"]
+
+``--mixes``: schedules that chain variants after the fine head (``t1x6+s2x4``: 6 steps of t1, then 4 of s2, the
+rest fine), evaluated after (or instead of, with ``--lengths ""``) the single-variant ladders.
 
 The trained adapters are saved in WORK (``adapters.pt``); a rerun with the same settings evaluates them again
 without training. Research code: the product's sizes stay spatial (nothing here is exported).
@@ -184,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=16, help="held-out captions of the evaluation")
     p.add_argument("--head", type=int, default=6)
     p.add_argument("--lengths", default="4,6,8,12", help="coarse steps n of each ladder")
+    p.add_argument("--mixes", default="", help="chained variants after the head, e.g. t1x6+s2x4 (comma-separated)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -251,19 +255,30 @@ def main(argv=None) -> int:
     text_len = states.shape[1]
     fine_flops = step_flops(cfg, grid, text_len, "fine", DEFAULT_LORA_RANK)
     rows = []
-    for name in VARIANTS:
-        for n in (int(v) for v in a.lengths.split(",")):
-            sch = ["fine"] * a.head + [name] * n + ["fine"] * (steps - a.head - n)
-            got = frames(sample(student, model.scheduler_config, states, noise, grid, sch))
-            sc = mean_scores([compare_clips(g, r) for g, r in zip(got, ref)])
-            ratio = sum(step_flops(cfg, grid, text_len, s, DEFAULT_LORA_RANK) for s in sch) / (fine_flops * steps)
-            rows.append({"variant": name, "k": VARIANTS[name][0], "frames_merged": VARIANTS[name][1],
-                         "tokens": tokens(grid, name), "head": a.head, "coarse_steps": n, "flops_ratio": ratio,
-                         "psnr_db": sc["psnr_mean"], "ssim": sc["ssim_mean"], "change_ratio": sc["change_ratio"],
-                         "final_distill_loss": float(np.mean(losses[name][-50:]))})
-            r = rows[-1]
-            log(f"{name} ({r['tokens']} tokens) x{n}: FLOP ratio {ratio:.3f}, {r['psnr_db']:.1f} dB, "
-                f"SSIM {r['ssim']:.3f}, change ratio {r['change_ratio']:.3f}")
+    plans = [(name, [(name, int(n))]) for name in VARIANTS for n in a.lengths.split(",") if n]
+    for mix in (m for m in a.mixes.split(",") if m):
+        chain = [(v, int(c)) for v, _, c in (part.partition("x") for part in mix.split("+"))]
+        if any(v not in VARIANTS for v, _ in chain):
+            p.error(f"--mixes {mix!r}: variants are {', '.join(VARIANTS)}")
+        plans.append((mix, chain))
+    for name, chain in plans:
+        n = sum(c for _, c in chain)
+        if a.head + n > steps:
+            p.error(f"{name}: {a.head} fine steps + {n} coarse ones exceed the {steps} steps")
+        sch = ["fine"] * a.head + [v for v, c in chain for _ in range(c)] + ["fine"] * (steps - a.head - n)
+        got = frames(sample(student, model.scheduler_config, states, noise, grid, sch))
+        sc = mean_scores([compare_clips(g, r) for g, r in zip(got, ref)])
+        ratio = sum(step_flops(cfg, grid, text_len, s, DEFAULT_LORA_RANK) for s in sch) / (fine_flops * steps)
+        one = chain[0][0] if len(chain) == 1 else None  # a single-variant ladder (else a mix)
+        rows.append({"variant": name, "k": VARIANTS[one][0] if one else None,
+                     "frames_merged": VARIANTS[one][1] if one else None,
+                     "tokens": tokens(grid, one) if one else None, "head": a.head, "coarse_steps": n,
+                     "flops_ratio": ratio, "psnr_db": sc["psnr_mean"], "ssim": sc["ssim_mean"],
+                     "change_ratio": sc["change_ratio"],
+                     "final_distill_loss": float(np.mean(losses[one][-50:])) if one else None})
+        r = rows[-1]
+        log(f"{name} x{n}: FLOP ratio {ratio:.3f}, {r['psnr_db']:.1f} dB, SSIM {r['ssim']:.3f}, change ratio "
+            f"{r['change_ratio']:.3f}")
     if a.json:
         a.json.write_text(json.dumps({"model": a.model, "grid": list(grid), "steps": steps, "settings": settings,
                                       "prompts": a.prompts, "split": "heldout", "rows": rows}, indent=1))
