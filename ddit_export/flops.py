@@ -38,8 +38,10 @@ def is_wan(cfg) -> bool:
     return g("ffn_dim") is not None and g("text_dim") is not None
 
 
-def wan_step_flops(cfg, tokens: int, text_tokens: int, k: int = 1, lora_rank: int = 0, batch: int = 1) -> int:
+def wan_step_flops(cfg, tokens: int, text_tokens: int, k: int = 1, lora_rank: int = 0, batch: int = 1,
+                   merge: int | None = None) -> int:
     """FLOPs of one WanTransformer3DModel call on ``tokens`` fine video tokens at size k (k x k spatial merge).
+    ``merge``: fine tokens per coarse token when it is not k x k (scripts/temporal_merge.py's k x k x 2 sizes).
 
     Per block: self-attention (q, k, v, out and the n² attention), cross-attention to the text (q and out on the
     video tokens, k and v on the text tokens, n·t attention), the feed-forward (d -> ffn_dim -> d) and, for k > 1,
@@ -52,13 +54,14 @@ def wan_step_flops(cfg, tokens: int, text_tokens: int, k: int = 1, lora_rank: in
         patch *= p
     c_in = g("in_channels") * patch
     c_out = (g("out_channels") or g("in_channels")) * patch
-    n = tokens // (k * k)
-    r = lora_rank if k > 1 else 0
+    m = k * k if merge is None else merge
+    n = tokens // m
+    r = lora_rank if m > 1 else 0
     f = _lin(1, g("freq_dim"), d) + _lin(1, d, d) + _lin(1, d, 6 * d)  # timestep embedding + block modulations
     f += _lin(t, g("text_dim"), d) + _lin(t, d, d)  # text embedder (PixArt projection, two layers)
-    cin, cout = k * k * c_in, k * k * c_out
+    cin, cout = m * c_in, m * c_out
     f += _lin(n, cin, d) + _lin(n, d, cout)  # stem and head of this size
-    if k > 1:
+    if m > 1:
         f += _lin(n, cin, cout)  # residual block
     block = (4 * _lin(n, d, d) + 2 * 2 * n * n * d  # self-attention
              + 2 * _lin(n, d, d) + 2 * _lin(t, d, d) + 2 * 2 * n * t * d  # cross-attention

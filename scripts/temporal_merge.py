@@ -127,21 +127,12 @@ def tokens(grid, name):
 def step_flops(cfg, grid, text_len, name, rank):
     """flops.wan_step_flops for a variant that merges m = kt*k*k fine tokens: n = tokens / m, stem and head m times
     the fine patch, the residual and LoRA for every merged variant (the same terms as a spatial size k)."""
-    from ddit_export.flops import _lin, wan_step_flops
+    from ddit_export.flops import wan_step_flops
 
     if name == "fine":
         return wan_step_flops(cfg, tokens(grid, "fine"), text_len, 1, 0)
     k, kt = VARIANTS[name]
-    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    f_dim, t, patch = cfg["ffn_dim"], text_len, int(np.prod(cfg["patch_size"]))
-    n, m, r = tokens(grid, name), kt * k * k, rank
-    cin, cout = m * cfg["in_channels"] * patch, m * (cfg.get("out_channels") or cfg["in_channels"]) * patch
-    fl = _lin(1, cfg["freq_dim"], d) + _lin(1, d, d) + _lin(1, d, 6 * d) + _lin(t, cfg["text_dim"], d) + _lin(t, d, d)
-    fl += _lin(n, cin, d) + _lin(n, d, cout) + _lin(n, cin, cout)
-    block = (4 * _lin(n, d, d) + 2 * 2 * n * n * d + 2 * _lin(n, d, d) + 2 * _lin(t, d, d) + 2 * 2 * n * t * d
-             + _lin(n, d, f_dim) + _lin(n, f_dim, d)
-             + _lin(n, d, r) + _lin(n, r, f_dim) + _lin(n, f_dim, r) + _lin(n, r, d))
-    return fl + cfg["num_layers"] * block
+    return wan_step_flops(cfg, tokens(grid, "fine"), text_len, k, rank, merge=kt * k * k)
 
 
 @torch.no_grad()
