@@ -2,6 +2,7 @@
 invocation and its one-line-error check that the command tests share."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -149,3 +150,12 @@ def with_aoti(bundle, out, model: str):
     shutil.copytree(bundle, out)
     prepare_aoti(out, BuildSettings(model=model), log=lambda *a: None)
     return out
+
+
+def load_script(name: str):
+    """scripts/NAME.py imported as a module (the scripts folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

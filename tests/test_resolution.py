@@ -1,5 +1,4 @@
 """The resolution table (issue 11): quality and step times at several sides, on the tiny preset."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +9,6 @@ from ddit_export.errors import ConfigError
 from ddit_export.resolution import estimated_speedup, resolution_table
 from ddit_export.settings import ResolutionSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 LADDER = "ladder:head=0,n4=2,tail=2"
 
 
@@ -83,9 +81,9 @@ def test_bad_settings(tmp_path, kw, message):
 
 
 def test_bad_inputs_end_in_one_error_line(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("resolution_table_script", ROOT / "scripts" / "resolution_table.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from tests.helpers import load_script
+
+    script = load_script("resolution_table")
     for args, text in ((["--resolutions", "32,x"], "comma-separated integers"),
                        (["--model", "tiny", "--resolutions", "32,33", "--no-ort"], "multiple of 2"),
                        (["--model", "tiny", "--static", "ddit:tau=0.1", "--no-ort"], "is the rule")):

@@ -1,17 +1,12 @@
 """scripts/coarse_ceiling.py (issue 19): the ceiling a coarse head's shape puts on its adapters."""
-import importlib.util
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("coarse_ceiling", ROOT / "scripts" / "coarse_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("coarse_ceiling")
 
 
 def _calls(velocity, grid=(8, 8), n=40, c=3, seed=0):  # 640 blocks of 12 values: far more than 25 features

@@ -1,18 +1,13 @@
 """scripts/temporal_merge.py (issue 23 item 2): the temporal-merge geometry, and its spatial variants are the
 product's spatial sizes (the comparison is against what ships)."""
-import importlib.util
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("temporal_merge", ROOT / "scripts" / "temporal_merge.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("temporal_merge")
 
 
 def test_merge_is_inverted_and_groups_two_frames():
