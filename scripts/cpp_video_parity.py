@@ -39,11 +39,6 @@ def cpp_args(spec: str) -> list[str]:
     raise SystemExit(f"error: policy {spec!r}: this script maps ddit and ladder specs only")
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)
@@ -62,6 +57,7 @@ def main(argv=None) -> int:
 
     from ddit_export.api import generate_images
     from ddit_export.models.wan import video_pixels_to_frames
+    from ddit_export.quality.video import frame_psnr
     from ddit_export.runtime.bundle_model import open_bundle
     from ddit_export.zoo import clips as C
 
@@ -91,12 +87,12 @@ def main(argv=None) -> int:
                 worst_lat = max(worst_lat, float(np.abs(x - res.latents.numpy()).max()))
                 cpp_frames = np.stack([np.asarray(f) for f in video_pixels_to_frames(torch.from_numpy(x), geom)[0]])
                 py_frames = np.stack([np.asarray(f) for f in res.images[0]])
-                psnrs.append(min(psnr(c, q) for c, q in zip(cpp_frames, py_frames)))
+                psnrs.append(float(frame_psnr(cpp_frames, py_frames).min()))  # identical frames: 100 dB
                 identical += bool(np.array_equal(cpp_frames, py_frames))
                 ratios.append(trace["flops_ratio"])
-            worst = min(psnrs)  # inf: every frame identical (JSON null)
+            worst = min(psnrs)
             rows.append({"policy": spec, "clips": len(captions), "same_sizes": same, "identical_clips": identical,
-                         "max_abs_latent": worst_lat, "min_frame_psnr_db": None if worst == float("inf") else worst,
+                         "max_abs_latent": worst_lat, "min_frame_psnr_db": worst,
                          "flops_ratio_mean": float(np.mean(ratios))})
             print(f"{spec}: sizes equal in {same}/{len(captions)} clips, frames identical in {identical}, max |latent "
                   f"diff| {worst_lat:.3g}, worst frame PSNR {worst:.1f} dB, FLOP ratio {np.mean(ratios):.3f}")
