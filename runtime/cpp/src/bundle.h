@@ -68,6 +68,8 @@ struct Bundle {
   int tokens() const { return grid_f * grid_h * grid_w; }
   int channels() const { return latent_channels * patch_t * patch_h * patch_w; }
   int64_t step_flops(int k, int64_t lora_rank, int64_t batch) const;  // flops.py step_flops for this bundle
+  int clip_frames() const { return video ? frames : 1; }  // images per sample the decoder makes (1 for an image)
+  size_t pixels_per_sample() const { return size_t(clip_frames()) * height * width * 3; }  // RGB uint8
   const AotiVariant& variant(int size) const;
 };
 

@@ -409,7 +409,7 @@ int ddit_get_info(const ddit_runtime* rt, ddit_info* o) {
     o->has_decoder = ddit::has_decoder(*rt);
     o->max_words = o->has_text_encoder ? b.max_words : 0;
     o->is_video = b.video;
-    o->frames = b.video ? b.frames : 1;
+    o->frames = b.clip_frames();
     o->grid_f = b.grid_f;
   });
 }

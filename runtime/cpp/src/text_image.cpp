@@ -212,7 +212,7 @@ void decode(ddit_runtime* rt, const float* latents, size_t latents_len, int batc
   need(pixels, "pixels");
   if (batch < 1) throw argument_error("batch must be >= 1");
   check_len("latents", latents_len, size_t(batch) * b.tokens() * b.channels());
-  check_len("pixels", pixels_len, size_t(batch) * std::max(b.frames, 1) * b.height * b.width * 3);
+  check_len("pixels", pixels_len, size_t(batch) * b.pixels_per_sample());
   if (b.kind == "wan-pixel") {
     if (b.latent_channels != 3 || b.vae_scale != 1 || b.vae_temporal != 1)
       throw bundle_error("a wan-pixel bundle with " + std::to_string(b.latent_channels) + " channels is not RGB");
@@ -317,7 +317,7 @@ int ddit_generate(ddit_runtime* rt, const ddit_request* req, uint8_t* pixels, si
     need(pixels, "pixels");
     const ddit::Bundle& b = rt->bundle;
     if (req->batch < 1) throw argument_error("batch must be >= 1");
-    ddit::check_len("pixels", pixels_len, size_t(req->batch) * std::max(b.frames, 1) * b.height * b.width * 3);
+    ddit::check_len("pixels", pixels_len, size_t(req->batch) * b.pixels_per_sample());
     if (!ddit::has_decoder(*rt))
       throw ddit::Error(DDIT_ERR_UNSUPPORTED, "no decoder in this bundle (a " + b.kind +
                                                   " bundle without a compiled VAE decoder): use ddit_denoise");
