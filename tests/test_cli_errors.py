@@ -129,3 +129,7 @@ def test_calibrate_default_prompts_are_package_data(monkeypatch, tmp_path):
     pkg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ddit_export"]
     rel = default_prompts_path().relative_to(ROOT / "ddit_export").as_posix()
     assert any(fnmatch.fnmatch(rel, pattern) for pattern in pkg)
+    # from a checkout the profile records the file as a path of the checkout, not of this machine
+    monkeypatch.chdir(ROOT)
+    CliRunner().invoke(main, ["calibrate", "--model", "tiny", "--sweep", "n4=1", "--dry-run"])
+    assert seen["prompts"] == "ddit_export/calibration/prompts-flux-mini.txt"

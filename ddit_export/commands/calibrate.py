@@ -1,5 +1,6 @@
 """``ddit-export calibrate``: sweep a schedule policy's knob on calibration prompts and write the model's profile."""
 import shlex
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -74,7 +75,9 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
         from ..quality.calibrate_video import default_clip_prompts_path
         from ..quality.policies import default_prompts_path
 
-        prompts_file = str(default_clip_prompts_path() if video else default_prompts_path())
+        path = default_clip_prompts_path() if video else default_prompts_path()
+        # the profile records this path: from a checkout, the package's own file as a path any clone has
+        prompts_file = str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
     settings = CalibrateSettings(prompts=prompts_file, sweep=(knob.strip(), tuple(v for v in values.split(",") if v)),
                                  model=model, weights=weights, adapters=adapters, bundle=bundle, policy=policy,
                                  n_prompts=n_prompts, seed=seed, steps=steps, height=height, width=width,
