@@ -204,3 +204,14 @@ def rates_by_motion(results: list[dict], clips: list[C.Clip]) -> dict[str, float
     for r, c in zip(results, clips):
         per.setdefault(c.shapes[0].motion, []).append(bool(r["motion"]))
     return {k: sum(v) / len(v) for k, v in sorted(per.items())}
+
+
+def confusion(results: list[dict], clips: list[C.Clip]) -> dict[str, dict[str, int]]:
+    """Per caption motion, what the probe saw instead, counted over every shape of every clip (``adherence``'s
+    ``seen``): where a model fails, e.g. a moving shape that fades or leaves the frame reads as "shrinking"."""
+    out: dict[str, dict[str, int]] = {}
+    for r, c in zip(results, clips):
+        for s, seen in zip(c.shapes, r["seen"]):
+            row = out.setdefault(s.motion, {})
+            row[seen] = row.get(seen, 0) + 1
+    return {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in sorted(out.items())}

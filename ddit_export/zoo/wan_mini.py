@@ -110,8 +110,9 @@ def save_sheet(clips: np.ndarray, captions, path: Path, scale: int = 3):
     path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
 
 
-def export_model(out: Path, cfg: WanTrainConfig, model: Pair):
-    """The EMA weights as a pixel video folder (format in models/registry.py), written beside and renamed."""
+def export_model(out: Path, cfg: WanTrainConfig, model: Pair, training: dict | None = None):
+    """The EMA weights as a pixel video folder (format in models/registry.py), written beside and renamed.
+    ``training``: the weights' training record (:func:`lineage`), kept in ``ddit_model.json``."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     out = Path(out)
@@ -122,6 +123,8 @@ def export_model(out: Path, cfg: WanTrainConfig, model: Pair):
     FlowMatchEulerDiscreteScheduler(shift=cfg.shift, use_dynamic_shifting=False).save_pretrained(tmp / "scheduler")
     meta = {"format": VIDEO_FORMAT, "name": cfg.name, "height": cfg.side, "width": cfg.side, "frames": cfg.frames,
             "steps": cfg.steps, "prompt": "a large red circle moving right on a black background"}
+    if training:
+        meta["training"] = training
     (tmp / "ddit_model.json").write_text(json.dumps(meta, indent=2))
     if out.exists():
         old = out.with_name(f".{out.name}.old")
@@ -132,6 +135,15 @@ def export_model(out: Path, cfg: WanTrainConfig, model: Pair):
     else:
         tmp.rename(out)
     return out
+
+
+def lineage(folder) -> dict:
+    """The training record an exported folder carries (``ddit_model.json``, field ``training``): ``steps`` and
+    ``clips`` in all (every run that made these weights), and ``runs``, one entry per run (its steps, batch, seconds,
+    device, the held-out flow loss it started from and ended at). ``{}`` for a folder without one. A run started with
+    ``--init`` continues the record, so weights continued over many sessions say how much training they hold."""
+    meta = Path(folder) / "ddit_model.json"
+    return dict(json.loads(meta.read_text()).get("training") or {}) if meta.is_file() else {}
 
 
 def init_from(model: Pair, folder) -> None:

@@ -43,6 +43,12 @@ def test_adherence_rejects_wrong_clips():
     frozen_ok = [M.adherence(np.repeat(c.render()[:1], C.FRAMES, 0), c)["motion"] for c in clips]  # no motion
     assert len(clips) >= 40
     assert sum(reversed_ok) <= 0.05 * len(clips) and sum(frozen_ok) <= 0.05 * len(clips)
+    # the confusion table says what the probe saw instead: a reversed move reads as the opposite direction
+    moving = [c for c in clips if c.shapes[0].motion in C.DIRECTIONS]
+    table = M.confusion([M.adherence(c.render()[::-1], c) for c in moving], moving)
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    assert set(table) <= set(C.DIRECTIONS) and sum(sum(r.values()) for r in table.values()) == len(moving)
+    assert all(max(row, key=row.get) == opposite[want] for want, row in table.items())
     # a clip of another colour: the caption's colour is not there
     c = Clip((MovingShape("circle", "red", "large", "right", (1, 0), (1, 1), None, "left"),), "black")
     other = Clip((MovingShape("circle", "blue", "large", "right", (1, 0), (1, 1), None, "left"),), "black")

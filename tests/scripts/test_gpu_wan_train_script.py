@@ -5,8 +5,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp_path, *args, python=None):
-    env = {"PATH": "/usr/bin:/bin", "WORK": str(tmp_path / "run"), "OUT": str(tmp_path / "out")}
+def _run(tmp_path, *args, python=None, **more):
+    env = {"PATH": "/usr/bin:/bin", "WORK": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), **more}
     if python:
         env["PYTHON"] = python
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_wan_train.sh"), *args], capture_output=True, text=True,
@@ -31,7 +31,14 @@ def test_dry_run_checks_the_run_folder_and_does_no_work(tmp_path):
     fake.chmod(0o755)
     r = _run(tmp_path, "--dry-run", python=str(fake))
     assert r.returncode == 0, r.stderr
-    assert "starting from the shipped wan-mini" in r.stdout and "checks passed" in r.stdout
+    # without a run folder it starts from the committed continued weights, else the shipped model
+    want = "checkpoints/wan-mini" if (ROOT / "checkpoints/wan-mini/ddit_model.json").is_file() else \
+        "ddit_export/zoo/weights/wan-mini"
+    assert f"starting from {want}" in r.stdout and "checks passed" in r.stdout
+    r = _run(tmp_path, "--dry-run", python=str(fake), INIT="ddit_export/zoo/weights/wan-mini")
+    assert r.returncode == 0 and "starting from ddit_export/zoo/weights/wan-mini" in r.stdout
+    r = _run(tmp_path, "--dry-run", python=str(fake), INIT=str(tmp_path))
+    assert r.returncode == 2 and "not a wan-mini model folder" in r.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "ckpt.pt").write_bytes(b"x")
     r = _run(tmp_path, "--dry-run", python=str(fake))

@@ -90,12 +90,35 @@ def test_init_from_an_exported_folder(tmp_path):
         W.train(MICRO, tmp_path / "d", steps=1, threads=1, log=_quiet, samples=False, init=tmp_path)
 
 
+def test_init_continues_the_training_record(tmp_path):
+    """Weights continued over sessions (``--init`` on the last export, a fresh optimiser) say how much training they
+    hold: the record adds each run's steps and clips, and a run notes the held-out loss it started from."""
+    W.train(MICRO, tmp_path / "a", steps=2, threads=1, log=_quiet, samples=False, probe_n=2)
+    first = W.lineage(tmp_path / "a" / "model")
+    assert (first["steps"], first["clips"], len(first["runs"])) == (2, 2 * MICRO.batch, 1)
+    assert first["runs"][0]["init"] is None and first["runs"][0]["probe"]["n"] == 2
+    W.train(MICRO, tmp_path / "b", steps=3, threads=1, log=_quiet, samples=False, probe_n=0,
+            init=tmp_path / "a" / "model")
+    rec = W.lineage(tmp_path / "b" / "model")
+    assert (rec["steps"], rec["clips"]) == (5, 5 * MICRO.batch) and rec["runs"][0] == first["runs"][0]
+    run = rec["runs"][1]
+    assert run["init"] == str(tmp_path / "a" / "model") and run["steps"] == 3
+    # the loss it started from is the init's own held-out loss (same clips, same noise)
+    assert run["heldout_loss_start"] == pytest.approx(first["runs"][0]["heldout_loss"], abs=1e-4)
+    # resuming the second run from its checkpoint keeps the record it started from
+    W.train(MICRO, tmp_path / "b", steps=4, threads=1, log=_quiet, samples=False, probe_n=0)
+    assert W.lineage(tmp_path / "b" / "model")["steps"] == 6
+    assert W.lineage(tmp_path) == {}
+
+
 def test_threads_auto_and_time_steps(tmp_path, capsys):
     state = W.train(MICRO, tmp_path / "w", steps=3, threads="auto", log=_quiet, samples=False)
     assert state["step"] == 3
     assert W.main(["--micro", "--time-steps", "2", "--threads", "1"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["threads"] == 1 and r["s_per_step"] > 0 and r["layers"] == MICRO.layers
+    assert r["threads"] == 1 and r["s_per_step"] > 0 and r["layers"] == MICRO.layers and r["bf16"] is False
+    assert W.main(["--micro", "--time-steps", "1", "--threads", "1", "--bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["bf16"] is True
     torch.set_num_threads(2)
 
 
