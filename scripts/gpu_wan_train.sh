@@ -19,7 +19,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run|--check-only) DRY=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "gpu_wan_train: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
