@@ -113,7 +113,7 @@ def model_options(f):
                                                                  "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, frames, fps, guidance, tau, eps,
              warmup, window, policy, static, coarse_first, carry, cache, cache_interval, cache_order, cache_warmup,
-             cache_tail, cache_threshold, out, trace, bundle, backend, fallback_ort, threads, memory, device):
+             cache_tail, cache_threshold, cache_switch, out, trace, bundle, backend, fallback_ort, threads, memory, device):
     """Generate images (or a video clip, with a video model) with dynamic patch scheduling and write the trace."""
     from click.core import ParameterSource
 
@@ -129,7 +129,7 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                        warmup=warmup, window=window, policy=policy, static=_ints(static, "--schedule"),
                        coarse_first=_coarse(coarse_first), carry=carry,
                        cache=cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail,
-                                        cache_threshold))
+                                        cache_threshold, cache_switch))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, memory=memory,

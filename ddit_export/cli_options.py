@@ -32,13 +32,17 @@ def cache_options(f):
         click.option("--cache-tail", type=int, help="Computed steps at the end."),
         click.option("--cache-threshold", type=float,
                      help="Also compute early when the estimated relative extrapolation error exceeds this."),
+        click.option("--cache-switch/--no-cache-switch", default=None,
+                     help="Also compute the first step after each patch-size change (never extrapolate across a "
+                          "switch)."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold) -> dict:
+def cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold,
+               cache_switch=None) -> dict:
     """The --cache options as the dict ``api.cache_settings`` takes (None: not given, keep the profile's)."""
     return dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup, tail=cache_tail,
-                threshold=cache_threshold)
+                threshold=cache_threshold, switch=cache_switch)

@@ -51,7 +51,7 @@ from ..settings import DEFAULT_MODEL
 @click.pass_context
 def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grades, readable_only, policy, sweep, target_speedup,
             max_quality_drop, min_psnr, seed, steps, height, width, frames, change_ratio, work, profile, oracle, cache, cache_interval, cache_order,
-            cache_warmup, cache_tail, cache_threshold, dry_run, threads, quiet):
+            cache_warmup, cache_tail, cache_threshold, cache_switch, dry_run, threads, quiet):
     """Measure a policy's settings against fine-only and choose the operating point; exit 1 if none meets it."""
     import torch
 
@@ -86,7 +86,8 @@ def command(ctx, model, weights, adapters, bundle, prompts_file, n_prompts, grad
                                  target_speedup=target_speedup,
                                  max_quality_drop=max_quality_drop, min_psnr=min_psnr, work=work, profile=profile,
                                  write=not dry_run, oracle=oracle, cache=_cache(cache_settings, cache_dict(
-                                     cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold)))
+                                     cache, cache_interval, cache_order, cache_warmup, cache_tail, cache_threshold,
+                                     cache_switch)))
     try:
         prof = calibrate(settings, command=command_line(ctx), progress=not quiet,
                          log=click.echo)

@@ -6,7 +6,8 @@ nothing but the backend's output, so every backend (PyTorch, ONNX Runtime, Tenso
 graph change, and since the velocity is always in fine-token form it composes with patch-size switching.
 
 Which steps run: ``warmup`` computed steps, then one computed step every ``interval`` steps, and the last
-``tail`` steps computed. The optional ``threshold`` adds an indicator from quantities the loop already has: at
+``tail`` steps computed (with ``switch``, also the first step after each patch-size change, which restarts the
+extrapolation from the new size's velocities only). The optional ``threshold`` adds an indicator from quantities the loop already has: at
 every computed step the cache measures how far its own extrapolation would have been off
 (``e = |v - p(σ)| / |v|`` at σ distance ``Δ``), and computes the next step early once ``e · (d/Δ)^(order+1)``
 reaches the threshold at distance ``d`` from the last computed step. The batch takes one decision.
@@ -26,13 +27,17 @@ class StepCache:
         self.steps = steps
         self.points: deque = deque(maxlen=settings.order + 1)  # (σ, velocity) of the last computed steps
         self.last_step = -1
+        self.last_size: int | None = None  # the patch size of the last computed step (settings.switch)
         self.error: tuple[float, float] | None = None  # (relative extrapolation error, σ distance) measured
 
-    def should_compute(self, step: int, sigma: float) -> bool:
+    def should_compute(self, step: int, sigma: float, size: int | None = None) -> bool:
+        """Whether step ``step`` (at ``sigma``, patch size ``size`` chosen by the policy) runs the model."""
         s = self.settings
         if s.mode == "plan":
             return bool(s.plan[step])
         if not self.points or step < s.warmup or step >= self.steps - s.tail:
+            return True
+        if s.switch and size is not None and size != self.last_size:
             return True
         if step - self.last_step >= s.interval:
             return True
@@ -56,14 +61,19 @@ class StepCache:
             out = coef[i] + (sigma - xs[i]) * out
         return out.to(pts[-1][1].dtype)
 
-    def update(self, step: int, sigma: float, v: torch.Tensor):
-        """Store a computed step's velocity; measure the extrapolation error it would have had."""
+    def update(self, step: int, sigma: float, v: torch.Tensor, size: int | None = None):
+        """Store a computed step's velocity; measure the extrapolation error it would have had. With ``switch``, a
+        step of a new size restarts the history: velocities of another size do not extrapolate this one's."""
+        if self.settings.switch and size != self.last_size:
+            self.points.clear()
+            self.error = None
         if self.settings.threshold is not None and len(self.points) == self.points.maxlen:
             p = self.predict(sigma)
             err = float((v.float() - p.float()).norm() / v.float().norm().clamp_min(1e-12))
             self.error = (err, abs(sigma - self.points[-1][0]))
         self.points.append((sigma, v.detach().clone()))  # a CUDA-graph backend reuses its output buffer
         self.last_step = step
+        self.last_size = size
 
 
 def make_cache(settings: CacheSettings, steps: int) -> StepCache | None:

@@ -129,7 +129,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
         k = decision.size
         t0 = time.perf_counter()
         sigma = float(t / 1000)
-        if cache is None or cache.should_compute(i, sigma):
+        if cache is None or cache.should_compute(i, sigma, k):
             kind = "model"
             tt = (t / t_scale).expand(b).to(device)
             v = backend.run(k, x, cond, tt, guidance, geom.grid)
@@ -139,7 +139,7 @@ def generate(model, backend, settings: GenerateSettings, *, progress: bool = Tru
             if carry is not None:
                 v = carry.apply(k, v)
             if cache is not None:
-                cache.update(i, sigma, v)
+                cache.update(i, sigma, v, k)
         else:
             kind, v = "cached", cache.predict(sigma)
         if observe is not None:  # policies that read more than the latent history (schedule/probe.py)

@@ -243,7 +243,7 @@ def _step(model, backend, live: list[_State], stats: BatchStats):
         if getattr(st.policy, "needs_history", True):
             st.history.append(st.x.detach().float().cpu().numpy())
         st.decision = st.policy.decide(i, st.history)
-        if st.cache is None or st.cache.should_compute(i, sigma):
+        if st.cache is None or st.cache.should_compute(i, sigma, st.decision.size):
             st.kind = "model"
             groups.setdefault((st.decision.size, tuple(st.geom.grid)), []).append(st)
         else:
@@ -273,7 +273,7 @@ def _step(model, backend, live: list[_State], stats: BatchStats):
         if st.kind == "model" and st.carry is not None:
             st.v = st.carry.apply(k, st.v)
         if st.kind == "model" and st.cache is not None:
-            st.cache.update(i, sigma, st.v)
+            st.cache.update(i, sigma, st.v, st.decision.size)
         observe = getattr(st.policy, "observe", None)
         if observe is not None:
             observe(i, st.x, st.v, float(st.sched.sigmas[i]), float(st.sched.sigmas[i + 1]))

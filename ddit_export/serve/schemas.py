@@ -28,7 +28,8 @@ FIELDS = {
     "guidance": float, "tau": float, "eps": float, "warmup": int, "window": str, "policy": str,
     "schedule": (str, list), "coarse_first": (str, list), "sizes": (str, list), "carry": str,
     "cache": str, "cache_interval": int, "cache_order": int, "cache_warmup": int, "cache_tail": int,
-    "cache_threshold": float, "response_format": str, "trace": bool, "timeout": float, "model": str,
+    "cache_threshold": float, "cache_switch": bool, "response_format": str, "trace": bool, "timeout": float,
+    "model": str,
     "user": str,
 }
 RESPONSE_FORMATS = ("b64_json", "b64_gif")  # b64_gif: video bundles only
@@ -148,7 +149,8 @@ def parse_request(body, model, limits: Limits = Limits()) -> Job:
     prompt = _typed(body, "prompt")
     cache = dict(mode=_typed(body, "cache"), interval=_typed(body, "cache_interval"),
                  order=_typed(body, "cache_order"), warmup=_typed(body, "cache_warmup"),
-                 tail=_typed(body, "cache_tail"), threshold=_typed(body, "cache_threshold"))
+                 tail=_typed(body, "cache_tail"), threshold=_typed(body, "cache_threshold"),
+                 switch=_typed(body, "cache_switch"))
     if cache["mode"] is not None and cache["mode"] not in ("off", "taylor"):
         raise ConfigError(f"cache must be off or taylor, got {cache['mode']!r}")
     sizes = _int_list(body, "sizes", "--sizes")

@@ -21,7 +21,10 @@ class CacheSettings:
     (``order`` 0: reuse, 1: linear, 2: quadratic in σ); the last ``tail`` steps are always computed. With
     ``threshold``, a step is also computed early once the estimated relative extrapolation error (the previous
     computed step's measured extrapolation error, scaled by the σ distance to the power order + 1) exceeds it.
-    ``plan``: an explicit per-step list, 1 = computed, 0 = cached (replays a recorded trace)."""
+    ``plan``: an explicit per-step list, 1 = computed, 0 = cached (replays a recorded trace). ``switch`` (taylor
+    only): also compute the first step whose patch size differs from the last computed step's, and extrapolate from
+    the velocities of the current size only (those of the old size are dropped there), so a size switch is never
+    extrapolated across."""
 
     mode: str = "off"
     interval: int = 4
@@ -30,6 +33,7 @@ class CacheSettings:
     tail: int = 1
     threshold: float | None = None
     plan: tuple[int, ...] | None = None
+    switch: bool = False
 
     def __post_init__(self):
         if self.mode not in CACHE_MODES:
@@ -44,6 +48,8 @@ class CacheSettings:
             raise ConfigError(f"cache threshold must be > 0, got {self.threshold}")
         if (self.mode == "plan") != (self.plan is not None):
             raise ConfigError("a cache plan goes with mode 'plan' (and mode 'plan' needs a plan)")
+        if self.switch and self.mode == "plan":
+            raise ConfigError("the cache's switch refresh goes with mode 'taylor' (a plan lists every step)")
         if self.plan is not None and (not self.plan or self.plan[0] != 1 or set(self.plan) - {0, 1}):
             raise ConfigError(f"a cache plan is 1 (computed) / 0 (cached) per step, starting with 1; got {self.plan}")
 

@@ -27,7 +27,8 @@ class Info(C.Structure):
 
 class Cache(C.Structure):
     _fields_ = [("mode", C.c_char * 8), ("interval", C.c_int), ("order", C.c_int), ("warmup", C.c_int),
-                ("tail", C.c_int), ("threshold", C.c_double), ("plan", C.POINTER(C.c_int)), ("n_plan", C.c_int)]
+                ("tail", C.c_int), ("threshold", C.c_double), ("plan", C.POINTER(C.c_int)), ("n_plan", C.c_int),
+                ("on_switch", C.c_int)]  # C API 5
 
 
 class OpenOptions(C.Structure):
@@ -147,10 +148,11 @@ class Lib:
         self.lib.ddit_close(rt)
 
 
-def cache(mode="taylor", *, interval=4, order=1, warmup=3, tail=1, threshold=None, plan=None) -> Cache:
+def cache(mode="taylor", *, interval=4, order=1, warmup=3, tail=1, threshold=None, plan=None,
+          switch=False) -> Cache:
     """A ddit_cache; threshold None is 0 (none), as the C API has it."""
     c = Cache(mode=mode.encode(), interval=interval, order=order, warmup=warmup, tail=tail,
-              threshold=threshold or 0.0)
+              threshold=threshold or 0.0, on_switch=int(switch))
     if plan is not None:
         c._plan = (C.c_int * len(plan))(*plan)  # kept alive with the struct
         c.plan, c.n_plan = C.cast(c._plan, C.POINTER(C.c_int)), len(plan)

@@ -71,7 +71,7 @@ def test_interval_one_or_off_is_no_cache():
 
 @pytest.mark.parametrize("bad", [dict(mode="teacache"), dict(interval=0), dict(order=3), dict(warmup=0),
                                  dict(threshold=0.0), dict(mode="plan"), dict(mode="plan", plan=(0, 1)),
-                                 dict(plan=(1, 0))])
+                                 dict(plan=(1, 0)), dict(mode="plan", plan=(1, 0), switch=True)])
 def test_bad_cache_settings_are_config_errors(bad):
     with pytest.raises(ConfigError):
         CacheSettings(**bad)
@@ -150,6 +150,75 @@ def test_cache_gives_the_same_result_on_torch_and_the_ort_bundle(tiny_bundle, ti
         tor = _gen(tiny_model, be, static=static, cache=cache)
     assert ort.trace.kinds == tor.trace.kinds and "cached" in tor.trace.kinds
     torch.testing.assert_close(ort.latents.float(), tor.latents.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_switch_computes_the_first_step_of_each_size():
+    """With ``switch`` the step after a patch-size change is computed; without it the interval alone decides."""
+    sizes = [1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+    st = CacheSettings("taylor", interval=6, warmup=3, tail=1)
+
+    def run(settings):
+        cache, kinds = StepCache(settings, 12), []
+        for i, (s, k) in enumerate(zip(SIGMAS, sizes)):
+            if cache.should_compute(i, s, k):
+                cache.update(i, s, torch.full((1, 2, 2), s), k)
+                kinds.append("m")
+            else:
+                cache.predict(s)
+                kinds.append("c")
+        return "".join(kinds)
+
+    assert run(st) == "mmmcccccmccm"
+    assert run(CacheSettings(**dict(st.__dict__, switch=True))) == "mmmmcccmcccm"  # steps 3 and 7 switch size
+
+
+def test_switch_extrapolates_from_the_current_size_only():
+    """After a switch the history restarts: a velocity that jumps with the size is extrapolated from the points of
+    the size now running (exact for a linear one once two are in), never through the jump."""
+    sizes = [1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+
+    def velocity(s, k):
+        return torch.full((1, 2, 2), s + (100.0 if k == 2 else 0.0))
+
+    cache, used = StepCache(CacheSettings("taylor", interval=2, order=1, warmup=3, tail=1, switch=True), 12), []
+    kinds = ""
+    for i, (s, k) in enumerate(zip(SIGMAS, sizes)):
+        if cache.should_compute(i, s, k):
+            v = velocity(s, k)
+            cache.update(i, s, v, k)
+            kinds += "m"
+        else:
+            v = cache.predict(s)
+            kinds += "c"
+        used.append(v)
+    assert kinds == "mmmmcmcmcmcm"
+    torch.testing.assert_close(used[6], velocity(SIGMAS[6], 2))  # steps 3 and 5, both size 2: linear, exact
+    assert float((used[8] - velocity(SIGMAS[8], 1)).abs().max()) < 0.1  # step 7 alone (reuse), not through the jump
+    torch.testing.assert_close(used[10], velocity(SIGMAS[10], 1))  # steps 7 and 9
+
+
+def test_switch_refresh_in_generate_and_the_cli(tiny_model, tmp_path):
+    """generate passes each step's size to the cache: a ladder's first coarse and first fine step are computed;
+    ``--cache-switch`` reaches the trace's settings."""
+    from click.testing import CliRunner
+
+    from ddit_export.cli import main
+
+    static = (1, 1, 1, 4, 4, 4, 4, 4, 1, 1, 1, 1)
+    with TorchBackend(tiny_model.transformer) as be:
+        plain = _gen(tiny_model, be, static=static, cache=dict(mode="taylor", interval=6, tail=1))
+        sw = _gen(tiny_model, be, static=static, cache=dict(mode="taylor", interval=6, tail=1, switch=True))
+    assert [i for i, k in enumerate(plain.trace.kinds) if k == "model"] == [0, 1, 2, 8, 11]
+    assert [i for i, k in enumerate(sw.trace.kinds) if k == "model"] == [0, 1, 2, 3, 8, 11]
+    assert not torch.equal(plain.latents, sw.latents)
+    out = tmp_path / "t.json"
+    r = CliRunner().invoke(main, ["generate", "--model", "tiny", "--steps", "12", "--schedule", "1,1,1,4,4,4,4,4,1,1,1,1",
+                                  "--cache-interval", "6", "--cache-tail", "1", "--cache-switch", "--out",
+                                  str(tmp_path / "img"), "--trace", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["settings"]["generate"]["cache"]["switch"] is True
+    assert [s["step"] for s in d["steps"] if s["kind"] == "model"] == [0, 1, 2, 3, 8, 11]
 
 
 def test_bundle_manifest_carries_a_cache_profile(bundle_copy):

@@ -299,6 +299,7 @@ CACHES = {
     "taylor-3-o2": dict(mode="taylor", interval=3, order=2),
     "threshold": dict(mode="taylor", interval=6, order=1, threshold=1.0),  # computes some steps early here
     "plan": dict(mode="plan", plan=(1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1)),
+    "switch": dict(mode="taylor", interval=6, order=1, switch=True),  # a size change is computed, not extrapolated
 }
 
 
@@ -332,6 +333,9 @@ def test_step_cache_equals_python(cpp_lib, aoti_bundle, aoti_python, name, tmp_p
     assert "cached" in py.trace.kinds and "model" in py.trace.kinds
     if CACHES[name].get("threshold"):  # the error indicator decides some steps (not the interval alone)
         plain = {k: v for k, v in CACHES[name].items() if k != "threshold"}
+        assert _python_cached(model, backend, plain, seed=2).trace.kinds != py.trace.kinds
+    if CACHES[name].get("switch"):  # the switch refresh decides some steps here
+        plain = dict(CACHES[name], switch=False)
         assert _python_cached(model, backend, plain, seed=2).trace.kinds != py.trace.kinds
     states, pooled = _embeddings(model, PROMPTS[:1])
     rt = cpp_lib.open_ex(aoti_bundle, threads=1)
@@ -402,10 +406,16 @@ def test_bad_cache_settings(cpp_lib, aoti_bundle, aoti_python):
                           (mk(threshold=float("nan")), "threshold"), (mk("plan"), "mode 'plan' needs a plan"),
                           (mk("plan", plan=(0,) + (1,) * 11), "starting with 1"),
                           (mk("plan", plan=(1, 2) + (1,) * 10), "1 (computed) / 0 (cached)"),
-                          (mk("plan", plan=(1, 0, 1)), "3 entries for 12 steps")]:
+                          (mk("plan", plan=(1, 0, 1)), "3 entries for 12 steps"),
+                          (mk("plan", plan=(1,) * 12, switch=True), "switch refresh goes with mode 'taylor'")]:
             with pytest.raises(DDiTError) as e:
                 cpp_lib.denoise(rt, states, pooled, steps=STEPS, cache=c)
             assert e.value.code == 1 and needle in e.value.message, (needle, e.value.message)
+        odd = mk()
+        odd.on_switch = 2  # an API 4 caller's unset tail padding
+        with pytest.raises(DDiTError) as e:
+            cpp_lib.denoise(rt, states, pooled, steps=STEPS, cache=odd)
+        assert e.value.code == 1 and "cache.on_switch must be 0 or 1, got 2" in e.value.message
     finally:
         cpp_lib.close(rt)
 
@@ -573,6 +583,9 @@ def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_pyt
     assert bad.returncode == 2 and "--cache-order must be 0, 1 or 2, got 7" in bad.stderr
     twice = subprocess.run(cmd + ["--cache-order", "1"], capture_output=True, text=True)
     assert twice.returncode == 2 and "--cache-order given twice" in twice.stderr
+    switch = subprocess.run(cmd + ["--cache-switch"], capture_output=True, text=True)  # the flag reaches the cache
+    assert switch.returncode == 0, switch.stderr
+    assert json.loads((tmp_path / "trace.json").read_text())["settings"]["generate"]["cache"]["switch"] is True
 
 
 # --- C API 3: detail carry (runtime/carry.py, ported: src/carry.cpp) ---

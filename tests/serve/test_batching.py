@@ -1,6 +1,7 @@
 """The batch loop of the service (no Ray): each job's result equals the single-process generate output."""
 import numpy as np
 import pytest
+import torch
 
 from ddit_export.api import build_settings
 from ddit_export.errors import VocabularyError
@@ -40,6 +41,23 @@ def test_mixed_schedules_batch_each_keeps_its_own(flux_mini_runtime):
     assert sum(stats.calls.values()) < model_steps / 2
     assert sum(stats.samples.values()) == sum(sum(k == "model" for k in r.trace.kinds) * len(s.prompts)
                                               for r, s in zip(refs, jobs))
+
+
+def test_cache_switch_refresh_in_the_batch_loop(flux_mini_runtime):
+    """The batch loop gives the cache each step's size: a job with the switch refresh computes and extrapolates the
+    steps generate does (alone: the same latents bit for bit; beside another job: to batch arithmetic)."""
+    model, backend = flux_mini_runtime
+    job = build_settings(model, prompts=[P[0]], seed=4, cache={"mode": "taylor", "interval": 6, "switch": True})
+    plain = generate(model, backend, build_settings(model, prompts=[P[0]], seed=4,
+                                                    cache={"mode": "taylor", "interval": 6}), progress=False)
+    ref = generate(model, backend, job, progress=False)
+    assert ref.trace.kinds != plain.trace.kinds  # the refresh decides steps here
+    alone = run_jobs(model, backend, [job])[0]
+    pair = run_jobs(model, backend, [build_settings(model, prompts=[P[1]], seed=1), job])[1]
+    for out in (alone, pair):
+        assert out.trace.kinds == ref.trace.kinds and out.trace.sizes == ref.trace.sizes
+    assert torch.equal(alone.latents, ref.latents)
+    torch.testing.assert_close(pair.latents, ref.latents, atol=1e-4, rtol=0)
 
 
 def test_detail_carry_in_the_batch_loop(flux_mini_runtime):

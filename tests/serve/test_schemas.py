@@ -49,6 +49,7 @@ def test_http_message_is_the_cli_message(manifest_model, flux_mini_bundle, tmp_p
     ({"tau": "x"}, "must be a number"), ({"response_format": "url"}, "b64_json"), ({"model": "other"}, "not served"),
     ({"size": "big"}, "WIDTHxHEIGHT"), ({"timeout": 0}, "timeout"), ({"steps": 999}, "steps must be <="),
     ([1, 2], "JSON object"), ({"size": "32x32", "height": 32}, "not both"),
+    ({"cache_switch": 1}, "must be true/false"),
 ])
 def test_request_only_errors(manifest_model, body, match):
     with pytest.raises(DDiTError, match=match):
@@ -64,6 +65,8 @@ def test_valid_request_gives_the_generate_settings(manifest_model):
     default = parse_request({}, manifest_model).settings
     assert default.prompts == (manifest_model.default_prompt,) and default.schedule.policy == "ladder"
     assert parse_size("48x32") == (32, 48)
+    cached = parse_request({"cache_interval": 5, "cache_switch": True}, manifest_model).settings.cache
+    assert (cached.mode, cached.interval, cached.switch) == ("taylor", 5, True)
 
 
 def test_png_round_trip():

@@ -126,6 +126,7 @@ static const Option kOptions[] = {
     {"cache-warmup", Arg::Int, "N", "step cache: computed steps at the start (>= 1)"},
     {"cache-tail", Arg::Int, "N", "step cache: computed steps at the end (>= 0)"},
     {"cache-threshold", Arg::Number, "X", "step cache: error threshold > 0"},
+    {"cache-switch", Arg::Flag, "", "step cache: also compute the first step after each patch-size change"},
     {"out", Arg::Text, "PATH", "image.png (pixels; NAME_0.png, ... for a batch; video: NAME_f00.png, ...) or latents.npy"},
     {"trace", Arg::Text, "PATH", "write the per-step trace JSON here"},
     {"repeat", Arg::Int, "N", "run the generation N times, report the median time (>= 1)"},
@@ -475,7 +476,8 @@ static int run(int argc, char** argv) {
   if (a.has("video-std")) sched.video_std = a.text("video-std") == "frame";
   ddit_cache cache;
   bool cache_given = false;
-  for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold"})
+  for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold",
+                        "cache-switch"})
     cache_given = cache_given || a.has(n);
   if (cache_given) {  // over the bundle's cache profile; a knob without --cache means the cache (as Python's)
     if (ddit_cache_defaults(rt, &cache) != DDIT_OK) return fail(ddit_last_error());
@@ -486,6 +488,7 @@ static int run(int argc, char** argv) {
     if (a.has("cache-warmup")) cache.warmup = int(a.integer("cache-warmup"));
     if (a.has("cache-tail")) cache.tail = int(a.integer("cache-tail"));
     if (a.has("cache-threshold")) cache.threshold = a.number("cache-threshold");
+    if (a.has("cache-switch")) cache.on_switch = 1;
   }
   ddit_request req{};
   req.batch = batch;

@@ -116,6 +116,7 @@ static CacheSettings read_cache(const json& c, const std::string& path) {
   out.tail = c.value("tail", out.tail);
   if (c.contains("threshold") && !c["threshold"].is_null()) out.threshold = c["threshold"].get<double>();
   if (c.contains("plan") && !c["plan"].is_null()) out.plan = c["plan"].get<std::vector<int>>();
+  out.on_switch = c.value("switch", false);
   try {
     out.check(-1);
   } catch (const Error& e) {

@@ -6,9 +6,10 @@
 
 namespace ddit {
 
-bool StepCache::should_compute(int step, double sigma) const {
+bool StepCache::should_compute(int step, double sigma, int size) const {
   if (s_.mode == "plan") return s_.plan[step] != 0;
   if (points_.empty() || step < s_.warmup || step >= steps_ - s_.tail) return true;
+  if (s_.on_switch && size != last_size_) return true;
   if (step - last_step_ >= s_.interval) return true;
   if (s_.threshold > 0 && has_error_) {
     const double d = std::abs(sigma - points_.back().first);
@@ -34,7 +35,11 @@ at::Tensor StepCache::predict(double sigma) const {
   return out.to(points_.back().second.scalar_type());
 }
 
-void StepCache::update(int step, double sigma, const at::Tensor& v) {
+void StepCache::update(int step, double sigma, const at::Tensor& v, int size) {
+  if (s_.on_switch && size != last_size_) {  // a new size restarts the history (cache.py)
+    points_.clear();
+    has_error_ = false;
+  }
   if (s_.threshold > 0 && int(points_.size()) == s_.order + 1) {
     const at::Tensor p = predict(sigma);
     const at::Tensor vf = v.to(at::kFloat);
@@ -45,6 +50,7 @@ void StepCache::update(int step, double sigma, const at::Tensor& v) {
   points_.emplace_back(sigma, v.detach().clone());
   if (int(points_.size()) > s_.order + 1) points_.pop_front();
   last_step_ = step;
+  last_size_ = size;
 }
 
 }  // namespace ddit

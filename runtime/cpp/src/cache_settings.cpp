@@ -19,6 +19,8 @@ void CacheSettings::check(int steps) const {
     m << "cache warm-up must be >= 1 and tail >= 0, got " << warmup << " and " << tail;
   else if (!(threshold >= 0) || std::isinf(threshold))
     m << "cache threshold must be > 0 (or 0 for none), got " << threshold;
+  else if (on_switch && mode == "plan")
+    m << "the cache's switch refresh goes with mode 'taylor' (a plan lists every step)";
   else if ((mode == "plan") != !plan.empty())
     m << "a cache plan goes with mode 'plan' (and mode 'plan' needs a plan)";
   else if (mode == "plan") {

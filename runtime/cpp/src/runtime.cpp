@@ -80,6 +80,9 @@ ddit::CacheSettings to_cache(const ddit_cache& c) {
     need(c.plan, "cache.plan");
     o.plan.assign(c.plan, c.plan + c.n_plan);
   }
+  if (c.on_switch != 0 && c.on_switch != 1)
+    throw argument_error("cache.on_switch must be 0 or 1, got " + std::to_string(c.on_switch));
+  o.on_switch = c.on_switch == 1;
   return o;
 }
 
@@ -88,6 +91,7 @@ nlohmann::ordered_json cache_dict(const ddit::CacheSettings& c) {  // CacheSetti
                               {"tail", c.tail}};
   d["threshold"] = c.threshold > 0 ? nlohmann::ordered_json(c.threshold) : nlohmann::ordered_json();
   d["plan"] = c.plan.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(c.plan);
+  d["switch"] = c.on_switch;
   return d;
 }
 
@@ -243,12 +247,12 @@ void denoise(ddit_runtime* rt, const ddit_request& q, float* out, size_t out_len
     const auto t0 = std::chrono::steady_clock::now();
     const double sigma = double(t / 1000.0f);  // generate.py: float(t / 1000) of the float32 timestep
     at::Tensor v;
-    const bool computed = !cache || cache->should_compute(i, sigma);
+    const bool computed = !cache || cache->should_compute(i, sigma, d.size);
     if (computed) {
       v = rt->backend->run(d.size, inputs(rt, x, states, pooled, b.video ? t : t / 1000.0f, q.guidance))
               .to(at::kFloat);
       if (carry) v = carry->apply(d.size, v);
-      if (cache) cache->update(i, sigma, v);
+      if (cache) cache->update(i, sigma, v, d.size);
     } else {
       v = cache->predict(sigma);
     }
@@ -375,6 +379,7 @@ int ddit_cache_defaults(const ddit_runtime* rt, ddit_cache* o) {
     o->threshold = c.threshold;
     o->plan = c.plan.empty() ? nullptr : c.plan.data();  // lives as long as the handle
     o->n_plan = int(c.plan.size());
+    o->on_switch = c.on_switch ? 1 : 0;
   });
 }
 

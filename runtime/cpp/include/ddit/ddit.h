@@ -16,7 +16,12 @@
  * `int video_std` and ddit_info `is_video`, `frames`, `grid_f` at their ends, so both structs grew: rebuild
  * callers of API 3 (the library writes the whole struct). A video bundle's latents are (batch, grid_f * grid_h *
  * grid_w, channels) Wan patches; it takes text states only (pooled NULL, pooled_len 0); its pixels are
- * (batch, frames, height, width, 3). Image bundles behave as in API 3. */
+ * (batch, frames, height, width, 3). Image bundles behave as in API 3.
+ *
+ * C API 5 (DDIT_API_VERSION 5): ddit_cache gained `int on_switch` at its end (the cache's switch refresh,
+ * settings.CacheSettings.switch). On LP64 it takes the struct's tail padding (sizeof unchanged): rebuild callers of
+ * API 4, whose unset padding would be read as `on_switch`; a value other than 0/1 is DDIT_ERR_ARGUMENT. A zeroed
+ * struct, or ddit_cache_defaults on a bundle without it, is the switch refresh off, as before. */
 #ifndef DDIT_DDIT_H
 #define DDIT_DDIT_H
 
@@ -27,7 +32,7 @@
 extern "C" {
 #endif
 
-#define DDIT_API_VERSION 4
+#define DDIT_API_VERSION 5
 #define DDIT_MAX_SIZES 8
 
 typedef enum {
@@ -83,13 +88,16 @@ typedef struct {
 /* The step cache (ddit_export/runtime/cache.py, ported): TaylorSeer on the model's output. mode "off", "taylor"
  * (warm-up computed steps, then one computed step every `interval`, the last `tail` computed; `order` 0/1/2 Newton
  * extrapolation in sigma; threshold > 0 adds the error indicator, 0 = none) or "plan" (plan[i] = 1 computed,
- * 0 cached; n_plan == steps). ddit_cache_defaults() fills it with the bundle manifest's cache profile. */
+ * 0 cached; n_plan == steps). on_switch 1 (taylor only): also compute the first step whose patch size differs from
+ * the last computed step's, and extrapolate from that size's velocities only. ddit_cache_defaults() fills it with
+ * the bundle manifest's cache profile. */
 typedef struct {
   char mode[8];
   int interval, order, warmup, tail;
   double threshold;
   const int* plan;
   int n_plan;
+  int on_switch;  /* API 5 */
 } ddit_cache;
 
 /* How to open a bundle. ddit_open_options_init() fills the defaults: every size, threads 1, verify 1. */
