@@ -113,7 +113,8 @@ def model_options(f):
                                                                  "when this machine has no such device.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, frames, fps, guidance, tau, eps,
              warmup, window, policy, static, coarse_first, carry, cache, cache_interval, cache_order, cache_warmup,
-             cache_tail, cache_threshold, cache_switch, out, trace, bundle, backend, fallback_ort, threads, memory, device):
+             cache_tail, cache_threshold, cache_switch, out, trace, bundle, backend, fallback_ort, threads, memory,
+             device):
     """Generate images (or a video clip, with a video model) with dynamic patch scheduling and write the trace."""
     from click.core import ParameterSource
 

@@ -7,8 +7,8 @@ graph change, and since the velocity is always in fine-token form it composes wi
 
 Which steps run: ``warmup`` computed steps, then one computed step every ``interval`` steps, and the last
 ``tail`` steps computed (with ``switch``, also the first step after each patch-size change, which restarts the
-extrapolation from the new size's velocities only). The optional ``threshold`` adds an indicator from quantities the loop already has: at
-every computed step the cache measures how far its own extrapolation would have been off
+extrapolation from the new size's velocities only). The optional ``threshold`` adds an indicator from quantities
+the loop already has: at every computed step the cache measures how far its own extrapolation would have been off
 (``e = |v - p(σ)| / |v|`` at σ distance ``Δ``), and computes the next step early once ``e · (d/Δ)^(order+1)``
 reaches the threshold at distance ``d`` from the last computed step. The batch takes one decision.
 """

@@ -212,9 +212,9 @@ def test_switch_refresh_in_generate_and_the_cli(tiny_model, tmp_path):
     assert [i for i, k in enumerate(sw.trace.kinds) if k == "model"] == [0, 1, 2, 3, 8, 11]
     assert not torch.equal(plain.latents, sw.latents)
     out = tmp_path / "t.json"
-    r = CliRunner().invoke(main, ["generate", "--model", "tiny", "--steps", "12", "--schedule", "1,1,1,4,4,4,4,4,1,1,1,1",
-                                  "--cache-interval", "6", "--cache-tail", "1", "--cache-switch", "--out",
-                                  str(tmp_path / "img"), "--trace", str(out)])
+    r = CliRunner().invoke(main, ["generate", "--model", "tiny", "--steps", "12", "--schedule",
+                                  ",".join(map(str, static)), "--cache-interval", "6", "--cache-tail", "1",
+                                  "--cache-switch", "--out", str(tmp_path / "img"), "--trace", str(out)])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
     assert d["settings"]["generate"]["cache"]["switch"] is True
