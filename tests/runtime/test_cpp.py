@@ -586,6 +586,8 @@ def test_ddit_run_threads_verify_cache(cpp_build, cpp_lib, aoti_bundle, aoti_pyt
     switch = subprocess.run(cmd + ["--cache-switch"], capture_output=True, text=True)  # the flag reaches the cache
     assert switch.returncode == 0, switch.stderr
     assert json.loads((tmp_path / "trace.json").read_text())["settings"]["generate"]["cache"]["switch"] is True
+    both = subprocess.run(cmd + ["--cache-switch", "--no-cache-switch"], capture_output=True, text=True)
+    assert both.returncode == 2 and "contradict" in both.stderr
 
 
 # --- C API 3: detail carry (runtime/carry.py, ported: src/carry.cpp) ---

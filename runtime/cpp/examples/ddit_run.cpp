@@ -127,6 +127,7 @@ static const Option kOptions[] = {
     {"cache-tail", Arg::Int, "N", "step cache: computed steps at the end (>= 0)"},
     {"cache-threshold", Arg::Number, "X", "step cache: error threshold > 0"},
     {"cache-switch", Arg::Flag, "", "step cache: also compute the first step after each patch-size change"},
+    {"no-cache-switch", Arg::Flag, "", "step cache: no switch refresh (over the bundle's profile)"},
     {"out", Arg::Text, "PATH", "image.png (pixels; NAME_0.png, ... for a batch; video: NAME_f00.png, ...) or latents.npy"},
     {"trace", Arg::Text, "PATH", "write the per-step trace JSON here"},
     {"repeat", Arg::Int, "N", "run the generation N times, report the median time (>= 1)"},
@@ -251,6 +252,8 @@ static void check(const Args& a) {
   }
   if (a.has("carry") && a.text("carry") != "off" && a.text("carry") != "fine")
     throw Error{"--carry must be off or fine, got '" + a.text("carry") + "'"};
+  if (a.has("cache-switch") && a.has("no-cache-switch"))
+    throw Error{"--cache-switch and --no-cache-switch contradict each other"};
   if (a.has("cache") && a.text("cache") != "off" && a.text("cache") != "taylor")
     throw Error{"--cache must be off or taylor, got '" + a.text("cache") + "'"};
   int schedules = 0;
@@ -477,7 +480,7 @@ static int run(int argc, char** argv) {
   ddit_cache cache;
   bool cache_given = false;
   for (const char* n : {"cache", "cache-interval", "cache-order", "cache-warmup", "cache-tail", "cache-threshold",
-                        "cache-switch"})
+                        "cache-switch", "no-cache-switch"})
     cache_given = cache_given || a.has(n);
   if (cache_given) {  // over the bundle's cache profile; a knob without --cache means the cache (as Python's)
     if (ddit_cache_defaults(rt, &cache) != DDIT_OK) return fail(ddit_last_error());
@@ -489,6 +492,7 @@ static int run(int argc, char** argv) {
     if (a.has("cache-tail")) cache.tail = int(a.integer("cache-tail"));
     if (a.has("cache-threshold")) cache.threshold = a.number("cache-threshold");
     if (a.has("cache-switch")) cache.on_switch = 1;
+    if (a.has("no-cache-switch")) cache.on_switch = 0;
   }
   ddit_request req{};
   req.batch = batch;
