@@ -13,13 +13,15 @@ from ddit_export.schedule.trace import Trace
 from ddit_export.settings import CacheSettings
 
 
-def _run(cache: StepCache, sigmas, velocity):
-    """Drive the cache like the loop does; returns the kinds and the velocities it used."""
+def _run(cache: StepCache, sigmas, velocity, sizes=None):
+    """Drive the cache like the loop does; returns the kinds and the velocities it used. With ``sizes`` (the
+    policy's patch size per step) the cache is told each step's size and ``velocity`` takes (σ, size)."""
     kinds, used = [], []
     for i, s in enumerate(sigmas):
-        if cache.should_compute(i, s):
-            v = velocity(s)
-            cache.update(i, s, v)
+        k = None if sizes is None else sizes[i]
+        if cache.should_compute(i, s, k):
+            v = velocity(s) if sizes is None else velocity(s, k)
+            cache.update(i, s, v, k)
             kinds.append("m")
         else:
             v = cache.predict(s)
@@ -29,6 +31,7 @@ def _run(cache: StepCache, sigmas, velocity):
 
 
 SIGMAS = [1 - i / 12 for i in range(12)]
+SWITCH_SIZES = [1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1]  # a ladder's sizes: switches at steps 3 and 7
 
 
 def test_interval_warmup_and_tail_decide_which_steps_run():
@@ -154,19 +157,10 @@ def test_cache_gives_the_same_result_on_torch_and_the_ort_bundle(tiny_bundle, ti
 
 def test_switch_computes_the_first_step_of_each_size():
     """With ``switch`` the step after a patch-size change is computed; without it the interval alone decides."""
-    sizes = [1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1]
     st = CacheSettings("taylor", interval=6, warmup=3, tail=1)
 
     def run(settings):
-        cache, kinds = StepCache(settings, 12), []
-        for i, (s, k) in enumerate(zip(SIGMAS, sizes)):
-            if cache.should_compute(i, s, k):
-                cache.update(i, s, torch.full((1, 2, 2), s), k)
-                kinds.append("m")
-            else:
-                cache.predict(s)
-                kinds.append("c")
-        return "".join(kinds)
+        return _run(StepCache(settings, 12), SIGMAS, lambda s, k: torch.full((1, 2, 2), s), SWITCH_SIZES)[0]
 
     assert run(st) == "mmmcccccmccm"
     assert run(CacheSettings(**dict(st.__dict__, switch=True))) == "mmmmcccmcccm"  # steps 3 and 7 switch size
@@ -175,22 +169,11 @@ def test_switch_computes_the_first_step_of_each_size():
 def test_switch_extrapolates_from_the_current_size_only():
     """After a switch the history restarts: a velocity that jumps with the size is extrapolated from the points of
     the size now running (exact for a linear one once two are in), never through the jump."""
-    sizes = [1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1]
-
     def velocity(s, k):
         return torch.full((1, 2, 2), s + (100.0 if k == 2 else 0.0))
 
-    cache, used = StepCache(CacheSettings("taylor", interval=2, order=1, warmup=3, tail=1, switch=True), 12), []
-    kinds = ""
-    for i, (s, k) in enumerate(zip(SIGMAS, sizes)):
-        if cache.should_compute(i, s, k):
-            v = velocity(s, k)
-            cache.update(i, s, v, k)
-            kinds += "m"
-        else:
-            v = cache.predict(s)
-            kinds += "c"
-        used.append(v)
+    kinds, used = _run(StepCache(CacheSettings("taylor", interval=2, order=1, warmup=3, tail=1, switch=True), 12),
+                       SIGMAS, velocity, SWITCH_SIZES)
     assert kinds == "mmmmcmcmcmcm"
     torch.testing.assert_close(used[6], velocity(SIGMAS[6], 2))  # steps 3 and 5, both size 2: linear, exact
     assert float((used[8] - velocity(SIGMAS[8], 1)).abs().max()) < 0.1  # step 7 alone (reuse), not through the jump
