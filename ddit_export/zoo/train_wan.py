@@ -200,7 +200,7 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
                 if pr else "")
         log(f"checkpoint step {state['step']}: held-out flow loss {hl:.4f}{seen}; exported {out}")
 
-    t_start, last_ckpt = time.monotonic(), time.monotonic()
+    t_start, last_ckpt, step0 = time.monotonic(), time.monotonic(), state["step"]
     budget = minutes * 60 if minutes else None
     gen = torch.Generator()
     try:
@@ -239,7 +239,7 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
             state["losses"].append(loss.item())
             if state["step"] % 50 == 0:
                 log(f"step {state['step']}: loss {np.mean(state['losses'][-50:]):.4f} "
-                    f"({(time.monotonic() - t_start) / max(1, state['step']):.2f} s/step this run)")
+                    f"({(time.monotonic() - t_start) / max(1, state['step'] - step0):.2f} s/step this run)")
             if time.monotonic() - last_ckpt > ckpt_minutes * 60:
                 state["seconds"] += time.monotonic() - last_ckpt
                 last_ckpt = time.monotonic()
