@@ -264,6 +264,13 @@ def npy(tmp_path_factory, cpp_lib, aoti_bundle):
     nan = states.copy()
     nan[0, 0, 0] = np.nan
     np.save(folder / "nan.npy", nan)
+    rt = cpp_lib.open(aoti_bundle)
+    try:
+        info = cpp_lib.info(rt)
+    finally:
+        cpp_lib.close(rt)
+    np.save(folder / "latents.npy", np.random.default_rng(0).standard_normal((1, info.tokens, info.channels),
+                                                                            np.float32))
     return folder
 
 
@@ -303,6 +310,8 @@ BAD_EMBEDDINGS = [
     (["--states", "{npy}/nan.npy", "--pooled", "{npy}/pooled.npy"], "NaN"),
     (["--states", "{npy}/states.npy"], "give both --states and --pooled"),
     (["--states", "{npy}/missing.npy", "--pooled", "{npy}/pooled.npy"], "cannot open"),
+    (["--prompt", "a red circle", "--bench-steps", "1", "--latents", "{npy}/pooled.npy"],
+     "--bench-steps with batch 1 takes"),
 ]
 
 
@@ -320,3 +329,13 @@ def test_ddit_run_bad_inputs(cpp_build, aoti_bundle, npy, tmp_path, args, needle
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and fill(needle) in lines[0], r.stderr
     assert r.stdout == ""
+
+
+def test_ddit_run_bench_steps_on_noise_or_the_given_latents(cpp_build, aoti_bundle, npy):
+    """`--bench-steps` times every size on the seed's noise, or on `--latents` when given: one JSON line each."""
+    for extra in ([], ["--seed", "3"], ["--latents", npy / "latents.npy"]):
+        r = _ddit_run(cpp_build, aoti_bundle, "--prompt", "a red circle", "--bench-steps", "1", *extra)
+        assert r.returncode == 0, r.stderr
+        line = next(l for l in r.stdout.splitlines() if l.startswith('{"batch"'))
+        sizes = json.loads(line)["sizes"]
+        assert sizes and all(v["step_s"] > 0 and v["after_switch_s"] > 0 for v in sizes.values()), sizes

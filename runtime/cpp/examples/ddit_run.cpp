@@ -8,9 +8,10 @@
 //
 // Every option is in the table kOptions (ddit-run --help prints it). Several prompts write NAME_0.png,
 // NAME_1.png, ... as `ddit-export generate --out NAME.png` does; a video bundle writes one PNG per frame,
-// NAME_f00.png, NAME_f01.png, ... (NAME_0_f00.png, ... for a batch), and takes --states without --pooled. --bench-steps N: instead of a generation, time N
-// calls of every loaded size (sizes interleaved) and the switch cost (a call of size a right after size b vs after
-// size a); prints JSON. Peak RSS (VmHWM) is printed last. Bad options: one "error: ..." line on stderr, exit 2.
+// NAME_f00.png, NAME_f01.png, ... (NAME_0_f00.png, ... for a batch), and takes --states without --pooled.
+// --bench-steps N: instead of a generation, time N calls of every loaded size on the seed's noise (or --latents;
+// sizes interleaved) and the switch cost (a call of size a right after size b vs after size a); prints JSON.
+// Peak RSS (VmHWM) is printed last. Bad options: one "error: ..." line on stderr, exit 2.
 #include <ddit/ddit.h>
 
 #include <sys/stat.h>
@@ -25,6 +26,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -417,7 +419,19 @@ static int run(int argc, char** argv) {
         return fail(ddit_last_error());
     }
     const int n = int(a.integer("bench-steps"));
-    std::vector<float> x(size_t(batch) * info.tokens * info.channels, 0.5f), v(x.size());
+    // the model's input as in a generation: --latents, else standard normal noise from --seed (the values do not
+    // change the arithmetic, but a constant latent is not what a service runs)
+    std::vector<float> x(size_t(batch) * info.tokens * info.channels), v(x.size());
+    if (!init.empty()) {
+      if (init.size() != x.size())
+        return fail("--latents holds " + std::to_string(init.size()) + " values; --bench-steps with batch " +
+                    std::to_string(batch) + " takes " + std::to_string(x.size()));
+      x = init;
+    } else {
+      std::mt19937_64 gen(uint64_t(a.has("seed") ? a.integer("seed") : 0));
+      std::normal_distribution<float> normal;
+      for (auto& e : x) e = normal(gen);
+    }
     std::map<int, std::vector<double>> same, switched;
     auto call = [&](int k) {
       const auto t0 = std::chrono::steady_clock::now();
