@@ -251,11 +251,13 @@ def test_ddit_run_help_lists_every_option(cpp_build):
 
 @pytest.fixture(scope="module")
 def npy(tmp_path_factory, cpp_lib, aoti_bundle):
-    """Embedding files: good ones, a 127-float pooled array, NaN in the states."""
+    """Embedding files: good ones, a 127-float pooled array, NaN in the states; initial latents of the bundle's
+    shape."""
     folder = tmp_path_factory.mktemp("npy")
     rt = cpp_lib.open(aoti_bundle)
     try:
         states, pooled = _encode(cpp_lib, rt, PROMPTS[:1])
+        info = cpp_lib.info(rt)
     finally:
         cpp_lib.close(rt)
     np.save(folder / "states.npy", states)
@@ -264,11 +266,6 @@ def npy(tmp_path_factory, cpp_lib, aoti_bundle):
     nan = states.copy()
     nan[0, 0, 0] = np.nan
     np.save(folder / "nan.npy", nan)
-    rt = cpp_lib.open(aoti_bundle)
-    try:
-        info = cpp_lib.info(rt)
-    finally:
-        cpp_lib.close(rt)
     np.save(folder / "latents.npy", np.random.default_rng(0).standard_normal((1, info.tokens, info.channels),
                                                                             np.float32))
     return folder

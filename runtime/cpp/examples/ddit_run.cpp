@@ -412,6 +412,7 @@ static int run(int argc, char** argv) {
   const bool png = a.has("out") && a.text("out").compare(a.text("out").size() - 4, 4, ".png") == 0;
   if (png && !info.has_decoder) return fail("this bundle has no decoder: give --out latents.npy");
 
+  const int64_t seed = a.has("seed") ? a.integer("seed") : 0;  // the initial noise (and the bench's input)
   if (a.has("bench-steps")) {  // per-size step time and switching cost
     if (!prompts.empty()) {
       states.resize(size_t(batch) * info.text_len * info.joint_dim), pooled.resize(size_t(batch) * info.pooled_dim);
@@ -428,7 +429,7 @@ static int run(int argc, char** argv) {
                     std::to_string(batch) + " takes " + std::to_string(x.size()));
       x = init;
     } else {
-      std::mt19937_64 gen(uint64_t(a.has("seed") ? a.integer("seed") : 0));
+      std::mt19937_64 gen{uint64_t(seed)};
       std::normal_distribution<float> normal;
       for (auto& e : x) e = normal(gen);
     }
@@ -518,7 +519,7 @@ static int run(int argc, char** argv) {
   }
   req.steps = a.has("steps") ? int(a.integer("steps")) : 0;
   req.guidance = a.has("guidance") ? float(a.number("guidance")) : 3.5f;
-  req.seed = a.has("seed") ? a.integer("seed") : 0;
+  req.seed = seed;
   if (!init.empty()) req.init_latents = init.data(), req.init_len = init.size();
   req.schedule = &sched;
   req.cache = cache_given ? &cache : nullptr;
