@@ -17,9 +17,10 @@ CKPT, STATE = "ckpt", "state.json"
 #: settings that define a run; a resume with different values is refused (budgets and logging may change)
 RUN_FIELDS = ("model", "weights", "sizes", "rank", "init", "lr", "lr_warmup", "batch", "seed", "prompts_file",
               "num_prompts", "sample_steps", "height", "width", "guidance", "coarse_mix", "dtype", "schedules",
-              "init_adapters", "joint", "residual")
+              "init_adapters", "joint", "residual", "objective")
 #: what a run field added later meant in runs whose checkpoint predates it
-LEGACY_FIELDS = {"schedules": "random", "init_adapters": None, "joint": [], "residual": "linear"}
+LEGACY_FIELDS = {"schedules": "random", "init_adapters": None, "joint": [], "residual": "linear",
+                 "objective": "full"}
 
 
 def named_adapter_params(mp) -> list[tuple[str, torch.nn.Parameter]]:

@@ -29,9 +29,12 @@ def batch_indices(s: AdaptSettings, step: int, n: int) -> torch.Tensor:
 
 
 def distill_losses(loaded, data: Trajectories, bank: PromptBank, idx: torch.Tensor, sizes, grid, guidance,
-                   amp) -> dict[int, torch.Tensor]:
-    """MSE(v_student(z_t, k), v_teacher(z_t, 1)) for every coarse size k, on the states ``idx``."""
+                   amp, objective: str = "full") -> dict[int, torch.Tensor]:
+    """MSE(v_student(z_t, k), v_teacher(z_t, 1)) for every coarse size k, on the states ``idx``. ``objective``
+    "blocks": the MSE of the difference's size-k block means only (runtime/carry.py's ``block_mean``), the part of
+    a coarse step's velocity that a carried step keeps."""
     from ..models.patching import image_ids
+    from ..runtime.carry import block_mean
 
     mp = loaded.transformer
     video = len(grid) == 3
@@ -46,19 +49,22 @@ def distill_losses(loaded, data: Trajectories, bank: PromptBank, idx: torch.Tens
     for k in sizes:
         with amp, no_cudnn_attention(device):
             v = velocity(mp, x, cond, t, ids, g, k, grid)
-        out[k] = torch.mean((v.float() - target) ** 2)
+        d = v.float() - target
+        if objective == "blocks":
+            d = block_mean(d, grid, k, d.shape[-1] // loaded.latent_channels, channels_first=not video)
+        out[k] = torch.mean(d ** 2)
     return out
 
 
 @torch.no_grad()
 def eval_losses(loaded, data: Trajectories, bank: PromptBank, sizes, grid, guidance, amp, batch: int = 64,
-                limit: int = 512) -> dict[int, float]:
-    """Mean distillation loss per size over (a fixed subset of) ``data``."""
+                limit: int = 512, objective: str = "full") -> dict[int, float]:
+    """Mean distillation loss (``objective``'s) per size over (a fixed subset of) ``data``."""
     n = len(data)
     sel = torch.arange(n) if n <= limit else torch.linspace(0, n - 1, limit).round().long()
     tot = {k: 0.0 for k in sizes}
     for i in range(0, len(sel), batch):
         idx = sel[i:i + batch]
-        for k, v in distill_losses(loaded, data, bank, idx, sizes, grid, guidance, amp).items():
+        for k, v in distill_losses(loaded, data, bank, idx, sizes, grid, guidance, amp, objective).items():
             tot[k] += float(v) * len(idx)
     return {k: v / len(sel) for k, v in tot.items()}

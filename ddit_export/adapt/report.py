@@ -99,10 +99,10 @@ def log_quality(work: Path, step: int, label: str, q: dict, log):
         ", ".join(f"{n} {v['psnr']:.2f} dB @ {v['coarse']:.0%} coarse" for n, v in q.items()))
 
 
-def plateau_score(q: dict) -> float:
-    """What a run's plateau check follows: the mean PSNR of the static alternating schedules (one per size; the
-    adapters alone, not their ``+carry`` rows)."""
-    vals = [v["psnr"] for n, v in q.items() if n.startswith("static-alt-") and "+carry" not in n]
+def plateau_score(q: dict, carried: bool = False) -> float:
+    """What a run's plateau check follows: the mean PSNR of the static alternating schedules (one per size): the
+    adapters alone, or with ``carried`` (the ``blocks`` objective) their ``+carry`` rows."""
+    vals = [v["psnr"] for n, v in q.items() if n.startswith("static-alt-") and ("+carry" in n) == carried]
     return float(np.mean(vals))
 
 

@@ -169,9 +169,10 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     if prior is None and s.eval_images:
         q = quality(loaded, s, eval_prompts, steps_per_traj, amp, joint, rules=True)
         log_quality(work, 0, "init", q, log)
-        state["plateau"] = {"best": plateau_score(q), "best_step": 0, "since": 0}
+        state["plateau"] = {"best": plateau_score(q, carried=s.objective == "blocks"), "best_step": 0, "since": 0}
     if prior is None:
-        log_eval(work, 0, 0.0, eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp), log)
+        log_eval(work, 0, 0.0, eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp,
+                                           objective=s.objective), log)
 
     loss_path = work / "loss.csv"
     truncate_log(loss_path, step)
@@ -218,7 +219,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
         mp.train()
         log_quality(work, step, "training", q, log)
         plot_quality(work)
-        score = plateau_score(q)
+        score = plateau_score(q, carried=s.objective == "blocks")
         if not plateau or score >= plateau["best"] + 0.1:
             plateau.update(best=score, best_step=step, since=0)
         else:
@@ -248,7 +249,7 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                     g["lr"] = lr
                 cur, grid, label = train_sets[step % len(train_sets)]
                 idx = batch_indices(s, step, len(cur))
-                losses = distill_losses(loaded, cur, bank, idx, coarse, grid, guidance, amp)
+                losses = distill_losses(loaded, cur, bank, idx, coarse, grid, guidance, amp, s.objective)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; try a lower --lr")
@@ -280,7 +281,8 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
                     st = checkpoint()
                     mp.eval()
                     log_eval(work, step, st["elapsed_s"],
-                              eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp), log, quiet=True)
+                              eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp,
+                                          objective=s.objective), log, quiet=True)
                     mp.train()
                     last_ckpt = time.time()
         except KeyboardInterrupt:  # only when no signal handler could be installed
@@ -298,12 +300,12 @@ def _adapt(s, work, progress, log, callback, stop, tqdm, tuner=None) -> AdaptRes
     if stop["flag"]:
         log(f"stopped at step {step}; checkpoint in {work / CKPT} - run the same command again to resume")
         return AdaptResult(state, loaded)
-    ev = eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp)
+    ev = eval_losses(loaded, held, bank, coarse, geom.grid, guidance, amp, objective=s.objective)
     log_eval(work, step, state["elapsed_s"], ev, log)
     joint_ev = {}
     for label, grid, _, jh in extra_sets:
-        joint_ev[label] = {str(k): round(v, 6) for k, v in eval_losses(loaded, jh, bank, coarse, grid, guidance,
-                                                                        amp).items()}
+        jl = eval_losses(loaded, jh, bank, coarse, grid, guidance, amp, objective=s.objective)
+        joint_ev[label] = {str(k): round(v, 6) for k, v in jl.items()}
         log(f"held-out distillation loss at {label}, step {step}: "
             + ", ".join(f"k={k} {v:.5f}" for k, v in joint_ev[label].items()))
     if s.eval_images:

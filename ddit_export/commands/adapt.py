@@ -37,6 +37,10 @@ from ..settings import DEFAULT_MODEL
 @click.option("--schedules", type=click.Choice(["random", "ladders", "both"]), default="random", show_default=True,
               help="The coarse trajectories' schedules: random sizes on half the steps, the deployed family (ladders "
                    "over the calibrate range, half with the step cache's extrapolated steps), or both.")
+@click.option("--objective", type=click.Choice(["full", "blocks"]), default="full", show_default=True,
+              help="The distillation loss: every value of the coarse velocity, or only its block means (what a "
+                   "carried step keeps: the schedules with carry=fine; an uncarried coarse step's within-block "
+                   "detail is then untrained). blocks makes the plateau check follow the carried schedules.")
 @click.option("--init-adapters", type=click.Path(), help="Start from this adapters file (same sizes and rank).")
 @click.option("--joint", help="More resolutions trained with the same adapters, HxW or S, comma-separated (e.g. "
                               "32x32): one adapter set for all, batches alternating between resolutions.")
@@ -55,7 +59,8 @@ from ..settings import DEFAULT_MODEL
                                 "a shared CPU). Default: torch's.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, weights, sizes, rank, init, residual, lr, lr_warmup, batch, steps, minutes, seed, work, out,
-            prompts_file, num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, init_adapters,
+            prompts_file, num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, objective,
+            init_adapters,
             joint, ckpt_minutes, quality_minutes, patience, eval_images, device, dtype, threads, quiet):
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
     from ..adapt import adapt
@@ -75,7 +80,8 @@ def command(model, weights, sizes, rank, init, residual, lr, lr_warmup, batch, s
                              lr=lr, lr_warmup=lr_warmup, batch=batch, steps=steps, minutes=minutes, seed=seed,
                              work=work, out=out, prompts_file=prompts_file, num_prompts=num_prompts,
                              sample_steps=sample_steps, height=height, width=width, guidance=guidance,
-                             coarse_mix=coarse_mix, schedules=schedules, init_adapters=init_adapters,
+                             coarse_mix=coarse_mix, schedules=schedules, objective=objective,
+                             init_adapters=init_adapters,
                              joint=_resolutions(joint),
                              ckpt_minutes=ckpt_minutes, quality_minutes=quality_minutes, patience=patience,
                              eval_images=eval_images,

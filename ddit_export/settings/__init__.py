@@ -19,6 +19,6 @@ from .build import (  # noqa: F401
     DTYPES, PRECISIONS, QUANTIZED_PRECISIONS, DEFAULT_CALIBRATION_SAMPLES, INT8_ACTIVATIONS,
     DEFAULT_INT8_ACTIVATIONS, FP8_UNSUPPORTED, PARITY_TOL, BuildSettings, TrtSettings)
 from .train import (  # noqa: F401
-    ADAPT_SCHEDULES, AdaptSettings)
+    ADAPT_OBJECTIVES, ADAPT_SCHEDULES, AdaptSettings)
 from .measure import (  # noqa: F401
     EVAL_SPLITS, DETAIL_GRADES, EvalSettings, ResolutionSettings, ParetoSettings, CalibrateSettings)

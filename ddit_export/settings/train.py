@@ -11,6 +11,8 @@ from .core import DEFAULT_LORA_RANK, DEFAULT_MODEL, DEFAULT_SIZES, AdapterSettin
 #: size on half the steps), ``ladders`` (the deployed family: ladders over the n4/tail range that ``calibrate``
 #: sweeps, half of them with the step cache's extrapolated steps), ``both`` (a third random, two thirds ladders)
 ADAPT_SCHEDULES = ("random", "ladders", "both")
+#: the distillation loss: every output value, or only the coarse sizes' block means (what a carried step keeps)
+ADAPT_OBJECTIVES = ("full", "blocks")
 @dataclass(frozen=True)
 class AdaptSettings:
     """One ``ddit-export adapt``: self-distil the coarse-size adapters from the model's own fine size."""
@@ -37,6 +39,7 @@ class AdaptSettings:
     guidance: float = 3.5
     coarse_mix: float = 0.0  # fraction of trajectories that take coarse steps (drawn as ``schedules`` says)
     schedules: str = "random"  # one of ADAPT_SCHEDULES
+    objective: str = "full"  # one of ADAPT_OBJECTIVES
     init_adapters: str | None = None  # start from this adapters file (same sizes and rank) instead of fresh adapters
     joint: tuple[tuple[int, int], ...] = ()  # more (height, width) trained with the same adapters, batches alternating
     ckpt_minutes: float = 3.0
@@ -78,6 +81,8 @@ class AdaptSettings:
                               f"(lr > 0, batch >= 1, coarse mix in [0, 1], sample steps >= 4, ...)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.objective not in ADAPT_OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(ADAPT_OBJECTIVES)}, got {self.objective!r}")
         if self.schedules not in ADAPT_SCHEDULES:
             raise ConfigError(f"schedules must be one of {', '.join(ADAPT_SCHEDULES)}, got {self.schedules!r}")
         if self.patience is not None and self.quality_minutes is None:

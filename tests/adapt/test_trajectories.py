@@ -106,6 +106,9 @@ def test_plateau_score_reads_the_adapters_alone():
     assert q["static-alt-k2+carry"] == {**q["static-alt-k2"], "carry": "fine"}
     assert plateau_score({"static-alt-k2": {"psnr": 30.0}, "static-alt-k2+carry": {"psnr": 40.0},
                           "static-alt-k4": {"psnr": 20.0}}) == 25.0
+    # --objective blocks trains what a carried step keeps, so its plateau follows the carried rows
+    assert plateau_score({"static-alt-k2": {"psnr": 30.0}, "static-alt-k2+carry": {"psnr": 40.0},
+                          "static-alt-k4+carry": {"psnr": 36.0}}, carried=True) == 38.0
 
 
 def test_quality_checks_and_plateau_stop(tiny_model_dir, tmp_path):
