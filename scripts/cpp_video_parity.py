@@ -26,16 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 
 def cpp_args(spec: str) -> list[str]:
-    """ddit-run options for a policy spec (ddit:tau=..+video_std=.. or ladder:head=..+n4=..+tail=..)."""
+    """ddit-run options for a policy spec (ddit:tau=..+video_std=.. or ladder:head=..+n4=..+tail=..; either with
+    +carry=fine|off)."""
     if spec == "profile":
         return []
     name, _, knobs = spec.partition(":")
     kv = dict(k.split("=") for k in knobs.split("+") if k)
+    carry = ["--carry", kv["carry"]] if "carry" in kv else []
     if name == "ddit":
         out = ["--policy", "ddit"] + [a for k in ("tau", "eps") if k in kv for a in (f"--{k}", kv[k])]
-        return out + (["--video-std", kv["video_std"]] if "video_std" in kv else [])
+        return out + (["--video-std", kv["video_std"]] if "video_std" in kv else []) + carry
     if name == "ladder":
-        return ["--ladder", f"{kv.get('head', 0)},{kv.get('n4', 0)},{kv.get('tail', 4)}"]
+        return ["--ladder", f"{kv.get('head', 0)},{kv.get('n4', 0)},{kv.get('tail', 4)}"] + carry
     raise SystemExit(f"error: policy {spec!r}: this script maps ddit and ladder specs only")
 
 
