@@ -1,6 +1,7 @@
 """``ddit-export calibrate`` on video models (issue 23 item 2): the clip-caption calibration split, the sweep scored
 per frame and over time, the profile with its resolution and clip length, and the bad input refused before work."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,12 @@ def test_the_shipped_split_is_what_the_function_draws_and_misses_the_evaluation_
     for c in drawn:  # held-out split, short enough for wan-mini, the probe reads the rendered truth right
         assert c.split == "heldout" and len(c.caption.split()) <= 24
         assert adherence(C.render(c), c)["all"]
+    # calibration/prompts-wan-mini-64.txt (the larger split wan-mini's profile was checked on): the same draw, longer,
+    # so it starts with the shipped 24 and also misses the evaluation captions
+    larger = [c.caption for c in read_clip_prompts(Path(__file__).resolve().parents[2] / "calibration"
+                                                    / "prompts-wan-mini-64.txt")]
+    assert larger == [c.caption for c in calibration_clips(64)] and larger[:24] == shipped
+    assert len(set(larger)) == 64 and not set(evaluation_captions(256)) & set(larger)
 
 
 def test_clip_captions_read_back_into_their_clips():
