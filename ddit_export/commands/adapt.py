@@ -60,8 +60,7 @@ from ..settings import DEFAULT_MODEL
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(model, weights, sizes, rank, init, residual, lr, lr_warmup, batch, steps, minutes, seed, work, out,
             prompts_file, num_prompts, sample_steps, height, width, guidance, coarse_mix, schedules, objective,
-            init_adapters,
-            joint, ckpt_minutes, quality_minutes, patience, eval_images, device, dtype, threads, quiet):
+            init_adapters, joint, ckpt_minutes, quality_minutes, patience, eval_images, device, dtype, threads, quiet):
     """Train the coarse patch sizes' adapters by self-distillation from the frozen fine model."""
     from ..adapt import adapt
     from ..parsing import int_list as _ints

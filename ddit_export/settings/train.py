@@ -13,6 +13,8 @@ from .core import DEFAULT_LORA_RANK, DEFAULT_MODEL, DEFAULT_SIZES, AdapterSettin
 ADAPT_SCHEDULES = ("random", "ladders", "both")
 #: the distillation loss: every output value, or only the coarse sizes' block means (what a carried step keeps)
 ADAPT_OBJECTIVES = ("full", "blocks")
+
+
 @dataclass(frozen=True)
 class AdaptSettings:
     """One ``ddit-export adapt``: self-distil the coarse-size adapters from the model's own fine size."""
