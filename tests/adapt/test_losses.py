@@ -1,4 +1,5 @@
-"""The training schedule: learning rate shape and the (seed, step)-pure batches that make resumes exact."""
+"""The training schedule: learning rate shape and the (seed, step)-pure batches that make resumes exact; the
+distillation objective (full, or the coarse sizes' block means only)."""
 import contextlib
 import math
 
