@@ -4,11 +4,14 @@
 matched every step, the largest latent difference and the frames' PSNR (decoded as Python decodes them).
 
     python scripts/cpp_video_parity.py --bundle B --build build/cpp [--prompts 8] [--split heldout] \\
-        [--policies profile,ddit:tau=0.003,ddit:tau=0.003+video_std=frame] [--json OUT]
+        [--policies profile,ddit:tau=0.003,ddit:tau=0.003+video_std=frame] [--cache taylor+interval=4+switch] \\
+        [--json OUT]
 
 B must be built with ``--backend aoti`` (a wan-pixel bundle: wan-mini, tiny-wan). A policy spec is Python's
 ``--policy`` with ``+`` for ``,`` (``profile``: the bundle's own); the C++ side gets the same knobs as ddit-run
-options. Both sides run with ``--threads``.
+options. ``--cache`` (every policy of the run): ``off`` or ``taylor`` with ``+KNOB=V`` of ``interval``, ``order``,
+``warmup``, ``tail`` and a bare ``+switch``, given to both sides (default: the bundle's cache profile). Both sides run
+with ``--threads``.
 """
 from __future__ import annotations
 
@@ -41,6 +44,31 @@ def cpp_args(spec: str) -> list[str]:
     raise SystemExit(f"error: policy {spec!r}: this script maps ddit and ladder specs only")
 
 
+CACHE_KNOBS = ("interval", "order", "warmup", "tail")
+
+
+def cache_args(spec: str | None) -> tuple[dict | None, list[str]]:
+    """(Python's ``cache`` dict, ddit-run options) for a cache spec: ``off``, or ``taylor`` with ``+KNOB=V`` of
+    :data:`CACHE_KNOBS` and a bare ``+switch``; None: the bundle's profile on both sides."""
+    if spec is None:
+        return None, []
+    mode, *rest = spec.split("+")
+    if mode not in ("off", "taylor"):
+        raise SystemExit(f"error: cache {spec!r}: the mode must be off or taylor")
+    py, cpp = {"mode": mode}, ["--cache", mode]
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if key == "switch" and not eq:
+            py["switch"] = True
+            cpp.append("--cache-switch")
+        elif key in CACHE_KNOBS and eq and value.isdigit():
+            py[key] = int(value)
+            cpp += [f"--cache-{key}", value]
+        else:
+            raise SystemExit(f"error: cache {spec!r}: {item!r} is not one of {', '.join(CACHE_KNOBS)}=N or switch")
+    return py, cpp
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)
@@ -48,10 +76,12 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--split", default="heldout", choices=("train", "heldout"))
     p.add_argument("--policies", default="profile")
+    p.add_argument("--cache", help="e.g. taylor+interval=4+switch (default: the bundle's cache profile)")
     p.add_argument("--steps", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
+    cache, cache_cpp = cache_args(a.cache)
     run = a.build / "ddit-run"
     if not run.is_file():
         p.error(f"{run} does not exist: build runtime/cpp first (docs/guides/cpp-runtime.md)")
@@ -72,6 +102,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in a.policies.split(","):
             kw = {} if spec == "profile" else {"policy": spec.replace("+", ",")}
+            if cache is not None:
+                kw["cache"] = cache
             same, identical, worst_lat, psnrs, ratios = 0, 0, 0.0, [], []
             for i, cap in enumerate(captions):
                 res, _ = generate_images(bundle=a.bundle, backend="aoti", prompts=[cap], seed=i, steps=steps,
@@ -80,7 +112,7 @@ def main(argv=None) -> int:
                 lat, tr = Path(tmp) / "lat.npy", Path(tmp) / "t.json"
                 r = subprocess.run([str(run), str(a.bundle), "--prompt", cap, "--seed", str(i), "--steps", str(steps),
                                     "--threads", str(a.threads), "--out", str(lat), "--trace", str(tr),
-                                    *cpp_args(spec)], capture_output=True, text=True)
+                                    *cpp_args(spec), *cache_cpp], capture_output=True, text=True)
                 if r.returncode:
                     raise SystemExit(f"ddit-run failed: {r.stderr.strip()}")
                 trace = json.loads(tr.read_text())
@@ -93,7 +125,7 @@ def main(argv=None) -> int:
                 identical += bool(np.array_equal(cpp_frames, py_frames))
                 ratios.append(trace["flops_ratio"])
             worst = min(psnrs)
-            rows.append({"policy": spec, "clips": len(captions), "same_sizes": same, "identical_clips": identical,
+            rows.append({"policy": spec, "cache": a.cache, "clips": len(captions), "same_sizes": same, "identical_clips": identical,
                          "max_abs_latent": worst_lat, "min_frame_psnr_db": worst,
                          "flops_ratio_mean": float(np.mean(ratios))})
             print(f"{spec}: sizes equal in {same}/{len(captions)} clips, frames identical in {identical}, max |latent "

@@ -37,30 +37,56 @@ def evaluation_captions(n: int = EVAL_EXCLUDE, max_words: int | None = None) -> 
 
 
 def calibration_clips(n: int = 24, *, exclude_n: int = EVAL_EXCLUDE, max_words: int = MAX_WORDS,
-                      seed: int = CALIBRATION_SEED) -> list:
+                      seed: int = CALIBRATION_SEED, mixed: bool = False) -> list:
     """``n`` distinct held-out-split clips (seed ``seed``) whose caption fits ``max_words`` and whose rendered truth
     the motion probe reads right, none of them among the first ``exclude_n`` evaluation captions (drawn with and
-    without the word limit, so the exclusion holds for any text encoder)."""
+    without the word limit, so the exclusion holds for any text encoder).
+
+    Excluding the evaluation's captions and repeats removes mostly one-shape captions (there are fewer of them to
+    draw, so they repeat), which leaves the plain draw with about twice the evaluation's share of two-shape captions.
+    ``mixed``: take one- and two-shape captions in the evaluation's proportion (:func:`evaluation_two_shape_share`,
+    rounded to whole captions), in draw order within each."""
     from .evaluate_video import eval_clips
 
     held = set(evaluation_captions(exclude_n)) | set(evaluation_captions(exclude_n, max_words))
+    room = None
+    if mixed:
+        two = round(n * evaluation_two_shape_share(exclude_n, max_words))
+        room = {1: n - two, 2: two}
     out, seen = [], set()
-    for c in eval_clips(4 * n + 2 * exclude_n, "heldout", seed, max_words):
-        if c.caption not in held and c.caption not in seen:
-            seen.add(c.caption)
-            out.append(c)
-            if len(out) == n:
-                return out
+    for c in eval_clips(8 * n + 2 * exclude_n, "heldout", seed, max_words):
+        if c.caption in held or c.caption in seen:
+            continue
+        if room is not None:
+            if room.get(len(c.shapes), 0) == 0:
+                continue
+            room[len(c.shapes)] -= 1
+        seen.add(c.caption)
+        out.append(c)
+        if len(out) == n:
+            return out
     raise ConfigError(f"could not draw {n} calibration clips")
 
 
-def write_calibration_file(path: Path | None = None, n: int = 24) -> Path:
-    """(Re)write the shipped calibration split: a comment header, then one caption a line."""
+def evaluation_two_shape_share(n: int = EVAL_EXCLUDE, max_words: int | None = MAX_WORDS) -> float:
+    """The share of two-shape captions among the first ``n`` captions ``evaluate`` scores on a video model."""
+    from ..settings import EvalSettings
+    from .evaluate_video import eval_clips
+
+    clips = eval_clips(n, "heldout", EvalSettings().prompt_seed, max_words)
+    return sum(len(c.shapes) == 2 for c in clips) / max(len(clips), 1)
+
+
+def write_calibration_file(path: Path | None = None, n: int = 24, mixed: bool = False) -> Path:
+    """(Re)write the shipped calibration split: a comment header, then one caption a line (``mixed``: see
+    :func:`calibration_clips`)."""
     path = Path(path or default_clip_prompts_path())
     lines = [f"# {n} wan-mini calibration captions: held-out split, seed {CALIBRATION_SEED}, probe-readable, none "
-             f"among the first {EVAL_EXCLUDE} evaluation captions", "# made by "
-             "ddit_export.quality.calibrate_video.write_calibration_file()"]
-    path.write_text("\n".join(lines + [c.caption for c in calibration_clips(n)]) + "\n")
+             f"among the first {EVAL_EXCLUDE} evaluation captions"
+             + (", one- and two-shape captions in the evaluation's proportion" if mixed else ""),
+             "# made by ddit_export.quality.calibrate_video.write_calibration_file()"
+             + (f" with n={n}, mixed=True" if mixed else "")]
+    path.write_text("\n".join(lines + [c.caption for c in calibration_clips(n, mixed=mixed)]) + "\n")
     return path
 
 

@@ -38,6 +38,7 @@ DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 FRAMES = 8
 SIDE = 32
 HELDOUT_MOD = 8
+TWO_SHAPE = 0.3  # share of two-shape clips: every evaluation and calibration draw (training may ask for more)
 
 
 def grammar_words() -> set[str]:
@@ -190,11 +191,14 @@ def _sample_shape(rng: np.random.Generator, background: str, want_heldout: bool 
     raise ValueError("could not sample a shape")
 
 
-def sample_clip(rng: np.random.Generator, split: str = "train", n_shapes: int | None = None) -> Clip:
-    """One random clip of ``split`` with 1 (70%) or 2 shapes on a random background."""
+def sample_clip(rng: np.random.Generator, split: str = "train", n_shapes: int | None = None,
+                two_shape: float = TWO_SHAPE) -> Clip:
+    """One random clip of ``split`` with 1 or 2 shapes (2 with probability ``two_shape``) on a random background."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    n = n_shapes or (1 if rng.random() < 0.7 else 2)
+    if not 0 <= two_shape <= 1:
+        raise ValueError(f"two_shape must be a fraction in [0, 1], got {two_shape}")
+    n = n_shapes or (1 if rng.random() < 1 - two_shape else 2)
     for _ in range(50):  # a first shape can leave no room for a second: draw the clip again (same rng, so pure)
         bg = S.BACKGROUNDS[int(rng.integers(len(S.BACKGROUNDS)))]
         forced = int(rng.integers(n)) if split == "heldout" else -1
@@ -240,10 +244,11 @@ def _coverage(shape: str, cy: float, cx: float, r: float, yy, xx) -> np.ndarray:
     return np.clip(0.5 - sdf, 0.0, 1.0)
 
 
-def make_batch(seed_or_rng, n: int, split: str = "train", frames: int = FRAMES, side: int = SIDE):
+def make_batch(seed_or_rng, n: int, split: str = "train", frames: int = FRAMES, side: int = SIDE,
+               two_shape: float = TWO_SHAPE):
     """(clips float32 (n, frames, 3, side, side) in [-1, 1], captions, Clip records) — deterministic."""
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
-    clips = [sample_clip(rng, split) for _ in range(n)]
+    clips = [sample_clip(rng, split, two_shape=two_shape) for _ in range(n)]
     arr = np.stack([render(c, frames, side) for c in clips]) if clips else np.zeros((0, frames, 3, side, side),
                                                                                     np.float32)
     return arr, [c.caption for c in clips], clips

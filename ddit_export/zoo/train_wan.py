@@ -2,7 +2,7 @@
 on the procedural clips of zoo/clips.py, with its own word-level text encoder. Resumable; CPU or CUDA.
 
     python -m ddit_export.zoo.train_wan --work runs/wan-mini --minutes 70 [--out ddit_export/zoo/weights/wan-mini]
-        [--threads 1|2|auto] [--init MODEL_FOLDER] [--layers N] [--batch N]
+        [--threads 1|2|auto] [--init MODEL_FOLDER] [--layers N] [--batch N] [--two-shape FRAC]
     python -m ddit_export.zoo.train_wan --time-steps 8 --layers 4 --batch 16 --threads 1   # median s/step, no run
     python -m ddit_export.zoo.train_wan --work W --minutes 8 --device cuda --bf16 ...    # the GPU machine
 
@@ -17,6 +17,8 @@ they hold. ``--device cuda --bf16`` is the GPU path (bf16 autocast; weights, EMA
 held-out loss, probe, samples and export run on CPU copies of the EMA weights): the checkpoint is the same file on
 either device, so a run can move between the CPU and the GPU machine and back. ``--bf16`` on the CPU is 1.3x faster
 a step on an AVX512-BF16 CPU (``--time-steps 6 --layers 6 --batch 32 --threads 1 [--bf16]``).
+``--two-shape FRAC`` sets the share of two-shape clips in the training batches (default 0.3, the mix every held-out
+draw keeps): the captions that name two shapes are the ones the model reads worst.
 ``--threads auto`` uses zoo/train.py's ThreadTuner: on 2 cores shared with other work, 2
 intra-op threads stall whenever the other core is busy (the first wan-mini run, at 2 threads: 1.2 s/step, then
 4.8 s/step while a test suite ran beside it).
@@ -42,8 +44,12 @@ from .wan_mini import (MICRO, VIDEO_FORMAT, Pair, WanTrainConfig, build, export_
 from .train import lr_at  # flux-mini's schedule: warm-up, constant, cosine decay; same config fields
 
 def batch_at(cfg: WanTrainConfig, step: int, split: str = "train", n: int | None = None):
-    """Clean clips (B, 3, F, H, W) and captions of ``step``: a function of (seed, step) only."""
-    arr, caps, _ = C.make_batch(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split, cfg.frames, cfg.side)
+    """Clean clips (B, 3, F, H, W) and captions of ``step``: a function of (seed, step) only. Training batches have
+    ``cfg.two_shape`` two-shape clips; held-out ones the evaluation's mix (C.TWO_SHAPE), so that held-out losses of
+    runs with other mixes compare."""
+    two = cfg.two_shape if split == "train" else C.TWO_SHAPE
+    arr, caps, _ = C.make_batch(np.random.default_rng([cfg.seed, step]), n or cfg.batch, split, cfg.frames, cfg.side,
+                                two)
     return torch.from_numpy(arr).permute(0, 2, 1, 3, 4).contiguous(), caps
 
 
@@ -148,7 +154,8 @@ def train(cfg: WanTrainConfig, work: Path, out: Path | None = None, minutes: flo
     ckpt, state = work / "ckpt.pt", {"step": 0, "seconds": 0.0, "losses": []}
     if ckpt.is_file():
         d = torch.load(ckpt, weights_only=False, map_location=device)  # a CPU checkpoint on the GPU and back
-        if d["config"] != dataclasses.asdict(cfg):
+        # a field added since the checkpoint was written reads as its default (the run it holds used that)
+        if {**dataclasses.asdict(WanTrainConfig()), **d["config"]} != dataclasses.asdict(cfg):
             raise ConfigError(f"{work} holds a run with other settings; use another --work")
         model.load_state_dict(d["model"])
         opt.load_state_dict(d["opt"])
@@ -258,7 +265,8 @@ def _record(cfg: WanTrainConfig, state: dict, heldout: float, probe: dict | None
             bf16: bool = False) -> dict:
     """The exported weights' training record (:func:`wan_mini.lineage`): the init's record with this run added."""
     base = state.get("base", {})
-    run = {"init": base.get("init"), "steps": state["step"], "batch": cfg.batch, "seconds": round(state["seconds"]),
+    run = {"init": base.get("init"), "steps": state["step"], "batch": cfg.batch, "two_shape": cfg.two_shape,
+           "seconds": round(state["seconds"]),
            "device": device + (" bf16" if bf16 else ""), "heldout_loss_start": _round(base.get("init_heldout")),
            "heldout_loss": round(heldout, 5)}
     if probe:
@@ -310,6 +318,8 @@ def main(argv=None):
     p.add_argument("--threads", help="intra-op threads: a count or 'auto' (default: torch's)")
     p.add_argument("--batch", type=int)
     p.add_argument("--layers", type=int)
+    p.add_argument("--two-shape", type=float, metavar="FRAC",
+                   help=f"share of two-shape clips in training batches (default {C.TWO_SHAPE}, the evaluation's mix)")
     p.add_argument("--micro", action="store_true", help="a tiny config for tests")
     p.add_argument("--init", type=Path, help="an exported wan-mini folder to start from (same architecture)")
     p.add_argument("--no-samples", action="store_true", help="no sample sheet at checkpoints")
@@ -325,7 +335,10 @@ def main(argv=None):
     if a.threads is not None and a.threads != "auto" and not a.threads.isdigit():
         p.error(f"--threads must be a count or 'auto', got {a.threads!r}")
     over = dict(MICRO) if a.micro else {}
-    over.update({k: v for k, v in (("batch", a.batch), ("layers", a.layers)) if v is not None})
+    over.update({k: v for k, v in (("batch", a.batch), ("layers", a.layers), ("two_shape", a.two_shape))
+                 if v is not None})
+    if a.two_shape is not None and not 0 <= a.two_shape <= 1:
+        p.error(f"--two-shape must be a fraction in [0, 1], got {a.two_shape}")
     cfg = WanTrainConfig(**over)
     if a.probe:
         if a.threads not in (None, "auto"):

@@ -45,6 +45,7 @@ class WanTrainConfig:
     shift: float = 2.0  # static time shift of the sampler's sigmas (and of the training noise levels)
     seed: int = 0
     steps: int = 28  # sampling steps the exported model defaults to
+    two_shape: float = C.TWO_SHAPE  # share of two-shape clips in the training batches (held-out ones keep 0.3)
     name: str = "wan-mini"
 
 

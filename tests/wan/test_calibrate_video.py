@@ -68,6 +68,22 @@ def test_the_shipped_split_is_what_the_function_draws_and_misses_the_evaluation_
     assert len(set(larger)) == 64 and not set(evaluation_captions(256)) & set(larger)
 
 
+def test_the_mixed_split_has_the_evaluation_share_of_two_shape_captions():
+    """calibration/prompts-wan-mini-mix-64.txt: the same draw, one- and two-shape captions taken in the evaluation's
+    proportion (the plain draw has about twice its two-shape share)."""
+    from ddit_export.quality.calibrate_video import (calibration_clips, evaluation_captions,
+                                                     evaluation_two_shape_share, read_clip_prompts)
+
+    share = evaluation_two_shape_share()
+    two = lambda clips: sum(len(c.shapes) == 2 for c in clips)  # noqa: E731
+    assert 0.15 < share < 0.35 and two(calibration_clips(64)) / 64 > share + 0.15
+    mixed = calibration_clips(64, mixed=True)
+    assert two(mixed) == round(64 * share) and len({c.caption for c in mixed}) == 64
+    assert not set(evaluation_captions(256)) & {c.caption for c in mixed}
+    path = Path(__file__).resolve().parents[2] / "calibration" / "prompts-wan-mini-mix-64.txt"
+    assert [c.caption for c in read_clip_prompts(path)] == [c.caption for c in mixed]
+
+
 def test_clip_captions_read_back_into_their_clips():
     from ddit_export.zoo import clips as C
 

@@ -118,3 +118,13 @@ def test_the_clip_grammar_writes_exactly_the_models_video_vocabulary():
     assert C.grammar_words() == set(VIDEO_VOCAB) and VIDEO_VOCAB == sorted(VIDEO_VOCAB)
     rng = np.random.default_rng(3)
     assert set().union(*(C.sample_clip(rng).caption.split() for _ in range(200))) <= set(VIDEO_VOCAB)
+
+
+def test_two_shape_share_is_a_knob():
+    """(The default draw is pinned by tests/wan/test_calibrate_video.py: the shipped calibration split, drawn before
+    the knob existed, is what the function draws today.)"""
+    rng = lambda i: np.random.default_rng([0, i])  # noqa: E731
+    assert all(len(C.sample_clip(rng(i), "train", two_shape=1.0).shapes) == 2 for i in range(40))
+    assert all(len(C.sample_clip(rng(i), "train", two_shape=0.0).shapes) == 1 for i in range(40))
+    with pytest.raises(ValueError, match="two_shape"):
+        C.sample_clip(rng(0), "train", two_shape=1.2)

@@ -21,3 +21,23 @@ def test_model_folder_schedule_is_its_calibrated_profile(name):
     assert shipped.get("carry", "off") == ran.get("carry", "off")
     if "resolution" in profile:  # the profile's resolution is the folder's schedule resolution
         assert list(folder.get("schedule_resolution", profile["resolution"])) == list(profile["resolution"])
+
+
+def test_wan_mini_stack_profile_is_a_runnable_stack():
+    """calibration/wan-mini-stack.json (the stacked operating point, run with flags or written into a bundle): its
+    schedule and cache load as settings, it was chosen with a cache and the switch refresh, and what it measured is
+    the row of its own sweep that it names, at the issue's bar."""
+    from ddit_export.settings import CacheSettings, ScheduleSettings
+    from ddit_export.settings.core import policy_spec
+
+    profile = json.loads((ROOT / "calibration" / "wan-mini-stack.json").read_text())
+    assert profile["model"] == "wan-mini" and profile["frames"] == 8
+    sched = ScheduleSettings(**profile["schedule"])
+    cache = CacheSettings.from_dict(profile["cache"])
+    assert cache.mode == "taylor" and cache.switch and sched.carry == "fine"
+    assert policy_spec(sched) == profile["policy"]
+    row = next(r for r in profile["sweep"] if r["key"] == profile["policy"])
+    m = profile["measured"]
+    assert row["flops_ratio"] == m["flops_ratio"] <= 1 / 3.2 and m["psnr"] >= 30
+    assert m["adherence_drop"] <= profile["rule"]["max_quality_drop"] == 5
+    assert "--profile calibration/wan-mini-stack.json" in profile["command"]

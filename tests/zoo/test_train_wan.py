@@ -159,3 +159,36 @@ def test_ema_warms_up():
     cfg = W.WanTrainConfig(ema=0.998)
     assert W.ema_decay(cfg, 0) == pytest.approx(0.1)
     assert W.ema_decay(cfg, 100) < W.ema_decay(cfg, 1000) < cfg.ema == W.ema_decay(cfg, 10**6)
+
+
+def test_two_shape_mix_shapes_training_batches_only(tmp_path, capsys):
+    """``--two-shape``: the share of two-shape clips in training batches; held-out batches (the held-out loss, the
+    probe) keep the evaluation's mix, so runs with other mixes compare; the run record says which mix it trained."""
+    heavy = dataclasses.replace(W.WanTrainConfig(), two_shape=0.9)
+    plain = W.WanTrainConfig()
+
+    def share(cfg, split):
+        caps = [c for s in range(6) for c in W.batch_at(cfg, s, split, 32)[1]]
+        return sum(" and a " in c for c in caps) / len(caps)
+
+    assert share(heavy, "train") > 0.75 > 0.45 > share(plain, "train")
+    assert W.batch_at(heavy, 5, "heldout", 16)[1] == W.batch_at(plain, 5, "heldout", 16)[1]
+    W.train(dataclasses.replace(MICRO, two_shape=0.9), tmp_path / "a", steps=1, threads=1, log=_quiet,
+            samples=False, probe_n=0)
+    assert W.lineage(tmp_path / "a" / "model")["runs"][0]["two_shape"] == 0.9
+    # a resumed run with another mix is another run
+    assert W.main(["--work", str(tmp_path / "a"), "--steps", "2", "--micro", "--threads", "1"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        W.main(["--work", str(tmp_path / "b"), "--steps", "1", "--micro", "--two-shape", "1.5"])
+    assert e.value.code == 2 and "--two-shape must be a fraction" in capsys.readouterr().err
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_resumes(tmp_path):
+    """A run folder from before ``two_shape`` existed resumes (the field reads as its default)."""
+    W.train(MICRO, tmp_path / "a", steps=1, threads=1, log=_quiet, samples=False, probe_n=0)
+    ck = tmp_path / "a" / "ckpt.pt"
+    d = torch.load(ck, weights_only=False)
+    del d["config"]["two_shape"]
+    torch.save(d, ck)
+    assert W.train(MICRO, tmp_path / "a", steps=2, threads=1, log=_quiet, samples=False, probe_n=0)["step"] == 2
