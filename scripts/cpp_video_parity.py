@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                 identical += bool(np.array_equal(cpp_frames, py_frames))
                 ratios.append(trace["flops_ratio"])
             worst = min(psnrs)
-            rows.append({"policy": spec, "cache": a.cache, "clips": len(captions), "same_sizes": same, "identical_clips": identical,
+            rows.append({"policy": spec, "cache": a.cache, "clips": len(captions), "same_sizes": same,
+                         "identical_clips": identical,
                          "max_abs_latent": worst_lat, "min_frame_psnr_db": worst,
                          "flops_ratio_mean": float(np.mean(ratios))})
             print(f"{spec}: sizes equal in {same}/{len(captions)} clips, frames identical in {identical}, max |latent "
