@@ -28,12 +28,22 @@ def default_clip_prompts_path() -> Path:
     return Path(__file__).resolve().parents[1] / "calibration" / "prompts-wan-mini.txt"
 
 
-def evaluation_captions(n: int = EVAL_EXCLUDE, max_words: int | None = None) -> list[str]:
-    """The first ``n`` held-out captions ``evaluate`` scores on a video model (its prompt seed, 8 frames of 32 x 32)."""
+def evaluation_clips(n: int = EVAL_EXCLUDE, max_words: int | None = None) -> list:
+    """The first ``n`` held-out clips ``evaluate`` scores on a video model (its prompt seed, 8 frames of 32 x 32)."""
     from ..settings import EvalSettings
     from .evaluate_video import eval_clips
 
-    return [c.caption for c in eval_clips(n, "heldout", EvalSettings().prompt_seed, max_words)]
+    return eval_clips(n, "heldout", EvalSettings().prompt_seed, max_words)
+
+
+def evaluation_captions(n: int = EVAL_EXCLUDE, max_words: int | None = None) -> list[str]:
+    """The captions of :func:`evaluation_clips`."""
+    return [c.caption for c in evaluation_clips(n, max_words)]
+
+
+def two_shape_share(clips) -> float:
+    """The share of ``clips`` that name two shapes."""
+    return sum(len(c.shapes) == 2 for c in clips) / max(len(clips), 1)
 
 
 def calibration_clips(n: int = 24, *, exclude_n: int = EVAL_EXCLUDE, max_words: int = MAX_WORDS,
@@ -44,14 +54,15 @@ def calibration_clips(n: int = 24, *, exclude_n: int = EVAL_EXCLUDE, max_words: 
 
     Excluding the evaluation's captions and repeats removes mostly one-shape captions (there are fewer of them to
     draw, so they repeat), which leaves the plain draw with about twice the evaluation's share of two-shape captions.
-    ``mixed``: take one- and two-shape captions in the evaluation's proportion (:func:`evaluation_two_shape_share`,
-    rounded to whole captions), in draw order within each."""
+    ``mixed``: take one- and two-shape captions in the proportion of the first ``exclude_n`` evaluation clips
+    (within ``max_words``; :func:`two_shape_share`, rounded to whole captions), in draw order within each."""
     from .evaluate_video import eval_clips
 
-    held = set(evaluation_captions(exclude_n)) | set(evaluation_captions(exclude_n, max_words))
+    limited = evaluation_clips(exclude_n, max_words)
+    held = set(evaluation_captions(exclude_n)) | {c.caption for c in limited}
     room = None
     if mixed:
-        two = round(n * evaluation_two_shape_share(exclude_n, max_words))
+        two = round(n * two_shape_share(limited))
         room = {1: n - two, 2: two}
     out, seen = [], set()
     for c in eval_clips(8 * n + 2 * exclude_n, "heldout", seed, max_words):
@@ -66,15 +77,6 @@ def calibration_clips(n: int = 24, *, exclude_n: int = EVAL_EXCLUDE, max_words: 
         if len(out) == n:
             return out
     raise ConfigError(f"could not draw {n} calibration clips")
-
-
-def evaluation_two_shape_share(n: int = EVAL_EXCLUDE, max_words: int | None = MAX_WORDS) -> float:
-    """The share of two-shape captions among the first ``n`` captions ``evaluate`` scores on a video model."""
-    from ..settings import EvalSettings
-    from .evaluate_video import eval_clips
-
-    clips = eval_clips(n, "heldout", EvalSettings().prompt_seed, max_words)
-    return sum(len(c.shapes) == 2 for c in clips) / max(len(clips), 1)
 
 
 def write_calibration_file(path: Path | None = None, n: int = 24, mixed: bool = False) -> Path:

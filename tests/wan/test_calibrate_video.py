@@ -71,10 +71,10 @@ def test_the_shipped_split_is_what_the_function_draws_and_misses_the_evaluation_
 def test_the_mixed_split_has_the_evaluation_share_of_two_shape_captions():
     """calibration/prompts-wan-mini-mix-64.txt: the same draw, one- and two-shape captions taken in the evaluation's
     proportion (the plain draw has about twice its two-shape share)."""
-    from ddit_export.quality.calibrate_video import (calibration_clips, evaluation_captions,
-                                                     evaluation_two_shape_share, read_clip_prompts)
+    from ddit_export.quality.calibrate_video import (MAX_WORDS, calibration_clips, evaluation_captions,
+                                                     evaluation_clips, read_clip_prompts, two_shape_share)
 
-    share = evaluation_two_shape_share()
+    share = two_shape_share(evaluation_clips(256, MAX_WORDS))
     two = lambda clips: sum(len(c.shapes) == 2 for c in clips)  # noqa: E731
     assert 0.15 < share < 0.35 and two(calibration_clips(64)) / 64 > share + 0.15
     mixed = calibration_clips(64, mixed=True)
