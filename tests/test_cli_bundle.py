@@ -62,3 +62,56 @@ def test_tensorrt_is_used_only_when_possible_and_falls_back_only_when_asked(tiny
     assert "falling back to ONNX Runtime" in r.output and (tmp_path / "b.png").is_file()
     r = invoke("generate", "--model", "tiny", "--backend", "onnxruntime", "--out", tmp_path / "c.png")
     assert r.exit_code == 2 and "--bundle" in r.output
+
+
+def _profile(path, model="tiny", **extra):
+    import dataclasses
+
+    from ddit_export.settings import CacheSettings, ScheduleSettings
+
+    schedule = dataclasses.asdict(ScheduleSettings(policy="ladder", head=2, n4=0, tail=3, carry="fine"))
+    cache = CacheSettings(mode="taylor", interval=3, switch=True).to_dict()
+    d = dict(format="ddit-schedule-profile/1", model=model, policy="ladder:head=2,n4=0,tail=3,carry=fine",
+             schedule=schedule, cache=cache, resolution=[32, 32], measured={"flops_ratio": 0.5}, **extra)
+    path.write_text(json.dumps(d))
+    return d
+
+
+def test_build_profile_becomes_the_bundles_defaults(tmp_path):
+    """build --profile: a calibrated profile's schedule and step cache are what the bundle runs by default."""
+    prof, out = tmp_path / "p.json", tmp_path / "b"
+    d = _profile(prof)
+    r = invoke("build", "--model", "tiny", "--sizes", "1,2", "--out", out, "--profile", prof)
+    assert r.exit_code == 0, r.output
+    assert "bundle defaults from the profile: ladder:head=2,n4=0,tail=3" in r.output
+    assert "one step in 3 computed, switch refresh" in r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["schedule"] == d["schedule"] and m["cache"] == d["cache"]
+    assert m["calibration"]["measured"] == {"flops_ratio": 0.5}
+    r = invoke("generate", "--bundle", out, "--steps", 8, "--out", tmp_path / "i.png", "--trace", tmp_path / "t.json")
+    assert r.exit_code == 0, r.output
+    steps = json.loads((tmp_path / "t.json").read_text())["steps"]
+    assert [s["size"] for s in steps][:2] == [1, 1] and "cached" in {s["kind"] for s in steps}
+
+
+def test_build_profile_refusals_come_before_the_export(tmp_path):
+    prof, out = tmp_path / "p.json", tmp_path / "b"
+    cases = [("missing", None), ("not json", "{"), ("not a profile", json.dumps({"format": "x"}))]
+    for why, text in cases:
+        if text is not None:
+            prof.write_text(text)
+        elif prof.exists():
+            prof.unlink()
+        r = invoke("build", "--model", "tiny", "--sizes", "1,2", "--out", out, "--profile", prof)
+        assert r.exit_code == 2 and r.output.startswith("error: --profile"), (why, r.output)
+    _profile(prof, model="flux-mini")
+    r = invoke("build", "--model", "tiny", "--out", out, "--profile", prof)
+    assert r.exit_code == 2 and "calibrated on 'flux-mini', not on 'tiny'" in r.output
+    _profile(prof, frames=8)
+    r = invoke("build", "--model", "tiny", "--out", out, "--profile", prof)
+    assert r.exit_code == 2 and "a video model's profile" in r.output
+    d = _profile(prof)
+    prof.write_text(json.dumps({**d, "cache": {"mode": "taylor", "interval": 0}}))
+    r = invoke("build", "--model", "tiny", "--out", out, "--profile", prof)
+    assert r.exit_code == 2 and "interval" in r.output
+    assert not out.exists()

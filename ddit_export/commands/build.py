@@ -38,14 +38,20 @@ from ..settings import DEFAULT_MODEL
 @click.option("--device", default="cpu", show_default=True, help="With --backend aoti: cpu or cuda, the device "
                                                                  "AOTInductor compiles for.")
 @click.option("--out", type=click.Path(), help="Bundle folder (default: engines/<model>).")
+@click.option("--profile", type=click.Path(), help="A calibrated profile (`ddit-export calibrate`'s JSON, e.g. "
+              "calibration/wan-mini-stack.json) written into the bundle: its schedule and its step cache become "
+              "the bundle's defaults (else the model's own schedule, no cache).")
 def command(model, weights, adapters, sizes, height, width, frames, dtype, precision, calibration_prompts,
-            calibration_samples, int8_activations, text_len, backend, device, out):
+            calibration_samples, int8_activations, text_len, backend, device, out, profile):
     """Export each patch-size variant (ONNX, shared weights) into a bundle, checked against torch."""
     from ..api import model_family
     from ..parsing import int_list as _ints
     from ..errors import ConfigError
     from ..export.build import build_bundle
     from ..settings import BuildSettings
+
+    if profile is not None:  # before anything loads or exports
+        profile = _read_profile(profile, model, weights)
 
     if dtype is not None and precision is not None and dtype != precision:
         raise ConfigError(f"--precision {precision} and --dtype {dtype} disagree: give one of them")
@@ -96,6 +102,7 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
                                  height=height, width=width, frames=frames, dtype=dtype, out=out,
                                  text_len=text_len)
         path = build_with_tensorrt(settings, TrtSettings(), log=click.echo)  # checks for TensorRT first
+        _apply_profile(path, profile)
         click.echo(f"wrote bundle {path} with TensorRT engines")
         return
     settings = BuildSettings(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
@@ -107,10 +114,42 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
 
         check_device(device)
         path = build_with_aoti(settings, device=device, log=click.echo)  # checks for a compiler first
+        _apply_profile(path, profile)
         click.echo(f"wrote bundle {path} with an AOTInductor package")
         return
     path = build_bundle(settings, log=click.echo, model=loaded)
+    _apply_profile(path, profile)
     click.echo(f"wrote bundle {path}{' (int8)' if settings.quantized else ''}")
     if settings.dtype == "bf16":  # the graphs are for TensorRT; ONNX Runtime's CPU provider has no bf16 MatMul
         click.echo("note: ONNX Runtime on the CPU cannot run bf16 graphs; for the CPU build with --backend aoti")
 
+
+
+def _read_profile(path, model: str, weights) -> dict:
+    """The profile, checked against the build's model: the same preset (a folder's name is not checked) and the
+    same family (a video profile names its frames)."""
+    from ..api import VIDEO_MODELS, model_family
+    from ..errors import ConfigError
+    from ..models.registry import PRESETS
+    from ..quality.calibrate import read_profile
+
+    named = model in PRESETS or model in VIDEO_MODELS
+    d = read_profile(path, model if named and weights is None else None)
+    video = model_family(model, weights) == "wan"
+    if video != ("frames" in d):
+        raise ConfigError(f"--profile {path} is {'a video' if 'frames' in d else 'an image'} model's profile; "
+                          f"--model {model} is {'a video' if video else 'an image'} model")
+    return d
+
+
+def _apply_profile(bundle, profile: dict | None):
+    if profile is None:
+        return
+    from ..quality.calibrate import apply_profile
+    from ..settings import CacheSettings, policy_spec, ScheduleSettings
+
+    apply_profile(bundle, profile)
+    c = CacheSettings.from_dict(profile.get("cache"))
+    cache = (f"the step cache ({c.mode}, one step in {c.interval} computed{', switch refresh' if c.switch else ''})"
+             if c.enabled else "no step cache")
+    click.echo(f"bundle defaults from the profile: {policy_spec(ScheduleSettings(**profile['schedule']))}, {cache}")

@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import ConfigError
 from functools import partial
 
-from ..settings import (CalibrateSettings, GenerateSettings, ScheduleSettings, check_sweep_knob, parse_policy,
-                        policy_spec)
+from ..settings import (CacheSettings, CalibrateSettings, GenerateSettings, ScheduleSettings, check_sweep_knob,
+                        parse_policy, policy_spec)
 
 PROFILE_FORMAT = "ddit-schedule-profile/1"
 
@@ -238,6 +238,36 @@ def write_bundle_schedule(bundle: str | Path, schedule: dict, calibration: dict,
     write_json_atomic(path, d)
 
 
+def read_profile(path: str | Path, model: str | None = None) -> dict:
+    """A profile file that ``calibrate`` wrote (calibration/<model>.json, or its ``--profile``); one ConfigError for
+    anything else, or for a profile of another model than ``model`` (a preset name; None: not checked)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--profile {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"--profile {path}: not a readable JSON file ({type(e).__name__})") from None
+    if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT or not isinstance(d.get("schedule"), dict):
+        raise ConfigError(f"--profile {path}: not a schedule profile (format {PROFILE_FORMAT!r}, as "
+                          f"`ddit-export calibrate` writes)")
+    if model is not None and d.get("model") != model:
+        raise ConfigError(f"--profile {path} was calibrated on {d.get('model')!r}, not on {model!r}")
+    try:
+        ScheduleSettings(**d["schedule"])
+    except TypeError as e:
+        raise ConfigError(f"--profile {path}: bad schedule ({e})") from None
+    CacheSettings.from_dict(d.get("cache"))  # a ConfigError naming the bad field
+    return d
+
+
+def apply_profile(bundle: str | Path, profile: dict):
+    """Make ``profile`` (as :func:`read_profile` returns it) the bundle's defaults: its schedule, and its step cache
+    when it was measured with one."""
+    write_bundle_schedule(bundle, profile["schedule"],
+                          {k: profile[k] for k in ("policy", "measured", "command", "date", "resolution", "frames")
+                           if k in profile}, profile.get("cache"))
+
+
 def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool = True, log=print) -> dict:
     """Run the sweep, choose, write the profile. Returns the profile; raises :class:`Unreachable` (after the sweep,
     with every row kept in the work folder) when no setting meets the target."""
@@ -315,10 +345,7 @@ def calibrate(settings: CalibrateSettings, *, command: str = "", progress: bool 
         write_json_atomic(path, profile)
         profile["written"] = [str(path)]
         if settings.bundle is not None:
-            write_bundle_schedule(settings.bundle, chosen["schedule"],
-                                  {k: profile[k] for k in ("policy", "measured", "command", "date", "resolution",
-                                                           "frames") if k in profile},
-                                  cache)
+            apply_profile(settings.bundle, profile)
             profile["written"].append(str(Path(settings.bundle) / "manifest.json"))
     return profile
 
