@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import cache_dict, cache_options, threads_at_least_1
+from .cli_options import cache_dict, cache_options, profile_settings, read_profile_option, threads_at_least_1
 from .errors import ConfigError, DDiTError
 from .parsing import coarse_first as _coarse
 from .parsing import int_list as _ints
@@ -111,10 +111,13 @@ def model_options(f):
                    "session pre-packs its own copy (standalone speed, more memory; README has both numbers).")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device (cpu, cuda, cuda:N); an error "
                                                                  "when this machine has no such device.")
+@click.option("--profile", type=click.Path(), help="A calibrated profile (`ddit-export calibrate`'s JSON, e.g. "
+              "calibration/wan-mini-stack.json) instead of the model's or bundle's: its schedule and its step cache "
+              "(off if it has none); --policy, --tau, --cache... given as well apply over it.")
 def generate(model, weights, adapters, sizes, prompts, seed, steps, height, width, frames, fps, guidance, tau, eps,
              warmup, window, policy, static, coarse_first, carry, cache, cache_interval, cache_order, cache_warmup,
              cache_tail, cache_threshold, cache_switch, out, trace, bundle, backend, fallback_ort, threads, memory,
-             device):
+             device, profile):
     """Generate images (or a video clip, with a video model) with dynamic patch scheduling and write the trace."""
     from click.core import ParameterSource
 
@@ -131,6 +134,9 @@ def generate(model, weights, adapters, sizes, prompts, seed, steps, height, widt
                        coarse_first=_coarse(coarse_first), carry=carry,
                        cache=cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail,
                                         cache_threshold, cache_switch))
+    if profile is not None:  # checked before the model loads
+        settings_kw.update(profile_settings(read_profile_option(profile, model, weights, bundle),
+                                            settings_kw["cache"]))
     result, paths = generate_images(model=model, weights=weights, adapters=adapters, sizes=_ints(sizes, "--sizes"),
                                     prompts=prompts or None, out=out, trace_path=trace, bundle=bundle, device=device,
                                     threads=threads, backend=backend, fallback=fallback_ort, memory=memory,

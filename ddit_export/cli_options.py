@@ -46,3 +46,40 @@ def cache_dict(cache, cache_interval, cache_order, cache_warmup, cache_tail, cac
     """The --cache options as the dict ``api.cache_settings`` takes (None: not given, keep the profile's)."""
     return dict(mode=cache, interval=cache_interval, order=cache_order, warmup=cache_warmup, tail=cache_tail,
                 threshold=cache_threshold, switch=cache_switch)
+
+
+def read_profile_option(path, model: str | None, weights=None, bundle=None) -> dict:
+    """``--profile PATH`` (a profile ``calibrate`` wrote), checked before anything loads against what it will run on:
+    the same model (a preset's name, or a bundle's; a folder's name is not checked) and the same family (a video
+    profile names its frames)."""
+    from .api import VIDEO_MODELS, model_family
+    from .models.registry import PRESETS
+    from .quality.calibrate import read_profile
+
+    name = None
+    if bundle is not None:
+        from .bundle import read_manifest
+
+        name = read_manifest(bundle).model.get("name")
+    elif (model in PRESETS or model in VIDEO_MODELS) and weights is None:
+        name = model
+    d = read_profile(path, name)
+    video = model_family(model, weights, bundle) == "wan"
+    if video != ("frames" in d):
+        what = f"--bundle {bundle}" if bundle is not None else f"--model {model}"
+        raise ConfigError(f"--profile {path} is {'a video' if 'frames' in d else 'an image'} model's profile; "
+                          f"{what} is {'a video' if video else 'an image'} model")
+    return d
+
+
+def profile_settings(profile: dict, cache: dict) -> dict:
+    """A profile as ``build_settings`` keywords: its schedule instead of the model's, and its step cache (off when
+    it was measured without one) under the --cache options given (``cache``, None values: not given), whole, so no
+    field falls back to a bundle manifest's cache."""
+    from .settings import CacheSettings, ScheduleSettings
+
+    base = CacheSettings.from_dict(profile.get("cache")).to_dict()  # every field: none falls back to the bundle's
+    given = {k: v for k, v in cache.items() if v is not None}
+    if given and "mode" not in given and base["mode"] == "off":
+        given["mode"] = "taylor"  # a cache knob without --cache means the cache, as without a profile
+    return dict(schedule=ScheduleSettings(**profile["schedule"]), cache=CacheSettings.from_dict({**base, **given}))

@@ -115,3 +115,49 @@ def test_build_profile_refusals_come_before_the_export(tmp_path):
     r = invoke("build", "--model", "tiny", "--out", out, "--profile", prof)
     assert r.exit_code == 2 and "interval" in r.output
     assert not out.exists()
+
+
+def test_generate_profile_runs_its_schedule_and_cache_with_flags_over_it(tmp_path):
+    """generate --profile: the profile's schedule and step cache instead of the model's (a bundle's cache included),
+    --cache options over it; a profile of another model is refused before anything loads."""
+    prof, trace = tmp_path / "p.json", tmp_path / "t.json"
+    _profile(prof)
+
+    def run(*extra):
+        r = invoke("generate", "--model", "tiny", "--steps", 8, "--profile", prof, "--out", tmp_path / "i.png",
+                   "--trace", trace, *extra)
+        assert r.exit_code == 0, r.output
+        return [(s["size"], s["kind"]) for s in json.loads(trace.read_text())["steps"]]
+
+    steps = run()
+    assert [k for k, _ in steps] == [1, 1, 2, 2, 2, 1, 1, 1] and "cached" in {k for _, k in steps}
+    assert "cached" not in {k for _, k in run("--cache", "off")}
+    assert [k for _, k in run("--cache-interval", "1")].count("cached") == 0
+    d = _profile(prof)
+    prof.write_text(json.dumps({**d, "cache": None}))  # measured without a cache: the cache is off
+    assert "cached" not in {k for _, k in run()}
+    assert "cached" in {k for _, k in run("--cache-interval", "3")}  # a cache knob alone turns it on
+    _profile(prof, model="flux-mini")
+    r = invoke("generate", "--model", "tiny", "--profile", prof, "--out", tmp_path / "j.png")
+    assert r.exit_code == 2 and "not on 'tiny'" in r.output and not (tmp_path / "j.png").exists()
+
+
+def test_generate_profile_over_a_bundle_with_a_cache(tmp_path, tiny_bundle):
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["cache"] = {"mode": "taylor", "interval": 3}
+    (b / "manifest.json").write_text(json.dumps(m))
+    prof, trace = tmp_path / "p.json", tmp_path / "t.json"
+    d = _profile(prof, model=m["model"]["name"])
+    prof.write_text(json.dumps({**d, "cache": None}))
+
+    def kinds(*extra):
+        r = invoke("generate", "--bundle", b, "--steps", 8, "--out", tmp_path / "i.png", "--trace", trace, *extra)
+        assert r.exit_code == 0, r.output
+        return {s["kind"] for s in json.loads(trace.read_text())["steps"]}
+
+    assert "cached" in kinds()  # the bundle's cache
+    assert "cached" not in kinds("--profile", prof)  # the profile was measured without one

@@ -51,7 +51,9 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
     from ..settings import BuildSettings
 
     if profile is not None:  # before anything loads or exports
-        profile = _read_profile(profile, model, weights)
+        from ..cli_options import read_profile_option
+
+        profile = read_profile_option(profile, model, weights)
 
     if dtype is not None and precision is not None and dtype != precision:
         raise ConfigError(f"--precision {precision} and --dtype {dtype} disagree: give one of them")
@@ -123,23 +125,6 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
     if settings.dtype == "bf16":  # the graphs are for TensorRT; ONNX Runtime's CPU provider has no bf16 MatMul
         click.echo("note: ONNX Runtime on the CPU cannot run bf16 graphs; for the CPU build with --backend aoti")
 
-
-
-def _read_profile(path, model: str, weights) -> dict:
-    """The profile, checked against the build's model: the same preset (a folder's name is not checked) and the
-    same family (a video profile names its frames)."""
-    from ..api import VIDEO_MODELS, model_family
-    from ..errors import ConfigError
-    from ..models.registry import PRESETS
-    from ..quality.calibrate import read_profile
-
-    named = model in PRESETS or model in VIDEO_MODELS
-    d = read_profile(path, model if named and weights is None else None)
-    video = model_family(model, weights) == "wan"
-    if video != ("frames" in d):
-        raise ConfigError(f"--profile {path} is {'a video' if 'frames' in d else 'an image'} model's profile; "
-                          f"--model {model} is {'a video' if video else 'an image'} model")
-    return d
 
 
 def _apply_profile(bundle, profile: dict | None):

@@ -43,3 +43,20 @@ def test_wan_mini_stack_profile_is_a_runnable_stack():
     assert row["flops_ratio"] == m["flops_ratio"] <= 1 / 3.2 and m["psnr"] >= 30
     assert m["adherence_drop"] <= profile["rule"]["max_quality_drop"] == 5
     assert "--profile calibration/wan-mini-stack.json" in profile["command"]
+
+
+def test_wan_mini_ddit_profile_is_ddit_alone_at_the_issues_bar():
+    """calibration/wan-mini-ddit.json (DDiT alone at the issue's 5-point bar, not the default): no cache, carried,
+    and what it measured is the row of its own sweep that it names: FLOP ratio <= 0.6, >= 30 dB, change ratio in
+    0.9-1.1."""
+    from ddit_export.quality.calibrate import read_profile
+    from ddit_export.settings import ScheduleSettings
+    from ddit_export.settings.core import policy_spec
+
+    profile = read_profile(ROOT / "calibration" / "wan-mini-ddit.json", "wan-mini")
+    sched = ScheduleSettings(**profile["schedule"])
+    assert profile["cache"] is None and sched.carry == "fine" and policy_spec(sched) == profile["policy"]
+    row = next(r for r in profile["sweep"] if r["key"] == profile["policy"])
+    m = profile["measured"]
+    assert row["flops_ratio"] == m["flops_ratio"] <= 0.6 and m["psnr"] >= 30
+    assert 0.9 <= m["change_ratio"] <= 1.1 and m["adherence_drop"] <= profile["rule"]["max_quality_drop"] == 5
