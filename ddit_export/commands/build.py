@@ -126,12 +126,12 @@ def command(model, weights, adapters, sizes, height, width, frames, dtype, preci
         click.echo("note: ONNX Runtime on the CPU cannot run bf16 graphs; for the CPU build with --backend aoti")
 
 
-
 def _apply_profile(bundle, profile: dict | None):
+    """--profile: the profile becomes the built bundle's defaults (its manifest's schedule and cache), said in one line."""
     if profile is None:
         return
     from ..quality.calibrate import apply_profile
-    from ..settings import CacheSettings, policy_spec, ScheduleSettings
+    from ..settings import CacheSettings, ScheduleSettings, policy_spec
 
     apply_profile(bundle, profile)
     c = CacheSettings.from_dict(profile.get("cache"))
