@@ -24,13 +24,12 @@ def test_model_folder_schedule_is_its_calibrated_profile(name):
 
 
 def test_wan_mini_stack_profile_is_a_runnable_stack():
-    """calibration/wan-mini-stack.json (the stacked operating point, run with flags or written into a bundle): its
-    schedule and cache load as settings (`build --profile` reads it), it was chosen with a cache and the switch refresh, and what it measured is
-    the row of its own sweep that it names, at the issue's bar."""
+    """calibration/wan-mini-stack.json (the stacked operating point, run with `--profile` or written into a bundle):
+    `read_profile` takes it, its schedule and cache load as settings, it was chosen with a cache and the switch
+    refresh, and what it measured is the row of its own sweep that it names, at the issue's bar."""
+    from ddit_export.quality.calibrate import read_profile
     from ddit_export.settings import CacheSettings, ScheduleSettings
     from ddit_export.settings.core import policy_spec
-
-    from ddit_export.quality.calibrate import read_profile
 
     profile = read_profile(ROOT / "calibration" / "wan-mini-stack.json", "wan-mini")  # what build --profile takes
     assert profile["model"] == "wan-mini" and profile["frames"] == 8
